@@ -1,0 +1,402 @@
+//! [`Arbiter`]: the decision flow, route → evaluate each policy of the chain
+//! → combine, written out in one place ([`Arbiter::decide`]).
+//!
+//! An [`Arbiter`] holds an immutable [`PolicySet`] behind an `Arc`. A
+//! decision takes one snapshot of it at entry, so a later swap of the set
+//! never mixes versions within one decision.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Instant;
+
+use crate::combine::combine;
+use crate::config::Config;
+use crate::decision::{Decision, Outcome, PolicyReport, Request};
+use crate::engine::{Engine, EngineError};
+use crate::evaluate::{self, FailureKind, Input, PolicyFailure};
+use crate::load::{self, CompileCache, LoadError, LoadedPolicy, PolicySpec, Source};
+use crate::route::RouteTable;
+
+/// Everything loaded from one configuration: the policies that loaded, the
+/// load errors of those that did not, and the routes. Read-only once built.
+#[derive(Debug, Default)]
+pub struct PolicySet {
+    policies: BTreeMap<String, Arc<LoadedPolicy>>,
+    failures: BTreeMap<String, LoadError>,
+    routes: RouteTable,
+}
+
+impl PolicySet {
+    /// Loads every policy of `specs` through the load pipeline. A policy that
+    /// fails is kept as a failure, and any decision routed to it is denied.
+    pub fn load(
+        engine: &Engine,
+        cache: Option<&CompileCache>,
+        specs: &[PolicySpec],
+        routes: RouteTable,
+    ) -> Self {
+        let mut set = PolicySet {
+            routes,
+            ..PolicySet::default()
+        };
+        for spec in specs {
+            match load::load(engine, cache, spec) {
+                Ok(p) => {
+                    tracing::info!(
+                        policy = %p.name,
+                        version = %p.version,
+                        cache = ?p.cache,
+                        "policy loaded"
+                    );
+                    set.policies.insert(spec.name.clone(), Arc::new(p));
+                }
+                Err(e) => {
+                    tracing::error!(policy = %spec.name, step = %e.step, error = %e, "policy failed to load");
+                    set.failures.insert(spec.name.clone(), e);
+                }
+            }
+        }
+        set
+    }
+
+    /// The set with exactly these loaded policies and routes.
+    pub fn from_loaded(policies: Vec<LoadedPolicy>, routes: RouteTable) -> Self {
+        PolicySet {
+            policies: policies
+                .into_iter()
+                .map(|p| (p.name.clone(), Arc::new(p)))
+                .collect(),
+            failures: BTreeMap::new(),
+            routes,
+        }
+    }
+
+    /// A loaded policy by name.
+    pub fn policy(&self, name: &str) -> Option<&Arc<LoadedPolicy>> {
+        self.policies.get(name)
+    }
+
+    /// Every loaded policy.
+    pub fn policies(&self) -> impl Iterator<Item = &Arc<LoadedPolicy>> {
+        self.policies.values()
+    }
+
+    /// The load errors, by policy name.
+    pub fn failures(&self) -> &BTreeMap<String, LoadError> {
+        &self.failures
+    }
+
+    /// The routes.
+    pub fn routes(&self) -> &RouteTable {
+        &self.routes
+    }
+}
+
+/// Turns a configuration into load specs; `base` resolves relative files.
+///
+/// # Errors
+/// A [`LoadError`] at the read step for an example policy that is not
+/// embedded in this build.
+pub fn specs_from_config(config: &Config, base: &Path) -> Result<Vec<PolicySpec>, LoadError> {
+    config
+        .policies
+        .iter()
+        .map(|p| {
+            let source = match (&p.file, &p.example) {
+                (Some(file), _) => Source::File(base.join(file)),
+                (None, Some(example)) => {
+                    crate::examples::source(example).ok_or_else(|| LoadError {
+                        policy: p.name.clone(),
+                        source_desc: format!("embedded:{example}"),
+                        step: load::LoadStep::Read,
+                        problem: load::LoadProblem::Read(format!(
+                            "no example policy `{example}` in this build (examples: {})",
+                            crate::examples::names().join(", ")
+                        )),
+                    })?
+                }
+                // `Config::parse` refuses a policy with neither.
+                (None, None) => Source::File(base.join(&p.name)),
+            };
+            Ok(PolicySpec {
+                name: p.name.clone(),
+                source,
+                settings: p.settings.clone(),
+                limits: p.limits,
+            })
+        })
+        .collect()
+}
+
+/// The decision point: an engine, a policy set, and a bound on how many
+/// decisions run at once (one pooled instance each).
+#[derive(Clone)]
+pub struct Arbiter {
+    engine: Engine,
+    set: Arc<PolicySet>,
+    permits: Arc<Permits>,
+}
+
+impl Arbiter {
+    /// An arbiter deciding with `set` on `engine`.
+    pub fn new(engine: Engine, set: PolicySet) -> Self {
+        let permits = Arc::new(Permits::new(engine.max_instances()));
+        Arbiter {
+            engine,
+            set: Arc::new(set),
+            permits,
+        }
+    }
+
+    /// Builds the engine, opens the compile cache and loads every policy of
+    /// `config`. Policies that fail to load are reported by
+    /// [`PolicySet::failures`]; a caller that must not start without them
+    /// (the server) checks it.
+    ///
+    /// # Errors
+    /// An [`ArbiterError`] if the engine cannot be built or an example
+    /// policy is missing from this build.
+    pub fn from_config(config: &Config, base: &Path) -> Result<Self, ArbiterError> {
+        let engine = Engine::new(&config.engine)?;
+        let cache = open_cache(config);
+        let specs = specs_from_config(config, base)?;
+        let set = PolicySet::load(
+            &engine,
+            cache.as_ref(),
+            &specs,
+            RouteTable::new(config.routes.clone()),
+        );
+        Ok(Arbiter::new(engine, set))
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The policy set decisions currently use.
+    pub fn policy_set(&self) -> &Arc<PolicySet> {
+        &self.set
+    }
+
+    /// Decides `request`, blocking the calling thread while policies run.
+    /// Never fails: every problem becomes a deny that says why.
+    pub fn decide(&self, request: &Request) -> Decision {
+        let start = Instant::now();
+        // One snapshot for the whole decision.
+        let set = Arc::clone(&self.set);
+        let action = &request.action;
+        let Some(route) = set
+            .routes
+            .route(&request.context.agent.id, &action.kind, &action.name)
+        else {
+            return unrouted(request, start);
+        };
+        let _permit = self.permits.acquire();
+        let mut input = Input::new(action, &request.context, &request.history);
+        let mut reports = Vec::with_capacity(route.chain.len());
+        for name in &route.chain {
+            let report = match set.policies.get(name) {
+                Some(policy) => self.evaluate_one(policy, &mut input),
+                None => missing(name, set.failures.get(name)),
+            };
+            // A later policy sees what an earlier modify produced.
+            if let (Outcome::Modify, Some(params)) = (report.outcome, &report.params) {
+                input.set_params(params);
+            }
+            reports.push(report);
+        }
+        match combine(&reports) {
+            Some(c) => {
+                let by = &reports[c.decided_by];
+                Decision {
+                    decision_id: new_id(),
+                    outcome: c.outcome,
+                    reason: by.reason.clone(),
+                    rule: by.rule.clone(),
+                    risk: by.risk,
+                    params: c.params,
+                    micros: micros_since(start),
+                    policies: reports,
+                }
+            }
+            // `Config` refuses empty chains; a set built by hand may not.
+            None => unrouted(request, start),
+        }
+    }
+
+    /// Decides on tokio's blocking pool, so async callers never run wasm on
+    /// a reactor thread.
+    pub async fn decide_async(&self, request: Request) -> Decision {
+        let this = self.clone();
+        match tokio::task::spawn_blocking(move || this.decide(&request)).await {
+            Ok(decision) => decision,
+            Err(e) => host_failure(&format!("the decision task failed: {e}")),
+        }
+    }
+
+    fn evaluate_one(&self, policy: &LoadedPolicy, input: &mut Input) -> PolicyReport {
+        let eval = evaluate::evaluate(
+            &self.engine,
+            &policy.pre,
+            &policy.limits,
+            &policy.settings,
+            input,
+        );
+        let mut report = match eval.result {
+            Ok(v) => PolicyReport {
+                name: policy.name.clone(),
+                version: policy.version.clone(),
+                outcome: v.outcome,
+                rule: v.rule,
+                reason: v.reason,
+                risk: v.risk,
+                params: v.params,
+                fuel: 0,
+                micros: 0,
+                failure: None,
+            },
+            Err(f) => failed(&policy.name, &policy.version, &f),
+        };
+        report.fuel = eval.fuel;
+        report.micros = eval.micros;
+        report
+    }
+}
+
+fn open_cache(config: &Config) -> Option<CompileCache> {
+    if !config.cache.enabled {
+        return None;
+    }
+    let dir = config
+        .cache
+        .dir
+        .clone()
+        .or_else(CompileCache::default_dir)?;
+    match CompileCache::open(&dir) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "compile cache unavailable; compiling every start");
+            None
+        }
+    }
+}
+
+/// A policy failure as a deny report. The reason names the kind.
+fn failed(name: &str, version: &str, f: &PolicyFailure) -> PolicyReport {
+    PolicyReport {
+        name: name.to_owned(),
+        version: version.to_owned(),
+        outcome: Outcome::Deny,
+        rule: format!("failure.{}", f.kind),
+        reason: format!(
+            "Policy `{name}` failed ({}): {}; failing closed.",
+            f.kind, f.detail
+        ),
+        risk: 100,
+        params: None,
+        fuel: 0,
+        micros: 0,
+        failure: Some(f.kind.to_string()),
+    }
+}
+
+fn missing(name: &str, load_error: Option<&LoadError>) -> PolicyReport {
+    let detail = match load_error {
+        Some(e) => format!("it did not load ({e})"),
+        None => "no policy of that name is loaded".to_owned(),
+    };
+    failed(name, "", &PolicyFailure::new(FailureKind::Missing, detail))
+}
+
+fn unrouted(request: &Request, start: Instant) -> Decision {
+    let a = &request.action;
+    Decision {
+        decision_id: new_id(),
+        outcome: Outcome::Deny,
+        reason: format!(
+            "No policy route matches agent `{}`, action kind `{}`, name `{}`; failing closed.",
+            request.context.agent.id, a.kind, a.name
+        ),
+        rule: "route.unmatched".into(),
+        risk: 100,
+        params: None,
+        policies: Vec::new(),
+        micros: micros_since(start),
+    }
+}
+
+fn host_failure(detail: &str) -> Decision {
+    Decision {
+        decision_id: new_id(),
+        outcome: Outcome::Deny,
+        reason: format!("Arbiter could not decide: {detail}; failing closed."),
+        rule: "failure.host".into(),
+        risk: 100,
+        params: None,
+        policies: Vec::new(),
+        micros: 0,
+    }
+}
+
+fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+fn micros_since(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Why an [`Arbiter`] could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ArbiterError {
+    /// The engine.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// A policy source.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+}
+
+/// A counting semaphore for blocking threads: a burst of decisions waits
+/// for a pooled instance instead of failing to instantiate.
+struct Permits {
+    available: Mutex<u32>,
+    freed: Condvar,
+}
+
+struct Permit<'a>(&'a Permits);
+
+impl Permits {
+    fn new(n: u32) -> Self {
+        Permits {
+            available: Mutex::new(n),
+            freed: Condvar::new(),
+        }
+    }
+
+    fn acquire(&self) -> Permit<'_> {
+        let mut n = self
+            .available
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        while *n == 0 {
+            n = self.freed.wait(n).unwrap_or_else(PoisonError::into_inner);
+        }
+        *n -= 1;
+        Permit(self)
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        let mut n = self
+            .0
+            .available
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *n += 1;
+        self.0.freed.notify_one();
+    }
+}

@@ -1,0 +1,284 @@
+//! The `arbiter` command line: argument parsing and the commands, each a
+//! function returning the process exit code. Errors carry context for the
+//! user and are printed by `main` with their whole chain.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::cases::{self, Case};
+use crate::engine::{Engine, EngineConfig};
+use crate::evaluate::Limits;
+use crate::front_door::wire;
+use crate::load::{self, CompileCache, LoadedPolicy, PolicySpec, Source};
+use crate::route::{RouteSpec, RouteTable};
+use crate::{Arbiter, PolicySet, examples};
+
+/// Exit code for a run that worked but found failures (`arbiter test`).
+pub const EXIT_FAILURES: u8 = 1;
+
+/// Arbiter: the runtime policy decision point for AI agents.
+#[derive(Debug, Parser)]
+#[command(name = "arbiter", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct Global {
+    /// Where compiled policies are cached [default: $ARBITER_CACHE_DIR,
+    /// $XDG_CACHE_HOME/arbiter or ~/.cache/arbiter].
+    #[arg(long, global = true, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Compile every policy afresh and cache nothing.
+    #[arg(long, global = true, conflicts_with = "cache_dir")]
+    no_cache: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Decide one request (wire format, with optional `history`) with one
+    /// policy and print the decision as JSON.
+    Eval(EvalArgs),
+    /// Run a case file and print each failure, then `N passed, N failed`.
+    Test(TestArgs),
+    /// Show a component's version, size, imports and exports, and whether
+    /// it fits the arbiter:policy world.
+    Inspect {
+        /// The component (.wasm).
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct EvalArgs {
+    /// The policy component (.wasm).
+    #[arg(long, value_name = "FILE")]
+    policy: PathBuf,
+    /// The policy's settings, as JSON.
+    #[arg(long, value_name = "JSON", default_value = "{}")]
+    settings: String,
+    #[command(flatten)]
+    limits: LimitArgs,
+    /// The request file, or `-` for standard input.
+    request: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct LimitArgs {
+    /// Fuel per call [default: 50000000].
+    #[arg(long)]
+    fuel: Option<u64>,
+    /// Wall-clock deadline per call, in milliseconds [default: 100].
+    #[arg(long)]
+    deadline_ms: Option<u64>,
+    /// Linear-memory cap, in bytes [default: 16 MiB].
+    #[arg(long)]
+    max_memory_bytes: Option<usize>,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Limits {
+        let d = Limits::default();
+        Limits {
+            fuel: self.fuel.unwrap_or(d.fuel),
+            deadline_ms: self.deadline_ms.unwrap_or(d.deadline_ms),
+            max_memory_bytes: self.max_memory_bytes.unwrap_or(d.max_memory_bytes),
+            ..d
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct TestArgs {
+    /// Use FILE for the policy NAME; names not given resolve to the
+    /// example policies embedded in this binary.
+    #[arg(long = "policy", value_name = "NAME=FILE", value_parser = parse_policy_arg)]
+    policies: Vec<(String, PathBuf)>,
+    /// The case file (a JSON list of cases).
+    cases: PathBuf,
+}
+
+fn parse_policy_arg(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((name, file)) if !name.is_empty() && !file.is_empty() => {
+            Ok((name.to_owned(), PathBuf::from(file)))
+        }
+        _ => Err(format!("expected NAME=FILE, got `{s}`")),
+    }
+}
+
+/// Runs the parsed command line.
+///
+/// # Errors
+/// Anything that stops the command, with context naming the input.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let cache = open_cache(&cli.global)?;
+    match cli.command {
+        Command::Eval(args) => eval(args, cache.as_ref()),
+        Command::Test(args) => test(args, cache.as_ref()),
+        Command::Inspect { file } => inspect(&file),
+    }
+}
+
+fn open_cache(global: &Global) -> anyhow::Result<Option<CompileCache>> {
+    if global.no_cache {
+        return Ok(None);
+    }
+    let Some(dir) = global.cache_dir.clone().or_else(CompileCache::default_dir) else {
+        return Ok(None);
+    };
+    CompileCache::open(&dir)
+        .map(Some)
+        .with_context(|| format!("cannot open the compile cache `{}`", dir.display()))
+}
+
+fn engine() -> anyhow::Result<Engine> {
+    Ok(Engine::new(&EngineConfig::default())?)
+}
+
+fn eval(args: EvalArgs, cache: Option<&CompileCache>) -> anyhow::Result<ExitCode> {
+    let settings: serde_json::Value =
+        serde_json::from_str(&args.settings).context("--settings is not valid JSON")?;
+    let bytes = read_input(&args.request)?;
+    let request = wire::parse_request(&bytes).with_context(|| {
+        format!(
+            "request `{}` does not fit the wire format",
+            args.request.display()
+        )
+    })?;
+    let engine = engine()?;
+    let spec = PolicySpec {
+        name: policy_name(&args.policy),
+        source: Source::File(args.policy.clone()),
+        settings,
+        limits: args.limits.limits(),
+    };
+    let policy = load::load(&engine, cache, &spec)?;
+    let arbiter = single_policy_arbiter(engine, policy);
+    let decision = arbiter.decide(&request);
+    println!("{}", serde_json::to_string_pretty(&decision)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn test(args: TestArgs, cache: Option<&CompileCache>) -> anyhow::Result<ExitCode> {
+    let bytes = std::fs::read(&args.cases)
+        .with_context(|| format!("cannot read case file `{}`", args.cases.display()))?;
+    let cases: Vec<Case> = wire::parse(&bytes).with_context(|| {
+        format!(
+            "case file `{}` is not a list of cases",
+            args.cases.display()
+        )
+    })?;
+    let engine = engine()?;
+    let given: BTreeMap<String, PathBuf> = args.policies.into_iter().collect();
+    let mut policies = BTreeMap::new();
+    for name in cases.iter().map(|c| c.policy.as_str()) {
+        if policies.contains_key(name) {
+            continue;
+        }
+        let source = match given.get(name) {
+            Some(file) => Source::File(file.clone()),
+            None => match examples::source(name) {
+                Some(s) => s,
+                None => bail!(
+                    "a case names policy `{name}`: give it with --policy {name}=FILE \
+                     (embedded examples: {})",
+                    examples::names().join(", ")
+                ),
+            },
+        };
+        let spec = PolicySpec {
+            name: name.to_owned(),
+            source,
+            settings: serde_json::json!({}),
+            limits: Limits::default(),
+        };
+        policies.insert(name.to_owned(), load::load(&engine, cache, &spec)?);
+    }
+    let results = cases::run(&engine, &policies, &cases);
+    let failed = results.iter().filter(|r| !r.passed()).count();
+    for r in results.iter().filter(|r| !r.passed()) {
+        println!("FAIL {} / {}", r.policy, r.name);
+        for m in &r.mismatches {
+            println!("    {m}");
+        }
+        if let Some(d) = &r.decision {
+            println!("    reason: {}", d.reason);
+        }
+    }
+    println!("{} passed, {failed} failed", results.len() - failed);
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILURES)
+    })
+}
+
+fn inspect(file: &Path) -> anyhow::Result<ExitCode> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read `{}`", file.display()))?;
+    let engine = engine()?;
+    let report = load::inspect(&engine, &bytes)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("`{}` is not a WebAssembly component", file.display()))?;
+    println!("file:    {}", file.display());
+    println!("version: {}", report.version);
+    println!("size:    {} bytes", report.size_bytes);
+    match &report.conforms {
+        Ok(()) => println!("world:   arbiter:policy/policy@0.1.0 (conforms)"),
+        Err(why) => println!("world:   does not conform: {why}"),
+    }
+    println!("exports:");
+    for e in &report.exports {
+        println!("    {e}");
+    }
+    println!("imports:");
+    for i in &report.imports {
+        let status = if i.provided {
+            "provided (inert)"
+        } else {
+            "REFUSED"
+        };
+        println!("    {:<40} {status}", i.name);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {
+    if path == Path::new("-") {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .context("cannot read standard input")?;
+        Ok(buf)
+    } else {
+        std::fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))
+    }
+}
+
+fn policy_name(file: &Path) -> String {
+    file.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "policy".into())
+}
+
+/// An arbiter routing every action to one policy.
+fn single_policy_arbiter(engine: Engine, policy: LoadedPolicy) -> Arbiter {
+    let route = RouteSpec {
+        kind: "*".into(),
+        name: "*".into(),
+        agent: "*".into(),
+        chain: vec![policy.name.clone()],
+    };
+    Arbiter::new(
+        engine,
+        PolicySet::from_loaded(vec![policy], RouteTable::new(vec![route])),
+    )
+}

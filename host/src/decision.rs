@@ -1,0 +1,185 @@
+//! The shared domain types of a decision: what is asked ([`Request`]) and
+//! what is answered ([`Decision`]), in the wire shape of `shared/DESIGN.md`
+//! (snake_case, `params` as a JSON value).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// What an agent asks to do, as seen at an interception point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Action {
+    /// Interception point: "tool", "mcp", "http", "db", "shell", "fs", ...
+    pub kind: String,
+    /// Tool, endpoint or command: "send_email", "payments.transfer".
+    pub name: String,
+    /// What is touched: URL, table, path, recipient, host; "" when none.
+    #[serde(default)]
+    pub target: String,
+    /// Arguments; `{}` when none.
+    #[serde(default = "empty_object")]
+    pub params: Value,
+}
+
+fn empty_object() -> Value {
+    Value::Object(serde_json::Map::new())
+}
+
+/// An agent, or the user it acts for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Principal {
+    /// Stable identifier.
+    #[serde(default)]
+    pub id: String,
+    /// Roles, as the caller's identity system names them.
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+/// Everything about the action that is not the action: who, where, why.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Context {
+    /// The agent that asks.
+    #[serde(default)]
+    pub agent: Principal,
+    /// On whose behalf it acts, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<Principal>,
+    /// "dev", "staging", "prod", ...
+    #[serde(default)]
+    pub environment: String,
+    /// The agent's session id.
+    #[serde(default)]
+    pub session: String,
+    /// Free-form facts: data classification, ticket severity, region, ...
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// Counters the host keeps per agent; a caller over the network cannot set
+/// them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct History {
+    /// Calls by this agent in the last 60 seconds.
+    pub calls_last_minute: u32,
+    /// Calls of this same action by this agent in the last 60 seconds.
+    pub same_action_last_minute: u32,
+    /// Denials of this agent in the last hour.
+    pub denials_last_hour: u32,
+    /// Spend allowed today, in cents.
+    pub spend_today_cents: u64,
+}
+
+/// One question to Arbiter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    /// What is asked.
+    pub action: Action,
+    /// Who asks, and where.
+    #[serde(default)]
+    pub context: Context,
+    /// The agent's counters. Only trusted callers (the CLI, test cases, the
+    /// host's own state) fill it.
+    #[serde(default)]
+    pub history: History,
+}
+
+/// What a policy, or the whole chain, decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// The action may run.
+    Allow,
+    /// The action must not run.
+    Deny,
+    /// The action may run once a person approves it.
+    RequireApproval,
+    /// The action may run with replacement params.
+    Modify,
+}
+
+impl Outcome {
+    /// Precedence when combining a chain: deny > require-approval > modify
+    /// > allow.
+    pub fn precedence(self) -> u8 {
+        match self {
+            Outcome::Allow => 0,
+            Outcome::Modify => 1,
+            Outcome::RequireApproval => 2,
+            Outcome::Deny => 3,
+        }
+    }
+
+    /// The wire name: "allow", "deny", "require-approval", "modify".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allow => "allow",
+            Outcome::Deny => "deny",
+            Outcome::RequireApproval => "require-approval",
+            Outcome::Modify => "modify",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What one policy of the chain answered, and what it cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyReport {
+    /// The policy's configured name.
+    pub name: String,
+    /// `sha256:` of the component bytes; empty when none was loaded.
+    pub version: String,
+    /// What it decided (deny when it failed).
+    pub outcome: Outcome,
+    /// The rule that decided, or `failure.<kind>` when it failed.
+    pub rule: String,
+    /// One sentence an auditor can read.
+    pub reason: String,
+    /// 0 to 100.
+    pub risk: u8,
+    /// The params it produced, with modify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<Value>,
+    /// Fuel the call consumed.
+    pub fuel: u64,
+    /// Wall-clock time of instantiation and call, in microseconds.
+    pub micros: u64,
+    /// Why it failed, when it did; the outcome is then deny.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+}
+
+/// Arbiter's answer to one [`Request`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// Unique, time-ordered id (UUIDv7).
+    pub decision_id: String,
+    /// What the caller must do.
+    pub outcome: Outcome,
+    /// The deciding policy's reason.
+    pub reason: String,
+    /// The deciding policy's rule.
+    pub rule: String,
+    /// The deciding policy's risk, 0 to 100.
+    pub risk: u8,
+    /// With modify (and require-approval after a modify): the params the
+    /// action must run with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<Value>,
+    /// Every policy that ran, in chain order.
+    pub policies: Vec<PolicyReport>,
+    /// Wall-clock time of the whole decision, in microseconds.
+    pub micros: u64,
+}

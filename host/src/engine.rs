@@ -1,0 +1,277 @@
+//! Engine: the one wasmtime [`wasmtime::Engine`] of the process, its pooling
+//! allocator, and the epoch ticker that turns wall-clock deadlines into
+//! interrupts.
+//!
+//! Every number the engine is built with is here, with the reason for it.
+//! The defaults suit small policies (a few hundred KiB of code, a few MiB of
+//! heap); interpreted-language policies need a larger `max_memory_bytes`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde::Deserialize;
+use wasmtime::{Enabled, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
+
+/// 64 KiB: the size of one WebAssembly page.
+const WASM_PAGE_BYTES: usize = 64 * 1024;
+
+/// Engine-wide settings, from the `[engine]` table of the configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// How many policy instances may be alive at once. Each evaluation holds
+    /// one for its duration; callers beyond this wait. Default: 128.
+    pub max_instances: u32,
+    /// The largest linear memory any policy may be given, in bytes; each
+    /// policy's own `max_memory_bytes` must fit under it. Default: 64 MiB.
+    pub max_memory_bytes: usize,
+    /// Bytes of each memory slot kept resident and reset with `memset` after
+    /// use instead of being returned to the kernel, so the next instance in
+    /// that slot takes no page faults. Default: 1 MiB.
+    pub keep_resident_bytes: usize,
+    /// The epoch tick, in milliseconds: the granularity of deadlines.
+    /// Default: 1.
+    pub epoch_tick_ms: u64,
+    /// Use the pooling allocator. When the machine refuses its reservation
+    /// (a low `ulimit -v`, say), Arbiter falls back to on-demand allocation
+    /// and logs it. Default: true.
+    pub pooling: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_instances: 128,
+            max_memory_bytes: 64 << 20,
+            keep_resident_bytes: 1 << 20,
+            epoch_tick_ms: 1,
+            pooling: true,
+        }
+    }
+}
+
+/// Why the engine could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A setting is out of range.
+    #[error("engine setting `{key}`: {problem}")]
+    Setting {
+        /// The `[engine]` key at fault.
+        key: &'static str,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// wasmtime refused the configuration.
+    #[error("cannot create the WebAssembly engine: {0}")]
+    Wasmtime(String),
+}
+
+/// The process's engine, with its epoch ticker running. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: wasmtime::Engine,
+    tick: Duration,
+    max_memory_bytes: usize,
+    max_instances: u32,
+    pooling: bool,
+    _ticker: Arc<EpochTicker>,
+}
+
+impl Engine {
+    /// Builds the engine and starts the epoch ticker.
+    ///
+    /// # Errors
+    /// [`EngineError`] when a setting is out of range or wasmtime refuses
+    /// the configuration even without pooling.
+    pub fn new(config: &EngineConfig) -> Result<Self, EngineError> {
+        if config.epoch_tick_ms == 0 {
+            return Err(EngineError::Setting {
+                key: "epoch_tick_ms",
+                problem: "must be at least 1",
+            });
+        }
+        if config.max_instances == 0 {
+            return Err(EngineError::Setting {
+                key: "max_instances",
+                problem: "must be at least 1",
+            });
+        }
+        if config.max_memory_bytes < WASM_PAGE_BYTES {
+            return Err(EngineError::Setting {
+                key: "max_memory_bytes",
+                problem: "must be at least one 64 KiB page",
+            });
+        }
+        let (inner, pooling) = if config.pooling {
+            match wasmtime::Engine::new(&wasmtime_config(config, true)) {
+                Ok(engine) => (engine, true),
+                Err(e) => {
+                    tracing::warn!(
+                        error = %e,
+                        "pooling allocator unavailable; falling back to on-demand allocation"
+                    );
+                    (build(config, false)?, false)
+                }
+            }
+        } else {
+            (build(config, false)?, false)
+        };
+        let tick = Duration::from_millis(config.epoch_tick_ms);
+        let ticker = EpochTicker::start(&inner, tick);
+        Ok(Engine {
+            inner,
+            tick,
+            max_memory_bytes: config.max_memory_bytes,
+            max_instances: config.max_instances,
+            pooling,
+            _ticker: Arc::new(ticker),
+        })
+    }
+
+    /// The wasmtime engine.
+    pub fn wasmtime(&self) -> &wasmtime::Engine {
+        &self.inner
+    }
+
+    /// Epoch ticks to allow for `deadline`: rounded up, plus one because
+    /// the current tick may be about to end.
+    pub fn deadline_ticks(&self, deadline: Duration) -> u64 {
+        let tick = self.tick.as_nanos().max(1);
+        let ticks = deadline.as_nanos().div_ceil(tick);
+        u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1)
+    }
+
+    /// The largest memory any policy may be given, in bytes.
+    pub fn max_memory_bytes(&self) -> usize {
+        self.max_memory_bytes
+    }
+
+    /// How many instances may be alive at once.
+    pub fn max_instances(&self) -> u32 {
+        self.max_instances
+    }
+
+    /// Whether the pooling allocator is in use (false after a fallback).
+    pub fn pooling(&self) -> bool {
+        self.pooling
+    }
+}
+
+fn build(config: &EngineConfig, pooling: bool) -> Result<wasmtime::Engine, EngineError> {
+    wasmtime::Engine::new(&wasmtime_config(config, pooling))
+        .map_err(|e| EngineError::Wasmtime(format!("{e:#}")))
+}
+
+fn wasmtime_config(config: &EngineConfig, pooling: bool) -> wasmtime::Config {
+    let mut c = wasmtime::Config::new();
+    c.wasm_component_model(true)
+        .cranelift_opt_level(OptLevel::Speed)
+        // Limits: fuel bounds instructions, epochs bound wall-clock time.
+        .consume_fuel(true)
+        .epoch_interruption(true)
+        // 512 KiB of wasm stack is plenty for a policy and turns unbounded
+        // recursion into a clean `StackOverflow` trap long before the host
+        // thread's own stack is at risk.
+        .max_wasm_stack(512 * 1024)
+        // Small reservations: a memory never needs more address space than
+        // its cap, so a pool of many slots stays cheap. The price is an
+        // explicit bounds check on each access, which is small next to
+        // instantiation for a policy.
+        .memory_reservation(config.max_memory_bytes as u64)
+        .memory_reservation_for_growth(0)
+        .memory_guard_size(WASM_PAGE_BYTES as u64)
+        .memory_init_cow(true)
+        .parallel_compilation(true);
+    if pooling {
+        let mut pool = PoolingAllocationConfig::new();
+        // A policy component holds one or two core instances (the guest and
+        // its adapter shims) and one memory and table each.
+        pool.total_component_instances(config.max_instances)
+            .total_core_instances(config.max_instances.saturating_mul(4))
+            .total_memories(config.max_instances)
+            .total_tables(config.max_instances.saturating_mul(2))
+            .max_memory_size(config.max_memory_bytes)
+            .linear_memory_keep_resident(config.keep_resident_bytes)
+            .table_keep_resident(64 * 1024)
+            // Scan for the resident pages rather than assume the low ones,
+            // where the kernel (6.7+) has PAGEMAP_SCAN; ignored elsewhere.
+            .pagemap_scan(Enabled::Auto);
+        c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    c
+}
+
+/// A thread that advances the engine's epoch once per tick. It holds only a
+/// weak reference, so it also ends if the engine is dropped first.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: &wasmtime::Engine, tick: Duration) -> Self {
+        let weak = engine.weak();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("arbiter-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(tick);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .ok();
+        if thread.is_none() {
+            // Without a ticker no deadline fires; fuel still bounds every
+            // call, so this degrades rather than fails open.
+            tracing::error!("cannot start the epoch ticker thread; deadlines will not fire");
+        }
+        EpochTicker { stop, thread }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadline_rounds_up_and_adds_one() {
+        let engine = Engine::new(&EngineConfig {
+            max_instances: 4,
+            ..EngineConfig::default()
+        })
+        .expect("engine");
+        assert_eq!(engine.deadline_ticks(Duration::from_millis(10)), 11);
+        assert_eq!(engine.deadline_ticks(Duration::from_micros(1500)), 3);
+        assert_eq!(engine.deadline_ticks(Duration::ZERO), 1);
+    }
+
+    #[test]
+    fn bad_settings_name_the_key() {
+        let e = Engine::new(&EngineConfig {
+            epoch_tick_ms: 0,
+            ..EngineConfig::default()
+        })
+        .err()
+        .expect("refused");
+        assert_eq!(
+            e.to_string(),
+            "engine setting `epoch_tick_ms`: must be at least 1"
+        );
+    }
+}

@@ -1,0 +1,345 @@
+//! Evaluate: runs one policy on one action in a fresh, bounded instance.
+//!
+//! Each call gets a new store ([`sandbox`]) with fuel, an epoch deadline and
+//! a memory cap, is instantiated from a [`PolicyPre`] prepared at load (the
+//! pooling allocator makes that cheap), and is dropped afterwards, so no
+//! state survives from one decision to the next. Whatever goes wrong in the
+//! guest becomes a [`PolicyFailure`] value, never a host error: the caller
+//! turns it into a deny.
+
+mod failure;
+mod sandbox;
+mod stdio;
+
+use std::time::Instant;
+
+use serde_json::Value;
+use wasmtime::component::{Component, Linker};
+
+pub use failure::{FailureKind, PolicyFailure};
+pub(crate) use sandbox::StoreState;
+pub use sandbox::{Limits, MemoryCapExceeded, PolicyExited};
+pub(crate) use stdio::LINKED_INTERFACES;
+
+use crate::decision::{Context, History, Outcome};
+use crate::engine::Engine;
+
+/// Host bindings generated from `wit/policy.wit`.
+pub(crate) mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "policy",
+    });
+}
+
+use bindings::arbiter::policy::types as wit;
+
+/// The contract's own types-only interface, which every guest imports.
+pub(crate) const TYPES_INTERFACE: &str = "arbiter:policy/types";
+
+/// Limits on what a policy may return, so a hostile one cannot make the
+/// host copy and log megabytes per decision.
+const MAX_REASON_BYTES: usize = 4096;
+const MAX_RULE_BYTES: usize = 256;
+const MAX_PARAMS_BYTES: usize = 1 << 20;
+
+/// A policy linked against the host and type-checked against the contract:
+/// what is prepared once at load so each call only instantiates.
+#[derive(Clone)]
+pub struct PolicyPre {
+    inner: bindings::PolicyPre<StoreState>,
+}
+
+impl PolicyPre {
+    /// Links `component` with the host's (inert) imports and checks that it
+    /// exports the contract's functions with the contract's types.
+    ///
+    /// # Errors
+    /// The linker's or type checker's message, naming what does not fit.
+    pub(crate) fn new(engine: &Engine, component: &Component) -> wasmtime::Result<Self> {
+        let mut linker = Linker::<StoreState>::new(engine.wasmtime());
+        stdio::add_to_linker(&mut linker)?;
+        // The types interface has no functions; an empty instance satisfies it.
+        linker.instance(&format!("{TYPES_INTERFACE}@0.1.0"))?;
+        let pre = linker.instantiate_pre(component)?;
+        Ok(PolicyPre {
+            inner: bindings::PolicyPre::new(pre)?,
+        })
+    }
+}
+
+/// What a policy decided, after the host checked it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    /// The outcome.
+    pub outcome: Outcome,
+    /// One sentence.
+    pub reason: String,
+    /// The deciding rule.
+    pub rule: String,
+    /// 0 to 100.
+    pub risk: u8,
+    /// With modify: the replacement params.
+    pub params: Option<Value>,
+}
+
+/// The result of one call, with what it cost.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    /// The verdict, or why there is none.
+    pub result: Result<Verdict, PolicyFailure>,
+    /// Fuel consumed.
+    pub fuel: u64,
+    /// Wall-clock microseconds, instantiation included.
+    pub micros: u64,
+}
+
+/// The input of one decision in the contract's shapes, built once and
+/// reused for each policy of the chain.
+pub struct Input {
+    action: wit::Action,
+    context: wit::Context,
+}
+
+impl Input {
+    /// Converts the domain request to the contract's shapes.
+    pub fn new(action: &crate::decision::Action, context: &Context, history: &History) -> Self {
+        let principal = |p: &crate::decision::Principal| wit::Principal {
+            id: p.id.clone(),
+            roles: p.roles.clone(),
+        };
+        Input {
+            action: wit::Action {
+                kind: action.kind.clone(),
+                name: action.name.clone(),
+                target: action.target.clone(),
+                params: action.params.to_string(),
+            },
+            context: wit::Context {
+                agent: principal(&context.agent),
+                user: context.user.as_ref().map(principal),
+                environment: context.environment.clone(),
+                session: context.session.clone(),
+                attributes: context
+                    .attributes
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                history: wit::History {
+                    calls_last_minute: history.calls_last_minute,
+                    same_action_last_minute: history.same_action_last_minute,
+                    denials_last_hour: history.denials_last_hour,
+                    spend_today_cents: history.spend_today_cents,
+                },
+                settings: String::new(),
+            },
+        }
+    }
+
+    /// Replaces the params, after a modify earlier in the chain.
+    pub fn set_params(&mut self, params: &Value) {
+        self.action.params = params.to_string();
+    }
+}
+
+/// Runs `evaluate` on a fresh instance of `pre`, with `settings` and under
+/// `limits`.
+pub fn evaluate(
+    engine: &Engine,
+    pre: &PolicyPre,
+    limits: &Limits,
+    settings: &str,
+    input: &mut Input,
+) -> Evaluation {
+    input.context.settings.clear();
+    input.context.settings.push_str(settings);
+    run(engine, pre, limits, |policy, store| {
+        policy.call_evaluate(store, &input.action, &input.context)
+    })
+    .map_result(check_output)
+}
+
+/// Calls `validate-settings` on a fresh instance: `Ok(Err(message))` when
+/// the policy refuses its settings, `Err` when it failed to answer at all.
+pub fn validate_settings(
+    engine: &Engine,
+    pre: &PolicyPre,
+    limits: &Limits,
+    settings: &str,
+) -> Result<Result<(), String>, PolicyFailure> {
+    run(engine, pre, limits, |policy, store| {
+        policy.call_validate_settings(store, settings)
+    })
+    .result
+}
+
+/// A call's outcome before output checks.
+struct Run<T> {
+    result: Result<T, PolicyFailure>,
+    fuel: u64,
+    micros: u64,
+}
+
+impl Run<wit::Decision> {
+    fn map_result(
+        self,
+        f: impl FnOnce(wit::Decision) -> Result<Verdict, PolicyFailure>,
+    ) -> Evaluation {
+        Evaluation {
+            result: self.result.and_then(f),
+            fuel: self.fuel,
+            micros: self.micros,
+        }
+    }
+}
+
+fn run<T>(
+    engine: &Engine,
+    pre: &PolicyPre,
+    limits: &Limits,
+    call: impl FnOnce(&bindings::Policy, &mut wasmtime::Store<StoreState>) -> wasmtime::Result<T>,
+) -> Run<T> {
+    let start = Instant::now();
+    let mut store = match sandbox::new_store(engine, limits) {
+        Ok(store) => store,
+        Err(e) => {
+            return Run {
+                result: Err(PolicyFailure::new(
+                    FailureKind::Instantiate,
+                    format!("{e:#}"),
+                )),
+                fuel: 0,
+                micros: micros_since(start),
+            };
+        }
+    };
+    let result = match pre.inner.instantiate(&mut store) {
+        Ok(policy) => call(&policy, &mut store)
+            .map_err(|e| PolicyFailure::classify(&e, store.data(), &limits.describe())),
+        Err(e) => Err(instantiate_failure(&e, store.data(), limits)),
+    };
+    let fuel = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+    Run {
+        result,
+        fuel,
+        micros: micros_since(start),
+    }
+}
+
+/// Instantiation fails for the same guest reasons a call does (a start
+/// function that traps, an initial memory over the cap), or because the
+/// pool is exhausted.
+fn instantiate_failure(e: &wasmtime::Error, state: &StoreState, limits: &Limits) -> PolicyFailure {
+    if e.downcast_ref::<wasmtime::Trap>().is_some()
+        || e.downcast_ref::<MemoryCapExceeded>().is_some()
+    {
+        return PolicyFailure::classify(e, state, &limits.describe());
+    }
+    PolicyFailure::new(FailureKind::Instantiate, format!("{e:#}"))
+}
+
+fn micros_since(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Checks a decision against the contract: risk 0–100, params with modify,
+/// params that are JSON, and sizes the host is willing to carry.
+fn check_output(d: wit::Decision) -> Result<Verdict, PolicyFailure> {
+    let invalid = |detail: String| Err(PolicyFailure::new(FailureKind::InvalidOutput, detail));
+    if d.risk > 100 {
+        return invalid(format!("risk {} is over 100", d.risk));
+    }
+    if d.rule.is_empty() {
+        return invalid("the rule is empty".into());
+    }
+    if d.rule.len() > MAX_RULE_BYTES {
+        return invalid(format!(
+            "the rule is {} bytes; at most {MAX_RULE_BYTES}",
+            d.rule.len()
+        ));
+    }
+    if d.reason.len() > MAX_REASON_BYTES {
+        return invalid(format!(
+            "the reason is {} bytes; at most {MAX_REASON_BYTES}",
+            d.reason.len()
+        ));
+    }
+    let outcome = match d.outcome {
+        wit::Outcome::Allow => Outcome::Allow,
+        wit::Outcome::Deny => Outcome::Deny,
+        wit::Outcome::RequireApproval => Outcome::RequireApproval,
+        wit::Outcome::Modify => Outcome::Modify,
+    };
+    let params = match (outcome, d.params) {
+        (Outcome::Modify, None) => return invalid("modify without params".into()),
+        (Outcome::Modify, Some(p)) => {
+            if p.len() > MAX_PARAMS_BYTES {
+                return invalid(format!(
+                    "params are {} bytes; at most {MAX_PARAMS_BYTES}",
+                    p.len()
+                ));
+            }
+            match serde_json::from_str::<Value>(&p) {
+                Ok(v) => Some(v),
+                Err(e) => return invalid(format!("modify params are not JSON: {e}")),
+            }
+        }
+        // Params only mean something with modify.
+        (_, _) => None,
+    };
+    Ok(Verdict {
+        outcome,
+        reason: d.reason,
+        rule: d.rule,
+        risk: d.risk,
+        params,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision(outcome: wit::Outcome, risk: u8, params: Option<&str>) -> wit::Decision {
+        wit::Decision {
+            outcome,
+            reason: "r".into(),
+            rule: "x.y".into(),
+            risk,
+            params: params.map(str::to_owned),
+        }
+    }
+
+    fn kind(d: wit::Decision) -> Option<FailureKind> {
+        check_output(d).err().map(|f| f.kind)
+    }
+
+    #[test]
+    fn output_checks() {
+        use wit::Outcome::*;
+        assert_eq!(kind(decision(Allow, 100, None)), None);
+        assert_eq!(
+            kind(decision(Allow, 101, None)),
+            Some(FailureKind::InvalidOutput)
+        );
+        assert_eq!(
+            kind(decision(Modify, 10, None)),
+            Some(FailureKind::InvalidOutput)
+        );
+        assert_eq!(
+            kind(decision(Modify, 10, Some("{nope"))),
+            Some(FailureKind::InvalidOutput)
+        );
+        assert_eq!(kind(decision(Modify, 10, Some(r#"{"a":1}"#))), None);
+        // Params without modify are ignored, not an error.
+        assert_eq!(
+            check_output(decision(Deny, 10, Some("x")))
+                .ok()
+                .and_then(|v| v.params),
+            None
+        );
+        let mut long = decision(Deny, 1, None);
+        long.reason = "x".repeat(MAX_REASON_BYTES + 1);
+        assert_eq!(kind(long), Some(FailureKind::InvalidOutput));
+    }
+}

@@ -1,0 +1,127 @@
+//! The sandbox of one call: a new [`Store`] with fuel, an epoch deadline and
+//! a memory limiter, holding nothing from any earlier call.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use wasmtime::{ResourceLimiter, Store};
+
+use super::stdio::Captured;
+use crate::engine::Engine;
+
+/// The limits one policy runs under; `[policies.limits]` in configuration.
+///
+/// Fuel bounds the instructions a call may execute and is deterministic;
+/// the deadline bounds wall-clock time, including instantiation, and also
+/// catches time spent outside instructions. Both always apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Fuel per call (about one unit per wasm instruction). Default: 50
+    /// million, several thousand times what the example policies use.
+    pub fuel: u64,
+    /// Wall-clock budget per call, in milliseconds. Default: 100.
+    pub deadline_ms: u64,
+    /// Cap on the policy's linear memory, in bytes. Default: 16 MiB.
+    pub max_memory_bytes: usize,
+    /// Cap on each table's elements. Default: 20,000.
+    pub max_table_elements: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            fuel: 50_000_000,
+            deadline_ms: 100,
+            max_memory_bytes: 16 << 20,
+            max_table_elements: 20_000,
+        }
+    }
+}
+
+impl Limits {
+    /// The deadline as a [`Duration`].
+    pub fn deadline(&self) -> Duration {
+        Duration::from_millis(self.deadline_ms)
+    }
+
+    /// A short description for failure reasons.
+    pub(crate) fn describe(&self) -> String {
+        format!(
+            "limits: {} fuel, {} ms, {} bytes of memory",
+            self.fuel, self.deadline_ms, self.max_memory_bytes
+        )
+    }
+}
+
+/// A memory growth the limiter refused.
+#[derive(Debug, thiserror::Error)]
+#[error("memory growth to {desired} bytes refused; the cap is {cap} bytes")]
+pub struct MemoryCapExceeded {
+    /// The size asked for.
+    pub desired: usize,
+    /// The cap.
+    pub cap: usize,
+}
+
+/// The policy called `wasi:cli/exit`.
+#[derive(Debug, thiserror::Error)]
+#[error("the policy called exit")]
+pub struct PolicyExited;
+
+/// Per-call host state.
+pub(crate) struct StoreState {
+    limiter: Limiter,
+    pub(crate) stdio: Captured,
+}
+
+struct Limiter {
+    max_memory_bytes: usize,
+    max_table_elements: usize,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_memory_bytes {
+            // An error, not `Ok(false)`: a refused `memory.grow` would make
+            // the guest's allocator abort with a generic trap, and we want
+            // the failure to say it was the memory cap.
+            return Err(wasmtime::Error::new(MemoryCapExceeded {
+                desired,
+                cap: self.max_memory_bytes,
+            }));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= self.max_table_elements)
+    }
+}
+
+/// A fresh store for one call, with every limit armed.
+pub(crate) fn new_store(engine: &Engine, limits: &Limits) -> wasmtime::Result<Store<StoreState>> {
+    let state = StoreState {
+        limiter: Limiter {
+            max_memory_bytes: limits.max_memory_bytes,
+            max_table_elements: limits.max_table_elements,
+        },
+        stdio: Captured::default(),
+    };
+    let mut store = Store::new(engine.wasmtime(), state);
+    store.limiter(|s| &mut s.limiter);
+    store.set_fuel(limits.fuel)?;
+    store.set_epoch_deadline(engine.deadline_ticks(limits.deadline()));
+    store.epoch_deadline_trap();
+    Ok(store)
+}

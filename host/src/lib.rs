@@ -1,0 +1,37 @@
+//! Arbiter: the runtime policy decision point for AI agents.
+//!
+//! Before an agent's action runs, the gateway that carries it asks Arbiter,
+//! which runs the policies routed to that action, each a WebAssembly
+//! component in a fresh sandbox with fuel, deadline and memory limits, and
+//! answers allow, deny, require-approval or modify.
+//!
+//! One module per stage of a decision, named after it:
+//!
+//! | stage | module |
+//! |---|---|
+//! | wire format in and out | [`front_door`] |
+//! | which chain applies | [`route`] |
+//! | run one policy, sandboxed | [`evaluate`] |
+//! | fold a chain | [`combine`] |
+//! | bring a policy into service | [`load`] |
+//!
+//! [`arbiter::Arbiter::decide`] writes the order out; [`engine`] holds the
+//! one wasmtime engine; [`decision`] the shared types; [`config`] the
+//! configuration; [`cases`] runs conformance case files.
+#![deny(missing_docs)]
+
+pub mod arbiter;
+pub mod cases;
+pub mod cli;
+pub mod combine;
+pub mod config;
+pub mod decision;
+pub mod engine;
+pub mod evaluate;
+pub mod examples;
+pub mod front_door;
+pub mod load;
+pub mod route;
+
+pub use arbiter::{Arbiter, PolicySet};
+pub use decision::{Action, Context, Decision, History, Outcome, PolicyReport, Principal, Request};

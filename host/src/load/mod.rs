@@ -1,0 +1,167 @@
+//! Load: the one path by which a policy comes into service, at start or on
+//! reload. Each step is a function of [`pipeline`], and a failure names its
+//! step ([`LoadStep`]) and the policy.
+//!
+//! read → digest → compile (cached on disk) → check imports → link (check
+//! the world) → validate settings.
+
+mod cache;
+mod inspect;
+mod pipeline;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use cache::{CacheStatus, CompileCache};
+pub use inspect::{Import, Inspection, inspect};
+pub use pipeline::{load, load_with_settings};
+
+use crate::evaluate::{Limits, PolicyFailure, PolicyPre};
+
+/// Where a policy's component bytes come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A `.wasm` file.
+    File(PathBuf),
+    /// Bytes in memory, with a label for messages (e.g. `embedded:procurement`).
+    Bytes {
+        /// What to call it in messages.
+        label: String,
+        /// The component.
+        bytes: Arc<[u8]>,
+    },
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::File(p) => write!(f, "{}", p.display()),
+            Source::Bytes { label, .. } => f.write_str(label),
+        }
+    }
+}
+
+/// What to load: one configured policy.
+#[derive(Debug, Clone)]
+pub struct PolicySpec {
+    /// The configured name.
+    pub name: String,
+    /// Where the component is.
+    pub source: Source,
+    /// Its settings, passed to it as JSON.
+    pub settings: serde_json::Value,
+    /// Its limits.
+    pub limits: Limits,
+}
+
+/// A policy that passed every load step; what decisions run.
+#[derive(Clone)]
+pub struct LoadedPolicy {
+    /// The configured name.
+    pub name: String,
+    /// `sha256:` of the component bytes.
+    pub version: String,
+    /// Where it was loaded from.
+    pub source: String,
+    /// Size of the component, in bytes.
+    pub size_bytes: usize,
+    /// Whether compilation was skipped thanks to the cache.
+    pub cache: CacheStatus,
+    /// Its settings, as the JSON text passed to each call.
+    pub settings: String,
+    /// Its limits.
+    pub limits: Limits,
+    pub(crate) pre: PolicyPre,
+}
+
+impl fmt::Debug for LoadedPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadedPolicy")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The steps of the load pipeline, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LoadStep {
+    /// Reading the component bytes.
+    Read,
+    /// Compiling them (or loading the compiled form from the cache).
+    Compile,
+    /// Checking that the component imports only what the host provides.
+    CheckImports,
+    /// Linking and checking the exports against the `policy` world.
+    Link,
+    /// Checking the limits against the engine.
+    CheckLimits,
+    /// Calling the policy's `validate-settings`.
+    ValidateSettings,
+}
+
+impl LoadStep {
+    /// The step's stable name, as used in messages and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoadStep::Read => "read",
+            LoadStep::Compile => "compile",
+            LoadStep::CheckImports => "check-imports",
+            LoadStep::Link => "link",
+            LoadStep::CheckLimits => "check-limits",
+            LoadStep::ValidateSettings => "validate-settings",
+        }
+    }
+}
+
+impl fmt::Display for LoadStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A policy that could not be loaded: which, at which step, and why.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("policy `{policy}` ({source_desc}) failed to load at step {step}: {problem}")]
+pub struct LoadError {
+    /// The configured name.
+    pub policy: String,
+    /// Where it was loaded from.
+    pub source_desc: String,
+    /// The step that failed.
+    pub step: LoadStep,
+    /// What went wrong.
+    pub problem: LoadProblem,
+}
+
+/// What went wrong in a load step.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadProblem {
+    /// The file could not be read.
+    #[error("cannot read the file: {0}")]
+    Read(String),
+    /// The bytes are not a valid component.
+    #[error("not a valid WebAssembly component: {0}")]
+    Compile(String),
+    /// The component imports interfaces the host does not provide.
+    #[error(
+        "it imports {}, which Arbiter does not provide: policies get no filesystem, network, clock, randomness or environment",
+        .0.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", ")
+    )]
+    ForbiddenImports(Vec<String>),
+    /// The component does not fit the `arbiter:policy` world.
+    #[error("it does not implement the arbiter:policy world: {0}")]
+    Link(String),
+    /// A limit is larger than the engine allows.
+    #[error("{0}")]
+    Limits(String),
+    /// The policy refused its settings (its message names the key).
+    #[error("{0}")]
+    SettingsRefused(String),
+    /// `validate-settings` itself failed.
+    #[error("validate-settings failed: {0}")]
+    ValidateFailed(PolicyFailure),
+}
