@@ -92,11 +92,11 @@ mod tests {
             ),
             (
                 br#"{"action": {"kind": "a", "name": "x"}, "contxt": {}}"#,
-                "at `contxt`: unknown field `contxt`, expected one of `action`, `context`, `history` (line 1, column 48)",
+                "at `contxt`: unknown field `contxt`, expected one of `action`, `context`, `history` (line 1, column 47)",
             ),
             (
                 b"{\"action\": ",
-                "EOF while parsing a value (line 1, column 11)",
+                "at `action`: EOF while parsing a value (line 1, column 11)",
             ),
             (
                 br#"{"action": {"kind": "a", "name": "x"}, "context": {"attributes": {"k": 1}}}"#,

@@ -42,10 +42,26 @@ impl CompileCache {
     /// Opens (creating it owner-only if needed) the cache at `dir`.
     ///
     /// # Errors
-    /// The I/O error from creating the directory.
+    /// The I/O error from creating the directory, or a refusal when group
+    /// or others may write to it: native code is loaded from there.
     pub fn open(dir: impl Into<PathBuf>) -> std::io::Result<Self> {
         let dir = dir.into();
         create_private_dir(&dir)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&dir)?.permissions().mode();
+            if mode & 0o022 != 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!(
+                        "`{}` is writable by group or others (mode {:o}); compiled code is loaded from it, so it must not be",
+                        dir.display(),
+                        mode & 0o777
+                    ),
+                ));
+            }
+        }
         Ok(CompileCache { dir })
     }
 
@@ -77,12 +93,15 @@ impl CompileCache {
     ) -> wasmtime::Result<(Component, CacheStatus)> {
         let engine_dir = self.dir.join(engine_hash(engine));
         let path = engine_dir.join(format!("{digest_hex}.cwasm"));
-        if path.is_file() {
-            // SAFETY: the file is one this cache serialized from a component
-            // compiled by an engine with the same compatibility hash, in a
-            // directory only this user can write (see the module doc).
-            // wasmtime still checks the header and refuses a mismatch.
-            match unsafe { Component::deserialize_file(engine.wasmtime(), &path) } {
+        // Read into memory rather than `deserialize_file`, which maps the
+        // file: a mapped entry truncated by anyone else would crash the
+        // process with SIGBUS the next time its code runs.
+        if let Ok(compiled) = fs::read(&path) {
+            // SAFETY: the bytes are an artifact this cache serialized from a
+            // component compiled by an engine with the same compatibility
+            // hash, in a directory only this user can write (see the module
+            // doc). wasmtime still checks the header and refuses a mismatch.
+            match unsafe { Component::deserialize(engine.wasmtime(), &compiled) } {
                 Ok(c) => return Ok((c, CacheStatus::Hit)),
                 Err(e) => tracing::warn!(
                     path = %path.display(),

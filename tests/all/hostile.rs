@@ -1,0 +1,161 @@
+//! Hostile policies: each misbehaviour becomes its own named failure, a
+//! deny, and the host keeps deciding correctly for everyone else.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+
+use arbiter::Outcome;
+use arbiter::evaluate::Limits;
+use arbiter_tests::{arbiter, artifacts, load_example, load_file, request};
+use serde_json::json;
+
+fn misbehave(limits: Limits) -> arbiter::Arbiter {
+    let p = load_file("misbehave", artifacts::MISBEHAVE, json!({}), limits).expect("loads");
+    arbiter(vec![p])
+}
+
+/// Each row: the action name that triggers it, the failure kind, a part of
+/// the reason that must appear, and the limits to run under.
+fn rows() -> Vec<(&'static str, &'static str, &'static str, Limits)> {
+    let d = Limits::default();
+    vec![
+        (
+            "loop",
+            "fuel",
+            "fuel exhausted",
+            Limits {
+                fuel: 2_000_000,
+                deadline_ms: 60_000,
+                ..d
+            },
+        ),
+        (
+            "spin",
+            "deadline",
+            "deadline exceeded",
+            Limits {
+                fuel: 1 << 50,
+                deadline_ms: 50,
+                ..d
+            },
+        ),
+        (
+            "grow",
+            "memory",
+            "the cap is 4194304 bytes",
+            Limits {
+                max_memory_bytes: 4 << 20,
+                ..d
+            },
+        ),
+        ("recurse", "stack-overflow", "stack exhausted", d),
+        ("panic", "panic", "policy bug: index 7 out of range", d),
+        ("exit", "exit", "called exit", d),
+        ("abort", "trap", "unreachable", d),
+        ("risk", "invalid-output", "risk 150 is over 100", d),
+        (
+            "modify-no-params",
+            "invalid-output",
+            "modify without params",
+            d,
+        ),
+        (
+            "bad-json",
+            "invalid-output",
+            "modify params are not JSON",
+            d,
+        ),
+        (
+            "huge-reason",
+            "invalid-output",
+            "the reason is 1048576 bytes",
+            d,
+        ),
+    ]
+}
+
+#[test]
+fn each_misbehaviour_is_its_own_named_deny() {
+    for (name, kind, detail, limits) in rows() {
+        let arbiter = misbehave(limits);
+        let d = arbiter.decide(&request("tool", name, json!({})));
+        assert_eq!(d.outcome, Outcome::Deny, "{name}: {d:?}");
+        assert_eq!(d.rule, format!("failure.{kind}"), "{name}: {}", d.reason);
+        assert_eq!(d.policies[0].failure.as_deref(), Some(kind), "{name}");
+        assert!(
+            d.reason.contains(&format!("({kind})")),
+            "{name}: {}",
+            d.reason
+        );
+        assert!(d.reason.contains(detail), "{name}: {}", d.reason);
+        assert_eq!(d.risk, 100);
+        // The same instance pool keeps serving the same policy.
+        let ok = arbiter.decide(&request("tool", "behave", json!({})));
+        assert_eq!(
+            (ok.outcome, ok.rule.as_str()),
+            (Outcome::Allow, "misbehave.none"),
+            "after {name}"
+        );
+    }
+}
+
+#[test]
+fn deadline_fires_near_its_time_not_at_fuel() {
+    let arbiter = misbehave(Limits {
+        fuel: 1 << 50,
+        deadline_ms: 30,
+        ..Limits::default()
+    });
+    let d = arbiter.decide(&request("tool", "spin", json!({})));
+    assert_eq!(d.rule, "failure.deadline");
+    // Epoch ticks are 1 ms: the call stops a little after 30 ms, never
+    // before it.
+    assert!(d.policies[0].micros >= 30_000, "{}", d.policies[0].micros);
+}
+
+#[test]
+fn healthy_policies_stay_correct_while_hostile_ones_run() {
+    let stop = AtomicBool::new(false);
+    let hostile = misbehave(Limits {
+        fuel: 5_000_000,
+        deadline_ms: 20,
+        max_memory_bytes: 8 << 20,
+        ..Limits::default()
+    });
+    let healthy = arbiter(vec![load_example("procurement")]);
+    thread::scope(|s| {
+        for name in ["loop", "spin", "grow", "recurse", "panic"] {
+            let (hostile, stop) = (&hostile, &stop);
+            s.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let d = hostile.decide(&request("tool", name, json!({})));
+                    assert_eq!(d.outcome, Outcome::Deny, "{name}");
+                }
+            });
+        }
+        let checkers: Vec<_> = (0..3)
+            .map(|_| {
+                s.spawn(|| {
+                    for i in 0..200 {
+                        let amount = if i % 2 == 0 { 100 } else { 9000 };
+                        let d = healthy.decide(&request(
+                            "tool",
+                            "payments.transfer",
+                            json!({"amount": amount}),
+                        ));
+                        let want = if i % 2 == 0 {
+                            "default.allow"
+                        } else {
+                            "spend.needs-approval"
+                        };
+                        assert_eq!(d.rule, want, "{d:?}");
+                    }
+                })
+            })
+            .collect();
+        for c in checkers {
+            c.join().expect("checker");
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+}

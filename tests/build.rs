@@ -1,0 +1,48 @@
+//! Builds the hostile test policies in `hostile/` for `wasm32-wasip2` and
+//! writes `$OUT_DIR/artifacts.rs`: one path constant per component.
+
+#[path = "../host/build_guests.rs"]
+mod build_guests;
+
+use std::env;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use build_guests::{build_guests, policies_target_dir};
+
+const HOSTILE: &[&str] = &["misbehave", "fs-import", "clock-import"];
+
+fn main() {
+    let here = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let out_dir = PathBuf::from(env::var("OUT_DIR").expect("set by cargo"));
+    let guests = here.join("hostile");
+    println!("cargo:rerun-if-changed={}", here.join("../wit").display());
+    for path in ["Cargo.toml", "Cargo.lock"] {
+        println!("cargo:rerun-if-changed={}", guests.join(path).display());
+    }
+    for name in HOSTILE {
+        println!("cargo:rerun-if-changed={}", guests.join(name).display());
+    }
+    let target_dir = policies_target_dir(&out_dir);
+    build_guests(&guests.join("Cargo.toml"), &target_dir);
+    let mut code = String::new();
+    for name in HOSTILE {
+        let file = name.replace('-', "_");
+        let wasm = target_dir
+            .join("wasm32-wasip2/release")
+            .join(format!("{file}.wasm"));
+        assert!(
+            wasm.is_file(),
+            "the guest build did not produce {}",
+            wasm.display()
+        );
+        writeln!(
+            code,
+            "/// The `{name}` test policy.\npub const {}: &str = {:?};",
+            file.to_uppercase(),
+            wasm.display().to_string()
+        )
+        .expect("string");
+    }
+    std::fs::write(out_dir.join("artifacts.rs"), code).expect("write artifacts.rs");
+}
