@@ -38,6 +38,8 @@ pub fn build_guests(manifest: &Path, target_dir: &Path) {
             "--manifest-path",
         ])
         .arg(manifest)
+        // From the guest workspace, so its `.cargo/config.toml` applies.
+        .current_dir(manifest.parent().unwrap_or(Path::new(".")))
         .env("CARGO_TARGET_DIR", target_dir)
         // The outer build's flags are for the host, not the guests.
         .env_remove("CARGO_ENCODED_RUSTFLAGS")

@@ -362,8 +362,15 @@ pub enum ArbiterError {
 /// A counting semaphore for blocking threads: a burst of decisions waits
 /// for a pooled instance instead of failing to instantiate.
 struct Permits {
-    available: Mutex<u32>,
+    state: Mutex<PermitState>,
     freed: Condvar,
+}
+
+struct PermitState {
+    available: u32,
+    /// Threads parked in `acquire`. Releasing wakes one only if there is
+    /// one: `notify_one` costs a futex syscall even with nobody waiting.
+    waiting: u32,
 }
 
 struct Permit<'a>(&'a Permits);
@@ -371,32 +378,61 @@ struct Permit<'a>(&'a Permits);
 impl Permits {
     fn new(n: u32) -> Self {
         Permits {
-            available: Mutex::new(n),
+            state: Mutex::new(PermitState {
+                available: n,
+                waiting: 0,
+            }),
             freed: Condvar::new(),
         }
     }
 
     fn acquire(&self) -> Permit<'_> {
-        let mut n = self
-            .available
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        while *n == 0 {
-            n = self.freed.wait(n).unwrap_or_else(PoisonError::into_inner);
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        while s.available == 0 {
+            s.waiting += 1;
+            s = self.freed.wait(s).unwrap_or_else(PoisonError::into_inner);
+            s.waiting -= 1;
         }
-        *n -= 1;
+        s.available -= 1;
         Permit(self)
     }
 }
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
-        let mut n = self
-            .0
-            .available
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        *n += 1;
-        self.0.freed.notify_one();
+        let mut s = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
+        s.available += 1;
+        if s.waiting > 0 {
+            self.0.freed.notify_one();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[test]
+    fn permits_bound_concurrency_and_wake_waiters() {
+        let permits = Permits::new(2);
+        let inside = AtomicU32::new(0);
+        let most = AtomicU32::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..200 {
+                        let _p = permits.acquire();
+                        let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        std::thread::yield_now();
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        assert_eq!(most.load(Ordering::SeqCst), 2);
+        let s = permits.state.lock().expect("lock");
+        assert_eq!((s.available, s.waiting), (2, 0));
     }
 }

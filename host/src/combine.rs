@@ -65,7 +65,9 @@ mod tests {
 
     #[test]
     fn precedence_table() {
-        let cases: &[(&[(Outcome, u8)], Outcome, usize)] = &[
+        // (chain of outcome and risk, combined outcome, index that decided)
+        type Row = (&'static [(Outcome, u8)], Outcome, usize);
+        let cases: &[Row] = &[
             (&[(Allow, 0)], Allow, 0),
             (&[(Allow, 0), (Deny, 10)], Deny, 1),
             (&[(Deny, 10), (RequireApproval, 90)], Deny, 0),

@@ -56,16 +56,29 @@ impl RouteTable {
 /// (including none) and `?` exactly one. At worst O(pattern × text), with
 /// no recursion, so a hostile action name cannot make matching explode.
 pub fn glob(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
+    if pattern == "*" {
+        return true;
+    }
+    // Byte-wise is exact when both are ASCII, and allocates nothing;
+    // otherwise `?` must match a whole character.
+    if pattern.is_ascii() && text.is_ascii() {
+        glob_slices(pattern.as_bytes(), text.as_bytes(), b'*', b'?')
+    } else {
+        let p: Vec<char> = pattern.chars().collect();
+        let t: Vec<char> = text.chars().collect();
+        glob_slices(&p, &t, '*', '?')
+    }
+}
+
+fn glob_slices<T: Copy + PartialEq>(p: &[T], t: &[T], star_sym: T, any: T) -> bool {
     let (mut pi, mut ti) = (0, 0);
     // Where the last `*` was, and where in the text it started matching.
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+        if pi < p.len() && (p[pi] == any || p[pi] == t[ti]) {
             pi += 1;
             ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        } else if pi < p.len() && p[pi] == star_sym {
             star = Some((pi, ti));
             pi += 1;
         } else if let Some((sp, st)) = star {
@@ -76,7 +89,7 @@ pub fn glob(pattern: &str, text: &str) -> bool {
             return false;
         }
     }
-    p[pi..].iter().all(|c| *c == '*')
+    p[pi..].iter().all(|c| *c == star_sym)
 }
 
 #[cfg(test)]
@@ -100,6 +113,9 @@ mod tests {
             ("", "", true),
             ("", "x", false),
             ("**", "x", true),
+            ("caf?", "café", true),
+            ("*é", "café", true),
+            ("?", "é", true),
         ];
         for (pattern, text, want) in cases {
             assert_eq!(glob(pattern, text), want, "{pattern:?} vs {text:?}");

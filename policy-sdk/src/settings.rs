@@ -81,14 +81,19 @@ mod tests {
 
     #[test]
     fn empty_and_null_take_defaults() {
-        assert_eq!(parse_settings::<S>("").unwrap(), S::default());
-        assert_eq!(parse_settings::<S>("null").unwrap(), S::default());
-        assert_eq!(parse_settings::<S>(r#"{"limit": 7}"#).unwrap().limit, 7);
+        assert_eq!(parse_settings::<S>("").expect("defaults"), S::default());
+        assert_eq!(parse_settings::<S>("null").expect("defaults"), S::default());
+        assert_eq!(
+            parse_settings::<S>(r#"{"limit": 7}"#)
+                .expect("parses")
+                .limit,
+            7
+        );
     }
 
     #[test]
     fn wrong_type_names_the_key() {
-        let e = parse_settings::<S>(r#"{"tables": ["a", 3]}"#).unwrap_err();
+        let e = parse_settings::<S>(r#"{"tables": ["a", 3]}"#).expect_err("refused");
         assert_eq!(e.key, "tables[1]");
         assert_eq!(
             e.to_string(),
@@ -98,13 +103,13 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let e = parse_settings::<S>(r#"{"tabels": []}"#).unwrap_err();
+        let e = parse_settings::<S>(r#"{"tabels": []}"#).expect_err("refused");
         assert!(e.message.contains("unknown field `tabels`"), "{e}");
     }
 
     #[test]
     fn not_json_is_refused() {
-        let e = parse_settings::<S>("{").unwrap_err();
+        let e = parse_settings::<S>("{").expect_err("refused");
         assert_eq!(e.key, "");
         assert!(e.to_string().starts_with("settings: EOF"), "{e}");
     }

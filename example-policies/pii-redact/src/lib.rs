@@ -31,7 +31,7 @@ impl Policy for PiiRedact {
     type Settings = Settings;
 
     fn evaluate(s: &Settings, action: &Action, _context: &Context) -> Decision {
-        if !s.tools.iter().any(|t| *t == action.name) {
+        if !s.tools.contains(&action.name) {
             return Decision::allow(
                 "pii.not-applicable",
                 "This action is not scanned for personal data.",
@@ -208,7 +208,7 @@ fn luhn(digits: &[u8]) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// `sk-` and 20 or more of `[A-Za-z0-9_-]`, or `AKIA` and 16 of `[A-Z0-9]`,

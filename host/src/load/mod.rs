@@ -75,6 +75,14 @@ pub struct LoadedPolicy {
     pub(crate) pre: PolicyPre,
 }
 
+impl LoadedPolicy {
+    /// The linked component, for calling [`crate::evaluate::evaluate`]
+    /// directly.
+    pub fn pre(&self) -> &PolicyPre {
+        &self.pre
+    }
+}
+
 impl fmt::Debug for LoadedPolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LoadedPolicy")
