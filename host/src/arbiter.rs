@@ -138,6 +138,17 @@ pub struct Arbiter {
     permits: Arc<Permits>,
 }
 
+impl std::fmt::Debug for Arbiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Arbiter")
+            .field(
+                "policies",
+                &self.set.policies().map(|p| &p.name).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
 impl Arbiter {
     /// An arbiter deciding with `set` on `engine`.
     pub fn new(engine: Engine, set: PolicySet) -> Self {
@@ -265,7 +276,8 @@ impl Arbiter {
     }
 }
 
-fn open_cache(config: &Config) -> Option<CompileCache> {
+/// The compile cache the configuration asks for, if it can be opened.
+pub(crate) fn open_cache(config: &Config) -> Option<CompileCache> {
     if !config.cache.enabled {
         return None;
     }

@@ -11,6 +11,7 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::cases::{self, Case};
+use crate::config::Config;
 use crate::engine::{Engine, EngineConfig};
 use crate::evaluate::Limits;
 use crate::front_door::wire;
@@ -33,6 +34,9 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 struct Global {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
     /// Where compiled policies are cached [default: $ARBITER_CACHE_DIR,
     /// $XDG_CACHE_HOME/arbiter or ~/.cache/arbiter].
     #[arg(long, global = true, value_name = "DIR")]
@@ -42,8 +46,27 @@ struct Global {
     no_cache: bool,
 }
 
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Cli {
+    /// The log format asked for.
+    pub fn log_format(&self) -> LogFormat {
+        self.global.log_format
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Serve decisions over HTTP until SIGTERM or Ctrl-C. Without --config,
+    /// serves the embedded example policies on their default routes.
+    Serve(ServeArgs),
     /// Decide one request (wire format, with optional `history`) with one
     /// policy and print the decision as JSON.
     Eval(EvalArgs),
@@ -55,6 +78,16 @@ enum Command {
         /// The component (.wasm).
         file: PathBuf,
     },
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// The configuration file (TOML); default: the embedded configuration.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Listen here instead of the configured `server.listen`.
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -120,11 +153,103 @@ fn parse_policy_arg(s: &str) -> Result<(String, PathBuf), String> {
 /// # Errors
 /// Anything that stops the command, with context naming the input.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Serve(args) = cli.command {
+        return serve(args, &cli.global);
+    }
     let cache = open_cache(&cli.global)?;
     match cli.command {
+        Command::Serve(_) => unreachable!("handled above"),
         Command::Eval(args) => eval(args, cache.as_ref()),
         Command::Test(args) => test(args, cache.as_ref()),
         Command::Inspect { file } => inspect(&file),
+    }
+}
+
+fn serve(args: ServeArgs, global: &Global) -> anyhow::Result<ExitCode> {
+    let (mut config, base) = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => (
+            Config::default_config()?,
+            std::env::current_dir().context("no current directory")?,
+        ),
+    };
+    if let Some(listen) = args.listen {
+        config.server.listen = listen;
+    }
+    if global.no_cache {
+        config.cache.enabled = false;
+    } else if let Some(dir) = &global.cache_dir {
+        config.cache.dir = Some(dir.clone());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("arbiter")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let bound =
+            crate::server::bind(config, base, crate::server::ServeOptions::default()).await?;
+        eprintln!("arbiter: listening on http://{}", bound.local_addr());
+        let shutdown = async {
+            signal().await;
+            eprintln!(
+                "arbiter: shutting down; draining in-flight requests (Ctrl-C again to quit now)"
+            );
+        };
+        let wait = async {
+            tokio::select! {
+                r = bound.ready() => match r {
+                    Ok(()) => eprintln!("arbiter: ready"),
+                    Err(e) => return Err(e),
+                },
+                () = shutdown => {
+                    bound.shutdown();
+                    return Ok(bound);
+                }
+            }
+            signal().await;
+            eprintln!(
+                "arbiter: shutting down; draining in-flight requests (Ctrl-C again to quit now)"
+            );
+            bound.shutdown();
+            Ok(bound)
+        };
+        let bound = match wait.await {
+            Ok(b) => b,
+            Err(e) => return Err(anyhow::Error::new(e)),
+        };
+        tokio::select! {
+            r = bound.wait() => r?,
+            () = signal() => {
+                eprintln!("arbiter: second signal; quitting without draining");
+                return Ok(ExitCode::from(130));
+            }
+        }
+        eprintln!("arbiter: stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+async fn signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

@@ -4,7 +4,9 @@
 //! names are unique) before anything is built from it.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -20,6 +22,15 @@ pub const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The HTTP server.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Bearer tokens.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// The external authorizer endpoint (`/v1/authz`).
+    #[serde(default)]
+    pub authorizer: AuthorizerConfig,
     /// Engine settings.
     #[serde(default)]
     pub engine: EngineConfig,
@@ -32,6 +43,114 @@ pub struct Config {
     /// The routes, in match order.
     #[serde(default)]
     pub routes: Vec<RouteSpec>,
+}
+
+/// `[server]`: where to listen and how much to accept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address and port. Default: `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Largest request body, in bytes; larger is 413. Default: 1 MiB.
+    pub max_body_bytes: usize,
+    /// Time a client has to send the request headers, in ms; then the
+    /// connection is closed. Default: 5000.
+    pub header_timeout_ms: u64,
+    /// Time a client has to send the request body, in ms; then 408.
+    /// Default: 10000.
+    pub body_timeout_ms: u64,
+    /// Decisions running or waiting at once; more get 503 with
+    /// `Retry-After` rather than an unbounded queue. Default: 256.
+    pub max_pending_decisions: usize,
+    /// Open connections at once; more wait in the kernel's backlog.
+    /// Default: 4096.
+    pub max_connections: usize,
+    /// Time in-flight requests get to finish on shutdown, in ms.
+    /// Default: 10000.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 1 << 20,
+            header_timeout_ms: 5_000,
+            body_timeout_ms: 10_000,
+            max_pending_decisions: 256,
+            max_connections: 4096,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// `header_timeout_ms` as a [`Duration`].
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_timeout_ms)
+    }
+
+    /// `body_timeout_ms` as a [`Duration`].
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_timeout_ms)
+    }
+
+    /// `shutdown_grace_ms` as a [`Duration`].
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+/// `[auth]`: optional bearer tokens. A value `env:NAME` is read from the
+/// environment variable NAME at start, so tokens need not sit in the file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Required to ask for decisions and read state, when set.
+    pub decide_token: Option<String>,
+    /// Required for anything that changes state, when set; without it,
+    /// such endpoints are refused.
+    pub admin_token: Option<String>,
+}
+
+/// `[authorizer]`: how the external authorizer builds an action of kind
+/// `http` from the original request.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthorizerConfig {
+    /// Header with the agent id. Default: `x-agent-id`.
+    pub agent_header: String,
+    /// Header with the agent's roles, comma-separated. Default: `x-agent-roles`.
+    pub agent_roles_header: String,
+    /// Header with the user id. Default: `x-user-id`.
+    pub user_header: String,
+    /// Header with the user's roles, comma-separated. Default: `x-user-roles`.
+    pub user_roles_header: String,
+    /// Header with the environment. Default: `x-environment`.
+    pub environment_header: String,
+    /// Header with the session id. Default: `x-session-id`.
+    pub session_header: String,
+    /// Headers of the original request copied into `params.headers`.
+    /// Default: `content-type`, `content-length`, `user-agent`.
+    pub forward_headers: Vec<String>,
+}
+
+impl Default for AuthorizerConfig {
+    fn default() -> Self {
+        AuthorizerConfig {
+            agent_header: "x-agent-id".into(),
+            agent_roles_header: "x-agent-roles".into(),
+            user_header: "x-user-id".into(),
+            user_roles_header: "x-user-roles".into(),
+            environment_header: "x-environment".into(),
+            session_header: "x-session-id".into(),
+            forward_headers: vec![
+                "content-type".into(),
+                "content-length".into(),
+                "user-agent".into(),
+            ],
+        }
+    }
 }
 
 /// `[cache]`: where compiled components are kept between runs.
@@ -143,6 +262,29 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), String> {
+        let s = &self.server;
+        for (key, value) in [
+            ("server.max_body_bytes", s.max_body_bytes as u64),
+            ("server.header_timeout_ms", s.header_timeout_ms),
+            ("server.body_timeout_ms", s.body_timeout_ms),
+            (
+                "server.max_pending_decisions",
+                s.max_pending_decisions as u64,
+            ),
+            ("server.max_connections", s.max_connections as u64),
+        ] {
+            if value == 0 {
+                return Err(format!("`{key}` must be at least 1"));
+            }
+        }
+        for (key, token) in [
+            ("auth.decide_token", &self.auth.decide_token),
+            ("auth.admin_token", &self.auth.admin_token),
+        ] {
+            if let Some(t) = token {
+                resolve_secret(t).map_err(|e| format!("`{key}`: {e}"))?;
+            }
+        }
         let mut names = BTreeSet::new();
         for p in &self.policies {
             if p.name.is_empty() {
@@ -183,6 +325,24 @@ impl Config {
     }
 }
 
+/// A secret from the configuration: `env:NAME` reads the variable NAME;
+/// anything else is the secret itself. Empty secrets are refused.
+///
+/// # Errors
+/// A message saying which variable is missing, or that the value is empty.
+pub fn resolve_secret(value: &str) -> Result<String, String> {
+    let secret = match value.strip_prefix("env:") {
+        Some(var) => {
+            std::env::var(var).map_err(|_| format!("environment variable `{var}` is not set"))?
+        }
+        None => value.to_owned(),
+    };
+    if secret.is_empty() {
+        return Err("the token is empty".into());
+    }
+    Ok(secret)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,6 +378,28 @@ mod tests {
         assert!(
             e.to_string()
                 .contains("names policy `b`, which is not configured"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_listen_address_names_line_and_key() {
+        let e = Config::parse("[server]\nlisten = \"localhost\"\n", "t.toml").expect_err("refused");
+        let msg = e.to_string();
+        assert!(msg.contains("line 2") && msg.contains("listen"), "{msg}");
+    }
+
+    #[test]
+    fn missing_token_variable_is_named() {
+        let e = Config::parse(
+            "[auth]\nadmin_token = \"env:ARBITER_TEST_NO_SUCH_VAR\"\n",
+            "t.toml",
+        )
+        .expect_err("refused");
+        assert!(
+            e.to_string().contains(
+                "`auth.admin_token`: environment variable `ARBITER_TEST_NO_SUCH_VAR` is not set"
+            ),
             "{e}"
         );
     }

@@ -14,6 +14,9 @@
 //! | run one policy, sandboxed | [`evaluate`] |
 //! | fold a chain | [`combine`] |
 //! | bring a policy into service | [`load`] |
+//! | what a decision leaves behind | [`evidence`] |
+//!
+//! [`server`] runs the HTTP decision service around them.
 //!
 //! [`arbiter::Arbiter::decide`] writes the order out; [`engine`] holds the
 //! one wasmtime engine; [`decision`] the shared types; [`config`] the
@@ -28,10 +31,12 @@ pub mod config;
 pub mod decision;
 pub mod engine;
 pub mod evaluate;
+pub mod evidence;
 pub mod examples;
 pub mod front_door;
 pub mod load;
 pub mod route;
+pub mod server;
 
 pub use arbiter::{Arbiter, PolicySet};
 pub use decision::{Action, Context, Decision, History, Outcome, PolicyReport, Principal, Request};

@@ -1,22 +1,26 @@
-//! The `arbiter` binary: parse, run, map the result to an exit code.
+//! The `arbiter` binary: parse, set up logging, run, map the result to an
+//! exit code.
 
 use std::process::ExitCode;
 
+use arbiter::cli::{Cli, LogFormat};
 use clap::Parser;
 
 /// Exit code for errors (bad input, a policy that will not load, ...).
 const EXIT_ERROR: u8 = 2;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ARBITER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
     // clap exits 2 on bad usage and 0 for --help/--version by itself.
-    let cli = arbiter::cli::Cli::parse();
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ARBITER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match cli.log_format() {
+        LogFormat::Human => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     match arbiter::cli::run(cli) {
         Ok(code) => code,
         Err(e) => {

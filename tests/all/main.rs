@@ -5,3 +5,4 @@ mod chain;
 mod concurrency;
 mod hostile;
 mod load;
+mod server;

@@ -94,3 +94,101 @@ pub fn request(kind: &str, name: &str, params: serde_json::Value) -> Request {
         history: Default::default(),
     }
 }
+
+pub mod http;
+
+/// A configuration serving `policies` (embedded example names, or files
+/// given as `name=path`) on one route for everything, on a free loopback
+/// port, with no compile cache and a small engine.
+pub fn server_config(policies: &[(&str, &str, serde_json::Value)]) -> arbiter::config::Config {
+    use arbiter::config::{Config, PolicyConfig};
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().expect("addr");
+    config.cache.enabled = false;
+    config.engine.max_instances = 32;
+    for (name, source, settings) in policies {
+        let (file, example) = match source.strip_prefix("file:") {
+            Some(path) => (Some(path.into()), None),
+            None => (None, Some((*source).to_owned())),
+        };
+        config.policies.push(PolicyConfig {
+            name: (*name).to_owned(),
+            file,
+            example,
+            settings: settings.clone(),
+            limits: Limits::default(),
+        });
+    }
+    let names: Vec<&str> = policies.iter().map(|(n, _, _)| *n).collect();
+    config.routes.push(route_all(&names));
+    config
+}
+
+/// A server on its own runtime, for synchronous tests: drop it, or call
+/// [`Server::stop`], to shut it down gracefully.
+pub struct Server {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    bound: Option<arbiter::server::Bound>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Server {
+    /// Binds without waiting for the policies to load.
+    pub fn bind(config: arbiter::config::Config, options: arbiter::server::ServeOptions) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let bound = runtime
+            .block_on(arbiter::server::bind(config, ".".into(), options))
+            .expect("bind");
+        Server {
+            addr: bound.local_addr(),
+            bound: Some(bound),
+            runtime,
+        }
+    }
+
+    /// Binds and waits until every policy has loaded.
+    pub fn start(config: arbiter::config::Config, options: arbiter::server::ServeOptions) -> Self {
+        let server = Self::bind(config, options);
+        server.ready().expect("ready");
+        server
+    }
+
+    /// Waits for the first load.
+    pub fn ready(&self) -> Result<(), arbiter::server::ServeError> {
+        let bound = self.bound.as_ref().expect("running");
+        self.runtime.block_on(bound.ready())
+    }
+
+    /// Starts a graceful shutdown without waiting for it.
+    pub fn begin_shutdown(&self) {
+        if let Some(b) = &self.bound {
+            b.shutdown();
+        }
+    }
+
+    /// Shuts down gracefully and returns how the server ended.
+    pub fn stop(mut self) -> Result<(), arbiter::server::ServeError> {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Result<(), arbiter::server::ServeError> {
+        match self.bound.take() {
+            Some(b) => {
+                b.shutdown();
+                self.runtime.block_on(b.wait())
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}

@@ -1,4 +1,10 @@
-//! Front door: where requests come in. Today the wire format ([`wire`]),
-//! shared by the CLI and the test-case runner.
+//! Front door: where requests come in. [`http`] is the hyper service (its
+//! doc lists every endpoint), [`ext_authz`] maps a gateway's original
+//! request to an action, [`auth`] checks bearer tokens, [`wire`] converts
+//! the JSON wire format, and [`error`] maps every refusal to a 4xx/5xx.
 
+pub mod auth;
+pub mod error;
+pub mod ext_authz;
+pub mod http;
 pub mod wire;

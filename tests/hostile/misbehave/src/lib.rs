@@ -16,6 +16,10 @@
 //! | `huge-reason` | returns a 1 MiB reason |
 //! | anything else | allows, with rule `misbehave.none` |
 //!
+//! For kind `http` (the external authorizer's actions, named `METHOD
+//! /path`), the path's last segment picks a plain outcome instead: `allow`,
+//! `deny`, `approve` (require-approval) or `modify`, and `spin` as above.
+//!
 //! `validate-settings` panics when the settings contain `"panic"`, loops
 //! when they contain `"loop"`, and refuses them when they contain `"no"`.
 
@@ -64,6 +68,32 @@ impl Guest for Misbehave {
     }
 
     fn evaluate(action: Action, _context: Context) -> Decision {
+        if action.kind == "http" {
+            let last = action.name.rsplit('/').next().unwrap_or("");
+            let outcome = match last {
+                "allow" => Outcome::Allow,
+                "approve" => Outcome::RequireApproval,
+                "modify" => Outcome::Modify,
+                "spin" => {
+                    return Self::evaluate(
+                        Action {
+                            name: "spin".into(),
+                            ..action
+                        },
+                        _context,
+                    );
+                }
+                _ => Outcome::Deny,
+            };
+            let params = (outcome == Outcome::Modify).then(|| "{}".to_owned());
+            return Decision {
+                outcome,
+                reason: format!("the path ends in `{last}`"),
+                rule: format!("misbehave.http-{last}"),
+                risk: 10,
+                params,
+            };
+        }
         match action.name.as_str() {
             "loop" => {
                 let mut i = 0u64;

@@ -1,0 +1,272 @@
+//! An owned metrics registry, rendered in the Prometheus text format at
+//! `GET /metrics`. No globals: the server holds one [`Metrics`] and passes
+//! it where decisions are made.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `arbiter_decisions_total` | counter | `outcome` (what the caller was told) |
+//! | `arbiter_policy_decisions_total` | counter | `policy`, `outcome`, `mode` |
+//! | `arbiter_policy_failures_total` | counter | `policy`, `kind` |
+//! | `arbiter_policy_fuel_total` | counter | `policy` |
+//! | `arbiter_decision_duration_seconds` | histogram, µs-resolution buckets | |
+//! | `arbiter_http_responses_total` | counter | `endpoint`, `status` |
+//! | `arbiter_ready` | gauge | |
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use crate::decision::Decision;
+
+/// Upper bounds of the latency histogram, in microseconds: fine where
+/// decisions live (tens of µs) and coarse up to the deadline range.
+const LATENCY_BUCKETS_MICROS: &[u64] = &[
+    5, 10, 15, 20, 30, 50, 75, 100, 150, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000,
+    100_000, 250_000, 1_000_000,
+];
+
+/// The mode label. Every policy enforces until enforcement modes exist.
+const MODE: &str = "enforce";
+
+/// Every counter Arbiter keeps. Cheap to share behind an `Arc`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    counters: Mutex<Counters>,
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS_MICROS.len()],
+    latency_count: AtomicU64,
+    latency_sum_micros: AtomicU64,
+    ready: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    decisions: BTreeMap<&'static str, u64>,
+    policy_decisions: BTreeMap<(String, &'static str), u64>,
+    failures: BTreeMap<(String, String), u64>,
+    fuel: BTreeMap<String, u64>,
+    responses: BTreeMap<(&'static str, u16), u64>,
+}
+
+impl Metrics {
+    /// A registry with every counter at zero.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Counts one decision: its outcome, each policy's outcome, failure and
+    /// fuel, and its latency.
+    pub fn record_decision(&self, d: &Decision) {
+        {
+            let mut c = self.lock();
+            *c.decisions.entry(d.outcome.as_str()).or_default() += 1;
+            for p in &d.policies {
+                *c.policy_decisions
+                    .entry((p.name.clone(), p.outcome.as_str()))
+                    .or_default() += 1;
+                if let Some(kind) = &p.failure {
+                    *c.failures
+                        .entry((p.name.clone(), kind.clone()))
+                        .or_default() += 1;
+                }
+                *c.fuel.entry(p.name.clone()).or_default() += p.fuel;
+            }
+        }
+        let bucket = LATENCY_BUCKETS_MICROS
+            .iter()
+            .position(|b| d.micros <= *b)
+            .unwrap_or(LATENCY_BUCKETS_MICROS.len() - 1);
+        // Buckets are stored non-cumulative and summed when rendered;
+        // anything above the last bound counts only in `+Inf`.
+        if d.micros <= LATENCY_BUCKETS_MICROS[bucket] {
+            self.latency_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_micros
+            .fetch_add(d.micros, Ordering::Relaxed);
+    }
+
+    /// Counts one HTTP response.
+    pub fn record_response(&self, endpoint: &'static str, status: u16) {
+        *self.lock().responses.entry((endpoint, status)).or_default() += 1;
+    }
+
+    /// Sets the readiness gauge.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let c = self.lock();
+        header(
+            &mut out,
+            "arbiter_decisions_total",
+            "counter",
+            "Decisions, by the outcome the caller was told.",
+        );
+        for (outcome, n) in &c.decisions {
+            let _ = writeln!(out, "arbiter_decisions_total{{outcome=\"{outcome}\"}} {n}");
+        }
+        header(
+            &mut out,
+            "arbiter_policy_decisions_total",
+            "counter",
+            "Policy evaluations, by policy, outcome and mode.",
+        );
+        for ((policy, outcome), n) in &c.policy_decisions {
+            let _ = writeln!(
+                out,
+                "arbiter_policy_decisions_total{{policy=\"{}\",outcome=\"{outcome}\",mode=\"{MODE}\"}} {n}",
+                escape(policy)
+            );
+        }
+        header(
+            &mut out,
+            "arbiter_policy_failures_total",
+            "counter",
+            "Policy failures (each a deny), by policy and kind.",
+        );
+        for ((policy, kind), n) in &c.failures {
+            let _ = writeln!(
+                out,
+                "arbiter_policy_failures_total{{policy=\"{}\",kind=\"{}\"}} {n}",
+                escape(policy),
+                escape(kind)
+            );
+        }
+        header(
+            &mut out,
+            "arbiter_policy_fuel_total",
+            "counter",
+            "Fuel consumed by each policy.",
+        );
+        for (policy, n) in &c.fuel {
+            let _ = writeln!(
+                out,
+                "arbiter_policy_fuel_total{{policy=\"{}\"}} {n}",
+                escape(policy)
+            );
+        }
+        header(
+            &mut out,
+            "arbiter_http_responses_total",
+            "counter",
+            "HTTP responses, by endpoint and status.",
+        );
+        for ((endpoint, status), n) in &c.responses {
+            let _ = writeln!(
+                out,
+                "arbiter_http_responses_total{{endpoint=\"{endpoint}\",status=\"{status}\"}} {n}"
+            );
+        }
+        drop(c);
+        header(
+            &mut out,
+            "arbiter_decision_duration_seconds",
+            "histogram",
+            "Decision latency, route to combine.",
+        );
+        let mut cumulative = 0;
+        for (bound, count) in LATENCY_BUCKETS_MICROS.iter().zip(&self.latency_buckets) {
+            cumulative += count.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "arbiter_decision_duration_seconds_bucket{{le=\"{}\"}} {cumulative}",
+                *bound as f64 / 1e6
+            );
+        }
+        let count = self.latency_count.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "arbiter_decision_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "arbiter_decision_duration_seconds_sum {}",
+            self.latency_sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "arbiter_decision_duration_seconds_count {count}");
+        header(
+            &mut out,
+            "arbiter_ready",
+            "gauge",
+            "1 once every configured policy has loaded.",
+        );
+        let _ = writeln!(
+            out,
+            "arbiter_ready {}",
+            u8::from(self.ready.load(Ordering::Relaxed))
+        );
+        out
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counters> {
+        self.counters.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Escapes a label value: backslash, double quote and newline.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::{Outcome, PolicyReport};
+
+    fn decision(micros: u64, failure: Option<&str>) -> Decision {
+        Decision {
+            decision_id: "d".into(),
+            outcome: Outcome::Deny,
+            reason: String::new(),
+            rule: String::new(),
+            risk: 0,
+            params: None,
+            micros,
+            policies: vec![PolicyReport {
+                name: "p\"x".into(),
+                version: String::new(),
+                outcome: Outcome::Deny,
+                rule: String::new(),
+                reason: String::new(),
+                risk: 0,
+                params: None,
+                fuel: 7,
+                micros,
+                failure: failure.map(str::to_owned),
+            }],
+        }
+    }
+
+    #[test]
+    fn counts_render_with_escaped_labels_and_cumulative_buckets() {
+        let m = Metrics::new();
+        m.record_decision(&decision(8, None));
+        m.record_decision(&decision(40, Some("fuel")));
+        m.record_decision(&decision(5_000_000, None));
+        let text = m.render();
+        for line in [
+            "arbiter_decisions_total{outcome=\"deny\"} 3",
+            "arbiter_policy_decisions_total{policy=\"p\\\"x\",outcome=\"deny\",mode=\"enforce\"} 3",
+            "arbiter_policy_failures_total{policy=\"p\\\"x\",kind=\"fuel\"} 1",
+            "arbiter_policy_fuel_total{policy=\"p\\\"x\"} 21",
+            "arbiter_decision_duration_seconds_bucket{le=\"0.00001\"} 1",
+            "arbiter_decision_duration_seconds_bucket{le=\"0.00005\"} 2",
+            "arbiter_decision_duration_seconds_bucket{le=\"1\"} 2",
+            "arbiter_decision_duration_seconds_bucket{le=\"+Inf\"} 3",
+            "arbiter_decision_duration_seconds_count 3",
+            "arbiter_ready 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Every way a request can be refused, mapped to an HTTP status and a JSON
+//! body in one place.
+
+use hyper::StatusCode;
+use serde_json::json;
+
+use super::wire::WireError;
+
+/// A refused request.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FrontDoorError {
+    /// The body does not fit the wire format.
+    #[error("{0}")]
+    BadRequest(WireError),
+    /// A field the wire format leaves optional but the service needs.
+    #[error("`{0}` is missing or empty: every decision must name its agent")]
+    Required(&'static str),
+    /// A field a caller may not set.
+    #[error("`{0}` is filled by the host; a caller may not set it")]
+    Forbidden(&'static str),
+    /// Missing or wrong bearer token.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// The body is not JSON.
+    #[error("content type must be application/json, got `{0}`")]
+    UnsupportedMediaType(String),
+    /// The body is over the limit.
+    #[error("the body is over the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// The limit, in bytes.
+        limit: usize,
+    },
+    /// The client did not send the body in time.
+    #[error("the request body did not arrive within {0} ms")]
+    Timeout(u64),
+    /// The body could not be read.
+    #[error("cannot read the request body: {0}")]
+    Body(String),
+    /// No such endpoint.
+    #[error("no endpoint `{0}`")]
+    NotFound(String),
+    /// The endpoint exists; the method does not.
+    #[error("method not allowed; use {allow}")]
+    MethodNotAllowed {
+        /// The methods it takes.
+        allow: &'static str,
+    },
+    /// Too many decisions in flight.
+    #[error("saturated: {0} decisions are already running or waiting; retry shortly")]
+    Saturated(usize),
+    /// Policies are still loading.
+    #[error("not ready: policies are still loading")]
+    NotReady,
+}
+
+impl FrontDoorError {
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            FrontDoorError::BadRequest(_)
+            | FrontDoorError::Required(_)
+            | FrontDoorError::Forbidden(_) => StatusCode::BAD_REQUEST,
+            FrontDoorError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            FrontDoorError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            FrontDoorError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            FrontDoorError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+            FrontDoorError::Body(_) => StatusCode::BAD_REQUEST,
+            FrontDoorError::NotFound(_) => StatusCode::NOT_FOUND,
+            FrontDoorError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            FrontDoorError::Saturated(_) | FrontDoorError::NotReady => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+
+    /// A stable, machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            FrontDoorError::BadRequest(_) => "bad_request",
+            FrontDoorError::Required(_) => "missing_field",
+            FrontDoorError::Forbidden(_) => "field_not_allowed",
+            FrontDoorError::Unauthorized(_) => "unauthorized",
+            FrontDoorError::UnsupportedMediaType(_) => "unsupported_media_type",
+            FrontDoorError::PayloadTooLarge { .. } => "payload_too_large",
+            FrontDoorError::Timeout(_) => "timeout",
+            FrontDoorError::Body(_) => "bad_body",
+            FrontDoorError::NotFound(_) => "not_found",
+            FrontDoorError::MethodNotAllowed { .. } => "method_not_allowed",
+            FrontDoorError::Saturated(_) => "saturated",
+            FrontDoorError::NotReady => "not_ready",
+        }
+    }
+
+    /// The JSON body: `{"error": {"code", "message", ...}}`, with the field
+    /// path, line and column for a bad body.
+    pub fn body(&self) -> serde_json::Value {
+        let mut error = json!({"code": self.code(), "message": self.to_string()});
+        match self {
+            FrontDoorError::BadRequest(w) => {
+                error["path"] = json!(w.path);
+                error["line"] = json!(w.line);
+                error["column"] = json!(w.column);
+            }
+            FrontDoorError::Required(path) | FrontDoorError::Forbidden(path) => {
+                error["path"] = json!(path);
+            }
+            _ => {}
+        }
+        json!({ "error": error })
+    }
+
+    /// Extra headers the status calls for.
+    pub fn headers(&self) -> Vec<(&'static str, &'static str)> {
+        match self {
+            FrontDoorError::Unauthorized(_) => vec![("www-authenticate", "Bearer")],
+            FrontDoorError::MethodNotAllowed { allow } => vec![("allow", allow)],
+            FrontDoorError::Saturated(_) | FrontDoorError::NotReady => vec![("retry-after", "1")],
+            _ => Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! The HTTP front door: one hyper service that checks, parses and dispatches
+//! every request. Endpoints:
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | POST | `/v1/decide` | the wire format of `shared/DESIGN.md` in, the decision out |
+//! | any | `/v1/authz`, `/v1/authz/...` | external authorizer (Envoy `ext_authz`, nginx `auth_request`): 200 or 403 |
+//! | GET | `/v1/policies` | each policy: version, routes, limits, load state, last error |
+//! | GET | `/healthz` | alive |
+//! | GET | `/readyz` | 200 once every configured policy has loaded, else 503 |
+//! | GET | `/metrics` | Prometheus text format |
+//!
+//! Bad input is refused with a JSON body naming the problem
+//! ([`FrontDoorError`]); nothing a client sends can panic the handler.
+
+use std::convert::Infallible;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request as HttpRequest, Response, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+use super::auth::Tokens;
+use super::error::FrontDoorError;
+use super::{ext_authz, wire};
+use crate::arbiter::Arbiter;
+use crate::config::{AuthorizerConfig, Config, ServerConfig};
+use crate::decision::{Context, Decision, History, Outcome, Request};
+use crate::evidence::metrics::Metrics;
+
+/// The header carrying the decision id on every decision response.
+pub const DECISION_ID_HEADER: &str = "x-arbiter-decision-id";
+
+/// Options for embedders and tests that the `arbiter` binary never sets.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HttpOptions {
+    /// Accept `history` from the caller instead of refusing it. Only for
+    /// tests that replay history-dependent cases; a production caller must
+    /// never be able to set its own counters.
+    pub accept_caller_history: bool,
+}
+
+/// Where loading stands.
+#[derive(Debug)]
+pub enum LoadState {
+    /// Every policy loaded.
+    Ready(Arbiter),
+    /// Loading failed; the server will stop.
+    Failed(String),
+}
+
+/// What every request may need: shared, read-mostly.
+pub struct AppState {
+    /// Set once the first load finishes.
+    pub(crate) load: OnceLock<LoadState>,
+    pub(crate) config: Config,
+    pub(crate) tokens: Tokens,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) pending: Semaphore,
+    pub(crate) options: HttpOptions,
+}
+
+impl AppState {
+    /// State for a server running `config`.
+    pub fn new(
+        config: Config,
+        tokens: Tokens,
+        metrics: Arc<Metrics>,
+        options: HttpOptions,
+    ) -> Self {
+        AppState {
+            load: OnceLock::new(),
+            pending: Semaphore::new(config.server.max_pending_decisions),
+            config,
+            tokens,
+            metrics,
+            options,
+        }
+    }
+
+    fn arbiter(&self) -> Option<&Arbiter> {
+        match self.load.get() {
+            Some(LoadState::Ready(a)) => Some(a),
+            _ => None,
+        }
+    }
+
+    fn server(&self) -> &ServerConfig {
+        &self.config.server
+    }
+
+    fn authorizer(&self) -> &AuthorizerConfig {
+        &self.config.authorizer
+    }
+}
+
+type Body = Full<Bytes>;
+
+/// Handles one request. Never fails: every problem is a response.
+pub async fn handle(
+    state: Arc<AppState>,
+    req: HttpRequest<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let (endpoint, result) = route(&state, req, &path).await;
+    let response = result.unwrap_or_else(error_response);
+    state
+        .metrics
+        .record_response(endpoint, response.status().as_u16());
+    Ok(response)
+}
+
+async fn route(
+    state: &AppState,
+    req: HttpRequest<Incoming>,
+    path: &str,
+) -> (&'static str, Result<Response<Body>, FrontDoorError>) {
+    let method = req.method().clone();
+    let get_only = |endpoint, f: fn(&AppState) -> Response<Body>| {
+        if method == Method::GET || method == Method::HEAD {
+            (endpoint, Ok(f(state)))
+        } else {
+            (
+                endpoint,
+                Err(FrontDoorError::MethodNotAllowed { allow: "GET" }),
+            )
+        }
+    };
+    match path {
+        "/v1/decide" if method == Method::POST => ("decide", decide(state, req).await),
+        "/v1/decide" => (
+            "decide",
+            Err(FrontDoorError::MethodNotAllowed { allow: "POST" }),
+        ),
+        p if p == ext_authz::PREFIX || p.starts_with("/v1/authz/") => {
+            ("authz", authz(state, req).await)
+        }
+        "/v1/policies" => match state.tokens.check_decide(req.headers(), true) {
+            Ok(()) => get_only("policies", policies),
+            Err(e) => ("policies", Err(e)),
+        },
+        "/healthz" => get_only("healthz", |_| {
+            json_response(StatusCode::OK, &json!({"status": "alive"}))
+        }),
+        "/readyz" => get_only("readyz", readyz),
+        "/metrics" => get_only("metrics", |s| {
+            let mut r = Response::new(Full::new(Bytes::from(s.metrics.render())));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }),
+        other => (
+            "other",
+            Err(FrontDoorError::NotFound(other.chars().take(200).collect())),
+        ),
+    }
+}
+
+/// The body of `POST /v1/decide`: the wire request, with `history`
+/// accepted only to refuse it clearly (or, in tests, to use it).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecideBody {
+    action: crate::decision::Action,
+    context: Context,
+    #[serde(default)]
+    history: Option<History>,
+}
+
+async fn decide(
+    state: &AppState,
+    req: HttpRequest<Incoming>,
+) -> Result<Response<Body>, FrontDoorError> {
+    state.tokens.check_decide(req.headers(), true)?;
+    check_json(req.headers())?;
+    let bytes = read_body(req, state.server()).await?;
+    let body: DecideBody = wire::parse(&bytes).map_err(FrontDoorError::BadRequest)?;
+    if body.history.is_some() && !state.options.accept_caller_history {
+        return Err(FrontDoorError::Forbidden("history"));
+    }
+    if body.context.agent.id.is_empty() {
+        return Err(FrontDoorError::Required("context.agent.id"));
+    }
+    let request = Request {
+        action: body.action,
+        context: body.context,
+        history: body.history.unwrap_or_default(),
+    };
+    let decision = run(state, request).await?;
+    let mut r = json_response(StatusCode::OK, &decision);
+    set_decision_id(&mut r, &decision);
+    Ok(r)
+}
+
+async fn authz(
+    state: &AppState,
+    req: HttpRequest<Incoming>,
+) -> Result<Response<Body>, FrontDoorError> {
+    // `Authorization` belongs to the original request here.
+    state.tokens.check_decide(req.headers(), false)?;
+    let request =
+        ext_authz::request_from(state.authorizer(), req.method(), req.uri(), req.headers());
+    let decision = run(state, request).await?;
+    let (status, reason) = match decision.outcome {
+        Outcome::Allow => (StatusCode::OK, decision.reason.clone()),
+        Outcome::Deny => (StatusCode::FORBIDDEN, decision.reason.clone()),
+        Outcome::RequireApproval => (
+            StatusCode::FORBIDDEN,
+            format!(
+                "Approval required, which an authorizer cannot wait for: {}",
+                decision.reason
+            ),
+        ),
+        // A gateway's authorizer cannot rewrite the request: fail closed.
+        Outcome::Modify => (
+            StatusCode::FORBIDDEN,
+            format!(
+                "A policy requires the request to be modified, which an authorizer cannot do: {}",
+                decision.reason
+            ),
+        ),
+    };
+    let body = json!({
+        "decision_id": decision.decision_id,
+        "outcome": decision.outcome,
+        "allowed": status == StatusCode::OK,
+        "reason": reason,
+        "rule": decision.rule,
+        "risk": decision.risk,
+    });
+    let mut r = json_response(status, &body);
+    set_decision_id(&mut r, &decision);
+    Ok(r)
+}
+
+/// Waits for a place (or refuses with 503), then decides off the reactor.
+async fn run(state: &AppState, request: Request) -> Result<Decision, FrontDoorError> {
+    let Some(arbiter) = state.arbiter() else {
+        return Err(FrontDoorError::NotReady);
+    };
+    let _permit = state
+        .pending
+        .try_acquire()
+        .map_err(|_| FrontDoorError::Saturated(state.server().max_pending_decisions))?;
+    let decision = arbiter.decide_async(request).await;
+    state.metrics.record_decision(&decision);
+    tracing::debug!(
+        decision_id = %decision.decision_id,
+        outcome = %decision.outcome,
+        rule = %decision.rule,
+        micros = decision.micros,
+        "decided"
+    );
+    Ok(decision)
+}
+
+fn policies(state: &AppState) -> Response<Body> {
+    let set = state.arbiter().map(|a| a.policy_set());
+    let routes = &state.config.routes;
+    let list: Vec<Value> = state
+        .config
+        .policies
+        .iter()
+        .map(|p| {
+            let on_routes: Vec<Value> = routes
+                .iter()
+                .filter(|r| r.chain.contains(&p.name))
+                .map(
+                    |r| json!({"kind": r.kind, "name": r.name, "agent": r.agent, "chain": r.chain}),
+                )
+                .collect();
+            let limits = json!({
+                "fuel": p.limits.fuel,
+                "deadline_ms": p.limits.deadline_ms,
+                "max_memory_bytes": p.limits.max_memory_bytes,
+            });
+            let mut entry = json!({"name": p.name, "routes": on_routes, "limits": limits});
+            match (
+                set.and_then(|s| s.policy(&p.name)),
+                set.and_then(|s| s.failures().get(&p.name)),
+            ) {
+                (Some(loaded), _) => {
+                    entry["state"] = json!("loaded");
+                    entry["version"] = json!(loaded.version);
+                    entry["source"] = json!(loaded.source);
+                    entry["size_bytes"] = json!(loaded.size_bytes);
+                    entry["last_error"] = Value::Null;
+                }
+                (None, Some(e)) => {
+                    entry["state"] = json!("failed");
+                    entry["last_error"] =
+                        json!({"step": e.step.as_str(), "message": e.to_string()});
+                }
+                (None, None) => {
+                    entry["state"] = json!(match state.load.get() {
+                        Some(LoadState::Failed(_)) => "failed",
+                        _ => "loading",
+                    });
+                    entry["last_error"] = Value::Null;
+                }
+            }
+            entry
+        })
+        .collect();
+    json_response(StatusCode::OK, &json!({ "policies": list }))
+}
+
+fn readyz(state: &AppState) -> Response<Body> {
+    match state.load.get() {
+        Some(LoadState::Ready(a)) => json_response(
+            StatusCode::OK,
+            &json!({"ready": true, "policies": a.policy_set().policies().count()}),
+        ),
+        Some(LoadState::Failed(e)) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"ready": false, "reason": format!("policies failed to load: {e}")}),
+        ),
+        None => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"ready": false, "reason": "policies are still loading"}),
+        ),
+    }
+}
+
+fn check_json(headers: &hyper::HeaderMap) -> Result<(), FrontDoorError> {
+    let ct = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(FrontDoorError::UnsupportedMediaType(
+            ct.chars().take(100).collect(),
+        ))
+    }
+}
+
+/// Reads the body within the size and time limits.
+async fn read_body(
+    req: HttpRequest<Incoming>,
+    server: &ServerConfig,
+) -> Result<Bytes, FrontDoorError> {
+    let limit = server.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    // Refuse a declared oversize body before reading a byte of it.
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(FrontDoorError::PayloadTooLarge { limit });
+    }
+    let timeout: Duration = server.body_timeout();
+    let collect = Limited::new(req.into_body(), limit).collect();
+    match tokio::time::timeout(timeout, collect).await {
+        Err(_) => Err(FrontDoorError::Timeout(server.body_timeout_ms)),
+        Ok(Ok(body)) => Ok(body.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(FrontDoorError::PayloadTooLarge { limit })
+        }
+        Ok(Err(e)) => Err(FrontDoorError::Body(e.to_string())),
+    }
+}
+
+fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response<Body> {
+    // Serializing our own types cannot fail; if it ever did, say so.
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|e| {
+        format!(r#"{{"error":{{"code":"internal","message":"cannot encode the response: {e}"}}}}"#)
+            .into_bytes()
+    });
+    let mut r = Response::new(Full::new(Bytes::from(bytes)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error_response(e: FrontDoorError) -> Response<Body> {
+    let mut r = json_response(e.status(), &e.body());
+    for (k, v) in e.headers() {
+        r.headers_mut().insert(k, HeaderValue::from_static(v));
+    }
+    r
+}
+
+fn set_decision_id(r: &mut Response<Body>, d: &Decision) {
+    if let Ok(v) = HeaderValue::from_str(&d.decision_id) {
+        r.headers_mut().insert(DECISION_ID_HEADER, v);
+    }
+}
