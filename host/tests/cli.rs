@@ -198,3 +198,150 @@ fn inspect_shows_version_world_and_imports() {
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).1.contains("is not a WebAssembly component"));
 }
+
+mod serve {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpStream;
+    use std::process::{Child, Command, Stdio};
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    /// Starts `arbiter serve` with `args`; returns the child, the address it
+    /// announced, and the rest of its stderr as it comes.
+    fn serve(args: &[&str], cache: &std::path::Path) -> (Child, String, mpsc::Receiver<String>) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_arbiter"))
+            .arg("serve")
+            .args(args)
+            .env("ARBITER_CACHE_DIR", cache)
+            .env("ARBITER_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let addr = loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("serve announces its address");
+            if let Some(a) = line.strip_prefix("arbiter: listening on http://") {
+                break a.to_owned();
+            }
+        };
+        (child, addr, rx)
+    }
+
+    fn http(addr: &str, request: &str) -> String {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.write_all(request.as_bytes()).expect("write");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    }
+
+    fn wait_ready(addr: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !http(
+            addr,
+            "GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+        .starts_with("HTTP/1.1 200")
+        {
+            assert!(Instant::now() < deadline, "never ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn sigterm(child: &Child) {
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    #[test]
+    fn serve_answers_on_the_default_configuration_and_drains_on_sigterm() {
+        let cache = tempfile::tempdir().expect("tempdir");
+        let (mut child, addr, rx) = serve(&["--listen", "127.0.0.1:0"], cache.path());
+        wait_ready(&addr);
+        let body = r#"{"action": {"kind": "shell", "name": "exec", "params": {"command": "sudo reboot"}}, "context": {"agent": {"id": "coder"}}}"#;
+        let reply = http(
+            &addr,
+            &format!(
+                "POST /v1/decide HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        );
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        assert!(
+            reply.contains("\"rule\":\"shell.blocked-command\""),
+            "{reply}"
+        );
+        sigterm(&child);
+        let status = child.wait().expect("wait");
+        assert_eq!(status.code(), Some(0));
+        let rest: Vec<String> = rx.try_iter().collect();
+        assert!(rest.iter().any(|l| l == "arbiter: stopped"), "{rest:?}");
+    }
+
+    #[test]
+    fn json_logs_are_one_object_per_line() {
+        let cache = tempfile::tempdir().expect("tempdir");
+        let (mut child, addr, rx) = serve(
+            &["--listen", "127.0.0.1:0", "--log-format", "json"],
+            cache.path(),
+        );
+        wait_ready(&addr);
+        sigterm(&child);
+        assert_eq!(child.wait().expect("wait").code(), Some(0));
+        let logs: Vec<serde_json::Value> = rx
+            .try_iter()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(&l).expect("a JSON log line"))
+            .collect();
+        assert!(
+            logs.iter().any(|l| l["fields"]["message"] == "ready"),
+            "{logs:?}"
+        );
+    }
+
+    #[test]
+    fn an_invalid_configuration_is_refused_naming_file_line_and_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("arbiter.toml");
+        std::fs::write(
+            &config,
+            "[server]\nlisten = \"127.0.0.1:0\"\nmax_body_byts = 10\n",
+        )
+        .expect("write");
+        let o = Command::new(env!("CARGO_BIN_EXE_arbiter"))
+            .args(["serve", "--config", config.to_str().expect("utf-8")])
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("arbiter.toml") && err.contains("line 3") && err.contains("max_body_byts"),
+            "{err}"
+        );
+
+        std::fs::write(&config, "[[policies]]\nname = \"p\"\nfile = \"missing.wasm\"\n[[routes]]\nchain = [\"p\"]\n[server]\nlisten = \"127.0.0.1:0\"\n")
+            .expect("write");
+        let o = Command::new(env!("CARGO_BIN_EXE_arbiter"))
+            .args(["serve", "--config", config.to_str().expect("utf-8")])
+            .env("ARBITER_CACHE_DIR", dir.path().join("cache"))
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("policy `p`") && err.contains("missing.wasm") && err.contains("step read"),
+            "{err}"
+        );
+    }
+}

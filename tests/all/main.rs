@@ -5,4 +5,5 @@ mod chain;
 mod concurrency;
 mod hostile;
 mod load;
+mod nginx;
 mod server;
