@@ -6,9 +6,14 @@
 //! never mixes versions within one decision.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll, Wake};
 use std::time::Instant;
+
+use tokio::sync::Semaphore;
 
 use crate::combine::combine;
 use crate::config::Config;
@@ -135,7 +140,9 @@ pub fn specs_from_config(config: &Config, base: &Path) -> Result<Vec<PolicySpec>
 pub struct Arbiter {
     engine: Engine,
     set: Arc<PolicySet>,
-    permits: Arc<Permits>,
+    /// One per pooled instance: a burst of decisions waits for a place
+    /// instead of failing to instantiate.
+    permits: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Arbiter {
@@ -152,7 +159,7 @@ impl std::fmt::Debug for Arbiter {
 impl Arbiter {
     /// An arbiter deciding with `set` on `engine`.
     pub fn new(engine: Engine, set: PolicySet) -> Self {
-        let permits = Arc::new(Permits::new(engine.max_instances()));
+        let permits = Arc::new(Semaphore::new(engine.max_instances() as usize));
         Arbiter {
             engine,
             set: Arc::new(set),
@@ -194,6 +201,19 @@ impl Arbiter {
     /// Decides `request`, blocking the calling thread while policies run.
     /// Never fails: every problem becomes a deny that says why.
     pub fn decide(&self, request: &Request) -> Decision {
+        block_on(self.decide_on(request, false))
+    }
+
+    /// Decides on the calling task: policies run on this thread and yield
+    /// to the executor at every epoch tick (1 ms), so a slow policy cannot
+    /// hold a runtime thread past its tick. Never fails.
+    pub async fn decide_async(&self, request: Request) -> Decision {
+        self.decide_on(&request, true).await
+    }
+
+    /// The decision flow, in order: route, then each policy of the chain on
+    /// a fresh instance, then combine.
+    async fn decide_on(&self, request: &Request, yielding: bool) -> Decision {
         let start = Instant::now();
         // One snapshot for the whole decision.
         let set = Arc::clone(&self.set);
@@ -204,12 +224,24 @@ impl Arbiter {
         else {
             return unrouted(request, start);
         };
-        let _permit = self.permits.acquire();
+        let Ok(_permit) = self.permits.acquire().await else {
+            return host_failure("the instance pool is closed");
+        };
         let mut input = Input::new(action, &request.context, &request.history);
         let mut reports = Vec::with_capacity(route.chain.len());
         for name in &route.chain {
             let report = match set.policies.get(name) {
-                Some(policy) => self.evaluate_one(policy, &mut input),
+                Some(policy) => {
+                    let (engine, limits, settings) =
+                        (&self.engine, &policy.limits, &policy.settings);
+                    let eval = if yielding {
+                        evaluate::evaluate_async(engine, &policy.pre, limits, settings, &mut input)
+                            .await
+                    } else {
+                        evaluate::evaluate(engine, &policy.pre, limits, settings, &mut input)
+                    };
+                    report(policy, eval)
+                }
                 None => missing(name, set.failures.get(name)),
             };
             // A later policy sees what an earlier modify produced.
@@ -236,43 +268,47 @@ impl Arbiter {
             None => unrouted(request, start),
         }
     }
+}
 
-    /// Decides on tokio's blocking pool, so async callers never run wasm on
-    /// a reactor thread.
-    pub async fn decide_async(&self, request: Request) -> Decision {
-        let this = self.clone();
-        match tokio::task::spawn_blocking(move || this.decide(&request)).await {
-            Ok(decision) => decision,
-            Err(e) => host_failure(&format!("the decision task failed: {e}")),
+/// One policy's evaluation as a report.
+fn report(policy: &LoadedPolicy, eval: evaluate::Evaluation) -> PolicyReport {
+    let mut report = match eval.result {
+        Ok(v) => PolicyReport {
+            name: policy.name.clone(),
+            version: policy.version.clone(),
+            outcome: v.outcome,
+            rule: v.rule,
+            reason: v.reason,
+            risk: v.risk,
+            params: v.params,
+            fuel: 0,
+            micros: 0,
+            failure: None,
+        },
+        Err(f) => failed(&policy.name, &policy.version, &f),
+    };
+    report.fuel = eval.fuel;
+    report.micros = eval.micros;
+    report
+}
+
+/// Runs a future to completion on this thread. The sync path only ever
+/// waits for a permit; parking until woken is all it needs.
+fn block_on<F: Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
         }
     }
-
-    fn evaluate_one(&self, policy: &LoadedPolicy, input: &mut Input) -> PolicyReport {
-        let eval = evaluate::evaluate(
-            &self.engine,
-            &policy.pre,
-            &policy.limits,
-            &policy.settings,
-            input,
-        );
-        let mut report = match eval.result {
-            Ok(v) => PolicyReport {
-                name: policy.name.clone(),
-                version: policy.version.clone(),
-                outcome: v.outcome,
-                rule: v.rule,
-                reason: v.reason,
-                risk: v.risk,
-                params: v.params,
-                fuel: 0,
-                micros: 0,
-                failure: None,
-            },
-            Err(f) => failed(&policy.name, &policy.version, &f),
-        };
-        report.fuel = eval.fuel;
-        report.micros = eval.micros;
-        report
+    let waker = Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = TaskContext::from_waker(&waker);
+    let mut future = pin!(future);
+    loop {
+        if let Poll::Ready(v) = future.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
     }
 }
 
@@ -371,80 +407,20 @@ pub enum ArbiterError {
     Load(#[from] LoadError),
 }
 
-/// A counting semaphore for blocking threads: a burst of decisions waits
-/// for a pooled instance instead of failing to instantiate.
-struct Permits {
-    state: Mutex<PermitState>,
-    freed: Condvar,
-}
-
-struct PermitState {
-    available: u32,
-    /// Threads parked in `acquire`. Releasing wakes one only if there is
-    /// one: `notify_one` costs a futex syscall even with nobody waiting.
-    waiting: u32,
-}
-
-struct Permit<'a>(&'a Permits);
-
-impl Permits {
-    fn new(n: u32) -> Self {
-        Permits {
-            state: Mutex::new(PermitState {
-                available: n,
-                waiting: 0,
-            }),
-            freed: Condvar::new(),
-        }
-    }
-
-    fn acquire(&self) -> Permit<'_> {
-        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        while s.available == 0 {
-            s.waiting += 1;
-            s = self.freed.wait(s).unwrap_or_else(PoisonError::into_inner);
-            s.waiting -= 1;
-        }
-        s.available -= 1;
-        Permit(self)
-    }
-}
-
-impl Drop for Permit<'_> {
-    fn drop(&mut self) {
-        let mut s = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
-        s.available += 1;
-        if s.waiting > 0 {
-            self.0.freed.notify_one();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU32, Ordering};
 
     #[test]
-    fn permits_bound_concurrency_and_wake_waiters() {
-        let permits = Permits::new(2);
-        let inside = AtomicU32::new(0);
-        let most = AtomicU32::new(0);
-        std::thread::scope(|s| {
-            for _ in 0..8 {
-                s.spawn(|| {
-                    for _ in 0..200 {
-                        let _p = permits.acquire();
-                        let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
-                        most.fetch_max(now, Ordering::SeqCst);
-                        std::thread::yield_now();
-                        inside.fetch_sub(1, Ordering::SeqCst);
-                    }
-                });
-            }
+    fn block_on_waits_for_a_wake_from_another_thread() {
+        let permits = Arc::new(Semaphore::new(1));
+        let held = Arc::clone(&permits).try_acquire_owned().expect("free");
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            drop(held);
         });
-        assert_eq!(most.load(Ordering::SeqCst), 2);
-        let s = permits.state.lock().expect("lock");
-        assert_eq!((s.available, s.waiting), (2, 0));
+        let permit = block_on(permits.acquire());
+        assert!(permit.is_ok());
+        releaser.join().expect("join");
     }
 }

@@ -6,6 +6,12 @@ use std::process::ExitCode;
 use arbiter::cli::{Cli, LogFormat};
 use clap::Parser;
 
+// The server allocates and frees small objects at a high rate from two or
+// more threads; mimalloc measured faster than glibc's malloc here
+// (scripts/bench-http).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for errors (bad input, a policy that will not load, ...).
 const EXIT_ERROR: u8 = 2;
 

@@ -159,3 +159,27 @@ fn healthy_policies_stay_correct_while_hostile_ones_run() {
         stop.store(true, Ordering::Relaxed);
     });
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_slow_policy_yields_its_thread_to_other_decisions() {
+    let slow = misbehave(Limits {
+        fuel: 1 << 50,
+        deadline_ms: 400,
+        ..Limits::default()
+    });
+    let fast = arbiter(vec![load_example("procurement")]);
+    let spinning =
+        tokio::spawn(async move { slow.decide_async(request("tool", "spin", json!({}))).await });
+    // Let the spinning policy start; it gives the thread back at its first tick.
+    tokio::task::yield_now().await;
+    let d = fast
+        .decide_async(request("db", "db.query", json!({})))
+        .await;
+    assert_eq!(d.rule, "db.table-not-allowed");
+    assert!(
+        !spinning.is_finished(),
+        "the fast decision waited for the slow one"
+    );
+    let s = spinning.await.expect("task");
+    assert_eq!(s.rule, "failure.deadline");
+}

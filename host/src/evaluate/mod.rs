@@ -14,7 +14,8 @@ mod stdio;
 use std::time::Instant;
 
 use serde_json::Value;
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::{Component, ComponentExportIndex, Linker, TypedFunc};
+use wasmtime::{Store, UpdateDeadline};
 
 pub use failure::{FailureKind, PolicyFailure};
 pub(crate) use sandbox::StoreState;
@@ -48,6 +49,8 @@ const MAX_PARAMS_BYTES: usize = 1 << 20;
 #[derive(Clone)]
 pub struct PolicyPre {
     inner: bindings::PolicyPre<StoreState>,
+    /// `evaluate`, found once so an async call needs no lookup by name.
+    evaluate: ComponentExportIndex,
 }
 
 impl PolicyPre {
@@ -62,9 +65,11 @@ impl PolicyPre {
         // The types interface has no functions; an empty instance satisfies it.
         linker.instance(&format!("{TYPES_INTERFACE}@0.1.0"))?;
         let pre = linker.instantiate_pre(component)?;
-        Ok(PolicyPre {
-            inner: bindings::PolicyPre::new(pre)?,
-        })
+        let inner = bindings::PolicyPre::new(pre)?;
+        let evaluate = component
+            .get_export_index(None, "evaluate")
+            .ok_or_else(|| wasmtime::format_err!("no export `evaluate`"))?;
+        Ok(PolicyPre { inner, evaluate })
     }
 }
 
@@ -159,6 +164,59 @@ pub fn evaluate(
     .map_result(check_output)
 }
 
+/// [`evaluate`] for async callers: the instance runs on the calling task
+/// and yields to the executor at every epoch tick, so a slow policy shares
+/// the thread with other requests until its deadline interrupts it, instead
+/// of holding it.
+pub async fn evaluate_async(
+    engine: &Engine,
+    pre: &PolicyPre,
+    limits: &Limits,
+    settings: &str,
+    input: &mut Input,
+) -> Evaluation {
+    input.context.settings.clear();
+    input.context.settings.push_str(settings);
+    let start = Instant::now();
+    let mut store = match sandbox::new_store(engine, limits) {
+        Ok(store) => store,
+        Err(e) => return store_failure(&e, start).map_result(check_output),
+    };
+    let deadline = start + limits.deadline();
+    store.epoch_deadline_callback(move |_| {
+        Ok(if Instant::now() >= deadline {
+            UpdateDeadline::Interrupt
+        } else {
+            UpdateDeadline::Yield(1)
+        })
+    });
+    store.set_epoch_deadline(1);
+    let result = match pre.inner.instance_pre().instantiate_async(&mut store).await {
+        Ok(instance) => match instance.get_func(&mut store, &pre.evaluate) {
+            Some(func) => {
+                // SAFETY: `PolicyPre::new` type-checked `evaluate` against
+                // the contract's signature, which is exactly this one.
+                let typed = unsafe {
+                    TypedFunc::<(&wit::Action, &wit::Context), (wit::Decision,)>::new_unchecked(
+                        func,
+                    )
+                };
+                typed
+                    .call_async(&mut store, (&input.action, &input.context))
+                    .await
+                    .map(|(d,)| d)
+                    .map_err(|e| PolicyFailure::classify(&e, store.data(), &limits.describe()))
+            }
+            None => Err(PolicyFailure::new(
+                FailureKind::Instantiate,
+                "no export `evaluate`",
+            )),
+        },
+        Err(e) => Err(instantiate_failure(&e, store.data(), limits)),
+    };
+    finish(store, result, limits, start).map_result(check_output)
+}
+
 /// Calls `validate-settings` on a fresh instance: `Ok(Err(message))` when
 /// the policy refuses its settings, `Err` when it failed to answer at all.
 pub fn validate_settings(
@@ -197,31 +255,44 @@ fn run<T>(
     engine: &Engine,
     pre: &PolicyPre,
     limits: &Limits,
-    call: impl FnOnce(&bindings::Policy, &mut wasmtime::Store<StoreState>) -> wasmtime::Result<T>,
+    call: impl FnOnce(&bindings::Policy, &mut Store<StoreState>) -> wasmtime::Result<T>,
 ) -> Run<T> {
     let start = Instant::now();
     let mut store = match sandbox::new_store(engine, limits) {
         Ok(store) => store,
-        Err(e) => {
-            return Run {
-                result: Err(PolicyFailure::new(
-                    FailureKind::Instantiate,
-                    format!("{e:#}"),
-                )),
-                fuel: 0,
-                micros: micros_since(start),
-            };
-        }
+        Err(e) => return store_failure(&e, start),
     };
     let result = match pre.inner.instantiate(&mut store) {
         Ok(policy) => call(&policy, &mut store)
             .map_err(|e| PolicyFailure::classify(&e, store.data(), &limits.describe())),
         Err(e) => Err(instantiate_failure(&e, store.data(), limits)),
     };
+    finish(store, result, limits, start)
+}
+
+/// Measures what the call cost and drops the store with its instance.
+fn finish<T>(
+    store: Store<StoreState>,
+    result: Result<T, PolicyFailure>,
+    limits: &Limits,
+    start: Instant,
+) -> Run<T> {
     let fuel = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+    drop(store);
     Run {
         result,
         fuel,
+        micros: micros_since(start),
+    }
+}
+
+fn store_failure<T>(e: &wasmtime::Error, start: Instant) -> Run<T> {
+    Run {
+        result: Err(PolicyFailure::new(
+            FailureKind::Instantiate,
+            format!("{e:#}"),
+        )),
+        fuel: 0,
         micros: micros_since(start),
     }
 }
