@@ -42,10 +42,17 @@ pub struct Metrics {
 #[derive(Debug, Default)]
 struct Counters {
     decisions: BTreeMap<&'static str, u64>,
-    policy_decisions: BTreeMap<(String, &'static str), u64>,
-    failures: BTreeMap<(String, String), u64>,
-    fuel: BTreeMap<String, u64>,
+    /// By policy name, so the hot path looks up by `&str` and allocates
+    /// only the first time a policy is seen.
+    policies: BTreeMap<String, PolicyCounters>,
     responses: BTreeMap<(&'static str, u16), u64>,
+}
+
+#[derive(Debug, Default)]
+struct PolicyCounters {
+    outcomes: BTreeMap<&'static str, u64>,
+    failures: BTreeMap<String, u64>,
+    fuel: u64,
 }
 
 impl Metrics {
@@ -61,15 +68,22 @@ impl Metrics {
             let mut c = self.lock();
             *c.decisions.entry(d.outcome.as_str()).or_default() += 1;
             for p in &d.policies {
-                *c.policy_decisions
-                    .entry((p.name.clone(), p.outcome.as_str()))
-                    .or_default() += 1;
-                if let Some(kind) = &p.failure {
-                    *c.failures
-                        .entry((p.name.clone(), kind.clone()))
-                        .or_default() += 1;
+                if !c.policies.contains_key(&p.name) {
+                    c.policies.insert(p.name.clone(), PolicyCounters::default());
                 }
-                *c.fuel.entry(p.name.clone()).or_default() += p.fuel;
+                let Some(pc) = c.policies.get_mut(&p.name) else {
+                    continue;
+                };
+                *pc.outcomes.entry(p.outcome.as_str()).or_default() += 1;
+                if let Some(kind) = &p.failure {
+                    match pc.failures.get_mut(kind) {
+                        Some(n) => *n += 1,
+                        None => {
+                            pc.failures.insert(kind.clone(), 1);
+                        }
+                    }
+                }
+                pc.fuel += p.fuel;
             }
         }
         let bucket = LATENCY_BUCKETS_MICROS
@@ -115,12 +129,14 @@ impl Metrics {
             "counter",
             "Policy evaluations, by policy, outcome and mode.",
         );
-        for ((policy, outcome), n) in &c.policy_decisions {
-            let _ = writeln!(
-                out,
-                "arbiter_policy_decisions_total{{policy=\"{}\",outcome=\"{outcome}\",mode=\"{MODE}\"}} {n}",
-                escape(policy)
-            );
+        for (policy, pc) in &c.policies {
+            for (outcome, n) in &pc.outcomes {
+                let _ = writeln!(
+                    out,
+                    "arbiter_policy_decisions_total{{policy=\"{}\",outcome=\"{outcome}\",mode=\"{MODE}\"}} {n}",
+                    escape(policy)
+                );
+            }
         }
         header(
             &mut out,
@@ -128,13 +144,15 @@ impl Metrics {
             "counter",
             "Policy failures (each a deny), by policy and kind.",
         );
-        for ((policy, kind), n) in &c.failures {
-            let _ = writeln!(
-                out,
-                "arbiter_policy_failures_total{{policy=\"{}\",kind=\"{}\"}} {n}",
-                escape(policy),
-                escape(kind)
-            );
+        for (policy, pc) in &c.policies {
+            for (kind, n) in &pc.failures {
+                let _ = writeln!(
+                    out,
+                    "arbiter_policy_failures_total{{policy=\"{}\",kind=\"{}\"}} {n}",
+                    escape(policy),
+                    escape(kind)
+                );
+            }
         }
         header(
             &mut out,
@@ -142,11 +160,12 @@ impl Metrics {
             "counter",
             "Fuel consumed by each policy.",
         );
-        for (policy, n) in &c.fuel {
+        for (policy, pc) in &c.policies {
             let _ = writeln!(
                 out,
-                "arbiter_policy_fuel_total{{policy=\"{}\"}} {n}",
-                escape(policy)
+                "arbiter_policy_fuel_total{{policy=\"{}\"}} {}",
+                escape(policy),
+                pc.fuel
             );
         }
         header(

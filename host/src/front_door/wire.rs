@@ -42,6 +42,11 @@ pub fn parse_request(bytes: &[u8]) -> Result<Request, WireError> {
 /// # Errors
 /// As [`parse_request`].
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
+    // Tracking the path costs on every field; only a refused document
+    // needs it, so parse again to explain one.
+    if let Ok(value) = serde_json::from_slice(bytes) {
+        return Ok(value);
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
