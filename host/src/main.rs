@@ -1,6 +1,7 @@
 //! The `arbiter` binary: parse, set up logging, run, map the result to an
 //! exit code.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use arbiter::cli::{Cli, LogFormat};
@@ -22,6 +23,7 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(filter);
     match cli.log_format() {
         LogFormat::Human => logs.init(),

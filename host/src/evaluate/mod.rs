@@ -192,7 +192,7 @@ pub async fn evaluate_async(
     });
     store.set_epoch_deadline(1);
     let result = match pre.inner.instance_pre().instantiate_async(&mut store).await {
-        Ok(instance) => match instance.get_func(&mut store, &pre.evaluate) {
+        Ok(instance) => match instance.get_func(&mut store, pre.evaluate) {
             Some(func) => {
                 // SAFETY: `PolicyPre::new` type-checked `evaluate` against
                 // the contract's signature, which is exactly this one.
