@@ -10,7 +10,7 @@ use std::env;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use build_guests::{build_guests, policies_target_dir};
+use build_guests::{artifact, build_guests, policies_target_dir};
 
 const EXAMPLES: &[&str] = &[
     "procurement",
@@ -60,14 +60,7 @@ fn main() {
         "/// The embedded example policies: (name, component bytes).\nconst EXAMPLES: &[(&str, &[u8])] = &[\n",
     );
     for name in EXAMPLES {
-        let wasm = target_dir
-            .join("wasm32-wasip2/release")
-            .join(format!("{}.wasm", name.replace('-', "_")));
-        assert!(
-            wasm.is_file(),
-            "the guest build did not produce {}",
-            wasm.display()
-        );
+        let wasm = artifact(&target_dir, name);
         writeln!(
             code,
             "    ({name:?}, include_bytes!({:?})),",

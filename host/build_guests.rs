@@ -66,3 +66,17 @@ pub fn build_guests(manifest: &Path, target_dir: &Path) {
         );
     }
 }
+
+/// The component the guest build made for crate `name`, panicking if it is
+/// missing.
+pub fn artifact(target_dir: &Path, name: &str) -> PathBuf {
+    let wasm = target_dir
+        .join("wasm32-wasip2/release")
+        .join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(
+        wasm.is_file(),
+        "the guest build did not produce {}",
+        wasm.display()
+    );
+    wasm
+}

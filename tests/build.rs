@@ -8,7 +8,7 @@ use std::env;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use build_guests::{build_guests, policies_target_dir};
+use build_guests::{artifact, build_guests, policies_target_dir};
 
 const HOSTILE: &[&str] = &["misbehave", "fs-import", "clock-import"];
 
@@ -27,19 +27,11 @@ fn main() {
     build_guests(&guests.join("Cargo.toml"), &target_dir);
     let mut code = String::new();
     for name in HOSTILE {
-        let file = name.replace('-', "_");
-        let wasm = target_dir
-            .join("wasm32-wasip2/release")
-            .join(format!("{file}.wasm"));
-        assert!(
-            wasm.is_file(),
-            "the guest build did not produce {}",
-            wasm.display()
-        );
+        let wasm = artifact(&target_dir, name);
         writeln!(
             code,
             "/// The `{name}` test policy.\npub const {}: &str = {:?};",
-            file.to_uppercase(),
+            name.replace('-', "_").to_uppercase(),
             wasm.display().to_string()
         )
         .expect("string");

@@ -141,6 +141,12 @@ impl Input {
         }
     }
 
+    /// Sets the settings of the policy about to run, reusing the buffer.
+    fn set_settings(&mut self, settings: &str) {
+        self.context.settings.clear();
+        self.context.settings.push_str(settings);
+    }
+
     /// Replaces the params, after a modify earlier in the chain.
     pub fn set_params(&mut self, params: &Value) {
         self.action.params = params.to_string();
@@ -156,8 +162,7 @@ pub fn evaluate(
     settings: &str,
     input: &mut Input,
 ) -> Evaluation {
-    input.context.settings.clear();
-    input.context.settings.push_str(settings);
+    input.set_settings(settings);
     run(engine, pre, limits, |policy, store| {
         policy.call_evaluate(store, &input.action, &input.context)
     })
@@ -175,8 +180,7 @@ pub async fn evaluate_async(
     settings: &str,
     input: &mut Input,
 ) -> Evaluation {
-    input.context.settings.clear();
-    input.context.settings.push_str(settings);
+    input.set_settings(settings);
     let start = Instant::now();
     let mut store = match sandbox::new_store(engine, limits) {
         Ok(store) => store,
