@@ -262,6 +262,24 @@ mod tests {
     }
 
     #[test]
+    fn a_pool_the_machine_cannot_reserve_falls_back_to_on_demand() {
+        // 4 million slots of 64 MiB is 256 TiB of address space: more than
+        // a 47-bit user address space holds, so the reservation fails.
+        let engine = Engine::new(&EngineConfig {
+            max_instances: 4_000_000,
+            ..EngineConfig::default()
+        })
+        .expect("falls back instead of failing");
+        assert!(!engine.pooling());
+        let small = Engine::new(&EngineConfig {
+            max_instances: 4,
+            ..EngineConfig::default()
+        })
+        .expect("engine");
+        assert!(small.pooling());
+    }
+
+    #[test]
     fn bad_settings_name_the_key() {
         let e = Engine::new(&EngineConfig {
             epoch_tick_ms: 0,

@@ -121,3 +121,33 @@ fn the_embedded_default_configuration_serves_all_five_examples() {
     );
     assert_eq!(d.policies.len(), 3);
 }
+
+#[test]
+fn decisions_are_the_same_without_the_pooling_allocator() {
+    let engine = arbiter::engine::Engine::new(&arbiter::engine::EngineConfig {
+        pooling: false,
+        ..Default::default()
+    })
+    .expect("engine");
+    assert!(!engine.pooling());
+    let spec = arbiter::load::PolicySpec {
+        name: "procurement".into(),
+        source: arbiter::examples::source("procurement").expect("embedded"),
+        settings: json!({}),
+        limits: Default::default(),
+    };
+    let p = arbiter::load::load(&engine, None, &spec).expect("loads");
+    let a = Arbiter::new(
+        engine,
+        PolicySet::from_loaded(
+            vec![p],
+            RouteTable::new(vec![arbiter_tests::route_all(&["procurement"])]),
+        ),
+    );
+    let d = a.decide(&request(
+        "tool",
+        "payments.transfer",
+        json!({"amount": 75000}),
+    ));
+    assert_eq!(d.rule, "spend.over-limit");
+}
