@@ -153,14 +153,12 @@ fn parse_policy_arg(s: &str) -> Result<(String, PathBuf), String> {
 /// # Errors
 /// Anything that stops the command, with context naming the input.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    if let Command::Serve(args) = cli.command {
-        return serve(args, &cli.global);
-    }
-    let cache = open_cache(&cli.global)?;
-    match cli.command {
-        Command::Serve(_) => unreachable!("handled above"),
-        Command::Eval(args) => eval(args, cache.as_ref()),
-        Command::Test(args) => test(args, cache.as_ref()),
+    let Cli { global, command } = cli;
+    match command {
+        // The server opens its cache from its configuration.
+        Command::Serve(args) => serve(args, &global),
+        Command::Eval(args) => eval(args, open_cache(&global)?.as_ref()),
+        Command::Test(args) => test(args, open_cache(&global)?.as_ref()),
         Command::Inspect { file } => inspect(&file),
     }
 }
