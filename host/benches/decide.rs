@@ -10,12 +10,11 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use arbiter::Arbiter;
 use arbiter::decision::{Action, Context, Principal, Request};
 use arbiter::engine::{Engine, EngineConfig};
 use arbiter::evaluate::{self, Input, Limits};
 use arbiter::load::{self, PolicySpec};
-use arbiter::route::{RouteSpec, RouteTable};
-use arbiter::{Arbiter, PolicySet};
 use arbiter_sdk::Policy as _;
 use serde_json::json;
 
@@ -70,16 +69,7 @@ fn main() {
         },
         history: Default::default(),
     };
-    let route = RouteSpec {
-        kind: "*".into(),
-        name: "*".into(),
-        agent: "*".into(),
-        chain: vec!["procurement".into()],
-    };
-    let arbiter = Arbiter::new(
-        engine.clone(),
-        PolicySet::from_loaded(vec![policy.clone()], RouteTable::new(vec![route])),
-    );
+    let arbiter = Arbiter::with_chain(engine.clone(), vec![policy.clone()]);
 
     // The server's path runs on a tokio runtime; time it on one too.
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -21,7 +21,7 @@ use crate::decision::{Decision, Outcome, PolicyReport, Request};
 use crate::engine::{Engine, EngineError};
 use crate::evaluate::{self, FailureKind, Input, PolicyFailure};
 use crate::load::{self, CompileCache, LoadError, LoadedPolicy, PolicySpec, Source};
-use crate::route::RouteTable;
+use crate::route::{RouteSpec, RouteTable};
 
 /// Everything loaded from one configuration: the policies that loaded, the
 /// load errors of those that did not, and the routes. Read-only once built.
@@ -165,6 +165,16 @@ impl Arbiter {
             set: Arc::new(set),
             permits,
         }
+    }
+
+    /// An arbiter that routes every action to `policies`, in order: for the
+    /// CLI, the case runner and embedders with a single chain.
+    pub fn with_chain(engine: Engine, policies: Vec<LoadedPolicy>) -> Self {
+        let route = RouteSpec::all(policies.iter().map(|p| p.name.clone()));
+        Arbiter::new(
+            engine,
+            PolicySet::from_loaded(policies, RouteTable::new(vec![route])),
+        )
     }
 
     /// Builds the engine, opens the compile cache and loads every policy of

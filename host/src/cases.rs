@@ -8,11 +8,10 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::arbiter::{Arbiter, PolicySet};
+use crate::arbiter::Arbiter;
 use crate::decision::{Action, Context, Decision, History, Outcome, Request};
 use crate::engine::Engine;
 use crate::load::{LoadedPolicy, load_with_settings};
-use crate::route::{RouteSpec, RouteTable};
 
 /// One case.
 #[derive(Debug, Clone, Deserialize)]
@@ -107,16 +106,7 @@ fn run_one(engine: &Engine, policies: &BTreeMap<String, LoadedPolicy>, case: &Ca
         },
         None => policy.clone(),
     };
-    let route = RouteSpec {
-        kind: "*".into(),
-        name: "*".into(),
-        agent: "*".into(),
-        chain: vec![policy.name.clone()],
-    };
-    let arbiter = Arbiter::new(
-        engine.clone(),
-        PolicySet::from_loaded(vec![policy], RouteTable::new(vec![route])),
-    );
+    let arbiter = Arbiter::with_chain(engine.clone(), vec![policy]);
     let decision = arbiter.decide(&Request {
         action: case.action.clone(),
         context: case.context.clone(),

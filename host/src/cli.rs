@@ -15,9 +15,8 @@ use crate::config::Config;
 use crate::engine::{Engine, EngineConfig};
 use crate::evaluate::Limits;
 use crate::front_door::wire;
-use crate::load::{self, CompileCache, LoadedPolicy, PolicySpec, Source};
-use crate::route::{RouteSpec, RouteTable};
-use crate::{Arbiter, PolicySet, examples};
+use crate::load::{self, CompileCache, PolicySpec, Source};
+use crate::{Arbiter, examples};
 
 /// Exit code for a run that worked but found failures (`arbiter test`).
 pub const EXIT_FAILURES: u8 = 1;
@@ -285,7 +284,7 @@ fn eval(args: EvalArgs, cache: Option<&CompileCache>) -> anyhow::Result<ExitCode
         limits: args.limits.limits(),
     };
     let policy = load::load(&engine, cache, &spec)?;
-    let arbiter = single_policy_arbiter(engine, policy);
+    let arbiter = Arbiter::with_chain(engine, vec![policy]);
     let decision = arbiter.decide(&request);
     println!("{}", serde_json::to_string_pretty(&decision)?);
     Ok(ExitCode::SUCCESS)
@@ -390,18 +389,4 @@ fn policy_name(file: &Path) -> String {
     file.file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "policy".into())
-}
-
-/// An arbiter routing every action to one policy.
-fn single_policy_arbiter(engine: Engine, policy: LoadedPolicy) -> Arbiter {
-    let route = RouteSpec {
-        kind: "*".into(),
-        name: "*".into(),
-        agent: "*".into(),
-        chain: vec![policy.name.clone()],
-    };
-    Arbiter::new(
-        engine,
-        PolicySet::from_loaded(vec![policy], RouteTable::new(vec![route])),
-    )
 }

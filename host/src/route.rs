@@ -27,6 +27,18 @@ fn any() -> String {
     "*".to_owned()
 }
 
+impl RouteSpec {
+    /// A route that takes every action, for `chain`.
+    pub fn all(chain: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        RouteSpec {
+            kind: any(),
+            name: any(),
+            agent: any(),
+            chain: chain.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
 /// The routes, in match order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouteTable {

@@ -5,12 +5,12 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
+use arbiter::Arbiter;
 use arbiter::decision::{Action, Context, Principal, Request};
 use arbiter::engine::{Engine, EngineConfig};
 use arbiter::evaluate::Limits;
 use arbiter::load::{self, LoadError, LoadedPolicy, PolicySpec, Source};
-use arbiter::route::{RouteSpec, RouteTable};
-use arbiter::{Arbiter, PolicySet};
+use arbiter::route::RouteSpec;
 
 /// Paths of the hostile test components.
 pub mod artifacts {
@@ -57,20 +57,12 @@ pub fn load_example(name: &str) -> LoadedPolicy {
 
 /// A route for every action to `chain`.
 pub fn route_all(chain: &[&str]) -> RouteSpec {
-    RouteSpec {
-        kind: "*".into(),
-        name: "*".into(),
-        agent: "*".into(),
-        chain: chain.iter().map(|s| (*s).to_owned()).collect(),
-    }
+    RouteSpec::all(chain.iter().copied())
 }
 
 /// An arbiter over `policies`, routing everything to them in order.
 pub fn arbiter(policies: Vec<LoadedPolicy>) -> Arbiter {
-    let chain: Vec<String> = policies.iter().map(|p| p.name.clone()).collect();
-    let chain: Vec<&str> = chain.iter().map(String::as_str).collect();
-    let routes = RouteTable::new(vec![route_all(&chain)]);
-    Arbiter::new(engine(), PolicySet::from_loaded(policies, routes))
+    Arbiter::with_chain(engine(), policies)
 }
 
 /// A request from the procurement agent in prod.
