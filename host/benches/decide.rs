@@ -49,6 +49,7 @@ fn main() {
         source: arbiter::examples::source("procurement").expect("embedded"),
         settings: json!({}),
         limits: Limits::default(),
+        smoke: Vec::new(),
     };
     let policy = load::load(&engine, None, &spec).expect("load");
     let request = Request {

@@ -1,9 +1,10 @@
 //! [`Arbiter`]: the decision flow, route → evaluate each policy of the chain
 //! → combine, written out in one place ([`Arbiter::decide`]).
 //!
-//! An [`Arbiter`] holds an immutable [`PolicySet`] behind an `Arc`. A
-//! decision takes one snapshot of it at entry, so a later swap of the set
-//! never mixes versions within one decision.
+//! An [`Arbiter`] holds an immutable [`PolicySet`] that can be swapped
+//! whole ([`Arbiter::install`]). A decision takes one snapshot of it at
+//! entry and keeps it to the end, so a decision in flight finishes on the
+//! versions it started with and never mixes versions of one policy.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, Wake};
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
 
 use crate::combine::combine;
@@ -67,13 +69,33 @@ impl PolicySet {
 
     /// The set with exactly these loaded policies and routes.
     pub fn from_loaded(policies: Vec<LoadedPolicy>, routes: RouteTable) -> Self {
-        PolicySet {
-            policies: policies
+        Self::new(
+            policies
                 .into_iter()
                 .map(|p| (p.name.clone(), Arc::new(p)))
                 .collect(),
+            routes,
+        )
+    }
+
+    /// The set with these policies, by name, and routes.
+    pub fn new(policies: BTreeMap<String, Arc<LoadedPolicy>>, routes: RouteTable) -> Self {
+        PolicySet {
+            policies,
             failures: BTreeMap::new(),
             routes,
+        }
+    }
+
+    /// This set with `policy` in place of the version of the same name:
+    /// the other policies and the routes are shared, not reloaded.
+    pub fn with_policy(&self, policy: Arc<LoadedPolicy>) -> Self {
+        let mut policies = self.policies.clone();
+        policies.insert(policy.name.clone(), policy);
+        PolicySet {
+            policies,
+            failures: self.failures.clone(),
+            routes: self.routes.clone(),
         }
     }
 
@@ -129,6 +151,7 @@ pub fn specs_from_config(config: &Config, base: &Path) -> Result<Vec<PolicySpec>
                 source,
                 settings: p.settings.clone(),
                 limits: p.limits,
+                smoke: p.smoke.clone(),
             })
         })
         .collect()
@@ -139,7 +162,7 @@ pub fn specs_from_config(config: &Config, base: &Path) -> Result<Vec<PolicySpec>
 #[derive(Clone)]
 pub struct Arbiter {
     engine: Engine,
-    set: Arc<PolicySet>,
+    set: Arc<ArcSwap<PolicySet>>,
     /// One per pooled instance: a burst of decisions waits for a place
     /// instead of failing to instantiate.
     permits: Arc<Semaphore>,
@@ -150,7 +173,12 @@ impl std::fmt::Debug for Arbiter {
         f.debug_struct("Arbiter")
             .field(
                 "policies",
-                &self.set.policies().map(|p| &p.name).collect::<Vec<_>>(),
+                &self
+                    .set
+                    .load()
+                    .policies()
+                    .map(|p| &p.name)
+                    .collect::<Vec<_>>(),
             )
             .finish_non_exhaustive()
     }
@@ -162,7 +190,7 @@ impl Arbiter {
         let permits = Arc::new(Semaphore::new(engine.max_instances() as usize));
         Arbiter {
             engine,
-            set: Arc::new(set),
+            set: Arc::new(ArcSwap::from_pointee(set)),
             permits,
         }
     }
@@ -203,9 +231,16 @@ impl Arbiter {
         &self.engine
     }
 
-    /// The policy set decisions currently use.
-    pub fn policy_set(&self) -> &Arc<PolicySet> {
-        &self.set
+    /// The policy set decisions starting now use.
+    pub fn policy_set(&self) -> Arc<PolicySet> {
+        self.set.load_full()
+    }
+
+    /// Puts `set` in service for every decision that starts from now on
+    /// (clones of this arbiter included); decisions in flight finish on
+    /// the set they started with. Returns the set it replaces.
+    pub fn install(&self, set: Arc<PolicySet>) -> Arc<PolicySet> {
+        self.set.swap(set)
     }
 
     /// Decides `request`, blocking the calling thread while policies run.
@@ -226,7 +261,7 @@ impl Arbiter {
     async fn decide_on(&self, request: &Request, yielding: bool) -> Decision {
         let start = Instant::now();
         // One snapshot for the whole decision.
-        let set = Arc::clone(&self.set);
+        let set = self.set.load_full();
         let action = &request.action;
         let Some(route) = set
             .routes

@@ -11,6 +11,7 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::cases::{self, Case};
+use crate::client::{ServerAddress, error_message};
 use crate::config::Config;
 use crate::engine::{Engine, EngineConfig};
 use crate::evaluate::Limits;
@@ -77,6 +78,31 @@ enum Command {
         /// The component (.wasm).
         file: PathBuf,
     },
+    /// On a running server, serve an earlier version of a policy at once
+    /// (admin token from $ARBITER_ADMIN_TOKEN).
+    Rollback(RollbackArgs),
+    /// On a running server, show each policy's serving version, the
+    /// versions kept for rollback and the last load attempt.
+    Status(RemoteArgs),
+}
+
+#[derive(Debug, Args)]
+struct RemoteArgs {
+    /// The server's base URL.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080")]
+    server: String,
+}
+
+#[derive(Debug, Args)]
+struct RollbackArgs {
+    /// The policy.
+    name: String,
+    /// The version to serve (`sha256:...` or a unique prefix of the hex);
+    /// default: the one loaded before the serving one.
+    #[arg(long, value_name = "VERSION")]
+    to: Option<String>,
+    #[command(flatten)]
+    remote: RemoteArgs,
 }
 
 #[derive(Debug, Args)]
@@ -159,16 +185,104 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Eval(args) => eval(args, open_cache(&global)?.as_ref()),
         Command::Test(args) => test(args, open_cache(&global)?.as_ref()),
         Command::Inspect { file } => inspect(&file),
+        Command::Rollback(args) => rollback(&args),
+        Command::Status(args) => status(&args),
+    }
+}
+
+/// The token for commands that talk to a server: the admin token, or the
+/// decide token for reads.
+fn remote(args: &RemoteArgs, admin: bool) -> anyhow::Result<ServerAddress> {
+    let vars: &[&str] = if admin {
+        &["ARBITER_ADMIN_TOKEN"]
+    } else {
+        &["ARBITER_TOKEN", "ARBITER_ADMIN_TOKEN"]
+    };
+    let token = vars.iter().find_map(|v| std::env::var(v).ok());
+    ServerAddress::new(&args.server, token)
+}
+
+fn call(
+    server: &ServerAddress,
+    method: hyper::Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> anyhow::Result<serde_json::Value> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let (status, body) = runtime.block_on(server.call(method, path, body))?;
+    if !(200..300).contains(&status) {
+        bail!("the server refused ({status}): {}", error_message(&body));
+    }
+    Ok(body)
+}
+
+fn rollback(args: &RollbackArgs) -> anyhow::Result<ExitCode> {
+    let server = remote(&args.remote, true)?;
+    let body = serde_json::json!({ "version": args.to });
+    let path = format!("/v1/policies/{}/rollback", args.name);
+    let done = call(&server, hyper::Method::POST, &path, Some(&body))?;
+    println!(
+        "policy `{}` rolled back: {} -> {} (loaded {})",
+        args.name,
+        done["from"].as_str().unwrap_or("?"),
+        done["to"].as_str().unwrap_or("?"),
+        done["loaded_at"].as_str().unwrap_or("?"),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(args: &RemoteArgs) -> anyhow::Result<ExitCode> {
+    let server = remote(args, false)?;
+    let body = call(&server, hyper::Method::GET, "/v1/policies", None)?;
+    let config = &body["config"];
+    println!("config  {}", config["source"].as_str().unwrap_or("?"));
+    print_attempt(&config["last_attempt"]);
+    for p in body["policies"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        println!(
+            "\npolicy  {}  ({})",
+            p["name"].as_str().unwrap_or("?"),
+            p["state"].as_str().unwrap_or("?")
+        );
+        println!("  source   {}", p["source"].as_str().unwrap_or("?"));
+        for v in p["versions"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            let mark = if v["serving"] == true { "*" } else { " " };
+            println!(
+                "  {mark} {}  loaded {}",
+                v["version"].as_str().unwrap_or("?"),
+                v["loaded_at"].as_str().unwrap_or("?")
+            );
+        }
+        print_attempt(&p["last_attempt"]);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_attempt(a: &serde_json::Value) {
+    match a["error"].as_str() {
+        Some(e) => println!(
+            "  last attempt {} FAILED at {}: {e}",
+            a["at"].as_str().unwrap_or("?"),
+            a["step"].as_str().unwrap_or("?")
+        ),
+        None => println!("  last attempt {} ok", a["at"].as_str().unwrap_or("?")),
     }
 }
 
 fn serve(args: ServeArgs, global: &Global) -> anyhow::Result<ExitCode> {
-    let (mut config, base) = match &args.config {
-        Some(path) => Config::from_file(path)?,
-        None => (
-            Config::default_config()?,
-            std::env::current_dir().context("no current directory")?,
-        ),
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?.0,
+        None => Config::default_config()?,
     };
     if let Some(listen) = args.listen {
         config.server.listen = listen;
@@ -184,9 +298,10 @@ fn serve(args: ServeArgs, global: &Global) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let bound =
-            crate::server::bind(config, base, crate::server::ServeOptions::default()).await?;
+        let options = crate::server::ServeOptions::default();
+        let bound = crate::server::bind(config, args.config.clone(), options).await?;
         eprintln!("arbiter: listening on http://{}", bound.local_addr());
+        let hangup = tokio::spawn(reload_on_hangup(bound.reload_handle()));
         let shutdown = async {
             signal().await;
             eprintln!(
@@ -222,9 +337,27 @@ fn serve(args: ServeArgs, global: &Global) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(130));
             }
         }
+        hangup.abort();
         eprintln!("arbiter: stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Reloads the configuration and every policy on each SIGHUP.
+async fn reload_on_hangup(handle: crate::server::ReloadHandle) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hangup.recv().await.is_some() {
+            eprintln!("arbiter: SIGHUP: reloading the configuration and every policy");
+            handle.reload();
+        }
+    }
+    #[cfg(not(unix))]
+    drop(handle);
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
@@ -282,6 +415,7 @@ fn eval(args: EvalArgs, cache: Option<&CompileCache>) -> anyhow::Result<ExitCode
         source: Source::File(args.policy.clone()),
         settings,
         limits: args.limits.limits(),
+        smoke: Vec::new(),
     };
     let policy = load::load(&engine, cache, &spec)?;
     let arbiter = Arbiter::with_chain(engine, vec![policy]);
@@ -322,6 +456,7 @@ fn test(args: TestArgs, cache: Option<&CompileCache>) -> anyhow::Result<ExitCode
             source,
             settings: serde_json::json!({}),
             limits: Limits::default(),
+            smoke: Vec::new(),
         };
         policies.insert(name.to_owned(), load::load(&engine, cache, &spec)?);
     }

@@ -2,6 +2,10 @@
 //! their settings and limits, and routes. Parsed from TOML with unknown keys
 //! refused, and checked as a whole (every route names a configured policy,
 //! names are unique) before anything is built from it.
+//!
+//! A running server reloads it when the file changes; what can change
+//! without a restart and what cannot is decided by
+//! [`Config::restart_only_changes`].
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -10,6 +14,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::decision::{Action, Context, History, Outcome};
 use crate::engine::EngineConfig;
 use crate::evaluate::Limits;
 use crate::route::RouteSpec;
@@ -43,6 +48,34 @@ pub struct Config {
     /// The routes, in match order.
     #[serde(default)]
     pub routes: Vec<RouteSpec>,
+    /// Hot reload.
+    #[serde(default)]
+    pub reload: ReloadConfig,
+}
+
+/// `[reload]`: how a running server follows changes to its files.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReloadConfig {
+    /// Watch every policy file and the configuration file, and reload what
+    /// changes. Default: true. Without it, SIGHUP reloads everything.
+    pub watch: bool,
+    /// Quiet time after the last change to a file before it is loaded, in
+    /// ms, so a file being copied is read once it is whole. Default: 50.
+    pub debounce_ms: u64,
+    /// Good versions of each policy kept in memory for rollback, the
+    /// serving one included. Default: 5.
+    pub keep_versions: usize,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig {
+            watch: true,
+            debounce_ms: 50,
+            keep_versions: 5,
+        }
+    }
 }
 
 /// `[server]`: where to listen and how much to accept.
@@ -102,15 +135,43 @@ impl ServerConfig {
 }
 
 /// `[auth]`: optional bearer tokens. A value `env:NAME` is read from the
-/// environment variable NAME at start, so tokens need not sit in the file.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// environment variable NAME when the configuration is parsed, so tokens
+/// need not sit in the file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// Required to ask for decisions and read state, when set.
-    pub decide_token: Option<String>,
+    pub decide_token: Option<Secret>,
     /// Required for anything that changes state, when set; without it,
     /// such endpoints are refused.
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
+}
+
+/// A token, resolved when parsed (see [`resolve_secret`]) so that a
+/// running server never finds it missing. Never printed.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Secret {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, String> {
+        resolve_secret(&value).map(Secret)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<secret>")
+    }
 }
 
 /// `[authorizer]`: how the external authorizer builds an action of kind
@@ -154,7 +215,7 @@ impl Default for AuthorizerConfig {
 }
 
 /// `[cache]`: where compiled components are kept between runs.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheConfig {
     /// Whether to use the cache. Default: true.
@@ -188,6 +249,33 @@ pub struct PolicyConfig {
     /// Limits. Default: [`Limits::default`].
     #[serde(default)]
     pub limits: Limits,
+    /// Sample requests every new version must decide as expected before
+    /// it serves (`[[policies.smoke]]`). Default: none.
+    #[serde(default)]
+    pub smoke: Vec<SmokeSample>,
+}
+
+/// One smoke sample: a request and the outcome (and optionally the rule)
+/// the policy must give for it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmokeSample {
+    /// What to call it in errors. Default: its position.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The action.
+    pub action: Action,
+    /// The context.
+    #[serde(default)]
+    pub context: Context,
+    /// The history.
+    #[serde(default)]
+    pub history: History,
+    /// The outcome the policy must give.
+    pub expect: Outcome,
+    /// The rule it must give, when set.
+    #[serde(default)]
+    pub rule: Option<String>,
 }
 
 fn empty_settings() -> serde_json::Value {
@@ -277,13 +365,8 @@ impl Config {
                 return Err(format!("`{key}` must be at least 1"));
             }
         }
-        for (key, token) in [
-            ("auth.decide_token", &self.auth.decide_token),
-            ("auth.admin_token", &self.auth.admin_token),
-        ] {
-            if let Some(t) = token {
-                resolve_secret(t).map_err(|e| format!("`{key}`: {e}"))?;
-            }
+        if self.reload.keep_versions == 0 {
+            return Err("`reload.keep_versions` must be at least 1".into());
         }
         let mut names = BTreeSet::new();
         for p in &self.policies {
@@ -322,6 +405,28 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// What differs between `self` and `new` that a running server cannot
+    /// take without a restart: the listen address, the connection limit,
+    /// the engine and the compile cache. Empty when `new` can be applied.
+    pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        if self.server.listen != new.server.listen {
+            changed.push("server.listen");
+        }
+        if self.server.max_connections != new.server.max_connections {
+            changed.push("server.max_connections");
+        }
+        if self.engine != new.engine {
+            changed.push("engine");
+        }
+        if self.cache != new.cache {
+            changed.push("cache");
+        }
+        changed
     }
 }
 
@@ -396,12 +501,49 @@ mod tests {
             "t.toml",
         )
         .expect_err("refused");
+        let msg = e.to_string();
         assert!(
-            e.to_string().contains(
-                "`auth.admin_token`: environment variable `ARBITER_TEST_NO_SUCH_VAR` is not set"
-            ),
-            "{e}"
+            msg.contains("admin_token")
+                && msg.contains("environment variable `ARBITER_TEST_NO_SUCH_VAR` is not set"),
+            "{msg}"
         );
+    }
+
+    #[test]
+    fn restart_only_changes_are_named() {
+        let old = Config::default();
+        let mut new = Config::default();
+        new.routes.push(RouteSpec::all(["x"]));
+        new.server.max_body_bytes = 10;
+        assert!(old.restart_only_changes(&new).is_empty());
+        new.server.listen = "127.0.0.1:1".parse().expect("addr");
+        new.engine.max_instances = 3;
+        assert_eq!(old.restart_only_changes(&new), ["server.listen", "engine"]);
+    }
+
+    #[test]
+    fn smoke_samples_and_secrets_parse() {
+        // `env:` tokens are resolved in the binary's tests, where setting
+        // a variable cannot race other threads.
+        let c = Config::parse(
+            "[auth]\ndecide_token = \"tok\"\n\
+             [[policies]]\nname = \"a\"\nfile = \"a.wasm\"\n\
+             [[policies.smoke]]\naction = { kind = \"tool\", name = \"x\", params = { n = 1 } }\nexpect = \"require-approval\"\n",
+            "t.toml",
+        )
+        .expect("parses");
+        let token = c.auth.decide_token.as_ref().expect("token");
+        assert_eq!(token.expose(), "tok");
+        assert_eq!(format!("{token:?}"), "<secret>");
+        let sample = &c.policies[0].smoke[0];
+        assert_eq!(sample.expect, Outcome::RequireApproval);
+        assert_eq!(sample.action.params["n"], 1);
+        let e = Config::parse(
+            "[[policies]]\nname = \"a\"\nfile = \"a.wasm\"\n[[policies.smoke]]\naction = { kind = \"t\", name = \"x\" }\nexpect = \"maybe\"\n",
+            "t.toml",
+        )
+        .expect_err("refused");
+        assert!(e.to_string().contains("maybe"), "{e}");
     }
 
     #[test]

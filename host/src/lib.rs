@@ -14,6 +14,7 @@
 //! | run one policy, sandboxed | [`evaluate`] |
 //! | fold a chain | [`combine`] |
 //! | bring a policy into service | [`load`] |
+//! | change what serves, at run time | [`reload`] |
 //! | what a decision leaves behind | [`evidence`] |
 //!
 //! [`server`] runs the HTTP decision service around them.
@@ -26,6 +27,7 @@
 pub mod arbiter;
 pub mod cases;
 pub mod cli;
+pub mod client;
 pub mod combine;
 pub mod config;
 pub mod decision;
@@ -35,6 +37,7 @@ pub mod evidence;
 pub mod examples;
 pub mod front_door;
 pub mod load;
+pub mod reload;
 pub mod route;
 pub mod server;
 

@@ -9,10 +9,14 @@
 //! [`Bound::wait`] returns the error and the server stops, rather than
 //! serve with a policy missing. [`Bound::shutdown`] stops accepting, lets
 //! in-flight requests finish within the grace period, then returns.
+//!
+//! Once loaded, a reload worker ([`crate::reload::watch`]) follows the
+//! policy files and the configuration file, and [`Bound::reload`] (SIGHUP)
+//! reloads everything.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -22,21 +26,18 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::arbiter::{Arbiter, PolicySet, open_cache, specs_from_config};
-use crate::config::{Config, resolve_secret};
+use crate::arbiter::{open_cache, specs_from_config};
+use crate::config::Config;
 use crate::engine::Engine;
 use crate::evidence::metrics::Metrics;
-use crate::front_door::auth::Tokens;
-use crate::front_door::http::{self, AppState, HttpOptions, LoadState};
+use crate::front_door::http::{self, AppState, HttpOptions, LoadState, Service};
 use crate::load::LoadError;
-use crate::route::RouteTable;
+use crate::reload::Registry;
+use crate::reload::watch::Watcher;
 
 /// Why the service could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    /// A secret named in the configuration is missing.
-    #[error("configuration: {0}")]
-    Config(String),
     /// The engine could not be built.
     #[error(transparent)]
     Engine(#[from] crate::engine::EngineError),
@@ -76,6 +77,27 @@ pub struct Bound {
     stop: watch::Sender<bool>,
     serve: JoinHandle<()>,
     ready: watch::Receiver<Option<Result<(), String>>>,
+    reloader: ReloadHandle,
+}
+
+/// Asks a running server to reload; cheap to clone and send to a signal
+/// handler.
+#[derive(Clone, Default)]
+pub struct ReloadHandle(Arc<Mutex<Option<Watcher>>>);
+
+impl ReloadHandle {
+    /// Reloads the configuration file and every policy file, after any
+    /// reload already running (what SIGHUP does). Before the first load
+    /// has finished, and after shutdown, there is nothing to reload.
+    pub fn reload(&self) {
+        if let Some(w) = self.lock().as_ref() {
+            w.reload_all();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Watcher>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl Bound {
@@ -107,6 +129,19 @@ impl Bound {
         }
     }
 
+    /// A handle to ask for reloads (SIGHUP) while [`Bound::wait`] runs.
+    pub fn reload_handle(&self) -> ReloadHandle {
+        self.reloader.clone()
+    }
+
+    /// The registry of what serves, once the first load has finished.
+    pub fn registry(&self) -> Option<Arc<Registry>> {
+        match self.state.load.get() {
+            Some(LoadState::Ready(r)) => Some(Arc::clone(r)),
+            _ => None,
+        }
+    }
+
     /// Stops accepting connections; in-flight requests get the grace period.
     pub fn shutdown(&self) {
         let _ = self.stop.send(true);
@@ -119,7 +154,11 @@ impl Bound {
     /// [`ServeError::Load`] when the first load failed.
     pub async fn wait(self) -> Result<(), ServeError> {
         let Bound {
-            stop, serve, ready, ..
+            stop,
+            serve,
+            ready,
+            reloader,
+            ..
         } = self;
         let mut ready_rx = ready.clone();
         let mut stop_rx = stop.subscribe();
@@ -128,9 +167,11 @@ impl Bound {
             () = stopped(&mut stop_rx) => {}
         }
         let _ = stop.send(true);
-        serve
-            .await
-            .map_err(|e| ServeError::Internal(format!("the server task failed: {e}")))?;
+        let served = serve.await;
+        // Stop following files: the worker finishes a reload under way.
+        let worker = reloader.lock().take();
+        drop(worker);
+        served.map_err(|e| ServeError::Internal(format!("the server task failed: {e}")))?;
         // A failed first load is the outcome, however the server stopped.
         let outcome = ready.borrow().clone();
         match outcome {
@@ -145,22 +186,25 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// Builds and starts the service for `config` (relative policy files are
-/// resolved against `base`).
+/// Builds and starts the service for `config`, read from `config_path`
+/// (`None`: the embedded default). Relative policy files are resolved
+/// against the configuration file's directory.
 ///
 /// # Errors
-/// A [`ServeError`] for a missing secret, an engine that cannot be built,
-/// a missing example policy or an address that cannot be bound.
+/// A [`ServeError`] for an engine that cannot be built, a missing example
+/// policy or an address that cannot be bound.
 pub async fn bind(
     config: Config,
-    base: PathBuf,
+    config_path: Option<PathBuf>,
     options: ServeOptions,
 ) -> Result<Bound, ServeError> {
-    let tokens = Tokens {
-        decide: secret(config.auth.decide_token.as_deref(), "auth.decide_token")?,
-        admin: secret(config.auth.admin_token.as_deref(), "auth.admin_token")?,
-    };
-    let specs = specs_from_config(&config, &base)?;
+    let base = config_path
+        .as_deref()
+        .and_then(Path::parent)
+        .map(Path::to_owned)
+        .unwrap_or_default();
+    // Refuse a missing example policy before binding.
+    specs_from_config(&config, &base)?;
     let engine = Engine::new(&config.engine)?;
     let addr = config.server.listen;
     let listener = TcpListener::bind(addr)
@@ -174,47 +218,53 @@ pub async fn bind(
         problem: e.to_string(),
     })?;
     let metrics = Arc::new(Metrics::new());
+    let config = Arc::new(config);
     let state = Arc::new(AppState::new(
-        config,
-        tokens,
+        Arc::clone(&config),
         Arc::clone(&metrics),
         options.http,
     ));
     let (stop, stop_rx) = watch::channel(false);
     let (ready_tx, ready) = watch::channel(None);
+    let reloader = ReloadHandle::default();
 
     // The first load, off the reactor.
     let loader_state = Arc::clone(&state);
+    let loader_reloader = reloader.clone();
     let hold = options.hold_load;
     tokio::spawn(async move {
         if let Some(hold) = hold {
             let _ = hold.await;
         }
-        let s = Arc::clone(&loader_state);
         let loaded = tokio::task::spawn_blocking(move || {
-            let cache = open_cache(&s.config);
-            let set = PolicySet::load(
-                &engine,
-                cache.as_ref(),
-                &specs,
-                RouteTable::new(s.config.routes.clone()),
-            );
-            (engine, set)
+            let cache = open_cache(&config);
+            Registry::load(engine, cache, (*config).clone(), config_path, base)
         })
         .await;
         let result = match loaded {
-            Ok((engine, set)) if set.failures().is_empty() => {
-                let n = set.policies().count();
-                let _ = loader_state
-                    .load
-                    .set(LoadState::Ready(Arbiter::new(engine, set)));
+            Ok(Ok(registry)) => {
+                let service = Arc::clone(&loader_state.service);
+                let registry = Arc::new(
+                    registry
+                        .with_metrics(Arc::clone(&loader_state.metrics))
+                        .on_config(Box::new(move |config| {
+                            let previous = service.load();
+                            service
+                                .store(Arc::new(Service::new(Arc::clone(config), Some(&previous))));
+                        })),
+                );
+                let n = registry.arbiter().policy_set().policies().count();
+                match Watcher::start(Arc::clone(&registry)) {
+                    Ok(w) => *loader_reloader.lock() = Some(w),
+                    Err(e) => tracing::error!(error = %e, "no hot reload"),
+                }
+                let _ = loader_state.load.set(LoadState::Ready(registry));
                 loader_state.metrics.set_ready(true);
                 tracing::info!(policies = n, "ready");
                 Ok(())
             }
-            Ok((_, set)) => {
-                let errors: Vec<String> =
-                    set.failures().values().map(ToString::to_string).collect();
+            Ok(Err(errors)) => {
+                let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
                 let _ = loader_state.load.set(LoadState::Failed(errors.join("; ")));
                 Err(errors.join("\n"))
             }
@@ -231,19 +281,15 @@ pub async fn bind(
         stop,
         serve,
         ready,
+        reloader,
     })
-}
-
-fn secret(value: Option<&str>, key: &str) -> Result<Option<String>, ServeError> {
-    value
-        .map(|v| resolve_secret(v).map_err(|e| ServeError::Config(format!("`{key}`: {e}"))))
-        .transpose()
 }
 
 async fn accept_loop(listener: TcpListener, state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
     let graceful = GracefulShutdown::new();
-    let connections = Arc::new(Semaphore::new(state.config.server.max_connections));
-    let header_timeout = state.config.server.header_timeout();
+    let connections = Arc::new(Semaphore::new(
+        state.service.load().config.server.max_connections,
+    ));
     loop {
         let permit = tokio::select! {
             p = Arc::clone(&connections).acquire_owned() => match p {
@@ -265,6 +311,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<AppState>, mut stop: watc
             () = stopped(&mut stop) => break,
         };
         let _ = stream.set_nodelay(true);
+        let header_timeout = state.service.load().config.server.header_timeout();
         let state = Arc::clone(&state);
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
@@ -283,7 +330,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<AppState>, mut stop: watc
         });
     }
     drop(listener);
-    let grace = state.config.server.shutdown_grace();
+    let grace = state.service.load().config.server.shutdown_grace();
     tracing::info!(grace_ms = grace.as_millis() as u64, "draining");
     if tokio::time::timeout(grace, graceful.shutdown())
         .await

@@ -11,6 +11,10 @@
 //! | `arbiter_decision_duration_seconds` | histogram, µs-resolution buckets | |
 //! | `arbiter_http_responses_total` | counter | `endpoint`, `status` |
 //! | `arbiter_ready` | gauge | |
+//! | `arbiter_policy_reloads_total` | counter | `policy`, `result` (`swapped`, `unchanged`) |
+//! | `arbiter_policy_load_failures_total` | counter | `policy`, `stage` (the load step that failed) |
+//! | `arbiter_policy_rollbacks_total` | counter | `policy` |
+//! | `arbiter_config_reloads_total` | counter | `result` (`applied`, `refused`) |
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -46,6 +50,10 @@ struct Counters {
     /// only the first time a policy is seen.
     policies: BTreeMap<String, PolicyCounters>,
     responses: BTreeMap<(&'static str, u16), u64>,
+    reloads: BTreeMap<(String, &'static str), u64>,
+    load_failures: BTreeMap<(String, &'static str), u64>,
+    rollbacks: BTreeMap<String, u64>,
+    config_reloads: BTreeMap<&'static str, u64>,
 }
 
 #[derive(Debug, Default)]
@@ -103,6 +111,34 @@ impl Metrics {
     /// Counts one HTTP response.
     pub fn record_response(&self, endpoint: &'static str, status: u16) {
         *self.lock().responses.entry((endpoint, status)).or_default() += 1;
+    }
+
+    /// Counts one reload of `policy` that got past every load step.
+    pub fn record_reload(&self, policy: &str, result: &'static str) {
+        *self
+            .lock()
+            .reloads
+            .entry((policy.to_owned(), result))
+            .or_default() += 1;
+    }
+
+    /// Counts one failed load of `policy`, by the step that failed.
+    pub fn record_load_failure(&self, policy: &str, stage: &'static str) {
+        *self
+            .lock()
+            .load_failures
+            .entry((policy.to_owned(), stage))
+            .or_default() += 1;
+    }
+
+    /// Counts one rollback of `policy`.
+    pub fn record_rollback(&self, policy: &str) {
+        *self.lock().rollbacks.entry(policy.to_owned()).or_default() += 1;
+    }
+
+    /// Counts one configuration reload, applied or refused.
+    pub fn record_config_reload(&self, result: &'static str) {
+        *self.lock().config_reloads.entry(result).or_default() += 1;
     }
 
     /// Sets the readiness gauge.
@@ -178,6 +214,57 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "arbiter_http_responses_total{{endpoint=\"{endpoint}\",status=\"{status}\"}} {n}"
+            );
+        }
+        header(
+            &mut out,
+            "arbiter_policy_reloads_total",
+            "counter",
+            "Policy reloads that passed every load step, by policy and result.",
+        );
+        for ((policy, result), n) in &c.reloads {
+            let _ = writeln!(
+                out,
+                "arbiter_policy_reloads_total{{policy=\"{}\",result=\"{result}\"}} {n}",
+                escape(policy)
+            );
+        }
+        header(
+            &mut out,
+            "arbiter_policy_load_failures_total",
+            "counter",
+            "Policy loads refused (the previous version kept serving), by policy and stage.",
+        );
+        for ((policy, stage), n) in &c.load_failures {
+            let _ = writeln!(
+                out,
+                "arbiter_policy_load_failures_total{{policy=\"{}\",stage=\"{stage}\"}} {n}",
+                escape(policy)
+            );
+        }
+        header(
+            &mut out,
+            "arbiter_policy_rollbacks_total",
+            "counter",
+            "Rollbacks to an earlier version, by policy.",
+        );
+        for (policy, n) in &c.rollbacks {
+            let _ = writeln!(
+                out,
+                "arbiter_policy_rollbacks_total{{policy=\"{}\"}} {n}",
+                escape(policy)
+            );
+        }
+        header(
+            &mut out,
+            "arbiter_config_reloads_total",
+            "counter",
+            "Configuration reloads, applied or refused whole.",
+        );
+        for (result, n) in &c.config_reloads {
+            let _ = writeln!(
+                out,
+                "arbiter_config_reloads_total{{result=\"{result}\"}} {n}"
             );
         }
         drop(c);

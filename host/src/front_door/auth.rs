@@ -29,6 +29,14 @@ impl std::fmt::Debug for Tokens {
 pub const TOKEN_HEADER: &str = "x-arbiter-token";
 
 impl Tokens {
+    /// The tokens `auth` configures.
+    pub fn from_config(auth: &crate::config::AuthConfig) -> Self {
+        Tokens {
+            decide: auth.decide_token.as_ref().map(|s| s.expose().to_owned()),
+            admin: auth.admin_token.as_ref().map(|s| s.expose().to_owned()),
+        }
+    }
+
     /// Checks the decide token (the admin token also passes).
     ///
     /// # Errors

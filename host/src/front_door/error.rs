@@ -51,6 +51,12 @@ pub enum FrontDoorError {
     /// Policies are still loading.
     #[error("not ready: policies are still loading")]
     NotReady,
+    /// The request names a policy that is not configured.
+    #[error("{0}")]
+    UnknownPolicy(String),
+    /// The request cannot be carried out in the current state.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl FrontDoorError {
@@ -65,7 +71,8 @@ impl FrontDoorError {
             FrontDoorError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             FrontDoorError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             FrontDoorError::Body(_) => StatusCode::BAD_REQUEST,
-            FrontDoorError::NotFound(_) => StatusCode::NOT_FOUND,
+            FrontDoorError::NotFound(_) | FrontDoorError::UnknownPolicy(_) => StatusCode::NOT_FOUND,
+            FrontDoorError::Conflict(_) => StatusCode::CONFLICT,
             FrontDoorError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             FrontDoorError::Saturated(_) | FrontDoorError::NotReady => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -88,6 +95,8 @@ impl FrontDoorError {
             FrontDoorError::MethodNotAllowed { .. } => "method_not_allowed",
             FrontDoorError::Saturated(_) => "saturated",
             FrontDoorError::NotReady => "not_ready",
+            FrontDoorError::UnknownPolicy(_) => "unknown_policy",
+            FrontDoorError::Conflict(_) => "conflict",
         }
     }
 

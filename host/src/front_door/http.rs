@@ -5,7 +5,8 @@
 //! |---|---|---|
 //! | POST | `/v1/decide` | the wire format of `shared/DESIGN.md` in, the decision out |
 //! | any | `/v1/authz`, `/v1/authz/...` | external authorizer (Envoy `ext_authz`, nginx `auth_request`): 200 or 403 |
-//! | GET | `/v1/policies` | each policy: version, routes, limits, load state, last error |
+//! | GET | `/v1/policies` | each policy: version, routes, limits, load state, last error, versions kept |
+//! | POST | `/v1/policies/{name}/rollback` | admin: serve an earlier version at once (body: optional `{"version": ...}`) |
 //! | GET | `/healthz` | alive |
 //! | GET | `/readyz` | 200 once every configured policy has loaded, else 503 |
 //! | GET | `/metrics` | Prometheus text format |
@@ -15,6 +16,8 @@
 
 use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
+
+use arc_swap::ArcSwap;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,9 +33,10 @@ use super::auth::Tokens;
 use super::error::FrontDoorError;
 use super::{ext_authz, wire};
 use crate::arbiter::Arbiter;
-use crate::config::{AuthorizerConfig, Config, ServerConfig};
+use crate::config::Config;
 use crate::decision::{Context, Decision, History, Outcome, Request};
 use crate::evidence::metrics::Metrics;
+use crate::reload::{Registry, RollbackError};
 
 /// The header carrying the decision id on every decision response.
 pub const DECISION_ID_HEADER: &str = "x-arbiter-decision-id";
@@ -47,56 +51,68 @@ pub struct HttpOptions {
 }
 
 /// Where loading stands.
-#[derive(Debug)]
 pub enum LoadState {
-    /// Every policy loaded.
-    Ready(Arbiter),
+    /// Every policy loaded; the registry serves them and takes reloads.
+    Ready(Arc<Registry>),
     /// Loading failed; the server will stop.
     Failed(String),
+}
+
+/// What the front door takes from the configuration: swapped whole when
+/// the configuration reloads, read once per request.
+pub struct Service {
+    pub(crate) config: Arc<Config>,
+    pub(crate) tokens: Tokens,
+    pub(crate) pending: Arc<Semaphore>,
+}
+
+impl Service {
+    /// The front door's view of `config`. The bound on pending decisions
+    /// carries over from `previous` when it did not change, so a reload
+    /// does not forget the decisions in flight.
+    pub fn new(config: Arc<Config>, previous: Option<&Service>) -> Self {
+        let limit = config.server.max_pending_decisions;
+        let pending = match previous {
+            Some(p) if p.config.server.max_pending_decisions == limit => Arc::clone(&p.pending),
+            _ => Arc::new(Semaphore::new(limit)),
+        };
+        Service {
+            tokens: Tokens::from_config(&config.auth),
+            config,
+            pending,
+        }
+    }
 }
 
 /// What every request may need: shared, read-mostly.
 pub struct AppState {
     /// Set once the first load finishes.
     pub(crate) load: OnceLock<LoadState>,
-    pub(crate) config: Config,
-    pub(crate) tokens: Tokens,
+    pub(crate) service: Arc<ArcSwap<Service>>,
     pub(crate) metrics: Arc<Metrics>,
-    pub(crate) pending: Semaphore,
     pub(crate) options: HttpOptions,
 }
 
 impl AppState {
     /// State for a server running `config`.
-    pub fn new(
-        config: Config,
-        tokens: Tokens,
-        metrics: Arc<Metrics>,
-        options: HttpOptions,
-    ) -> Self {
+    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>, options: HttpOptions) -> Self {
         AppState {
             load: OnceLock::new(),
-            pending: Semaphore::new(config.server.max_pending_decisions),
-            config,
-            tokens,
+            service: Arc::new(ArcSwap::from_pointee(Service::new(config, None))),
             metrics,
             options,
         }
     }
 
-    fn arbiter(&self) -> Option<&Arbiter> {
+    fn registry(&self) -> Option<&Arc<Registry>> {
         match self.load.get() {
-            Some(LoadState::Ready(a)) => Some(a),
+            Some(LoadState::Ready(r)) => Some(r),
             _ => None,
         }
     }
 
-    fn server(&self) -> &ServerConfig {
-        &self.config.server
-    }
-
-    fn authorizer(&self) -> &AuthorizerConfig {
-        &self.config.authorizer
+    fn arbiter(&self) -> Option<&Arbiter> {
+        self.registry().map(|r| r.arbiter())
     }
 }
 
@@ -108,7 +124,9 @@ pub async fn handle(
     req: HttpRequest<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_owned();
-    let (endpoint, result) = route(&state, req, &path).await;
+    // One view of the configuration for the whole request.
+    let service = state.service.load_full();
+    let (endpoint, result) = route(&state, &service, req, &path).await;
     let response = result.unwrap_or_else(error_response);
     state
         .metrics
@@ -118,13 +136,14 @@ pub async fn handle(
 
 async fn route(
     state: &AppState,
+    service: &Service,
     req: HttpRequest<Incoming>,
     path: &str,
 ) -> (&'static str, Result<Response<Body>, FrontDoorError>) {
     let method = req.method().clone();
-    let get_only = |endpoint, f: fn(&AppState) -> Response<Body>| {
+    let get_only = |endpoint, f: fn(&AppState, &Service) -> Response<Body>| {
         if method == Method::GET || method == Method::HEAD {
-            (endpoint, Ok(f(state)))
+            (endpoint, Ok(f(state, service)))
         } else {
             (
                 endpoint,
@@ -133,23 +152,40 @@ async fn route(
         }
     };
     match path {
-        "/v1/decide" if method == Method::POST => ("decide", decide(state, req).await),
+        "/v1/decide" if method == Method::POST => ("decide", decide(state, service, req).await),
         "/v1/decide" => (
             "decide",
             Err(FrontDoorError::MethodNotAllowed { allow: "POST" }),
         ),
         p if p == ext_authz::PREFIX || p.starts_with("/v1/authz/") => {
-            ("authz", authz(state, req).await)
+            ("authz", authz(state, service, req).await)
         }
-        "/v1/policies" => match state.tokens.check_decide(req.headers(), true) {
+        "/v1/policies" => match service.tokens.check_decide(req.headers(), true) {
             Ok(()) => get_only("policies", policies),
             Err(e) => ("policies", Err(e)),
         },
-        "/healthz" => get_only("healthz", |_| {
+        p if p.starts_with("/v1/policies/") => {
+            let rest = &p["/v1/policies/".len()..];
+            match rest.rsplit_once('/') {
+                Some((name, "rollback")) if method == Method::POST => (
+                    "rollback",
+                    rollback(state, service, req, name.to_owned()).await,
+                ),
+                Some((_, "rollback")) => (
+                    "rollback",
+                    Err(FrontDoorError::MethodNotAllowed { allow: "POST" }),
+                ),
+                _ => (
+                    "other",
+                    Err(FrontDoorError::NotFound(p.chars().take(200).collect())),
+                ),
+            }
+        }
+        "/healthz" => get_only("healthz", |_, _| {
             json_response(StatusCode::OK, &json!({"status": "alive"}))
         }),
         "/readyz" => get_only("readyz", readyz),
-        "/metrics" => get_only("metrics", |s| {
+        "/metrics" => get_only("metrics", |s, _| {
             let mut r = Response::new(Full::new(Bytes::from(s.metrics.render())));
             r.headers_mut().insert(
                 CONTENT_TYPE,
@@ -177,11 +213,12 @@ struct DecideBody {
 
 async fn decide(
     state: &AppState,
+    service: &Service,
     req: HttpRequest<Incoming>,
 ) -> Result<Response<Body>, FrontDoorError> {
-    state.tokens.check_decide(req.headers(), true)?;
+    service.tokens.check_decide(req.headers(), true)?;
     check_json(req.headers())?;
-    let bytes = read_body(req, state.server()).await?;
+    let bytes = read_body(req, &service.config.server).await?;
     let body: DecideBody = wire::parse(&bytes).map_err(FrontDoorError::BadRequest)?;
     if body.history.is_some() && !state.options.accept_caller_history {
         return Err(FrontDoorError::Forbidden("history"));
@@ -194,7 +231,7 @@ async fn decide(
         context: body.context,
         history: body.history.unwrap_or_default(),
     };
-    let decision = run(state, request).await?;
+    let decision = run(state, service, request).await?;
     let mut r = json_response(StatusCode::OK, &decision);
     set_decision_id(&mut r, &decision);
     Ok(r)
@@ -202,13 +239,18 @@ async fn decide(
 
 async fn authz(
     state: &AppState,
+    service: &Service,
     req: HttpRequest<Incoming>,
 ) -> Result<Response<Body>, FrontDoorError> {
     // `Authorization` belongs to the original request here.
-    state.tokens.check_decide(req.headers(), false)?;
-    let request =
-        ext_authz::request_from(state.authorizer(), req.method(), req.uri(), req.headers());
-    let decision = run(state, request).await?;
+    service.tokens.check_decide(req.headers(), false)?;
+    let request = ext_authz::request_from(
+        &service.config.authorizer,
+        req.method(),
+        req.uri(),
+        req.headers(),
+    );
+    let decision = run(state, service, request).await?;
     let (status, reason) = match decision.outcome {
         Outcome::Allow => (StatusCode::OK, decision.reason.clone()),
         Outcome::Deny => (StatusCode::FORBIDDEN, decision.reason.clone()),
@@ -242,14 +284,18 @@ async fn authz(
 }
 
 /// Waits for a place (or refuses with 503), then decides off the reactor.
-async fn run(state: &AppState, request: Request) -> Result<Decision, FrontDoorError> {
+async fn run(
+    state: &AppState,
+    service: &Service,
+    request: Request,
+) -> Result<Decision, FrontDoorError> {
     let Some(arbiter) = state.arbiter() else {
         return Err(FrontDoorError::NotReady);
     };
-    let _permit = state
+    let _permit = service
         .pending
         .try_acquire()
-        .map_err(|_| FrontDoorError::Saturated(state.server().max_pending_decisions))?;
+        .map_err(|_| FrontDoorError::Saturated(service.config.server.max_pending_decisions))?;
     let decision = arbiter.decide_async(request).await;
     state.metrics.record_decision(&decision);
     tracing::debug!(
@@ -262,15 +308,52 @@ async fn run(state: &AppState, request: Request) -> Result<Decision, FrontDoorEr
     Ok(decision)
 }
 
-fn policies(state: &AppState) -> Response<Body> {
-    let set = state.arbiter().map(|a| a.policy_set());
-    let routes = &state.config.routes;
-    let list: Vec<Value> = state
-        .config
+/// The body of a rollback: which version, or the one before the serving.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RollbackBody {
+    #[serde(default)]
+    version: Option<String>,
+}
+
+async fn rollback(
+    state: &AppState,
+    service: &Service,
+    req: HttpRequest<Incoming>,
+    name: String,
+) -> Result<Response<Body>, FrontDoorError> {
+    service.tokens.check_admin(req.headers())?;
+    let has_type = req.headers().contains_key(CONTENT_TYPE);
+    if has_type {
+        check_json(req.headers())?;
+    }
+    let bytes = read_body(req, &service.config.server).await?;
+    let body: RollbackBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+        RollbackBody::default()
+    } else if has_type {
+        wire::parse(&bytes).map_err(FrontDoorError::BadRequest)?
+    } else {
+        return Err(FrontDoorError::UnsupportedMediaType(String::new()));
+    };
+    let registry = state.registry().ok_or(FrontDoorError::NotReady)?;
+    match registry.rollback(&name, body.version.as_deref()) {
+        Ok(done) => Ok(json_response(StatusCode::OK, &done)),
+        Err(e @ RollbackError::UnknownPolicy(_)) => {
+            Err(FrontDoorError::UnknownPolicy(e.to_string()))
+        }
+        Err(e) => Err(FrontDoorError::Conflict(e.to_string())),
+    }
+}
+
+fn policies(state: &AppState, service: &Service) -> Response<Body> {
+    let config = &service.config;
+    let status = state.registry().map(|r| r.status());
+    let list: Vec<Value> = config
         .policies
         .iter()
         .map(|p| {
-            let on_routes: Vec<Value> = routes
+            let on_routes: Vec<Value> = config
+                .routes
                 .iter()
                 .filter(|r| r.chain.contains(&p.name))
                 .map(
@@ -283,23 +366,33 @@ fn policies(state: &AppState) -> Response<Body> {
                 "max_memory_bytes": p.limits.max_memory_bytes,
             });
             let mut entry = json!({"name": p.name, "routes": on_routes, "limits": limits});
-            match (
-                set.and_then(|s| s.policy(&p.name)),
-                set.and_then(|s| s.failures().get(&p.name)),
-            ) {
-                (Some(loaded), _) => {
-                    entry["state"] = json!("loaded");
-                    entry["version"] = json!(loaded.version);
-                    entry["source"] = json!(loaded.source);
-                    entry["size_bytes"] = json!(loaded.size_bytes);
-                    entry["last_error"] = Value::Null;
+            let found = status
+                .as_ref()
+                .and_then(|s| s.policies.iter().find(|s| s.name == p.name));
+            match found {
+                Some(s) => {
+                    let serving = s.serving.as_ref();
+                    entry["state"] = json!(if serving.is_some() {
+                        "serving"
+                    } else {
+                        "failed"
+                    });
+                    entry["version"] = json!(serving.map(|v| &v.version));
+                    entry["loaded_at"] = json!(serving.map(|v| &v.loaded_at));
+                    entry["size_bytes"] = json!(serving.map(|v| v.size_bytes));
+                    entry["source"] = json!(s.source);
+                    entry["versions"] = json!(s.versions);
+                    entry["last_attempt"] = json!(s.last_attempt);
+                    entry["last_error"] = match &s.last_attempt.error {
+                        Some(message) => json!({
+                            "step": s.last_attempt.step,
+                            "message": message,
+                            "at": s.last_attempt.at,
+                        }),
+                        None => Value::Null,
+                    };
                 }
-                (None, Some(e)) => {
-                    entry["state"] = json!("failed");
-                    entry["last_error"] =
-                        json!({"step": e.step.as_str(), "message": e.to_string()});
-                }
-                (None, None) => {
+                None => {
                     entry["state"] = json!(match state.load.get() {
                         Some(LoadState::Failed(_)) => "failed",
                         _ => "loading",
@@ -310,14 +403,18 @@ fn policies(state: &AppState) -> Response<Body> {
             entry
         })
         .collect();
-    json_response(StatusCode::OK, &json!({ "policies": list }))
+    let mut body = json!({ "policies": list });
+    if let Some(s) = status {
+        body["config"] = json!(s.config);
+    }
+    json_response(StatusCode::OK, &body)
 }
 
-fn readyz(state: &AppState) -> Response<Body> {
+fn readyz(state: &AppState, _: &Service) -> Response<Body> {
     match state.load.get() {
-        Some(LoadState::Ready(a)) => json_response(
+        Some(LoadState::Ready(r)) => json_response(
             StatusCode::OK,
-            &json!({"ready": true, "policies": a.policy_set().policies().count()}),
+            &json!({"ready": true, "policies": r.arbiter().policy_set().policies().count()}),
         ),
         Some(LoadState::Failed(e)) => json_response(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -348,7 +445,7 @@ fn check_json(headers: &hyper::HeaderMap) -> Result<(), FrontDoorError> {
 /// Reads the body within the size and time limits.
 async fn read_body(
     req: HttpRequest<Incoming>,
-    server: &ServerConfig,
+    server: &crate::config::ServerConfig,
 ) -> Result<Bytes, FrontDoorError> {
     let limit = server.max_body_bytes;
     let declared = req

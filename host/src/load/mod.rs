@@ -2,8 +2,12 @@
 //! reload. Each step is a function of [`pipeline`], and a failure names its
 //! step ([`LoadStep`]) and the policy.
 //!
-//! read → digest → compile (cached on disk) → check imports → link (check
-//! the world) → validate settings.
+//! read → verify → compile (cached on disk) → check imports → link (check
+//! the world) → check limits → validate settings → smoke.
+//!
+//! The last stage, the swap into the serving set, belongs to
+//! [`crate::reload`]: a failure anywhere before it leaves the serving
+//! version untouched.
 
 mod cache;
 mod inspect;
@@ -12,15 +16,17 @@ mod pipeline;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 pub use cache::{CacheStatus, CompileCache};
 pub use inspect::{Import, Inspection, inspect};
-pub use pipeline::{load, load_with_settings};
+pub use pipeline::{load, load_if_changed, load_with_settings, version_of};
 
+use crate::config::SmokeSample;
 use crate::evaluate::{Limits, PolicyFailure, PolicyPre};
 
 /// Where a policy's component bytes come from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Source {
     /// A `.wasm` file.
     File(PathBuf),
@@ -43,7 +49,7 @@ impl fmt::Display for Source {
 }
 
 /// What to load: one configured policy.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PolicySpec {
     /// The configured name.
     pub name: String,
@@ -53,6 +59,8 @@ pub struct PolicySpec {
     pub settings: serde_json::Value,
     /// Its limits.
     pub limits: Limits,
+    /// Samples it must decide as expected before it may serve.
+    pub smoke: Vec<SmokeSample>,
 }
 
 /// A policy that passed every load step; what decisions run.
@@ -72,6 +80,8 @@ pub struct LoadedPolicy {
     pub settings: String,
     /// Its limits.
     pub limits: Limits,
+    /// When it passed the load pipeline.
+    pub loaded_at: SystemTime,
     pub(crate) pre: PolicyPre,
 }
 
@@ -80,6 +90,14 @@ impl LoadedPolicy {
     /// directly.
     pub fn pre(&self) -> &PolicyPre {
         &self.pre
+    }
+
+    /// Whether `other` is the same component with the same settings and
+    /// limits: loading it again would change nothing.
+    pub fn same_as(&self, other: &LoadedPolicy) -> bool {
+        self.version == other.version
+            && self.settings == other.settings
+            && self.limits == other.limits
     }
 }
 
@@ -98,6 +116,8 @@ impl fmt::Debug for LoadedPolicy {
 pub enum LoadStep {
     /// Reading the component bytes.
     Read,
+    /// Checking the component's signature.
+    Verify,
     /// Compiling them (or loading the compiled form from the cache).
     Compile,
     /// Checking that the component imports only what the host provides.
@@ -108,6 +128,8 @@ pub enum LoadStep {
     CheckLimits,
     /// Calling the policy's `validate-settings`.
     ValidateSettings,
+    /// Deciding the configured smoke samples.
+    Smoke,
 }
 
 impl LoadStep {
@@ -115,11 +137,13 @@ impl LoadStep {
     pub fn as_str(self) -> &'static str {
         match self {
             LoadStep::Read => "read",
+            LoadStep::Verify => "verify",
             LoadStep::Compile => "compile",
             LoadStep::CheckImports => "check-imports",
             LoadStep::Link => "link",
             LoadStep::CheckLimits => "check-limits",
             LoadStep::ValidateSettings => "validate-settings",
+            LoadStep::Smoke => "smoke",
         }
     }
 }
@@ -172,4 +196,12 @@ pub enum LoadProblem {
     /// `validate-settings` itself failed.
     #[error("validate-settings failed: {0}")]
     ValidateFailed(PolicyFailure),
+    /// A smoke sample was not decided as expected.
+    #[error("smoke sample {sample}: {problem}")]
+    Smoke {
+        /// The sample's name.
+        sample: String,
+        /// What it decided instead.
+        problem: String,
+    },
 }

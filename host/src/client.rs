@@ -1,0 +1,95 @@
+//! A small HTTP/1.1 client for the commands that talk to a running server
+//! (`arbiter rollback`, `arbiter status`): plain `http://` on the admin
+//! port, JSON in and out.
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::{Method, Request, Uri};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// Where a server is and how to authenticate to it.
+#[derive(Debug, Clone)]
+pub struct ServerAddress {
+    authority: String,
+    token: Option<String>,
+}
+
+impl ServerAddress {
+    /// Parses `http://host:port`; `token` is sent as a bearer token.
+    ///
+    /// # Errors
+    /// When the URL is not `http://` with a host.
+    pub fn new(url: &str, token: Option<String>) -> anyhow::Result<Self> {
+        let uri: Uri = url
+            .parse()
+            .with_context(|| format!("`{url}` is not a URL"))?;
+        if uri.scheme_str() != Some("http") {
+            bail!("`{url}`: only http:// is supported; put TLS in front of the admin port");
+        }
+        let Some(authority) = uri.authority() else {
+            bail!("`{url}` has no host");
+        };
+        let authority = match authority.port() {
+            Some(_) => authority.to_string(),
+            None => format!("{}:80", authority.host()),
+        };
+        Ok(ServerAddress { authority, token })
+    }
+
+    /// Sends one request and returns the status and the JSON body.
+    ///
+    /// # Errors
+    /// When the server cannot be reached or does not answer JSON.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
+        let stream = TcpStream::connect(&self.authority)
+            .await
+            .with_context(|| format!("cannot reach the server at {}", self.authority))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .context("HTTP handshake")?;
+        let conn = tokio::spawn(conn);
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(HOST, &self.authority);
+        if let Some(t) = &self.token {
+            req = req.header(AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let payload = match body {
+            Some(b) => {
+                req = req.header(CONTENT_TYPE, "application/json");
+                Bytes::from(serde_json::to_vec(b)?)
+            }
+            None => Bytes::new(),
+        };
+        let response = sender
+            .send_request(req.body(Full::new(payload))?)
+            .await
+            .with_context(|| format!("request to {}{path}", self.authority))?;
+        let status = response.status().as_u16();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        conn.abort();
+        let json = serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "the server answered {status} with a body that is not JSON: {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+            )
+        })?;
+        Ok((status, json))
+    }
+}
+
+/// The server's error message from an error body, or the whole body.
+pub fn error_message(body: &serde_json::Value) -> String {
+    body["error"]["message"]
+        .as_str()
+        .map_or_else(|| body.to_string(), str::to_owned)
+}

@@ -1,0 +1,760 @@
+//! Reload: policies and configuration change while decisions run.
+//!
+//! A [`Registry`] owns what is in service: the configuration and, for each
+//! policy, its spec, the good versions kept for rollback and the outcome of
+//! its last load attempt. Every change runs the one load pipeline
+//! ([`crate::load`]) off the lock, then the last stage, the swap: under the
+//! lock, a new [`PolicySet`] is built from the serving one and installed
+//! whole in the [`Arbiter`]. A failure at any stage before the swap leaves
+//! the serving version as it was; it is logged, counted by policy and stage
+//! and kept for `GET /v1/policies`.
+//!
+//! [`watch`] turns file changes (and SIGHUP) into calls here, on one
+//! thread, so loads never race each other; a rollback takes the lock
+//! directly and applies at once.
+
+pub mod watch;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::arbiter::{Arbiter, PolicySet, specs_from_config};
+use crate::config::{Config, ConfigError};
+use crate::engine::Engine;
+use crate::evidence::metrics::Metrics;
+use crate::load::{self, CompileCache, LoadError, LoadedPolicy, PolicySpec, Source};
+use crate::route::RouteTable;
+
+/// Called with the new configuration once it is in service, so the front
+/// door can take its tokens and limits.
+pub type ConfigHook = Box<dyn Fn(&Arc<Config>) + Send + Sync>;
+
+/// What is in service, how it got there, and how to change it.
+pub struct Registry {
+    arbiter: Arbiter,
+    cache: Option<CompileCache>,
+    base: PathBuf,
+    config_path: Option<PathBuf>,
+    metrics: Option<Arc<Metrics>>,
+    on_config: Option<ConfigHook>,
+    state: Mutex<State>,
+}
+
+struct State {
+    config: Arc<Config>,
+    config_attempt: Attempt,
+    policies: BTreeMap<String, Record>,
+}
+
+struct Record {
+    spec: PolicySpec,
+    /// Good versions, most recently loaded first; the serving one is among
+    /// them (first, unless rolled back).
+    versions: VecDeque<Arc<LoadedPolicy>>,
+    attempt: Attempt,
+}
+
+/// When something was last tried, and what went wrong if it failed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Attempt {
+    /// When (RFC 3339, UTC).
+    pub at: Option<String>,
+    /// The step that failed.
+    pub step: Option<String>,
+    /// Why.
+    pub error: Option<String>,
+}
+
+impl Attempt {
+    fn ok() -> Self {
+        Attempt {
+            at: Some(timestamp(SystemTime::now())),
+            step: None,
+            error: None,
+        }
+    }
+
+    fn failed(step: &str, error: String) -> Self {
+        Attempt {
+            at: Some(timestamp(SystemTime::now())),
+            step: Some(step.to_owned()),
+            error: Some(error),
+        }
+    }
+}
+
+/// What a policy reload did.
+#[derive(Debug)]
+pub enum Reloaded {
+    /// The new version serves.
+    Swapped {
+        /// The version it replaced.
+        from: String,
+        /// The version now serving.
+        to: String,
+    },
+    /// The file holds the serving version with the same settings.
+    Unchanged,
+    /// A step failed; the previous version keeps serving.
+    Failed(LoadError),
+    /// No policy of that name is configured (any more).
+    Unknown,
+}
+
+/// What a configuration reload changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ConfigChange {
+    /// Policies new in this configuration.
+    pub added: Vec<String>,
+    /// Policies it no longer has.
+    pub removed: Vec<String>,
+    /// Policies loaded again because their file, settings, limits or
+    /// smoke samples changed.
+    pub reloaded: Vec<String>,
+}
+
+/// Why a configuration was refused; the old one keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigRefused {
+    /// The server runs the embedded configuration: there is no file.
+    #[error("the server runs the embedded default configuration; there is no file to reload")]
+    NoFile,
+    /// The file does not read, parse or hold together.
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+    /// It changes what only a restart can change.
+    #[error("it changes {}, which only a restart can apply", .0.join(", "))]
+    NeedsRestart(Vec<&'static str>),
+    /// A policy it names did not load.
+    #[error(transparent)]
+    Policy(#[from] LoadError),
+}
+
+impl ConfigRefused {
+    /// The stage that refused it, for the status and logs.
+    pub fn stage(&self) -> &'static str {
+        match self {
+            ConfigRefused::NoFile => "read",
+            ConfigRefused::Invalid(ConfigError::Read { .. }) => "read",
+            ConfigRefused::Invalid(_) => "parse",
+            ConfigRefused::NeedsRestart(_) => "restart-only",
+            ConfigRefused::Policy(e) => e.step.as_str(),
+        }
+    }
+}
+
+/// Why a rollback did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum RollbackError {
+    /// No such policy.
+    #[error("no policy `{0}` is configured")]
+    UnknownPolicy(String),
+    /// The serving version is the oldest kept.
+    #[error("policy `{0}` has no earlier version in memory")]
+    NoEarlierVersion(String),
+    /// The version asked for is not kept.
+    #[error("policy `{policy}` has no version `{asked}` in memory; kept: {}", .kept.join(", "))]
+    VersionNotKept {
+        /// The policy.
+        policy: String,
+        /// The version asked for.
+        asked: String,
+        /// The versions kept.
+        kept: Vec<String>,
+    },
+    /// The version asked for serves already.
+    #[error("policy `{policy}` is already serving {version}")]
+    AlreadyServing {
+        /// The policy.
+        policy: String,
+        /// Its version.
+        version: String,
+    },
+}
+
+/// A rollback that happened.
+#[derive(Debug, Clone, Serialize)]
+pub struct RolledBack {
+    /// The policy.
+    pub policy: String,
+    /// The version that served before.
+    pub from: String,
+    /// The version serving now.
+    pub to: String,
+    /// When the version now serving was loaded.
+    pub loaded_at: String,
+}
+
+/// The whole state, for `GET /v1/policies`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// The configuration.
+    pub config: ConfigStatus,
+    /// Each configured policy.
+    pub policies: Vec<PolicyStatus>,
+}
+
+/// The configuration's state.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigStatus {
+    /// Its file, or `<embedded default>`.
+    pub source: String,
+    /// The last reload attempt.
+    pub last_attempt: Attempt,
+}
+
+/// One policy's state.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyStatus {
+    /// Its name.
+    pub name: String,
+    /// Where it is loaded from.
+    pub source: String,
+    /// The version serving.
+    pub serving: Option<VersionStatus>,
+    /// Every good version kept for rollback, most recently loaded first.
+    pub versions: Vec<VersionStatus>,
+    /// The last load attempt: when, and the step and error if it failed.
+    pub last_attempt: Attempt,
+}
+
+/// One loaded version.
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionStatus {
+    /// `sha256:` of the component.
+    pub version: String,
+    /// When it passed the load pipeline.
+    pub loaded_at: String,
+    /// Its size in bytes.
+    pub size_bytes: usize,
+    /// Whether it is the serving one.
+    pub serving: bool,
+}
+
+/// A file the registry wants watched, and what it is.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Target {
+    /// The configuration file.
+    Config,
+    /// The component of the named policy.
+    Policy(String),
+}
+
+impl Registry {
+    /// The first load: every policy of `config` through the load pipeline.
+    /// Unlike a reload, nothing serves yet, so any failure is returned and
+    /// nothing starts.
+    ///
+    /// # Errors
+    /// Every policy's [`LoadError`].
+    pub fn load(
+        engine: Engine,
+        cache: Option<CompileCache>,
+        config: Config,
+        config_path: Option<PathBuf>,
+        base: PathBuf,
+    ) -> Result<Self, Vec<LoadError>> {
+        let specs = specs_from_config(&config, &base).map_err(|e| vec![e])?;
+        let mut policies = BTreeMap::new();
+        let mut records = BTreeMap::new();
+        let mut errors = Vec::new();
+        for spec in specs {
+            match load::load(&engine, cache.as_ref(), &spec) {
+                Ok(p) => {
+                    tracing::info!(policy = %p.name, version = %p.version, cache = ?p.cache, "policy loaded");
+                    let p = Arc::new(p);
+                    policies.insert(spec.name.clone(), Arc::clone(&p));
+                    records.insert(
+                        spec.name.clone(),
+                        Record {
+                            spec,
+                            versions: VecDeque::from([p]),
+                            attempt: Attempt::ok(),
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(policy = %spec.name, step = %e.step, error = %e, "policy failed to load");
+                    errors.push(e);
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let set = PolicySet::new(policies, RouteTable::new(config.routes.clone()));
+        Ok(Registry {
+            arbiter: Arbiter::new(engine, set),
+            cache,
+            base,
+            config_path,
+            metrics: None,
+            on_config: None,
+            state: Mutex::new(State {
+                config: Arc::new(config),
+                config_attempt: Attempt::ok(),
+                policies: records,
+            }),
+        })
+    }
+
+    /// Counts reloads, failures and rollbacks in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Calls `hook` with each new configuration once it is in service.
+    pub fn on_config(mut self, hook: ConfigHook) -> Self {
+        self.on_config = Some(hook);
+        self
+    }
+
+    /// The arbiter deciding with what this registry serves.
+    pub fn arbiter(&self) -> &Arbiter {
+        &self.arbiter
+    }
+
+    /// The configuration in service.
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.lock().config)
+    }
+
+    /// The files to watch: the configuration file, if there is one, and
+    /// each policy's component file, as absolute paths.
+    pub fn targets(&self) -> Vec<(PathBuf, Target)> {
+        let state = self.lock();
+        let config = self
+            .config_path
+            .iter()
+            .map(|p| (absolute(p), Target::Config));
+        let policies = state
+            .policies
+            .iter()
+            .filter_map(|(name, r)| match &r.spec.source {
+                Source::File(p) => Some((absolute(p), Target::Policy(name.clone()))),
+                Source::Bytes { .. } => None,
+            });
+        config.chain(policies).collect()
+    }
+
+    /// Loads policy `name` again from its file through the whole pipeline
+    /// and swaps it in if it passes; if any step fails, the previous
+    /// version keeps serving and the failure is recorded.
+    pub fn reload_policy(&self, name: &str) -> Reloaded {
+        let (spec, serving) = {
+            let state = self.lock();
+            let Some(record) = state.policies.get(name) else {
+                return Reloaded::Unknown;
+            };
+            (record.spec.clone(), self.serving(name))
+        };
+        // The slow part, off the lock: decisions and rollbacks go on.
+        let result = load::load_if_changed(
+            self.arbiter.engine(),
+            self.cache.as_ref(),
+            &spec,
+            serving.as_deref(),
+        );
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let Some(record) = state.policies.get_mut(name) else {
+            return Reloaded::Unknown;
+        };
+        if record.spec != spec {
+            // A configuration reload replaced it meanwhile, and loaded it.
+            return Reloaded::Unchanged;
+        }
+        match result {
+            Ok(None) => {
+                record.attempt = Attempt::ok();
+                self.count_reload(name, "unchanged");
+                Reloaded::Unchanged
+            }
+            Ok(Some(loaded)) => {
+                let loaded = Arc::new(loaded);
+                let from = self.swap_in(Arc::clone(&loaded));
+                remember(record, loaded, state.config.reload.keep_versions);
+                record.attempt = Attempt::ok();
+                self.count_reload(name, "swapped");
+                let to = record.versions[0].version.clone();
+                tracing::info!(policy = name, %from, %to, "policy reloaded");
+                Reloaded::Swapped { from, to }
+            }
+            Err(e) => {
+                tracing::error!(
+                    policy = name,
+                    step = %e.step,
+                    error = %e,
+                    "reload failed; the previous version keeps serving"
+                );
+                record.attempt = Attempt::failed(e.step.as_str(), e.to_string());
+                if let Some(m) = &self.metrics {
+                    m.record_load_failure(name, e.step.as_str());
+                }
+                Reloaded::Failed(e)
+            }
+        }
+    }
+
+    /// Reads the configuration file again and, if it is valid and every
+    /// policy it names loads, puts it in service whole: routes, settings,
+    /// limits, tokens. Otherwise nothing changes and the refusal is
+    /// recorded.
+    ///
+    /// # Errors
+    /// [`ConfigRefused`], saying why.
+    pub fn reload_config(&self) -> Result<ConfigChange, ConfigRefused> {
+        let result = self.try_reload_config();
+        let (attempt, label) = match &result {
+            Ok(change) => {
+                tracing::info!(
+                    added = ?change.added,
+                    removed = ?change.removed,
+                    reloaded = ?change.reloaded,
+                    "configuration reloaded"
+                );
+                (Attempt::ok(), "applied")
+            }
+            Err(e) => {
+                tracing::error!(stage = e.stage(), error = %e, "configuration refused; the previous one keeps serving");
+                (Attempt::failed(e.stage(), e.to_string()), "refused")
+            }
+        };
+        self.lock().config_attempt = attempt;
+        if let Some(m) = &self.metrics {
+            m.record_config_reload(label);
+        }
+        result
+    }
+
+    fn try_reload_config(&self) -> Result<ConfigChange, ConfigRefused> {
+        let path = self.config_path.as_ref().ok_or(ConfigRefused::NoFile)?;
+        let (config, _) = Config::from_file(path)?;
+        let (old, records) = {
+            let state = self.lock();
+            let specs: BTreeMap<String, PolicySpec> = state
+                .policies
+                .iter()
+                .map(|(n, r)| (n.clone(), r.spec.clone()))
+                .collect();
+            (Arc::clone(&state.config), specs)
+        };
+        let restart = old.restart_only_changes(&config);
+        if !restart.is_empty() {
+            return Err(ConfigRefused::NeedsRestart(restart));
+        }
+        let specs = specs_from_config(&config, &self.base)?;
+        // Load what is new or changed, off the lock; any failure refuses
+        // the whole configuration.
+        let mut fresh = BTreeMap::new();
+        let mut change = ConfigChange::default();
+        for spec in &specs {
+            match records.get(&spec.name) {
+                Some(old_spec) if old_spec == spec => {}
+                known => {
+                    let p = load::load(self.arbiter.engine(), self.cache.as_ref(), spec)?;
+                    if known.is_some() {
+                        change.reloaded.push(spec.name.clone());
+                    } else {
+                        change.added.push(spec.name.clone());
+                    }
+                    fresh.insert(spec.name.clone(), Arc::new(p));
+                }
+            }
+        }
+        change.removed = records
+            .keys()
+            .filter(|n| !specs.iter().any(|s| &s.name == *n))
+            .cloned()
+            .collect();
+
+        // The swap.
+        let config = Arc::new(config);
+        let mut state = self.lock();
+        let current = self.arbiter.policy_set();
+        let mut serving = BTreeMap::new();
+        let mut records = BTreeMap::new();
+        for spec in specs {
+            let name = spec.name.clone();
+            let (policy, mut record) = match (fresh.remove(&name), state.policies.remove(&name)) {
+                (Some(p), Some(mut r)) => {
+                    remember(&mut r, Arc::clone(&p), config.reload.keep_versions);
+                    (p, r)
+                }
+                (Some(p), None) => (
+                    Arc::clone(&p),
+                    Record {
+                        spec: spec.clone(),
+                        versions: VecDeque::from([p]),
+                        attempt: Attempt::ok(),
+                    },
+                ),
+                // Unchanged: keep what serves, rolled back or not.
+                (None, Some(r)) => match current.policy(&name) {
+                    Some(p) => (Arc::clone(p), r),
+                    None => return Err(ConfigRefused::Policy(vanished(&spec))),
+                },
+                (None, None) => return Err(ConfigRefused::Policy(vanished(&spec))),
+            };
+            record.spec = spec;
+            record.attempt = Attempt::ok();
+            serving.insert(name.clone(), policy);
+            records.insert(name, record);
+        }
+        let set = PolicySet::new(serving, RouteTable::new(config.routes.clone()));
+        self.arbiter.install(Arc::new(set));
+        state.policies = records;
+        state.config = Arc::clone(&config);
+        if let Some(hook) = &self.on_config {
+            hook(&config);
+        }
+        Ok(change)
+    }
+
+    /// Whether policy `name`'s file no longer holds the serving version
+    /// (changed, or unreadable). Records nothing.
+    pub fn file_differs(&self, name: &str) -> bool {
+        let source = match self.lock().policies.get(name) {
+            Some(r) => r.spec.source.clone(),
+            None => return false,
+        };
+        let Source::File(path) = source else {
+            return false;
+        };
+        let serving = self.serving(name);
+        match std::fs::read(&path) {
+            Ok(bytes) => serving.is_none_or(|s| s.version != load::version_of(&bytes)),
+            Err(_) => true,
+        }
+    }
+
+    /// Reloads the configuration (if it came from a file), then every
+    /// policy file: what SIGHUP asks for.
+    pub fn reload_all(&self) {
+        if self.config_path.is_some() {
+            let _ = self.reload_config();
+        }
+        let names: Vec<String> = self.lock().policies.keys().cloned().collect();
+        for name in names {
+            self.reload_policy(&name);
+        }
+    }
+
+    /// Serves an earlier good version of `name` at once: `to` names it by
+    /// its version (`sha256:...`, or a unique prefix of the hex); without
+    /// it, the version loaded before the serving one.
+    ///
+    /// # Errors
+    /// [`RollbackError`] when there is no such policy or version.
+    pub fn rollback(&self, name: &str, to: Option<&str>) -> Result<RolledBack, RollbackError> {
+        let state = self.lock();
+        let record = state
+            .policies
+            .get(name)
+            .ok_or_else(|| RollbackError::UnknownPolicy(name.to_owned()))?;
+        let serving = self.serving(name);
+        let position = serving
+            .as_ref()
+            .and_then(|s| record.versions.iter().position(|v| Arc::ptr_eq(v, s)));
+        let target = match to {
+            None => position
+                .and_then(|i| record.versions.get(i + 1))
+                .ok_or_else(|| RollbackError::NoEarlierVersion(name.to_owned()))?,
+            Some(asked) => find_version(&record.versions, asked).ok_or_else(|| {
+                RollbackError::VersionNotKept {
+                    policy: name.to_owned(),
+                    asked: asked.to_owned(),
+                    kept: record.versions.iter().map(|v| v.version.clone()).collect(),
+                }
+            })?,
+        };
+        if serving.as_ref().is_some_and(|s| Arc::ptr_eq(s, target)) {
+            return Err(RollbackError::AlreadyServing {
+                policy: name.to_owned(),
+                version: target.version.clone(),
+            });
+        }
+        let from = self.swap_in(Arc::clone(target));
+        if let Some(m) = &self.metrics {
+            m.record_rollback(name);
+        }
+        tracing::warn!(policy = name, %from, to = %target.version, "rolled back");
+        Ok(RolledBack {
+            policy: name.to_owned(),
+            from,
+            to: target.version.clone(),
+            loaded_at: timestamp(target.loaded_at),
+        })
+    }
+
+    /// Where everything stands.
+    pub fn status(&self) -> Status {
+        let state = self.lock();
+        let set = self.arbiter.policy_set();
+        let policies = state
+            .policies
+            .iter()
+            .map(|(name, r)| {
+                let serving = set.policy(name);
+                let version = |v: &Arc<LoadedPolicy>| VersionStatus {
+                    version: v.version.clone(),
+                    loaded_at: timestamp(v.loaded_at),
+                    size_bytes: v.size_bytes,
+                    serving: serving.is_some_and(|s| Arc::ptr_eq(s, v)),
+                };
+                PolicyStatus {
+                    name: name.clone(),
+                    source: r.spec.source.to_string(),
+                    serving: serving.map(version),
+                    versions: r.versions.iter().map(version).collect(),
+                    last_attempt: r.attempt.clone(),
+                }
+            })
+            .collect();
+        Status {
+            config: ConfigStatus {
+                source: self.config_path.as_ref().map_or_else(
+                    || "<embedded default>".to_owned(),
+                    |p| p.display().to_string(),
+                ),
+                last_attempt: state.config_attempt.clone(),
+            },
+            policies,
+        }
+    }
+
+    fn serving(&self, name: &str) -> Option<Arc<LoadedPolicy>> {
+        self.arbiter.policy_set().policy(name).cloned()
+    }
+
+    /// The swap: the serving set with `policy` in place of its namesake.
+    /// Callers hold the state lock, so swaps never interleave. Returns the
+    /// version replaced.
+    fn swap_in(&self, policy: Arc<LoadedPolicy>) -> String {
+        let set = self.arbiter.policy_set().with_policy(policy.clone());
+        let old = self.arbiter.install(Arc::new(set));
+        old.policy(&policy.name)
+            .map(|p| p.version.clone())
+            .unwrap_or_default()
+    }
+
+    fn count_reload(&self, name: &str, result: &'static str) {
+        if let Some(m) = &self.metrics {
+            m.record_reload(name, result);
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Puts `loaded` first among the kept versions, dropping an older copy of
+/// the same version and settings and the oldest beyond `keep`.
+fn remember(record: &mut Record, loaded: Arc<LoadedPolicy>, keep: usize) {
+    record.versions.retain(|v| !v.same_as(&loaded));
+    record.versions.push_front(loaded);
+    record.versions.truncate(keep.max(1));
+}
+
+/// A kept version by its full version or a unique prefix of its hex.
+fn find_version<'a>(
+    versions: &'a VecDeque<Arc<LoadedPolicy>>,
+    asked: &str,
+) -> Option<&'a Arc<LoadedPolicy>> {
+    fn hex(v: &str) -> &str {
+        v.strip_prefix("sha256:").unwrap_or(v)
+    }
+    let asked = hex(asked);
+    if asked.is_empty() {
+        return None;
+    }
+    let mut matches = versions
+        .iter()
+        .filter(|v| hex(&v.version).starts_with(asked));
+    let first = matches.next()?;
+    // Ambiguous prefixes match nothing, unless they name one version.
+    matches.all(|v| v.version == first.version).then_some(first)
+}
+
+fn vanished(spec: &PolicySpec) -> LoadError {
+    LoadError {
+        policy: spec.name.clone(),
+        source_desc: spec.source.to_string(),
+        step: load::LoadStep::Read,
+        problem: load::LoadProblem::Read("the serving version vanished during the reload".into()),
+    }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
+}
+
+/// RFC 3339 in UTC with microseconds.
+pub fn timestamp(t: SystemTime) -> String {
+    humantime::format_rfc3339_micros(t).to_string()
+}
+
+#[cfg(all(test, feature = "example-policies"))]
+mod tests {
+    use super::*;
+    use crate::engine::EngineConfig;
+
+    fn loaded(engine: &Engine, example: &str, settings: serde_json::Value) -> Arc<LoadedPolicy> {
+        let spec = PolicySpec {
+            name: "p".into(),
+            source: crate::examples::source(example).expect("embedded"),
+            settings,
+            limits: Default::default(),
+            smoke: Vec::new(),
+        };
+        Arc::new(load::load(engine, None, &spec).expect("loads"))
+    }
+
+    #[test]
+    fn kept_versions_are_newest_first_deduplicated_and_bounded() {
+        let engine = Engine::new(&EngineConfig::default()).expect("engine");
+        let a = loaded(&engine, "procurement", serde_json::json!({}));
+        let b = loaded(&engine, "shell-guard", serde_json::json!({}));
+        let a2 = loaded(&engine, "procurement", serde_json::json!({}));
+        let mut record = Record {
+            spec: PolicySpec {
+                name: "p".into(),
+                source: crate::examples::source("procurement").expect("embedded"),
+                settings: serde_json::json!({}),
+                limits: Default::default(),
+                smoke: Vec::new(),
+            },
+            versions: VecDeque::from([Arc::clone(&a)]),
+            attempt: Attempt::default(),
+        };
+        remember(&mut record, Arc::clone(&b), 5);
+        // The same version and settings again moves to the front, once.
+        remember(&mut record, Arc::clone(&a2), 5);
+        let kept: Vec<&str> = record.versions.iter().map(|v| v.version.as_str()).collect();
+        assert_eq!(kept, [a.version.as_str(), b.version.as_str()]);
+        remember(&mut record, Arc::clone(&b), 1);
+        assert_eq!(record.versions.len(), 1);
+
+        let both = VecDeque::from([Arc::clone(&a), Arc::clone(&b)]);
+        let hex = &b.version["sha256:".len()..];
+        assert!(find_version(&both, &b.version).is_some_and(|v| Arc::ptr_eq(v, &b)));
+        assert!(find_version(&both, &hex[..10]).is_some_and(|v| Arc::ptr_eq(v, &b)));
+        assert!(find_version(&both, "sha256:").is_none());
+        assert!(find_version(&both, "zz").is_none());
+        // A prefix both share is ambiguous.
+        let common = a.version["sha256:".len()..]
+            .chars()
+            .zip(hex.chars())
+            .take_while(|(x, y)| x == y)
+            .count();
+        if common > 0 {
+            assert!(find_version(&both, &hex[..common]).is_none());
+        }
+    }
+}

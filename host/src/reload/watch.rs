@@ -1,0 +1,302 @@
+//! Watching: file events become reloads, on one worker thread.
+//!
+//! The directory of each watched file is watched rather than the file, so
+//! a file replaced by an atomic rename, deleted and recreated, or swapped
+//! through a symlink (as Kubernetes mounts do) is still seen. Events are
+//! debounced per directory: a file being copied produces a burst of
+//! writes, and it is loaded once the burst has been quiet for the
+//! debounce time. Then each watched file in that directory whose
+//! fingerprint (size, modification time, inode) changed, or that an event
+//! named, is reloaded through the [`Registry`]. A copy that pauses longer
+//! than the debounce is read half-written and refused at compile, with the
+//! old version serving; its next write brings another event and another
+//! attempt.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use notify::{RecursiveMode, Watcher as _};
+
+use super::{Registry, Target};
+
+enum Message {
+    Event(notify::Result<notify::Event>),
+    ReloadAll,
+    Stop,
+}
+
+/// The reload worker: a thread watching files (when the configuration
+/// says so) and taking SIGHUP-style requests. Dropping it stops it.
+pub struct Watcher {
+    tx: mpsc::Sender<Message>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Why the worker could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot watch files: {0}")]
+pub struct WatchError(String);
+
+impl Watcher {
+    /// Starts the worker for `registry`.
+    ///
+    /// # Errors
+    /// [`WatchError`] if the OS refuses a file watcher or a thread.
+    pub fn start(registry: Arc<Registry>) -> Result<Self, WatchError> {
+        let (tx, rx) = mpsc::channel();
+        let events = tx.clone();
+        let notify = notify::recommended_watcher(move |e| {
+            let _ = events.send(Message::Event(e));
+        })
+        .map_err(|e| WatchError(e.to_string()))?;
+        // Watches are in place before this returns, so no change made
+        // after it can be missed.
+        let worker = Worker::new(registry, notify);
+        let thread = std::thread::Builder::new()
+            .name("arbiter-reload".into())
+            .spawn(move || {
+                worker.catch_up();
+                worker.run(&rx);
+            })
+            .map_err(|e| WatchError(e.to_string()))?;
+        Ok(Watcher {
+            tx,
+            thread: Some(thread),
+        })
+    }
+
+    /// Asks for the configuration and every policy file to be reloaded
+    /// (SIGHUP), after any reload already running.
+    pub fn reload_all(&self) {
+        let _ = self.tx.send(Message::ReloadAll);
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Message::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What is known of a file: enough to tell that it changed without
+/// reading it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Fingerprint(Option<(u64, Option<SystemTime>, u64)>);
+
+impl Fingerprint {
+    fn of(path: &Path) -> Self {
+        // Follows symlinks, so a swapped link target counts as a change.
+        Fingerprint(std::fs::metadata(path).ok().map(|m| {
+            #[cfg(unix)]
+            let inode = std::os::unix::fs::MetadataExt::ino(&m);
+            #[cfg(not(unix))]
+            let inode = 0;
+            (m.len(), m.modified().ok(), inode)
+        }))
+    }
+}
+
+struct Watched {
+    path: PathBuf,
+    target: Target,
+    fingerprint: Fingerprint,
+}
+
+struct Worker {
+    registry: Arc<Registry>,
+    notify: notify::RecommendedWatcher,
+    files: Vec<Watched>,
+    dirs: BTreeSet<PathBuf>,
+    /// Directories with events, and when they will have been quiet long
+    /// enough.
+    due: BTreeMap<PathBuf, Instant>,
+    /// Files an event named since their directory was last handled.
+    named: BTreeSet<PathBuf>,
+}
+
+impl Worker {
+    fn new(registry: Arc<Registry>, notify: notify::RecommendedWatcher) -> Self {
+        let mut worker = Worker {
+            registry,
+            notify,
+            files: Vec::new(),
+            dirs: BTreeSet::new(),
+            due: BTreeMap::new(),
+            named: BTreeSet::new(),
+        };
+        worker.refresh_targets();
+        worker
+    }
+
+    /// Reloads each policy whose file changed between its load and the
+    /// start of watching, which no event will report.
+    fn catch_up(&self) {
+        if self.dirs.is_empty() {
+            return;
+        }
+        for file in &self.files {
+            if let Target::Policy(name) = &file.target
+                && self.registry.file_differs(name)
+            {
+                self.registry.reload_policy(name);
+            }
+        }
+    }
+
+    fn run(mut self, rx: &mpsc::Receiver<Message>) {
+        loop {
+            let now = Instant::now();
+            let message = match self.due.values().min() {
+                Some(at) => rx.recv_timeout(at.saturating_duration_since(now)),
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match message {
+                Ok(Message::Event(Ok(event))) => self.note(&event),
+                Ok(Message::Event(Err(e))) => {
+                    // Lost events (a queue overflow): look at everything.
+                    tracing::warn!(error = %e, "file watcher error; checking every watched file");
+                    self.all_due();
+                }
+                Ok(Message::ReloadAll) => {
+                    tracing::info!("reloading the configuration and every policy");
+                    self.registry.reload_all();
+                    self.refresh_targets();
+                }
+                Ok(Message::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            self.fire();
+        }
+    }
+
+    fn note(&mut self, event: &notify::Event) {
+        if event.need_rescan() {
+            self.all_due();
+            return;
+        }
+        let debounce = self.debounce();
+        for path in &event.paths {
+            if let Some(dir) = path.parent().filter(|d| self.dirs.contains(*d)) {
+                self.due.insert(dir.to_owned(), Instant::now() + debounce);
+                self.named.insert(path.clone());
+            }
+        }
+    }
+
+    fn all_due(&mut self) {
+        let at = Instant::now() + self.debounce();
+        for dir in &self.dirs {
+            self.due.insert(dir.clone(), at);
+        }
+    }
+
+    /// Reloads what changed in the directories that have been quiet for
+    /// the debounce time: the configuration first, since it may change
+    /// which policies there are.
+    fn fire(&mut self) {
+        let now = Instant::now();
+        let quiet: Vec<PathBuf> = self
+            .due
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(d, _)| d.clone())
+            .collect();
+        if quiet.is_empty() {
+            return;
+        }
+        let mut changed = BTreeSet::new();
+        for dir in &quiet {
+            self.due.remove(dir);
+        }
+        for file in &mut self.files {
+            if !file
+                .path
+                .parent()
+                .is_some_and(|d| quiet.iter().any(|q| q == d))
+            {
+                continue;
+            }
+            let fingerprint = Fingerprint::of(&file.path);
+            if fingerprint != file.fingerprint || self.named.remove(&file.path) {
+                file.fingerprint = fingerprint;
+                changed.insert(file.target.clone());
+            }
+        }
+        self.named
+            .retain(|p| !p.parent().is_some_and(|d| quiet.iter().any(|q| q == d)));
+        if changed.remove(&Target::Config) {
+            let _ = self.registry.reload_config();
+            self.refresh_targets();
+        }
+        for target in changed {
+            if let Target::Policy(name) = target {
+                self.registry.reload_policy(&name);
+            }
+        }
+    }
+
+    /// Takes the registry's current list of files, and watches (or stops
+    /// watching) their directories as the configuration asks.
+    fn refresh_targets(&mut self) {
+        let watch = self.registry.config().reload.watch;
+        let previous: BTreeMap<PathBuf, Fingerprint> = self
+            .files
+            .drain(..)
+            .map(|f| (f.path, f.fingerprint))
+            .collect();
+        self.files = self
+            .registry
+            .targets()
+            .into_iter()
+            .map(|(path, target)| Watched {
+                fingerprint: previous
+                    .get(&path)
+                    .cloned()
+                    .unwrap_or_else(|| Fingerprint::of(&path)),
+                path,
+                target,
+            })
+            .collect();
+        let wanted: BTreeSet<PathBuf> = if watch {
+            self.files
+                .iter()
+                .filter_map(|f| f.path.parent().map(Path::to_owned))
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
+        for gone in self.dirs.difference(&wanted) {
+            let _ = self.notify.unwatch(gone);
+        }
+        let mut dirs = BTreeSet::new();
+        for dir in wanted {
+            if self.dirs.contains(&dir) {
+                dirs.insert(dir);
+                continue;
+            }
+            match self.notify.watch(&dir, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    tracing::debug!(dir = %dir.display(), "watching");
+                    dirs.insert(dir);
+                }
+                Err(e) => tracing::error!(
+                    dir = %dir.display(),
+                    error = %e,
+                    "cannot watch this directory; changes there need SIGHUP"
+                ),
+            }
+        }
+        self.dirs = dirs;
+    }
+
+    fn debounce(&self) -> Duration {
+        Duration::from_millis(self.registry.config().reload.debounce_ms)
+    }
+}
