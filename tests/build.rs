@@ -10,7 +10,14 @@ use std::path::PathBuf;
 
 use build_guests::{artifact, build_guests, policies_target_dir};
 
-const HOSTILE: &[&str] = &["misbehave", "fs-import", "clock-import"];
+const HOSTILE: &[&str] = &[
+    "misbehave",
+    "fs-import",
+    "clock-import",
+    "verdict-allow",
+    "verdict-deny",
+    "other-world",
+];
 
 fn main() {
     let here = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
@@ -20,7 +27,8 @@ fn main() {
     for path in ["Cargo.toml", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", guests.join(path).display());
     }
-    for name in HOSTILE {
+    // `verdict` is the source both verdict-* packages build.
+    for name in HOSTILE.iter().chain(&["verdict"]) {
         println!("cargo:rerun-if-changed={}", guests.join(name).display());
     }
     let target_dir = policies_target_dir(&out_dir);

@@ -310,6 +310,117 @@ mod serve {
         );
     }
 
+    fn decided_version(addr: &str) -> String {
+        let body = r#"{"action": {"kind": "tool", "name": "search"}, "context": {"agent": {"id": "bot"}}}"#;
+        let reply = http(
+            addr,
+            &format!(
+                "POST /v1/decide HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        );
+        let json = reply.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        let d: serde_json::Value = serde_json::from_str(json).expect("a decision");
+        d["policies"][0]["version"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    #[test]
+    fn sighup_reloads_and_rollback_and_status_drive_a_running_server() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let policy = super::example_file(dir.path(), "procurement");
+        let first = arbiter::load::version_of(&std::fs::read(&policy).expect("read"));
+        let config = dir.path().join("arbiter.toml");
+        std::fs::write(
+            &config,
+            "[server]\nlisten = \"127.0.0.1:0\"\n[auth]\nadmin_token = \"env:TEST_ADMIN\"\n\
+             [reload]\nwatch = false\n[[policies]]\nname = \"p\"\nfile = \"procurement.wasm\"\n\
+             [[routes]]\nchain = [\"p\"]\n",
+        )
+        .expect("write");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_arbiter"))
+            .args(["serve", "--config", config.to_str().expect("utf-8")])
+            .env("ARBITER_CACHE_DIR", dir.path().join("cache"))
+            .env("TEST_ADMIN", "s3cret")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let addr = loop {
+            let line = rx.recv_timeout(Duration::from_secs(60)).expect("address");
+            if let Some(a) = line.strip_prefix("arbiter: listening on http://") {
+                break a.to_owned();
+            }
+        };
+        wait_ready(&addr);
+        assert_eq!(decided_version(&addr), first);
+
+        // A new version on disk; unwatched, SIGHUP brings it in.
+        let second_bytes = arbiter::examples::bytes("shell-guard").expect("embedded");
+        std::fs::write(&policy, second_bytes).expect("write");
+        let second = arbiter::load::version_of(second_bytes);
+        let status = Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while decided_version(&addr) != second {
+            assert!(Instant::now() < deadline, "SIGHUP did not reload");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+
+        let url = format!("http://{addr}");
+        let cli = |args: &[&str], token: &str| {
+            Command::new(env!("CARGO_BIN_EXE_arbiter"))
+                .args(args)
+                .args(["--server", &url])
+                .env("ARBITER_ADMIN_TOKEN", token)
+                .output()
+                .expect("run")
+        };
+        let o = cli(&["status"], "s3cret");
+        let (out, err) = super::text(&o);
+        assert!(o.status.success(), "{out}{err}");
+        assert!(
+            out.contains(&format!("* {second}")) && out.contains(&format!("  {first}")),
+            "{out}"
+        );
+
+        let o = cli(&["rollback", "p"], "wrong");
+        let (out, err) = super::text(&o);
+        assert_eq!(o.status.code(), Some(2), "{out}{err}");
+        assert!(err.contains("the server refused (401)"), "{err}");
+
+        let o = cli(&["rollback", "p"], "s3cret");
+        let (out, err) = super::text(&o);
+        assert!(o.status.success(), "{out}{err}");
+        assert!(
+            out.contains(&format!("policy `p` rolled back: {second} -> {first}")),
+            "{out}"
+        );
+        assert_eq!(decided_version(&addr), first);
+
+        let o = cli(&["rollback", "p"], "s3cret");
+        let (out, err) = super::text(&o);
+        assert_eq!(o.status.code(), Some(2), "{out}{err}");
+        assert!(
+            err.contains("(409)") && err.contains("no earlier version"),
+            "{err}"
+        );
+
+        sigterm(&child);
+        assert_eq!(child.wait().expect("wait").code(), Some(0));
+    }
+
     #[test]
     fn an_invalid_configuration_is_refused_naming_file_line_and_key() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -135,6 +135,7 @@ fn decisions_are_the_same_without_the_pooling_allocator() {
         source: arbiter::examples::source("procurement").expect("embedded"),
         settings: json!({}),
         limits: Default::default(),
+        smoke: Vec::new(),
     };
     let p = arbiter::load::load(&engine, None, &spec).expect("loads");
     let a = Arbiter::new(

@@ -36,6 +36,7 @@ fn a_route_to_a_policy_that_failed_to_load_denies_naming_the_failure() {
         source: Source::File(artifacts::FS_IMPORT.into()),
         settings: json!({}),
         limits: Limits::default(),
+        smoke: Vec::new(),
     };
     let set = PolicySet::load(
         &engine(),
@@ -111,6 +112,7 @@ fn settings_refusals_name_the_policy_and_key() {
         source: arbiter::examples::source("procurement").expect("embedded"),
         settings: json!({"tables": "orders"}),
         limits: Limits::default(),
+        smoke: Vec::new(),
     };
     let e = load::load(&engine(), None, &spec).expect_err("refused");
     assert!(
@@ -161,6 +163,7 @@ fn the_compile_cache_spares_a_restart_and_survives_corruption() {
         source: arbiter::examples::source("procurement").expect("embedded"),
         settings: json!({}),
         limits: Limits::default(),
+        smoke: Vec::new(),
     };
     let cache = CompileCache::open(dir.path()).expect("cache");
     let first = load::load(&engine(), Some(&cache), &spec).expect("loads");

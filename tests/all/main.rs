@@ -6,4 +6,5 @@ mod concurrency;
 mod hostile;
 mod load;
 mod nginx;
+mod reload;
 mod server;

@@ -406,8 +406,8 @@ fn shutdown_lets_in_flight_decisions_finish() {
 #[test]
 fn tokens_guard_decisions_and_reads() {
     let mut config = server_config(&[("procurement", "procurement", json!({}))]);
-    config.auth.decide_token = Some("d-secret".into());
-    config.auth.admin_token = Some("a-secret".into());
+    config.auth.decide_token = Some("d-secret".to_owned().try_into().expect("secret"));
+    config.auth.admin_token = Some("a-secret".to_owned().try_into().expect("secret"));
     let server = Server::start(config, ServeOptions::default());
     let body = decide_body("db.query").to_string();
     let ct = ("Content-Type", "application/json");
@@ -478,7 +478,7 @@ fn policies_endpoint_reports_version_routes_limits_and_state() {
     let r = get(server.addr, "/v1/policies").json();
     let p = &r["policies"][0];
     assert_eq!(p["name"], "procurement");
-    assert_eq!(p["state"], "loaded");
+    assert_eq!(p["state"], "serving");
     assert!(
         p["version"]
             .as_str()

@@ -104,3 +104,71 @@ pub fn read_reply(s: &mut TcpStream) -> Option<Reply> {
         body: body.to_owned(),
     })
 }
+
+/// A keep-alive connection, for load: one socket for many requests, so a
+/// long test does not run the machine out of ephemeral ports.
+pub struct Conn {
+    stream: std::io::BufReader<TcpStream>,
+    addr: SocketAddr,
+}
+
+impl Conn {
+    /// Opens a connection.
+    pub fn open(addr: SocketAddr) -> Self {
+        Conn {
+            stream: std::io::BufReader::new(connect(addr)),
+            addr,
+        }
+    }
+
+    /// `POST path` with a JSON body; reads the reply by its length.
+    pub fn post_json(&mut self, path: &str, body: &serde_json::Value) -> Reply {
+        use std::io::BufRead;
+        let body = body.to_string();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            self.addr,
+            body.len()
+        );
+        // One write: head and body in two would meet Nagle and delayed
+        // ACKs, 40 ms a request.
+        let request = head + &body;
+        self.stream
+            .get_mut()
+            .write_all(request.as_bytes())
+            .expect("write");
+        let mut status_line = String::new();
+        self.stream
+            .read_line(&mut status_line)
+            .expect("status line");
+        let status = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let mut headers = Vec::new();
+        loop {
+            let mut line = String::new();
+            self.stream.read_line(&mut line).expect("header line");
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+            }
+        }
+        let length: usize = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .expect("a content-length");
+        let mut body = vec![0; length];
+        self.stream.read_exact(&mut body).expect("body");
+        Reply {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+}

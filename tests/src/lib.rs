@@ -40,6 +40,7 @@ pub fn load_file(
         source: Source::File(path.as_ref().to_owned()),
         settings,
         limits,
+        smoke: Vec::new(),
     };
     load::load(&engine(), None, &spec)
 }
@@ -51,6 +52,7 @@ pub fn load_example(name: &str) -> LoadedPolicy {
         source: arbiter::examples::source(name).expect("embedded example"),
         settings: serde_json::json!({}),
         limits: Limits::default(),
+        smoke: Vec::new(),
     };
     load::load(&engine(), None, &spec).expect("example loads")
 }
@@ -109,6 +111,7 @@ pub fn server_config(policies: &[(&str, &str, serde_json::Value)]) -> arbiter::c
             example,
             settings: settings.clone(),
             limits: Limits::default(),
+            smoke: Vec::new(),
         });
     }
     let names: Vec<&str> = policies.iter().map(|(n, _, _)| *n).collect();
@@ -128,13 +131,45 @@ pub struct Server {
 impl Server {
     /// Binds without waiting for the policies to load.
     pub fn bind(config: arbiter::config::Config, options: arbiter::server::ServeOptions) -> Self {
+        Self::bind_from(config, None, options)
+    }
+
+    /// Starts from the configuration file at `path`, which the server then
+    /// watches, and waits until every policy has loaded.
+    pub fn start_file(path: &Path) -> Self {
+        let (config, _) = arbiter::config::Config::from_file(path).expect("config");
+        let server = Self::bind_from(config, Some(path.to_owned()), Default::default());
+        server.ready().expect("ready");
+        server
+    }
+
+    /// The registry of what serves, once loaded.
+    pub fn registry(&self) -> std::sync::Arc<arbiter::reload::Registry> {
+        self.bound
+            .as_ref()
+            .and_then(arbiter::server::Bound::registry)
+            .expect("loaded")
+    }
+
+    /// Asks for a reload of everything, as SIGHUP does.
+    pub fn reload(&self) {
+        if let Some(b) = &self.bound {
+            b.reload_handle().reload();
+        }
+    }
+
+    fn bind_from(
+        config: arbiter::config::Config,
+        path: Option<std::path::PathBuf>,
+        options: arbiter::server::ServeOptions,
+    ) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .expect("runtime");
         let bound = runtime
-            .block_on(arbiter::server::bind(config, ".".into(), options))
+            .block_on(arbiter::server::bind(config, path, options))
             .expect("bind");
         Server {
             addr: bound.local_addr(),
