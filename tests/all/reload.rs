@@ -633,3 +633,84 @@ fn without_watching_sighup_reloads() {
     server.reload();
     wait_for("the reload", || decide(&server)["outcome"] == "deny");
 }
+
+#[test]
+fn settings_and_limits_change_as_a_new_version_that_can_be_rolled_back() {
+    let d = Deployment::new(
+        artifacts::VERDICT_ALLOW,
+        "",
+        "[auth]\nadmin_token = \"root\"\n",
+    );
+    let server = d.start();
+    d.write_config(
+        "settings = { refuse = \"deny\" }\nlimits = { fuel = 10000000 }",
+        "[auth]\nadmin_token = \"root\"\n",
+    );
+    wait_for("the new limits", || {
+        policy_status(&server)["limits"]["fuel"] == 10_000_000
+    });
+    let status = policy_status(&server);
+    // One component, two settings: two versions kept.
+    assert_eq!(
+        status["versions"].as_array().map(Vec::len),
+        Some(2),
+        "{status}"
+    );
+    assert_eq!(decide(&server)["outcome"], "allow");
+    let r = send(
+        server.addr,
+        "POST",
+        "/v1/policies/p/rollback",
+        &[("Authorization", "Bearer root")],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let serving = server
+        .registry()
+        .arbiter()
+        .policy_set()
+        .policy("p")
+        .cloned()
+        .expect("p");
+    assert_eq!(
+        (serving.settings.as_str(), serving.limits.fuel),
+        ("{}", Limits::default().fuel)
+    );
+}
+
+#[test]
+fn a_policy_leaves_service_only_when_the_configuration_drops_it() {
+    let deny_policy = "[[policies]]\nname = \"deny\"\nfile = \"deny.wasm\"\n";
+    let deny_route = "[[routes]]\nkind = \"db\"\nchain = [\"deny\"]\n";
+    let d = Deployment::new(
+        artifacts::VERDICT_ALLOW,
+        "",
+        &format!("{deny_policy}{deny_route}"),
+    );
+    std::fs::copy(artifacts::VERDICT_DENY, d.path("deny.wasm")).expect("copy");
+    let server = d.start();
+    let db = json!({"action": {"kind": "db", "name": "q"}, "context": {"agent": {"id": "bot"}}});
+    std::fs::remove_file(d.path("deny.wasm")).expect("delete");
+    let deny_status = || get(server.addr, "/v1/policies").json()["policies"][1].clone();
+    wait_for("the failed read", || {
+        deny_status()["last_error"]["step"] == "read"
+    });
+    assert_eq!(deny_status()["state"], "serving");
+    assert_eq!(
+        post_json(server.addr, "/v1/decide", &db).json()["outcome"],
+        "deny"
+    );
+    // The configuration drops it: now it is gone, and its route with it.
+    d.write_config("", "");
+    wait_for("the policy to leave", || {
+        get(server.addr, "/v1/policies").json()["policies"]
+            .as_array()
+            .map(Vec::len)
+            == Some(1)
+    });
+    let r = post_json(server.addr, "/v1/decide", &db).json();
+    assert_eq!(
+        (r["outcome"].as_str(), r["policies"][0]["name"].as_str()),
+        (Some("allow"), Some("p"))
+    );
+}

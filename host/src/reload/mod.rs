@@ -103,6 +103,9 @@ pub enum Reloaded {
     Failed(LoadError),
     /// No policy of that name is configured (any more).
     Unknown,
+    /// A configuration reload replaced the policy's spec, and loaded it,
+    /// while this load ran; this result is dropped.
+    Superseded,
 }
 
 /// What a configuration reload changed.
@@ -366,8 +369,7 @@ impl Registry {
             return Reloaded::Unknown;
         };
         if record.spec != spec {
-            // A configuration reload replaced it meanwhile, and loaded it.
-            return Reloaded::Unchanged;
+            return Reloaded::Superseded;
         }
         match result {
             Ok(None) => {
@@ -422,6 +424,9 @@ impl Registry {
             }
             Err(e) => {
                 tracing::error!(stage = e.stage(), error = %e, "configuration refused; the previous one keeps serving");
+                if let (ConfigRefused::Policy(p), Some(m)) = (e, &self.metrics) {
+                    m.record_load_failure(&p.policy, p.step.as_str());
+                }
                 (Attempt::failed(e.stage(), e.to_string()), "refused")
             }
         };
@@ -484,6 +489,7 @@ impl Registry {
             let (policy, mut record) = match (fresh.remove(&name), state.policies.remove(&name)) {
                 (Some(p), Some(mut r)) => {
                     remember(&mut r, Arc::clone(&p), config.reload.keep_versions);
+                    r.attempt = Attempt::ok();
                     (p, r)
                 }
                 (Some(p), None) => (
@@ -501,8 +507,9 @@ impl Registry {
                 },
                 (None, None) => return Err(ConfigRefused::Policy(vanished(&spec))),
             };
+            // An unchanged policy keeps its own last attempt: a config
+            // reload says nothing about its file.
             record.spec = spec;
-            record.attempt = Attempt::ok();
             serving.insert(name.clone(), policy);
             records.insert(name, record);
         }
