@@ -50,6 +50,7 @@ fn main() {
         settings: json!({}),
         limits: Limits::default(),
         smoke: Vec::new(),
+        trust: Default::default(),
     };
     let policy = load::load(&engine, None, &spec).expect("load");
     let request = Request {

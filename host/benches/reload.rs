@@ -97,6 +97,7 @@ fn measure(dir: &Path, name: &str, original: &[u8]) -> (Vec<Duration>, Vec<Durat
             settings: json!({}),
             limits: Default::default(),
             smoke: Vec::new(),
+            trust: Default::default(),
         };
         let start = Instant::now();
         load::load(&engine, None, &spec).expect("load");

@@ -126,6 +126,7 @@ impl PolicySet {
 /// A [`LoadError`] at the read step for an example policy that is not
 /// embedded in this build.
 pub fn specs_from_config(config: &Config, base: &Path) -> Result<Vec<PolicySpec>, LoadError> {
+    let trust = Arc::new(config.trust.clone());
     config
         .policies
         .iter()
@@ -152,6 +153,7 @@ pub fn specs_from_config(config: &Config, base: &Path) -> Result<Vec<PolicySpec>
                 settings: p.settings.clone(),
                 limits: p.limits,
                 smoke: p.smoke.clone(),
+                trust: Arc::clone(&trust),
             })
         })
         .collect()
@@ -321,6 +323,8 @@ fn report(policy: &LoadedPolicy, eval: evaluate::Evaluation) -> PolicyReport {
         Ok(v) => PolicyReport {
             name: policy.name.clone(),
             version: policy.version.clone(),
+            signer: None,
+            signed_version: None,
             outcome: v.outcome,
             rule: v.rule,
             reason: v.reason,
@@ -332,6 +336,10 @@ fn report(policy: &LoadedPolicy, eval: evaluate::Evaluation) -> PolicyReport {
         },
         Err(f) => failed(&policy.name, &policy.version, &f),
     };
+    if let Some(s) = &policy.signer {
+        report.signer = Some(s.key_id.clone());
+        report.signed_version = Some(s.version.clone());
+    }
     report.fuel = eval.fuel;
     report.micros = eval.micros;
     report
@@ -381,6 +389,8 @@ fn failed(name: &str, version: &str, f: &PolicyFailure) -> PolicyReport {
     PolicyReport {
         name: name.to_owned(),
         version: version.to_owned(),
+        signer: None,
+        signed_version: None,
         outcome: Outcome::Deny,
         rule: format!("failure.{}", f.kind),
         reason: format!(

@@ -13,10 +13,12 @@ use clap::{Args, Parser, Subcommand};
 use crate::cases::{self, Case};
 use crate::client::{ServerAddress, error_message};
 use crate::config::Config;
+use crate::config::{CacheConfig, Overrides, TrustConfig, TrustedKey};
 use crate::engine::{Engine, EngineConfig};
 use crate::evaluate::Limits;
 use crate::front_door::wire;
 use crate::load::{self, CompileCache, PolicySpec, Source};
+use crate::signing::{KeyPair, PublicKey, SignatureFile, signature_path};
 use crate::{Arbiter, examples};
 
 /// Exit code for a run that worked but found failures (`arbiter test`).
@@ -78,12 +80,63 @@ enum Command {
         /// The component (.wasm).
         file: PathBuf,
     },
+    /// Write a new Ed25519 key pair: ID.key (owner-only) and ID.pub.
+    Keygen(KeygenArgs),
+    /// Sign a policy component: writes the detached FILE.sig.
+    Sign(SignArgs),
+    /// Check a component's signature against public keys or a
+    /// configuration's [trust].
+    Verify(VerifyArgs),
     /// On a running server, serve an earlier version of a policy at once
     /// (admin token from $ARBITER_ADMIN_TOKEN).
     Rollback(RollbackArgs),
     /// On a running server, show each policy's serving version, the
     /// versions kept for rollback and the last load attempt.
     Status(RemoteArgs),
+}
+
+#[derive(Debug, Args)]
+struct KeygenArgs {
+    /// The key's id, as signatures and `[[trust.keys]]` name it
+    /// (A-Z a-z 0-9 . _ -), e.g. `secteam-2026`.
+    #[arg(long)]
+    id: String,
+    /// Where to write the two files.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct SignArgs {
+    /// The private key file (from `arbiter keygen`).
+    #[arg(long, value_name = "FILE")]
+    key: PathBuf,
+    /// The policy name the component is for; it must equal the configured name.
+    #[arg(long)]
+    name: String,
+    /// The version you give it (semantic versioning, e.g. 1.4.0).
+    #[arg(long)]
+    version: String,
+    /// Where to write the signature [default: COMPONENT.sig].
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// The component (.wasm).
+    component: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct VerifyArgs {
+    /// A public key file to trust (repeatable).
+    #[arg(long = "key", value_name = "FILE")]
+    keys: Vec<PathBuf>,
+    /// A configuration whose `[trust]` to use (keys, scopes, revocations).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The name the component is configured as [default: the signed name].
+    #[arg(long)]
+    name: Option<String>,
+    /// The component (.wasm); its signature is COMPONENT.sig.
+    component: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -185,9 +238,150 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Eval(args) => eval(args, open_cache(&global)?.as_ref()),
         Command::Test(args) => test(args, open_cache(&global)?.as_ref()),
         Command::Inspect { file } => inspect(&file),
+        Command::Keygen(args) => keygen(&args),
+        Command::Sign(args) => sign(&args),
+        Command::Verify(args) => verify(&args),
         Command::Rollback(args) => rollback(&args),
         Command::Status(args) => status(&args),
     }
+}
+
+fn keygen(args: &KeygenArgs) -> anyhow::Result<ExitCode> {
+    let pair = KeyPair::generate(&args.id)?;
+    let private = args.out.join(format!("{}.key", args.id));
+    let public = args.out.join(format!("{}.pub", args.id));
+    write_new(&private, pair.private_file().as_bytes(), 0o600)?;
+    write_new(&public, pair.public().file().as_bytes(), 0o644)?;
+    println!(
+        "wrote {} (private: keep it secret) and {}",
+        private.display(),
+        public.display()
+    );
+    println!("\ntrust it in the configuration:\n\n[[trust.keys]]");
+    println!(
+        "id = \"{}\"\npublic_key = \"{}\"",
+        pair.id(),
+        pair.public().hex()
+    );
+    println!("policies = [\"*\"]   # or the names this key may sign, e.g. [\"finance-*\"]");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Creates `path` with `mode` (owner-only for secrets) from the start; an
+/// existing file is never overwritten.
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot create `{}`", path.display()))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write `{}`", path.display()))
+}
+
+fn sign(args: &SignArgs) -> anyhow::Result<ExitCode> {
+    let key_file = &args.key;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(key_file)
+            .with_context(|| format!("cannot read `{}`", key_file.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            bail!(
+                "`{}` can be read by others (mode {:o}); a private key must be owner-only: chmod 600 it",
+                key_file.display(),
+                mode & 0o777
+            );
+        }
+    }
+    let text = std::fs::read_to_string(key_file)
+        .with_context(|| format!("cannot read `{}`", key_file.display()))?;
+    let pair =
+        KeyPair::from_private_file(&text).with_context(|| format!("`{}`", key_file.display()))?;
+    let bytes = std::fs::read(&args.component)
+        .with_context(|| format!("cannot read `{}`", args.component.display()))?;
+    let signature = pair.sign(
+        &args.name,
+        &args.version,
+        &bytes,
+        std::time::SystemTime::now(),
+    )?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| signature_path(&args.component));
+    // Written beside, then renamed: a watching server never sees half.
+    let tmp = out.with_extension("sig.tmp");
+    std::fs::write(&tmp, signature.to_json())
+        .and_then(|()| std::fs::rename(&tmp, &out))
+        .with_context(|| format!("cannot write `{}`", out.display()))?;
+    println!(
+        "signed `{}` {} (sha256:{}) with key `{}`: {}",
+        args.name,
+        args.version,
+        signature.payload.sha256,
+        pair.id(),
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
+    let mut trust = match &args.config {
+        Some(path) => Config::from_file(path)?.0.trust,
+        None => TrustConfig::default(),
+    };
+    for path in &args.keys {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read `{}`", path.display()))?;
+        let key = PublicKey::from_file(&text).with_context(|| format!("`{}`", path.display()))?;
+        trust.keys.push(TrustedKey {
+            id: key.id().to_owned(),
+            public_key: key.hex(),
+            policies: vec!["*".into()],
+        });
+    }
+    if trust.keys.is_empty() {
+        bail!("no keys to verify with: give --key FILE.pub or --config FILE");
+    }
+    trust.require_signatures = true;
+    let sig = signature_path(&args.component);
+    let name = match &args.name {
+        Some(n) => n.clone(),
+        None => match SignatureFile::read(&sig) {
+            Ok(Some(f)) => f.payload.policy,
+            Ok(None) => bail!(
+                "`{}` is unsigned: there is no `{}`",
+                args.component.display(),
+                sig.display()
+            ),
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("`{}`", sig.display()))),
+        },
+    };
+    let spec = PolicySpec {
+        name,
+        source: Source::File(args.component.clone()),
+        settings: serde_json::json!({}),
+        limits: Limits::default(),
+        smoke: Vec::new(),
+        trust: std::sync::Arc::new(trust),
+    };
+    let (version, signer) = load::verify_signature(&spec)?;
+    // Signatures are required above, so a pass always names its signer.
+    let signer = signer.context("no signer")?;
+    println!(
+        "ok: `{}` {} ({version}) signed by `{}` at {}",
+        spec.name, signer.version, signer.key_id, signer.signed_at
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The token for commands that talk to a server: the admin token, or the
@@ -280,25 +474,35 @@ fn print_attempt(a: &serde_json::Value) {
 }
 
 fn serve(args: ServeArgs, global: &Global) -> anyhow::Result<ExitCode> {
-    let mut config = match &args.config {
+    let config = match &args.config {
         Some(path) => Config::from_file(path)?.0,
         None => Config::default_config()?,
     };
-    if let Some(listen) = args.listen {
-        config.server.listen = listen;
-    }
-    if global.no_cache {
-        config.cache.enabled = false;
-    } else if let Some(dir) = &global.cache_dir {
-        config.cache.dir = Some(dir.clone());
-    }
+    let cache = if global.no_cache {
+        Some(CacheConfig {
+            enabled: false,
+            dir: None,
+        })
+    } else {
+        global.cache_dir.as_ref().map(|dir| CacheConfig {
+            enabled: true,
+            dir: Some(dir.clone()),
+        })
+    };
+    let overrides = Overrides {
+        listen: args.listen,
+        cache,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("arbiter")
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let options = crate::server::ServeOptions::default();
+        let options = crate::server::ServeOptions {
+            overrides,
+            ..Default::default()
+        };
         let bound = crate::server::bind(config, args.config.clone(), options).await?;
         eprintln!("arbiter: listening on http://{}", bound.local_addr());
         let hangup = tokio::spawn(reload_on_hangup(bound.reload_handle()));
@@ -416,6 +620,7 @@ fn eval(args: EvalArgs, cache: Option<&CompileCache>) -> anyhow::Result<ExitCode
         settings,
         limits: args.limits.limits(),
         smoke: Vec::new(),
+        trust: Default::default(),
     };
     let policy = load::load(&engine, cache, &spec)?;
     let arbiter = Arbiter::with_chain(engine, vec![policy]);
@@ -457,6 +662,7 @@ fn test(args: TestArgs, cache: Option<&CompileCache>) -> anyhow::Result<ExitCode
             settings: serde_json::json!({}),
             limits: Limits::default(),
             smoke: Vec::new(),
+            trust: Default::default(),
         };
         policies.insert(name.to_owned(), load::load(&engine, cache, &spec)?);
     }

@@ -52,6 +52,8 @@ mod tests {
         PolicyReport {
             name: format!("{outcome}-{risk}"),
             version: String::new(),
+            signer: None,
+            signed_version: None,
             outcome,
             rule: String::new(),
             reason: String::new(),

@@ -51,6 +51,39 @@ pub struct Config {
     /// Hot reload.
     #[serde(default)]
     pub reload: ReloadConfig,
+    /// Which keys may sign policies, and whether they must.
+    #[serde(default)]
+    pub trust: TrustConfig,
+}
+
+/// `[trust]`: the keys trusted to sign policies.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrustConfig {
+    /// Refuse every policy without a valid signature by a trusted key.
+    /// Default: false (a signature that is present is still checked).
+    pub require_signatures: bool,
+    /// The trusted keys (`[[trust.keys]]`).
+    pub keys: Vec<TrustedKey>,
+    /// Ids of keys whose signatures are refused, trusted or not.
+    pub revoked: Vec<String>,
+}
+
+/// One trusted key: its id, the public key, and the policies it may sign.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedKey {
+    /// The id signatures name.
+    pub id: String,
+    /// The Ed25519 public key, 64 hex digits (from `arbiter keygen`).
+    pub public_key: String,
+    /// Globs on policy names this key may sign. Default: `["*"]`.
+    #[serde(default = "any_policy")]
+    pub policies: Vec<String>,
+}
+
+fn any_policy() -> Vec<String> {
+    vec!["*".to_owned()]
 }
 
 /// `[reload]`: how a running server follows changes to its files.
@@ -365,6 +398,14 @@ impl Config {
                 return Err(format!("`{key}` must be at least 1"));
             }
         }
+        let mut key_ids = BTreeSet::new();
+        for k in &self.trust.keys {
+            crate::signing::PublicKey::new(&k.id, &k.public_key)
+                .map_err(|e| format!("`trust.keys`: {e}"))?;
+            if !key_ids.insert(k.id.as_str()) {
+                return Err(format!("`trust.keys`: key `{}` is listed twice", k.id));
+            }
+        }
         if self.reload.keep_versions == 0 {
             return Err("`reload.keep_versions` must be at least 1".into());
         }
@@ -427,6 +468,29 @@ impl Config {
             changed.push("cache");
         }
         changed
+    }
+}
+
+/// What the command line changes in every configuration read from the
+/// file, at start and on each reload (`--listen`, `--cache-dir`,
+/// `--no-cache`), so a reload does not take them back.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overrides {
+    /// Listen here instead of `server.listen`.
+    pub listen: Option<SocketAddr>,
+    /// Use this instead of `[cache]`.
+    pub cache: Option<CacheConfig>,
+}
+
+impl Overrides {
+    /// Applies the overrides to `config`.
+    pub fn apply(&self, config: &mut Config) {
+        if let Some(listen) = self.listen {
+            config.server.listen = listen;
+        }
+        if let Some(cache) = &self.cache {
+            config.cache = cache.clone();
+        }
     }
 }
 

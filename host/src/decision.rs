@@ -141,6 +141,12 @@ pub struct PolicyReport {
     pub name: String,
     /// `sha256:` of the component bytes; empty when none was loaded.
     pub version: String,
+    /// The id of the key that signed it; `null` when unsigned.
+    #[serde(default)]
+    pub signer: Option<String>,
+    /// The version its signer gave it; `null` when unsigned.
+    #[serde(default)]
+    pub signed_version: Option<String>,
     /// What it decided (deny when it failed).
     pub outcome: Outcome,
     /// The rule that decided, or `failure.<kind>` when it failed.

@@ -36,10 +36,12 @@ pub mod evaluate;
 pub mod evidence;
 pub mod examples;
 pub mod front_door;
+mod hex;
 pub mod load;
 pub mod reload;
 pub mod route;
 pub mod server;
+pub mod signing;
 
 pub use arbiter::{Arbiter, PolicySet};
 pub use decision::{Action, Context, Decision, History, Outcome, PolicyReport, Principal, Request};

@@ -27,7 +27,7 @@ use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::arbiter::{open_cache, specs_from_config};
-use crate::config::Config;
+use crate::config::{Config, Overrides};
 use crate::engine::Engine;
 use crate::evidence::metrics::Metrics;
 use crate::front_door::http::{self, AppState, HttpOptions, LoadState, Service};
@@ -68,6 +68,9 @@ pub struct ServeOptions {
     /// When set, the first load waits until this fires, so a test can see
     /// the server alive but not ready.
     pub hold_load: Option<oneshot::Receiver<()>>,
+    /// What the command line changes in the configuration, at start and
+    /// on every reload.
+    pub overrides: Overrides,
 }
 
 /// A running server.
@@ -194,10 +197,11 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 /// A [`ServeError`] for an engine that cannot be built, a missing example
 /// policy or an address that cannot be bound.
 pub async fn bind(
-    config: Config,
+    mut config: Config,
     config_path: Option<PathBuf>,
     options: ServeOptions,
 ) -> Result<Bound, ServeError> {
+    options.overrides.apply(&mut config);
     let base = config_path
         .as_deref()
         .and_then(Path::parent)
@@ -232,6 +236,7 @@ pub async fn bind(
     let loader_state = Arc::clone(&state);
     let loader_reloader = reloader.clone();
     let hold = options.hold_load;
+    let overrides = options.overrides;
     tokio::spawn(async move {
         if let Some(hold) = hold {
             let _ = hold.await;
@@ -247,6 +252,7 @@ pub async fn bind(
                 let registry = Arc::new(
                     registry
                         .with_metrics(Arc::clone(&loader_state.metrics))
+                        .with_overrides(overrides)
                         .on_config(Box::new(move |config| {
                             let previous = service.load();
                             service

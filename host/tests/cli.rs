@@ -333,15 +333,20 @@ mod serve {
         let policy = super::example_file(dir.path(), "procurement");
         let first = arbiter::load::version_of(&std::fs::read(&policy).expect("read"));
         let config = dir.path().join("arbiter.toml");
-        std::fs::write(
-            &config,
-            "[server]\nlisten = \"127.0.0.1:0\"\n[auth]\nadmin_token = \"env:TEST_ADMIN\"\n\
+        // The file's listen address is overridden on the command line, at
+        // start and on every reload.
+        let text = "[server]\nlisten = \"127.0.0.1:9\"\n[auth]\nadmin_token = \"env:TEST_ADMIN\"\n\
              [reload]\nwatch = false\n[[policies]]\nname = \"p\"\nfile = \"procurement.wasm\"\n\
-             [[routes]]\nchain = [\"p\"]\n",
-        )
-        .expect("write");
+             [[routes]]\nchain = [\"p\"]\n";
+        std::fs::write(&config, text).expect("write");
         let mut child = Command::new(env!("CARGO_BIN_EXE_arbiter"))
-            .args(["serve", "--config", config.to_str().expect("utf-8")])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--config",
+                config.to_str().expect("utf-8"),
+            ])
             .env("ARBITER_CACHE_DIR", dir.path().join("cache"))
             .env("TEST_ADMIN", "s3cret")
             .stderr(Stdio::piped())
@@ -363,9 +368,15 @@ mod serve {
         wait_ready(&addr);
         assert_eq!(decided_version(&addr), first);
 
-        // A new version on disk; unwatched, SIGHUP brings it in.
+        // A new version and a new configuration on disk; unwatched,
+        // SIGHUP brings both in.
         let second_bytes = arbiter::examples::bytes("shell-guard").expect("embedded");
         std::fs::write(&policy, second_bytes).expect("write");
+        std::fs::write(
+            &config,
+            text.replace("[auth]", "max_body_bytes = 4096\n[auth]"),
+        )
+        .expect("write");
         let second = arbiter::load::version_of(second_bytes);
         let status = Command::new("kill")
             .args(["-HUP", &child.id().to_string()])
@@ -454,5 +465,118 @@ mod serve {
             err.contains("policy `p`") && err.contains("missing.wasm") && err.contains("step read"),
             "{err}"
         );
+    }
+}
+
+#[test]
+fn keygen_sign_and_verify_as_a_security_team_would() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_str().expect("utf-8");
+    let run = |args: &[&str]| arbiter(args, dir.path());
+    let o = run(&["keygen", "--id", "secteam-2026", "--out", d]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert!(
+        out.contains("[[trust.keys]]") && out.contains("id = \"secteam-2026\""),
+        "{out}"
+    );
+    let key = dir.path().join("secteam-2026.key");
+    let public = dir.path().join("secteam-2026.pub");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&key).expect("key").permissions().mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "the private key is owner-only from the start"
+        );
+    }
+    // Never overwritten.
+    let o = run(&["keygen", "--id", "secteam-2026", "--out", d]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("File exists"), "{}", text(&o).1);
+
+    let component = example_file(dir.path(), "procurement");
+    let c = component.to_str().expect("utf-8");
+    let (k, p) = (
+        key.to_str().expect("utf-8"),
+        public.to_str().expect("utf-8"),
+    );
+    let o = run(&[
+        "sign",
+        "--key",
+        k,
+        "--name",
+        "procurement",
+        "--version",
+        "1.4.0",
+        c,
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert!(dir.path().join("procurement.wasm.sig").exists());
+
+    let o = run(&["verify", "--key", p, c]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert!(
+        out.starts_with("ok: `procurement` 1.4.0 (sha256:")
+            && out.contains("signed by `secteam-2026`"),
+        "{out}"
+    );
+
+    // Each refusal exits 2 and says why.
+    let o = run(&["verify", "--key", p, "--name", "refunds", c]);
+    assert!(
+        text(&o)
+            .1
+            .contains("signed as policy `procurement` but is configured as `refunds`"),
+        "{}",
+        text(&o).1
+    );
+    let o = run(&[
+        "sign",
+        "--key",
+        k,
+        "--name",
+        "procurement",
+        "--version",
+        "one",
+        c,
+    ]);
+    assert!(
+        text(&o).1.contains("not a semantic version"),
+        "{}",
+        text(&o).1
+    );
+    let mut bytes = std::fs::read(&component).expect("read");
+    bytes[1000] ^= 1;
+    std::fs::write(&component, &bytes).expect("tamper");
+    let o = run(&["verify", "--key", p, c]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o).1.contains("do not match the signed digest"),
+        "{}",
+        text(&o).1
+    );
+    std::fs::write(dir.path().join("procurement.wasm.sig"), "{\"format\"").expect("truncate");
+    let o = run(&["verify", "--key", p, c]);
+    assert!(text(&o).1.contains("malformed"), "{}", text(&o).1);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let o = run(&[
+            "sign",
+            "--key",
+            k,
+            "--name",
+            "procurement",
+            "--version",
+            "1.4.1",
+            c,
+        ]);
+        assert!(text(&o).1.contains("chmod 600"), "{}", text(&o).1);
     }
 }

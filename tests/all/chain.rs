@@ -136,6 +136,7 @@ fn decisions_are_the_same_without_the_pooling_allocator() {
         settings: json!({}),
         limits: Default::default(),
         smoke: Vec::new(),
+        trust: Default::default(),
     };
     let p = arbiter::load::load(&engine, None, &spec).expect("loads");
     let a = Arbiter::new(

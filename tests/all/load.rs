@@ -37,6 +37,7 @@ fn a_route_to_a_policy_that_failed_to_load_denies_naming_the_failure() {
         settings: json!({}),
         limits: Limits::default(),
         smoke: Vec::new(),
+        trust: Default::default(),
     };
     let set = PolicySet::load(
         &engine(),
@@ -113,6 +114,7 @@ fn settings_refusals_name_the_policy_and_key() {
         settings: json!({"tables": "orders"}),
         limits: Limits::default(),
         smoke: Vec::new(),
+        trust: Default::default(),
     };
     let e = load::load(&engine(), None, &spec).expect_err("refused");
     assert!(
@@ -164,6 +166,7 @@ fn the_compile_cache_spares_a_restart_and_survives_corruption() {
         settings: json!({}),
         limits: Limits::default(),
         smoke: Vec::new(),
+        trust: Default::default(),
     };
     let cache = CompileCache::open(dir.path()).expect("cache");
     let first = load::load(&engine(), Some(&cache), &spec).expect("loads");

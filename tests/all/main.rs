@@ -8,3 +8,4 @@ mod load;
 mod nginx;
 mod reload;
 mod server;
+mod signing;

@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arbiter::evaluate::Limits;
 use arbiter_tests::http::{Conn, get, post_json, send};
-use arbiter_tests::{Server, artifacts, load_file};
+use arbiter_tests::{Server, artifacts, load_file, replace_by_rename, wait_for};
 use serde_json::{Value, json};
 
 /// The versions of the two verdict builds, computed once.
@@ -86,28 +86,9 @@ chain = ["p"]
     }
 }
 
-/// Writes `bytes` to a temporary file beside `path` and renames it over
-/// `path`, as deployment tools do.
-fn replace_by_rename(path: &Path, bytes: &[u8]) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).expect("write");
-    std::fs::rename(&tmp, path).expect("rename");
-}
-
 /// Truncates `path` and writes `bytes` into it, as `cp` does.
 fn rewrite_in_place(path: &Path, bytes: &[u8]) {
     std::fs::write(path, bytes).expect("rewrite");
-}
-
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "timed out waiting for {what}"
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
 }
 
 fn decide(server: &Server) -> Value {
@@ -225,16 +206,19 @@ fn a_hundred_swaps_under_load_fail_no_decision_and_mix_no_versions() {
     assert!(n > 500, "the load was not sustained: {n} decisions");
     assert!(seen_deny.load(Ordering::Relaxed) > 0);
     // Each swap went through the pipeline; a rewrite caught half-way may
-    // add refused attempts, never a failed decision.
-    let text = get(server.addr, "/metrics").body;
-    let swapped: u64 = text
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("arbiter_policy_reloads_total{policy=\"p\",result=\"swapped\"} ")
-        })
-        .and_then(|n| n.parse().ok())
-        .expect("the swap counter");
-    assert!(swapped >= 100, "{swapped} swaps counted");
+    // add refused attempts, never a failed decision. (The counter moves
+    // just after the swap it counts: wait for the last one.)
+    let swapped = || {
+        get(server.addr, "/metrics")
+            .body
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("arbiter_policy_reloads_total{policy=\"p\",result=\"swapped\"} ")
+            })
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    wait_for("100 swaps counted", || swapped() >= 100);
 }
 
 /// Starts `d`, replaces its policy file with `bytes`, and checks that the

@@ -41,6 +41,7 @@ pub fn load_file(
         settings,
         limits,
         smoke: Vec::new(),
+        trust: Default::default(),
     };
     load::load(&engine(), None, &spec)
 }
@@ -53,6 +54,7 @@ pub fn load_example(name: &str) -> LoadedPolicy {
         settings: serde_json::json!({}),
         limits: Limits::default(),
         smoke: Vec::new(),
+        trust: Default::default(),
     };
     load::load(&engine(), None, &spec).expect("example loads")
 }
@@ -90,6 +92,26 @@ pub fn request(kind: &str, name: &str, params: serde_json::Value) -> Request {
 }
 
 pub mod http;
+
+/// Writes `bytes` to a temporary file beside `path` and renames it over
+/// `path`, as deployment tools do.
+pub fn replace_by_rename(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+/// Polls `done` every 5 ms; fails the test after 20 s.
+pub fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
 
 /// A configuration serving `policies` (embedded example names, or files
 /// given as `name=path`) on one route for everything, on a free loopback
@@ -137,10 +159,16 @@ impl Server {
     /// Starts from the configuration file at `path`, which the server then
     /// watches, and waits until every policy has loaded.
     pub fn start_file(path: &Path) -> Self {
-        let (config, _) = arbiter::config::Config::from_file(path).expect("config");
-        let server = Self::bind_from(config, Some(path.to_owned()), Default::default());
+        let server = Self::bind_file(path);
         server.ready().expect("ready");
         server
+    }
+
+    /// Binds to serve the configuration file at `path`, without waiting
+    /// for the first load.
+    pub fn bind_file(path: &Path) -> Self {
+        let (config, _) = arbiter::config::Config::from_file(path).expect("config");
+        Self::bind_from(config, Some(path.to_owned()), Default::default())
     }
 
     /// The registry of what serves, once loaded.

@@ -341,6 +341,8 @@ mod tests {
             policies: vec![PolicyReport {
                 name: "p\"x".into(),
                 version: String::new(),
+                signer: None,
+                signed_version: None,
                 outcome: Outcome::Deny,
                 rule: String::new(),
                 reason: String::new(),

@@ -380,6 +380,7 @@ fn policies(state: &AppState, service: &Service) -> Response<Body> {
                     entry["version"] = json!(serving.map(|v| &v.version));
                     entry["loaded_at"] = json!(serving.map(|v| &v.loaded_at));
                     entry["size_bytes"] = json!(serving.map(|v| v.size_bytes));
+                    entry["signer"] = json!(serving.and_then(|v| v.signer.as_ref()));
                     entry["source"] = json!(s.source);
                     entry["versions"] = json!(s.versions);
                     entry["last_attempt"] = json!(s.last_attempt);

@@ -164,16 +164,5 @@ fn engine_hash(engine: &Engine) -> String {
         .wasmtime()
         .precompile_compatibility_hash()
         .hash(&mut h);
-    hex(&h.0.finalize()[..8])
-}
-
-/// Lower-case hex of `bytes`.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    crate::hex::encode(&h.0.finalize()[..8])
 }

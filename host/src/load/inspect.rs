@@ -4,7 +4,6 @@
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
-use super::cache::hex;
 use super::pipeline::{check_imports, import_allowed, link};
 use crate::engine::Engine;
 
@@ -56,7 +55,7 @@ pub fn inspect(engine: &Engine, bytes: &[u8]) -> Result<Inspection, String> {
         .and_then(|()| link(engine, &component).map(|_| ()))
         .map_err(|p| p.to_string());
     Ok(Inspection {
-        version: format!("sha256:{}", hex(&Sha256::digest(bytes))),
+        version: format!("sha256:{}", crate::hex::encode(&Sha256::digest(bytes))),
         size_bytes: bytes.len(),
         imports,
         exports,

@@ -12,6 +12,7 @@
 mod cache;
 mod inspect;
 mod pipeline;
+mod verify;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -20,9 +21,10 @@ use std::time::SystemTime;
 
 pub use cache::{CacheStatus, CompileCache};
 pub use inspect::{Import, Inspection, inspect};
-pub use pipeline::{load, load_if_changed, load_with_settings, version_of};
+pub use pipeline::{load, load_if_changed, load_with_settings, verify_signature, version_of};
+pub use verify::{SignatureProblem, Signer};
 
-use crate::config::SmokeSample;
+use crate::config::{SmokeSample, TrustConfig};
 use crate::evaluate::{Limits, PolicyFailure, PolicyPre};
 
 /// Where a policy's component bytes come from.
@@ -61,6 +63,8 @@ pub struct PolicySpec {
     pub limits: Limits,
     /// Samples it must decide as expected before it may serve.
     pub smoke: Vec<SmokeSample>,
+    /// The keys that may sign it, and whether a signature is required.
+    pub trust: Arc<TrustConfig>,
 }
 
 /// A policy that passed every load step; what decisions run.
@@ -82,6 +86,8 @@ pub struct LoadedPolicy {
     pub limits: Limits,
     /// When it passed the load pipeline.
     pub loaded_at: SystemTime,
+    /// Who signed it, when it is signed.
+    pub signer: Option<Signer>,
     pub(crate) pre: PolicyPre,
 }
 
@@ -98,6 +104,7 @@ impl LoadedPolicy {
         self.version == other.version
             && self.settings == other.settings
             && self.limits == other.limits
+            && self.signer == other.signer
     }
 }
 
@@ -190,6 +197,9 @@ pub enum LoadProblem {
     /// A limit is larger than the engine allows.
     #[error("{0}")]
     Limits(String),
+    /// The signature stage refused it.
+    #[error("signature refused: {0}")]
+    Signature(Box<SignatureProblem>),
     /// The policy refused its settings (its message names the key).
     #[error("{0}")]
     SettingsRefused(String),

@@ -6,7 +6,8 @@ use std::time::SystemTime;
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
-use super::cache::{CacheStatus, CompileCache, hex};
+use super::cache::{CacheStatus, CompileCache};
+use super::verify::{self, Signer};
 use super::{LoadError, LoadProblem, LoadStep, LoadedPolicy, PolicySpec, Source};
 use crate::config::SmokeSample;
 use crate::engine::Engine;
@@ -21,8 +22,8 @@ pub fn load(
     cache: Option<&CompileCache>,
     spec: &PolicySpec,
 ) -> Result<LoadedPolicy, LoadError> {
-    let (bytes, digest) = read_and_verify(spec)?;
-    compile_onwards(engine, cache, spec, &bytes, digest)
+    let v = read_and_verify(spec)?;
+    compile_onwards(engine, cache, spec, v)
 }
 
 /// Runs every load step for `spec`, unless the bytes read are `serving`'s
@@ -37,16 +38,29 @@ pub fn load_if_changed(
     spec: &PolicySpec,
     serving: Option<&LoadedPolicy>,
 ) -> Result<Option<LoadedPolicy>, LoadError> {
-    let (bytes, digest) = read_and_verify(spec)?;
+    let v = read_and_verify(spec)?;
     // Settings are compared as the JSON text the policy is given.
     let settings = spec.settings.to_string();
     let unchanged = serving.is_some_and(|s| {
-        s.version == version(&digest) && s.settings == settings && s.limits == spec.limits
+        s.version == version(&v.digest)
+            && s.settings == settings
+            && s.limits == spec.limits
+            && s.signer == v.signer
     });
     if unchanged {
         return Ok(None);
     }
-    compile_onwards(engine, cache, spec, &bytes, digest).map(Some)
+    compile_onwards(engine, cache, spec, v).map(Some)
+}
+
+/// The first two steps alone, read and verify, for `arbiter verify`: the
+/// version (`sha256:…`) and the signer, if signed.
+///
+/// # Errors
+/// A [`LoadError`] at the read or verify step.
+pub fn verify_signature(spec: &PolicySpec) -> Result<(String, Option<Signer>), LoadError> {
+    let v = read_and_verify(spec)?;
+    Ok((version(&v.digest), v.signer))
 }
 
 fn fail(spec: &PolicySpec, step: LoadStep, problem: LoadProblem) -> LoadError {
@@ -58,12 +72,25 @@ fn fail(spec: &PolicySpec, step: LoadStep, problem: LoadProblem) -> LoadError {
     }
 }
 
-/// read → verify, and the digest that names the version.
-fn read_and_verify(spec: &PolicySpec) -> Result<(Arc<[u8]>, String), LoadError> {
+/// What read and verify yield: the bytes, the digest that names the
+/// version, and the signer if it is signed.
+struct Verified {
+    bytes: Arc<[u8]>,
+    digest: String,
+    signer: Option<Signer>,
+}
+
+/// read → verify.
+fn read_and_verify(spec: &PolicySpec) -> Result<Verified, LoadError> {
     let bytes = read(&spec.source).map_err(|p| fail(spec, LoadStep::Read, p))?;
-    verify(&spec.source, &bytes).map_err(|p| fail(spec, LoadStep::Verify, p))?;
-    let digest = hex(&Sha256::digest(&bytes));
-    Ok((bytes, digest))
+    let digest = crate::hex::encode(&Sha256::digest(&bytes));
+    let signer = verify::verify(&spec.trust, &spec.name, &spec.source, &digest)
+        .map_err(|p| fail(spec, LoadStep::Verify, p))?;
+    Ok(Verified {
+        bytes,
+        digest,
+        signer,
+    })
 }
 
 /// compile → check imports → link → check limits → validate settings →
@@ -72,11 +99,14 @@ fn compile_onwards(
     engine: &Engine,
     cache: Option<&CompileCache>,
     spec: &PolicySpec,
-    bytes: &[u8],
-    digest: String,
+    Verified {
+        bytes,
+        digest,
+        signer,
+    }: Verified,
 ) -> Result<LoadedPolicy, LoadError> {
     let (component, cache_status) =
-        compile(engine, cache, bytes, &digest).map_err(|p| fail(spec, LoadStep::Compile, p))?;
+        compile(engine, cache, &bytes, &digest).map_err(|p| fail(spec, LoadStep::Compile, p))?;
     check_imports(engine, &component).map_err(|p| fail(spec, LoadStep::CheckImports, p))?;
     let pre = link(engine, &component).map_err(|p| fail(spec, LoadStep::Link, p))?;
     check_limits(engine, &spec.limits).map_err(|p| fail(spec, LoadStep::CheckLimits, p))?;
@@ -89,6 +119,7 @@ fn compile_onwards(
         settings: String::new(),
         limits: spec.limits,
         loaded_at: SystemTime::now(),
+        signer,
         pre,
     };
     let loaded = load_with_settings(engine, &loaded, &spec.settings)?;
@@ -102,7 +133,7 @@ fn version(digest: &str) -> String {
 
 /// The version a component's bytes load as: `sha256:` and the hex digest.
 pub fn version_of(bytes: &[u8]) -> String {
-    version(&hex(&Sha256::digest(bytes)))
+    version(&crate::hex::encode(&Sha256::digest(bytes)))
 }
 
 /// The last step alone: the same loaded component with other settings,
@@ -138,13 +169,6 @@ fn read(source: &Source) -> Result<Arc<[u8]>, LoadProblem> {
             .map_err(|e| LoadProblem::Read(e.to_string())),
         Source::Bytes { bytes, .. } => Ok(Arc::clone(bytes)),
     }
-}
-
-/// The signature stage. Arbiter has no signature trust configured yet, so
-/// every component passes here; the signing issue makes this refuse what
-/// the security team did not sign.
-fn verify(_source: &Source, _bytes: &[u8]) -> Result<(), LoadProblem> {
-    Ok(())
 }
 
 fn compile(

@@ -23,11 +23,12 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::arbiter::{Arbiter, PolicySet, specs_from_config};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Overrides};
 use crate::engine::Engine;
 use crate::evidence::metrics::Metrics;
 use crate::load::{self, CompileCache, LoadError, LoadedPolicy, PolicySpec, Source};
 use crate::route::RouteTable;
+use crate::signing::signature_path;
 
 /// Called with the new configuration once it is in service, so the front
 /// door can take its tokens and limits.
@@ -41,11 +42,15 @@ pub struct Registry {
     config_path: Option<PathBuf>,
     metrics: Option<Arc<Metrics>>,
     on_config: Option<ConfigHook>,
+    overrides: Overrides,
     state: Mutex<State>,
 }
 
 struct State {
     config: Arc<Config>,
+    /// The text of the configuration file last tried, so that repeated
+    /// events for one change reload it once.
+    config_text: Option<String>,
     config_attempt: Attempt,
     policies: BTreeMap<String, Record>,
 }
@@ -234,6 +239,8 @@ pub struct VersionStatus {
     pub loaded_at: String,
     /// Its size in bytes.
     pub size_bytes: usize,
+    /// Who signed it, and as what version; `null` when unsigned.
+    pub signer: Option<load::Signer>,
     /// Whether it is the serving one.
     pub serving: bool,
 }
@@ -291,13 +298,17 @@ impl Registry {
         }
         let set = PolicySet::new(policies, RouteTable::new(config.routes.clone()));
         Ok(Registry {
+            config_path: config_path.clone(),
             arbiter: Arbiter::new(engine, set),
             cache,
             base,
-            config_path,
             metrics: None,
             on_config: None,
+            overrides: Overrides::default(),
             state: Mutex::new(State {
+                config_text: config_path
+                    .as_ref()
+                    .and_then(|p| std::fs::read_to_string(p).ok()),
                 config: Arc::new(config),
                 config_attempt: Attempt::ok(),
                 policies: records,
@@ -308,6 +319,12 @@ impl Registry {
     /// Counts reloads, failures and rollbacks in `metrics`.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = Some(metrics);
+        self
+    }
+
+    /// Applies `overrides` to every configuration reloaded from the file.
+    pub fn with_overrides(mut self, overrides: Overrides) -> Self {
+        self.overrides = overrides;
         self
     }
 
@@ -327,22 +344,24 @@ impl Registry {
         Arc::clone(&self.lock().config)
     }
 
-    /// The files to watch: the configuration file, if there is one, and
-    /// each policy's component file, as absolute paths.
+    /// The files to watch, as absolute paths: the configuration file, if
+    /// there is one, and each policy's component file and signature file
+    /// (a re-signed component must be verified again).
     pub fn targets(&self) -> Vec<(PathBuf, Target)> {
         let state = self.lock();
-        let config = self
+        let mut targets: Vec<(PathBuf, Target)> = self
             .config_path
             .iter()
-            .map(|p| (absolute(p), Target::Config));
-        let policies = state
-            .policies
-            .iter()
-            .filter_map(|(name, r)| match &r.spec.source {
-                Source::File(p) => Some((absolute(p), Target::Policy(name.clone()))),
-                Source::Bytes { .. } => None,
-            });
-        config.chain(policies).collect()
+            .map(|p| (absolute(p), Target::Config))
+            .collect();
+        for (name, r) in &state.policies {
+            if let Source::File(p) = &r.spec.source {
+                let target = Target::Policy(name.clone());
+                targets.push((absolute(p), target.clone()));
+                targets.push((absolute(&signature_path(p)), target));
+            }
+        }
+        targets
     }
 
     /// Loads policy `name` again from its file through the whole pipeline
@@ -411,7 +430,24 @@ impl Registry {
     /// # Errors
     /// [`ConfigRefused`], saying why.
     pub fn reload_config(&self) -> Result<ConfigChange, ConfigRefused> {
-        let result = self.try_reload_config();
+        let path = self.config_path.as_ref().ok_or(ConfigRefused::NoFile)?;
+        let text = std::fs::read_to_string(path);
+        if let Ok(text) = &text {
+            let mut state = self.lock();
+            if state.config_text.as_ref() == Some(text) {
+                // One change can bring several events; it was tried.
+                return Ok(ConfigChange::default());
+            }
+            state.config_text = Some(text.clone());
+        }
+        let result = text
+            .map_err(|e| {
+                ConfigRefused::Invalid(ConfigError::Read {
+                    path: path.clone(),
+                    problem: e.to_string(),
+                })
+            })
+            .and_then(|text| self.try_reload_config(path, &text));
         let (attempt, label) = match &result {
             Ok(change) => {
                 tracing::info!(
@@ -437,9 +473,9 @@ impl Registry {
         result
     }
 
-    fn try_reload_config(&self) -> Result<ConfigChange, ConfigRefused> {
-        let path = self.config_path.as_ref().ok_or(ConfigRefused::NoFile)?;
-        let (config, _) = Config::from_file(path)?;
+    fn try_reload_config(&self, path: &Path, text: &str) -> Result<ConfigChange, ConfigRefused> {
+        let mut config = Config::parse(text, &path.display().to_string())?;
+        self.overrides.apply(&mut config);
         let (old, records) = {
             let state = self.lock();
             let specs: BTreeMap<String, PolicySpec> = state
@@ -612,6 +648,7 @@ impl Registry {
                     version: v.version.clone(),
                     loaded_at: timestamp(v.loaded_at),
                     size_bytes: v.size_bytes,
+                    signer: v.signer.clone(),
                     serving: serving.is_some_and(|s| Arc::ptr_eq(s, v)),
                 };
                 PolicyStatus {
@@ -719,6 +756,7 @@ mod tests {
             settings,
             limits: Default::default(),
             smoke: Vec::new(),
+            trust: Default::default(),
         };
         Arc::new(load::load(engine, None, &spec).expect("loads"))
     }
@@ -736,6 +774,7 @@ mod tests {
                 settings: serde_json::json!({}),
                 limits: Default::default(),
                 smoke: Vec::new(),
+                trust: Default::default(),
             },
             versions: VecDeque::from([Arc::clone(&a)]),
             attempt: Attempt::default(),

@@ -6,8 +6,9 @@
 //! debounced per directory: a file being copied produces a burst of
 //! writes, and it is loaded once the burst has been quiet for the
 //! debounce time. Then each watched file in that directory whose
-//! fingerprint (size, modification time, inode) changed, or that an event
-//! named, is reloaded through the [`Registry`]. A copy that pauses longer
+//! fingerprint (size, modification and change times, inode) changed is
+//! reloaded through the [`Registry`]; a change seen by several events is
+//! reloaded once. A copy that pauses longer
 //! than the debounce is read half-written and refused at compile, with the
 //! old version serving; its next write brings another event and another
 //! attempt.
@@ -53,15 +54,13 @@ impl Watcher {
             let _ = events.send(Message::Event(e));
         })
         .map_err(|e| WatchError(e.to_string()))?;
-        // Watches are in place before this returns, so no change made
-        // after it can be missed.
-        let worker = Worker::new(registry, notify);
+        // Watches are in place, and changes made since the load are
+        // caught up, before this returns: nothing can be missed.
+        let mut worker = Worker::new(registry, notify);
+        worker.catch_up();
         let thread = std::thread::Builder::new()
             .name("arbiter-reload".into())
-            .spawn(move || {
-                worker.catch_up();
-                worker.run(&rx);
-            })
+            .spawn(move || worker.run(&rx))
             .map_err(|e| WatchError(e.to_string()))?;
         Ok(Watcher {
             tx,
@@ -86,19 +85,23 @@ impl Drop for Watcher {
 }
 
 /// What is known of a file: enough to tell that it changed without
-/// reading it.
+/// reading it. Any write moves the modification and change times (kept to
+/// the nanosecond); a rename or symlink swap changes the inode.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Fingerprint(Option<(u64, Option<SystemTime>, u64)>);
+struct Fingerprint(Option<(u64, Option<SystemTime>, i64, i64, u64)>);
 
 impl Fingerprint {
     fn of(path: &Path) -> Self {
         // Follows symlinks, so a swapped link target counts as a change.
         Fingerprint(std::fs::metadata(path).ok().map(|m| {
             #[cfg(unix)]
-            let inode = std::os::unix::fs::MetadataExt::ino(&m);
+            let (ctime, ctime_ns, inode) = {
+                use std::os::unix::fs::MetadataExt as _;
+                (m.ctime(), m.ctime_nsec(), m.ino())
+            };
             #[cfg(not(unix))]
-            let inode = 0;
-            (m.len(), m.modified().ok(), inode)
+            let (ctime, ctime_ns, inode) = (0, 0, 0);
+            (m.len(), m.modified().ok(), ctime, ctime_ns, inode)
         }))
     }
 }
@@ -117,8 +120,6 @@ struct Worker {
     /// Directories with events, and when they will have been quiet long
     /// enough.
     due: BTreeMap<PathBuf, Instant>,
-    /// Files an event named since their directory was last handled.
-    named: BTreeSet<PathBuf>,
 }
 
 impl Worker {
@@ -129,7 +130,6 @@ impl Worker {
             files: Vec::new(),
             dirs: BTreeSet::new(),
             due: BTreeMap::new(),
-            named: BTreeSet::new(),
         };
         worker.refresh_targets();
         worker
@@ -137,15 +137,18 @@ impl Worker {
 
     /// Reloads each policy whose file changed between its load and the
     /// start of watching, which no event will report.
-    fn catch_up(&self) {
+    fn catch_up(&mut self) {
         if self.dirs.is_empty() {
             return;
         }
-        for file in &self.files {
-            if let Target::Policy(name) = &file.target
-                && self.registry.file_differs(name)
-            {
-                self.registry.reload_policy(name);
+        for file in &mut self.files {
+            if let Target::Policy(name) = &file.target {
+                // Fingerprinted before it is read: a later event is a
+                // later change.
+                file.fingerprint = Fingerprint::of(&file.path);
+                if self.registry.file_differs(name) {
+                    self.registry.reload_policy(name);
+                }
             }
         }
     }
@@ -185,7 +188,6 @@ impl Worker {
         for path in &event.paths {
             if let Some(dir) = path.parent().filter(|d| self.dirs.contains(*d)) {
                 self.due.insert(dir.to_owned(), Instant::now() + debounce);
-                self.named.insert(path.clone());
             }
         }
     }
@@ -224,13 +226,11 @@ impl Worker {
                 continue;
             }
             let fingerprint = Fingerprint::of(&file.path);
-            if fingerprint != file.fingerprint || self.named.remove(&file.path) {
+            if fingerprint != file.fingerprint {
                 file.fingerprint = fingerprint;
                 changed.insert(file.target.clone());
             }
         }
-        self.named
-            .retain(|p| !p.parent().is_some_and(|d| quiet.iter().any(|q| q == d)));
         if changed.remove(&Target::Config) {
             let _ = self.registry.reload_config();
             self.refresh_targets();
