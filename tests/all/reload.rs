@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use arbiter::evaluate::Limits;
 use arbiter_tests::http::{Conn, get, post_json, send};
-use arbiter_tests::{Server, artifacts, load_file, replace_by_rename, wait_for};
+use arbiter_tests::{
+    Server, artifacts, decide, load_file, policy_status, replace_by_rename, tool_call, wait_for,
+};
 use serde_json::{Value, json};
 
 /// The versions of the two verdict builds, computed once.
@@ -91,29 +93,15 @@ fn rewrite_in_place(path: &Path, bytes: &[u8]) {
     std::fs::write(path, bytes).expect("rewrite");
 }
 
-fn decide(server: &Server) -> Value {
-    let r = post_json(
-        server.addr,
-        "/v1/decide",
-        &json!({"action": {"kind": "tool", "name": "x"}, "context": {"agent": {"id": "bot"}}}),
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
-    r.json()
-}
-
-fn policy_status(server: &Server) -> Value {
-    get(server.addr, "/v1/policies").json()["policies"][0].clone()
-}
-
 fn serving(server: &Server) -> String {
-    policy_status(server)["version"]
+    policy_status(server.addr)["version"]
         .as_str()
         .unwrap_or_default()
         .to_owned()
 }
 
 fn last_attempt_time(server: &Server) -> String {
-    policy_status(server)["last_attempt"]["at"]
+    policy_status(server.addr)["last_attempt"]["at"]
         .as_str()
         .unwrap_or_default()
         .to_owned()
@@ -122,7 +110,7 @@ fn last_attempt_time(server: &Server) -> String {
 /// Waits for a load attempt after `before` and returns the policy status.
 fn next_attempt(server: &Server, before: &str) -> Value {
     wait_for("a load attempt", || last_attempt_time(server) != before);
-    policy_status(server)
+    policy_status(server.addr)
 }
 
 fn metric(server: &Server, line: &str) -> bool {
@@ -151,10 +139,7 @@ fn a_hundred_swaps_under_load_fail_no_decision_and_mix_no_versions() {
             let (allow, deny, addr) = (allow.clone(), deny.clone(), server.addr);
             thread::spawn(move || {
                 let mut conn = Conn::open(addr);
-                let body = json!({
-                    "action": {"kind": "tool", "name": "x"},
-                    "context": {"agent": {"id": "bot"}}
-                });
+                let body = tool_call();
                 while !stop.load(Ordering::Relaxed) {
                     let r = conn.post_json("/v1/decide", &body);
                     assert_eq!(r.status, 200, "a decision failed: {}", r.body);
@@ -235,7 +220,7 @@ fn refused_at(d: &Deployment, bytes: &[u8], step: &str) -> (Server, Value) {
     assert!(status["last_error"]["at"].is_string(), "{status}");
     assert_eq!(status["version"], *allow, "{status}");
     assert_eq!(status["state"], "serving");
-    let d = decide(&server);
+    let d = decide(server.addr);
     assert_eq!(
         (d["outcome"].as_str(), d["rule"].as_str()),
         (Some("allow"), Some("verdict.allow"))
@@ -324,7 +309,7 @@ fn a_half_written_file_is_refused_then_loaded_once_whole() {
         file.sync_all().expect("sync");
         let status = next_attempt(&server, &before);
         assert_eq!(status["last_error"]["step"], "compile", "{status}");
-        assert_eq!(decide(&server)["outcome"], "allow");
+        assert_eq!(decide(server.addr)["outcome"], "allow");
         // The copy finishes: the whole file loads.
         std::io::Write::write_all(&mut file, &deny[deny.len() / 2..]).expect("rest");
         drop(file);
@@ -334,8 +319,8 @@ fn a_half_written_file_is_refused_then_loaded_once_whole() {
     wait_for("the whole file to load", || {
         serving(&server) == *deny_version
     });
-    assert_eq!(decide(&server)["outcome"], "deny");
-    assert_eq!(policy_status(&server)["last_error"], Value::Null);
+    assert_eq!(decide(server.addr)["outcome"], "deny");
+    assert_eq!(policy_status(server.addr)["last_error"], Value::Null);
 }
 
 #[test]
@@ -347,10 +332,10 @@ fn a_deleted_file_keeps_its_last_good_version_until_it_returns() {
     let status = next_attempt(&server, &before);
     assert_eq!(status["last_error"]["step"], "read", "{status}");
     assert_eq!(status["state"], "serving");
-    assert_eq!(decide(&server)["outcome"], "allow");
+    assert_eq!(decide(server.addr)["outcome"], "allow");
     std::fs::copy(artifacts::VERDICT_DENY, d.policy()).expect("restore");
     wait_for("the restored file to load", || {
-        decide(&server)["outcome"] == "deny"
+        decide(server.addr)["outcome"] == "deny"
     });
 }
 
@@ -360,14 +345,14 @@ fn a_route_change_in_the_configuration_takes_effect() {
     let d = Deployment::new(artifacts::VERDICT_ALLOW, "", deny_policy);
     std::fs::copy(artifacts::VERDICT_DENY, d.path("deny.wasm")).expect("copy");
     let server = d.start();
-    assert_eq!(decide(&server)["outcome"], "allow");
+    assert_eq!(decide(server.addr)["outcome"], "allow");
     // A new first route sends tool actions to `deny`.
     d.write_config(
         "",
         &format!("{deny_policy}\n[[routes]]\nkind = \"tool\"\nchain = [\"deny\"]\n"),
     );
-    wait_for("the new route", || decide(&server)["outcome"] == "deny");
-    assert_eq!(decide(&server)["policies"][0]["name"], "deny");
+    wait_for("the new route", || decide(server.addr)["outcome"] == "deny");
+    assert_eq!(decide(server.addr)["policies"][0]["name"], "deny");
     let all = get(server.addr, "/v1/policies").json();
     assert_eq!(all["config"]["last_attempt"]["error"], Value::Null, "{all}");
     assert_eq!(
@@ -437,7 +422,7 @@ fn an_invalid_configuration_is_refused_whole() {
         let attempt = config_attempt();
         assert_eq!(attempt["step"], *stage, "case {i}: {attempt}");
         // Nothing of it applied: the same policy, route and settings.
-        let r = decide(&server);
+        let r = decide(server.addr);
         assert_eq!(
             (r["outcome"].as_str(), r["policies"][0]["name"].as_str()),
             (Some("allow"), Some("p")),
@@ -460,7 +445,7 @@ fn an_invalid_configuration_is_refused_whole() {
 fn tokens_change_without_a_restart() {
     let d = Deployment::new(artifacts::VERDICT_ALLOW, "", "");
     let server = d.start();
-    assert_eq!(decide(&server)["outcome"], "allow");
+    assert_eq!(decide(server.addr)["outcome"], "allow");
     d.write_config("", "[auth]\ndecide_token = \"t-1\"\n");
     wait_for("the token to apply", || {
         get(server.addr, "/v1/policies").status == 401
@@ -528,7 +513,7 @@ fn rollback_serves_an_earlier_version_at_once() {
         (r.json()["from"].as_str(), r.json()["to"].as_str()),
         (Some(deny.as_str()), Some(allow.as_str()))
     );
-    let d1 = decide(&server);
+    let d1 = decide(server.addr);
     assert_eq!(
         (
             d1["outcome"].as_str(),
@@ -549,7 +534,7 @@ fn rollback_serves_an_earlier_version_at_once() {
     let prefix = &deny["sha256:".len().."sha256:".len() + 12];
     let r = rollback(&json!({"version": prefix}).to_string());
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(decide(&server)["outcome"], "deny");
+    assert_eq!(decide(server.addr)["outcome"], "deny");
     // Unknown version, unknown policy, bad body.
     let r = rollback(r#"{"version": "sha256:0000"}"#);
     assert_eq!(r.status, 409, "{}", r.body);
@@ -580,7 +565,7 @@ fn rollback_serves_an_earlier_version_at_once() {
     ));
 
     // The status lists the versions kept and marks the serving one.
-    let status = policy_status(&server);
+    let status = policy_status(server.addr);
     let kept: Vec<(&str, bool)> = status["versions"]
         .as_array()
         .expect("versions")
@@ -610,12 +595,12 @@ fn without_watching_sighup_reloads() {
     );
     thread::sleep(Duration::from_millis(300));
     assert_eq!(
-        decide(&server)["outcome"],
+        decide(server.addr)["outcome"],
         "allow",
         "a change was picked up unwatched"
     );
     server.reload();
-    wait_for("the reload", || decide(&server)["outcome"] == "deny");
+    wait_for("the reload", || decide(server.addr)["outcome"] == "deny");
 }
 
 #[test]
@@ -631,16 +616,16 @@ fn settings_and_limits_change_as_a_new_version_that_can_be_rolled_back() {
         "[auth]\nadmin_token = \"root\"\n",
     );
     wait_for("the new limits", || {
-        policy_status(&server)["limits"]["fuel"] == 10_000_000
+        policy_status(server.addr)["limits"]["fuel"] == 10_000_000
     });
-    let status = policy_status(&server);
+    let status = policy_status(server.addr);
     // One component, two settings: two versions kept.
     assert_eq!(
         status["versions"].as_array().map(Vec::len),
         Some(2),
         "{status}"
     );
-    assert_eq!(decide(&server)["outcome"], "allow");
+    assert_eq!(decide(server.addr)["outcome"], "allow");
     let r = send(
         server.addr,
         "POST",

@@ -10,9 +10,11 @@ use std::thread;
 use std::time::SystemTime;
 
 use arbiter::signing::{KeyPair, MAX_SIGNATURE_FILE_BYTES};
-use arbiter_tests::http::{Conn, get, post_json};
-use arbiter_tests::{Server, artifacts, replace_by_rename, wait_for};
-use serde_json::{Value, json};
+use arbiter_tests::http::{Conn, get};
+use arbiter_tests::{
+    Server, artifacts, decide, policy_status, replace_by_rename, tool_call, wait_for,
+};
+use serde_json::Value;
 
 /// The keys of these tests: `team` is trusted for everything, `finance`
 /// only for `finance-*`, `old` is trusted but revoked, `stranger` is not
@@ -198,20 +200,6 @@ impl Deployment {
     }
 }
 
-fn decide(addr: std::net::SocketAddr) -> Value {
-    let r = post_json(
-        addr,
-        "/v1/decide",
-        &json!({"action": {"kind": "tool", "name": "x"}, "context": {"agent": {"id": "bot"}}}),
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
-    r.json()
-}
-
-fn status(server: &Server) -> Value {
-    get(server.addr, "/v1/policies").json()["policies"][0].clone()
-}
-
 #[test]
 fn every_refusal_reason_stops_the_start_and_names_itself() {
     let keys = Keys::new();
@@ -236,11 +224,11 @@ fn every_refusal_reason_on_reload_keeps_the_old_version_answering() {
     for (i, r) in refusals(&keys).into_iter().enumerate() {
         d.deploy(&r.component, r.signature.as_deref());
         wait_for(r.what, || {
-            status(&server)["last_error"]["message"]
+            policy_status(server.addr)["last_error"]["message"]
                 .as_str()
                 .is_some_and(|m| m.contains(r.says))
         });
-        let s = status(&server);
+        let s = policy_status(server.addr);
         assert_eq!(s["last_error"]["step"], "verify", "{}: {s}", r.what);
         let d = decide(server.addr);
         assert_eq!(
@@ -280,7 +268,7 @@ fn tampering_and_a_revoked_key_are_refused_under_load() {
             let (stop, decided, addr) = (Arc::clone(&stop), Arc::clone(&decided), server.addr);
             thread::spawn(move || {
                 let mut conn = Conn::open(addr);
-                let body = json!({"action": {"kind": "tool", "name": "x"}, "context": {"agent": {"id": "bot"}}});
+                let body = tool_call();
                 while !stop.load(Ordering::Relaxed) {
                     let r = conn.post_json("/v1/decide", &body);
                     assert_eq!(r.status, 200, "{}", r.body);
@@ -309,7 +297,7 @@ fn tampering_and_a_revoked_key_are_refused_under_load() {
     ] {
         d.deploy(&component, Some(&signature));
         wait_for(says, || {
-            status(&server)["last_error"]["message"]
+            policy_status(server.addr)["last_error"]["message"]
                 .as_str()
                 .is_some_and(|m| m.contains(says))
         });
@@ -338,7 +326,7 @@ fn decisions_and_the_status_name_the_signer_and_signed_version() {
         (p["signer"].as_str(), p["signed_version"].as_str()),
         (Some("team"), Some("2.1.0-rc.1"))
     );
-    let s = status(&server);
+    let s = policy_status(server.addr);
     assert_eq!(s["signer"]["key_id"], "team");
     assert_eq!(s["signer"]["version"], "2.1.0-rc.1");
     assert_eq!(s["signer"]["signed_at"], sig.payload.signed_at.as_str());
@@ -392,7 +380,7 @@ fn a_key_is_rotated_then_revoked_without_a_gap() {
     // A module signed by the revoked key is now refused.
     replace_by_rename(&d.path("p.wasm.sig"), &sign(&keys.team, "p", &allow));
     wait_for("the refusal", || {
-        status(&server)["last_error"]["message"]
+        policy_status(server.addr)["last_error"]["message"]
             .as_str()
             .is_some_and(|m| m.contains("`team`, which is revoked"))
     });
@@ -415,7 +403,7 @@ fn unsigned_policies_load_when_signatures_are_not_required_but_bad_ones_do_not()
     let deny = deny_bytes();
     d.deploy(&deny, Some(&sign(&keys.stranger, "p", &deny)));
     wait_for("the refusal", || {
-        status(&server)["last_error"]["message"]
+        policy_status(server.addr)["last_error"]["message"]
             .as_str()
             .is_some_and(|m| m.contains("not trusted"))
     });

@@ -93,6 +93,24 @@ pub fn request(kind: &str, name: &str, params: serde_json::Value) -> Request {
 
 pub mod http;
 
+/// The body of a plain tool call by agent `bot`, for servers whose every
+/// route takes it.
+pub fn tool_call() -> serde_json::Value {
+    serde_json::json!({"action": {"kind": "tool", "name": "x"}, "context": {"agent": {"id": "bot"}}})
+}
+
+/// Decides [`tool_call`] over HTTP; fails the test unless it is a 200.
+pub fn decide(addr: std::net::SocketAddr) -> serde_json::Value {
+    let r = http::post_json(addr, "/v1/decide", &tool_call());
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()
+}
+
+/// The first policy's entry in `GET /v1/policies`.
+pub fn policy_status(addr: std::net::SocketAddr) -> serde_json::Value {
+    http::get(addr, "/v1/policies").json()["policies"][0].clone()
+}
+
 /// Writes `bytes` to a temporary file beside `path` and renames it over
 /// `path`, as deployment tools do.
 pub fn replace_by_rename(path: &Path, bytes: &[u8]) {
