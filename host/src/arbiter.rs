@@ -1,5 +1,5 @@
 //! [`Arbiter`]: the decision flow, route → evaluate each policy of the chain
-//! → combine, written out in one place ([`Arbiter::decide`]).
+//! → combine → evidence, written out in one place ([`Arbiter::decide`]).
 //!
 //! An [`Arbiter`] holds an immutable [`PolicySet`] that can be swapped
 //! whole ([`Arbiter::install`]). A decision takes one snapshot of it at
@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::decision::{Decision, Outcome, PolicyReport, Request};
 use crate::engine::{Engine, EngineError};
 use crate::evaluate::{self, FailureKind, Input, PolicyFailure};
+use crate::evidence::log::{DecisionLog, Unrecorded};
 use crate::load::{self, CompileCache, LoadError, LoadedPolicy, PolicySpec, Source};
 use crate::route::{RouteSpec, RouteTable};
 
@@ -168,6 +169,8 @@ pub struct Arbiter {
     /// One per pooled instance: a burst of decisions waits for a place
     /// instead of failing to instantiate.
     permits: Arc<Semaphore>,
+    /// Where every decision is recorded before it is answered, if anywhere.
+    log: Option<Arc<DecisionLog>>,
 }
 
 impl std::fmt::Debug for Arbiter {
@@ -194,7 +197,17 @@ impl Arbiter {
             engine,
             set: Arc::new(ArcSwap::from_pointee(set)),
             permits,
+            log: None,
         }
+    }
+
+    /// This arbiter, recording every decision in `log` before answering
+    /// it; a decision that cannot be recorded is a deny
+    /// (`failure.log`) unless the log is configured to serve anyway.
+    #[must_use]
+    pub fn with_log(mut self, log: Arc<DecisionLog>) -> Self {
+        self.log = Some(log);
+        self
     }
 
     /// An arbiter that routes every action to `policies`, in order: for the
@@ -248,18 +261,33 @@ impl Arbiter {
     /// Decides `request`, blocking the calling thread while policies run.
     /// Never fails: every problem becomes a deny that says why.
     pub fn decide(&self, request: &Request) -> Decision {
-        block_on(self.decide_on(request, false))
+        block_on(async {
+            let decision = self.decide_on(request, false).await;
+            self.record(request, decision).await
+        })
     }
 
     /// Decides on the calling task: policies run on this thread and yield
     /// to the executor at every epoch tick (1 ms), so a slow policy cannot
     /// hold a runtime thread past its tick. Never fails.
     pub async fn decide_async(&self, request: Request) -> Decision {
-        self.decide_on(&request, true).await
+        let decision = self.decide_on(&request, true).await;
+        self.record(&request, decision).await
+    }
+
+    /// The last stage: the decision is answered only once the log holds it.
+    async fn record(&self, request: &Request, decision: Decision) -> Decision {
+        let Some(log) = &self.log else {
+            return decision;
+        };
+        match log.record(request, &decision).await {
+            Ok(_) => decision,
+            Err(e) => unrecorded(decision, &e),
+        }
     }
 
     /// The decision flow, in order: route, then each policy of the chain on
-    /// a fresh instance, then combine.
+    /// a fresh instance, then combine. [`Arbiter::record`] follows.
     async fn decide_on(&self, request: &Request, yielding: bool) -> Decision {
         let start = Instant::now();
         // One snapshot for the whole decision.
@@ -427,6 +455,18 @@ fn unrouted(request: &Request, start: Instant) -> Decision {
         params: None,
         policies: Vec::new(),
         micros: micros_since(start),
+    }
+}
+
+/// A decision the log could not take: deny, keeping what the policies said.
+fn unrecorded(decision: Decision, e: &Unrecorded) -> Decision {
+    Decision {
+        outcome: Outcome::Deny,
+        reason: format!("Arbiter could not record this decision: {e}; failing closed."),
+        rule: "failure.log".into(),
+        risk: 100,
+        params: None,
+        ..decision
     }
 }
 

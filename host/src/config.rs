@@ -54,6 +54,98 @@ pub struct Config {
     /// Which keys may sign policies, and whether they must.
     #[serde(default)]
     pub trust: TrustConfig,
+    /// The tamper-evident decision log.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[log]`: the hash-chained decision log of `arbiter serve`
+/// ([`crate::evidence::log`]).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Whether decisions are logged. Default: true; with false, decisions
+    /// leave no record, and the server says so when it starts.
+    pub enabled: bool,
+    /// The directory, relative to the configuration file. Default:
+    /// `$ARBITER_LOG_DIR`, `$XDG_STATE_HOME/arbiter/decisions` or
+    /// `~/.local/state/arbiter/decisions`.
+    pub dir: Option<PathBuf>,
+    /// How each decision's params are stored. Default: `full`.
+    pub params: ParamsStorage,
+    /// With `params = "redact"`: keys whose values are replaced wherever
+    /// they occur in the params (compared case-insensitively).
+    pub redact_fields: Vec<String>,
+    /// How often written records are synced to disk, in ms; 0 syncs every
+    /// batch before its decisions are answered. Default: 100. Records are
+    /// written (to the OS) before any decision is answered either way; this
+    /// bounds what a power loss, not a crash, can take.
+    pub sync_interval_ms: u64,
+    /// A signed checkpoint after this many records. Default: 1000.
+    pub checkpoint_every: u64,
+    /// A signed checkpoint at least this often while records come in, in
+    /// ms. Default: 10000.
+    pub checkpoint_interval_ms: u64,
+    /// The private key checkpoints are signed with (an `arbiter keygen`
+    /// file). Default: `checkpoint.key` in the log directory, made on first
+    /// start; keep it elsewhere in production, so whoever can write the log
+    /// cannot sign a forged one.
+    pub checkpoint_key: Option<PathBuf>,
+    /// Where signed checkpoints are also appended, so cutting the log's
+    /// tail shows. Default: `checkpoints.jsonl` in the log directory.
+    pub checkpoints_file: Option<PathBuf>,
+    /// A new segment file once the current one reaches this size, in bytes.
+    /// Default: 64 MiB.
+    pub max_segment_bytes: u64,
+    /// A new segment file once the current one is this old, in seconds.
+    /// Default: 86400 (a day).
+    pub max_segment_age_s: u64,
+    /// What to do when records cannot be written. Default: `deny`.
+    pub on_failure: LogFailurePolicy,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            enabled: true,
+            dir: None,
+            params: ParamsStorage::Full,
+            redact_fields: Vec::new(),
+            sync_interval_ms: 100,
+            checkpoint_every: 1000,
+            checkpoint_interval_ms: 10_000,
+            checkpoint_key: None,
+            checkpoints_file: None,
+            max_segment_bytes: 64 << 20,
+            max_segment_age_s: 86_400,
+            on_failure: LogFailurePolicy::Deny,
+        }
+    }
+}
+
+/// How a decision's params are kept in the log. Every record also holds
+/// `params_sha256`, the digest of the params in full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ParamsStorage {
+    /// As sent, so decisions can be replayed.
+    Full,
+    /// Only the digest: the arguments stay provable without being kept.
+    Sha256,
+    /// As sent, with the values of `redact_fields` replaced.
+    Redact,
+}
+
+/// What happens to decisions while the log cannot be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFailurePolicy {
+    /// Fail closed: every decision is a deny saying the log cannot be
+    /// written, until it can again.
+    Deny,
+    /// Keep deciding; the records lost are counted in metrics and a `gap`
+    /// record says how many once the log can be written again.
+    Serve,
 }
 
 /// `[trust]`: the keys trusted to sign policies.
@@ -406,6 +498,20 @@ impl Config {
                 return Err(format!("`trust.keys`: key `{}` is listed twice", k.id));
             }
         }
+        if self.log.checkpoint_every == 0 || self.log.checkpoint_interval_ms == 0 {
+            return Err(
+                "`log.checkpoint_every` and `log.checkpoint_interval_ms` must be at least 1".into(),
+            );
+        }
+        if self.log.max_segment_bytes < 4096 || self.log.max_segment_age_s == 0 {
+            return Err(
+                "`log.max_segment_bytes` must be at least 4096 and `log.max_segment_age_s` at least 1"
+                    .into(),
+            );
+        }
+        if self.log.params == ParamsStorage::Redact && self.log.redact_fields.is_empty() {
+            return Err("`log.params = \"redact\"` needs `log.redact_fields`".into());
+        }
         if self.reload.keep_versions == 0 {
             return Err("`reload.keep_versions` must be at least 1".into());
         }
@@ -467,6 +573,9 @@ impl Config {
         if self.cache != new.cache {
             changed.push("cache");
         }
+        if self.log != new.log {
+            changed.push("log");
+        }
         changed
     }
 }
@@ -480,6 +589,8 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     /// Use this instead of `[cache]`.
     pub cache: Option<CacheConfig>,
+    /// Log decisions here instead of `log.dir`.
+    pub log_dir: Option<PathBuf>,
 }
 
 impl Overrides {
@@ -490,6 +601,9 @@ impl Overrides {
         }
         if let Some(cache) = &self.cache {
             config.cache = cache.clone();
+        }
+        if let Some(dir) = &self.log_dir {
+            config.log.dir = Some(dir.clone());
         }
     }
 }

@@ -29,6 +29,7 @@ use tokio::task::JoinHandle;
 use crate::arbiter::{open_cache, specs_from_config};
 use crate::config::{Config, Overrides};
 use crate::engine::Engine;
+use crate::evidence::log::{DecisionLog, LogError};
 use crate::evidence::metrics::Metrics;
 use crate::front_door::http::{self, AppState, HttpOptions, LoadState, Service};
 use crate::load::LoadError;
@@ -44,6 +45,9 @@ pub enum ServeError {
     /// An example policy is missing from this build.
     #[error(transparent)]
     Source(#[from] LoadError),
+    /// The decision log could not be opened.
+    #[error(transparent)]
+    Log(#[from] LogError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {problem}")]
     Bind {
@@ -81,6 +85,7 @@ pub struct Bound {
     serve: JoinHandle<()>,
     ready: watch::Receiver<Option<Result<(), String>>>,
     reloader: ReloadHandle,
+    log: Option<Arc<DecisionLog>>,
 }
 
 /// Asks a running server to reload; cheap to clone and send to a signal
@@ -161,6 +166,7 @@ impl Bound {
             serve,
             ready,
             reloader,
+            log,
             ..
         } = self;
         let mut ready_rx = ready.clone();
@@ -174,6 +180,10 @@ impl Bound {
         // Stop following files: the worker finishes a reload under way.
         let worker = reloader.lock().take();
         drop(worker);
+        // Every answered decision is written; seal the log with a checkpoint.
+        if let Some(log) = log {
+            let _ = tokio::task::spawn_blocking(move || log.close()).await;
+        }
         served.map_err(|e| ServeError::Internal(format!("the server task failed: {e}")))?;
         // A failed first load is the outcome, however the server stopped.
         let outcome = ready.borrow().clone();
@@ -210,6 +220,19 @@ pub async fn bind(
     // Refuse a missing example policy before binding.
     specs_from_config(&config, &base)?;
     let engine = Engine::new(&config.engine)?;
+    let metrics = Arc::new(Metrics::new());
+    let log = if config.log.enabled {
+        Some(Arc::new(DecisionLog::open(
+            &config.log,
+            &base,
+            Some(Arc::clone(&metrics)),
+        )?))
+    } else {
+        tracing::warn!(
+            "the decision log is off (`log.enabled = false`): decisions leave no record"
+        );
+        None
+    };
     let addr = config.server.listen;
     let listener = TcpListener::bind(addr)
         .await
@@ -221,7 +244,6 @@ pub async fn bind(
         addr,
         problem: e.to_string(),
     })?;
-    let metrics = Arc::new(Metrics::new());
     let config = Arc::new(config);
     let state = Arc::new(AppState::new(
         Arc::clone(&config),
@@ -237,6 +259,7 @@ pub async fn bind(
     let loader_reloader = reloader.clone();
     let hold = options.hold_load;
     let overrides = options.overrides;
+    let loader_log = log.clone();
     tokio::spawn(async move {
         if let Some(hold) = hold {
             let _ = hold.await;
@@ -249,6 +272,10 @@ pub async fn bind(
         let result = match loaded {
             Ok(Ok(registry)) => {
                 let service = Arc::clone(&loader_state.service);
+                let registry = match loader_log {
+                    Some(log) => registry.with_log(log),
+                    None => registry,
+                };
                 let registry = Arc::new(
                     registry
                         .with_metrics(Arc::clone(&loader_state.metrics))
@@ -288,6 +315,7 @@ pub async fn bind(
         serve,
         ready,
         reloader,
+        log,
     })
 }
 

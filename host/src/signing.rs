@@ -167,6 +167,12 @@ impl KeyPair {
         &self.id
     }
 
+    /// Ed25519 over `message` as it is: for callers (the decision log's
+    /// checkpoints) whose message carries its own domain separator.
+    pub fn sign_message(&self, message: &[u8]) -> [u8; 64] {
+        self.key.sign(message).to_bytes()
+    }
+
     /// Signs `component` as version `version` of policy `policy`.
     ///
     /// # Errors
@@ -249,16 +255,19 @@ impl PublicKey {
         hex::encode(self.key.as_bytes())
     }
 
+    /// Whether `signature` (128 hex digits) is this key's over `message`.
+    pub fn verifies_message(&self, message: &[u8], signature: &str) -> bool {
+        hex::decode::<64>(signature).is_some_and(|bytes| {
+            self.key
+                .verify(message, &Signature::from_bytes(&bytes))
+                .is_ok()
+        })
+    }
+
     /// Whether `file`'s signature is this key's over its payload. Says
     /// nothing about the component, the name or the key id.
     pub fn verifies(&self, file: &SignatureFile) -> bool {
-        let Some(bytes) = hex::decode::<64>(&file.signature) else {
-            return false;
-        };
-        let signature = Signature::from_bytes(&bytes);
-        self.key
-            .verify(&file.payload.canonical(), &signature)
-            .is_ok()
+        self.verifies_message(&file.payload.canonical(), &file.signature)
     }
 }
 

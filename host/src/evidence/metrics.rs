@@ -15,6 +15,11 @@
 //! | `arbiter_policy_load_failures_total` | counter | `policy`, `stage` (the load step that failed) |
 //! | `arbiter_policy_rollbacks_total` | counter | `policy` |
 //! | `arbiter_config_reloads_total` | counter | `result` (`applied`, `refused`) |
+//! | `arbiter_log_records_total` | counter | |
+//! | `arbiter_log_unrecorded_decisions_total` | counter | `answered` (`deny`: failed closed; `served`: lost) |
+//! | `arbiter_log_writable` | gauge | |
+//! | `arbiter_log_checkpoints_total` | counter | |
+//! | `arbiter_log_rotations_total` | counter | |
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -41,6 +46,19 @@ pub struct Metrics {
     latency_count: AtomicU64,
     latency_sum_micros: AtomicU64,
     ready: AtomicBool,
+    log: LogCounters,
+}
+
+/// The decision log's counters, written by its writer thread.
+#[derive(Debug, Default)]
+struct LogCounters {
+    records: AtomicU64,
+    denied: AtomicU64,
+    lost: AtomicU64,
+    /// Inverted so the default (no log yet) does not alert.
+    failing: AtomicBool,
+    checkpoints: AtomicU64,
+    rotations: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -139,6 +157,34 @@ impl Metrics {
     /// Counts one configuration reload, applied or refused.
     pub fn record_config_reload(&self, result: &'static str) {
         *self.lock().config_reloads.entry(result).or_default() += 1;
+    }
+
+    /// Counts `n` decision records written; the log is writable.
+    pub fn log_written(&self, n: u64, writable: bool) {
+        self.log.records.fetch_add(n, Ordering::Relaxed);
+        self.log.failing.store(!writable, Ordering::Relaxed);
+    }
+
+    /// Counts `n` decisions whose records could not be written, denied
+    /// (`deny`) or served without a record.
+    pub fn log_failed(&self, n: u64, deny: bool) {
+        let counter = if deny {
+            &self.log.denied
+        } else {
+            &self.log.lost
+        };
+        counter.fetch_add(n, Ordering::Relaxed);
+        self.log.failing.store(true, Ordering::Relaxed);
+    }
+
+    /// Counts one signed checkpoint.
+    pub fn log_checkpoint(&self) {
+        self.log.checkpoints.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one new segment file.
+    pub fn log_rotation(&self) {
+        self.log.rotations.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Sets the readiness gauge.
@@ -305,6 +351,49 @@ impl Metrics {
             "arbiter_ready {}",
             u8::from(self.ready.load(Ordering::Relaxed))
         );
+        let log = &self.log;
+        for (name, kind, help, value) in [
+            (
+                "arbiter_log_records_total",
+                "counter",
+                "Decision records written to the decision log.",
+                log.records.load(Ordering::Relaxed),
+            ),
+            (
+                "arbiter_log_writable",
+                "gauge",
+                "0 while the decision log cannot be written.",
+                u64::from(!log.failing.load(Ordering::Relaxed)),
+            ),
+            (
+                "arbiter_log_checkpoints_total",
+                "counter",
+                "Signed checkpoints written.",
+                log.checkpoints.load(Ordering::Relaxed),
+            ),
+            (
+                "arbiter_log_rotations_total",
+                "counter",
+                "New decision log segments started.",
+                log.rotations.load(Ordering::Relaxed),
+            ),
+        ] {
+            header(&mut out, name, kind, help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+        header(
+            &mut out,
+            "arbiter_log_unrecorded_decisions_total",
+            "counter",
+            "Decisions whose record could not be written: denied (fail closed) or served without one.",
+        );
+        for (answered, n) in [("deny", &log.denied), ("served", &log.lost)] {
+            let _ = writeln!(
+                out,
+                "arbiter_log_unrecorded_decisions_total{{answered=\"{answered}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
         out
     }
 

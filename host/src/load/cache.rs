@@ -139,7 +139,7 @@ fn store(engine_dir: &Path, path: &Path, component: &Component) -> std::io::Resu
     fs::rename(&tmp, path)
 }
 
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     let mut builder = fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]

@@ -9,7 +9,7 @@
 //! [`crate::reload`]: a failure anywhere before it leaves the serving
 //! version untouched.
 
-mod cache;
+pub(crate) mod cache;
 mod inspect;
 mod pipeline;
 mod verify;

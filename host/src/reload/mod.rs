@@ -316,6 +316,13 @@ impl Registry {
         })
     }
 
+    /// Records every decision in `log` (see [`Arbiter::with_log`]).
+    #[must_use]
+    pub fn with_log(mut self, log: Arc<crate::evidence::log::DecisionLog>) -> Self {
+        self.arbiter = self.arbiter.with_log(log);
+        self
+    }
+
     /// Counts reloads, failures and rollbacks in `metrics`.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = Some(metrics);

@@ -1,0 +1,513 @@
+//! The records of the decision log and their canonical encoding: what is
+//! hashed, and how a reader checks it.
+//!
+//! # A record
+//!
+//! One JSON object per line:
+//!
+//! ```json
+//! {"data": {...}, "prev_hash": "sha256:…", "seq": 42, "ts": "2026-12-01T05:44:00.123456Z",
+//!  "type": "decision", "hash": "sha256:…"}
+//! ```
+//!
+//! `type` is `decision`, `checkpoint`, `gap`, `crash` or `open`, and `data`
+//! holds what that type records (see [`DecisionData`] and the
+//! `*_data` functions). Checkpoints also carry `signature`.
+//!
+//! # The canonical encoding
+//!
+//! `hash` is `sha256:` and the lowercase hex SHA-256 of the record's
+//! canonical encoding without `hash` and `signature`: JSON with no
+//! insignificant white space, object keys in byte order at every depth,
+//! and strings and numbers as `serde_json` writes them (UTF-8, only `"`,
+//! `\` and control characters escaped; integers as integers; other numbers
+//! in the shortest form that reads back the same). `prev_hash` is inside
+//! what is hashed, so each record's hash covers every record before it. The
+//! first record's `prev_hash` is [`GENESIS`].
+//!
+//! The writer produces this encoding directly (its structs declare their
+//! fields in byte order); a reader parses the line, removes `hash` and
+//! `signature`, and writes the value back out. A unit test holds the two
+//! to the same bytes.
+
+use std::borrow::Cow;
+
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::config::ParamsStorage;
+use crate::decision::{Decision, Outcome, PolicyReport, Principal, Request};
+use crate::hex;
+
+/// The `prev_hash` of the first record of a log.
+pub const GENESIS: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The first line of the message a checkpoint signs: a domain separator,
+/// so a checkpoint signature can never pass for any other signature.
+const CHECKPOINT_HEADER: &str = "arbiter-log-checkpoint/1";
+
+/// What replaces a redacted value in stored params.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// `sha256:` and the hex digest of `bytes`.
+pub fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(&Sha256::digest(bytes)))
+}
+
+/// The canonical encoding of a JSON value.
+pub fn canonical(value: &Value) -> Vec<u8> {
+    // `serde_json::Map` is a BTreeMap (no `preserve_order`), so keys come
+    // out sorted; `canonical_matches_the_writer` guards this.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// The bytes a record's hash covers, built from its parts. `data` must be
+/// canonical JSON.
+pub fn body(kind: &str, data: &[u8], prev_hash: &str, seq: u64, ts: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 160);
+    out.extend_from_slice(b"{\"data\":");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b",\"prev_hash\":\"");
+    out.extend_from_slice(prev_hash.as_bytes());
+    out.extend_from_slice(b"\",\"seq\":");
+    out.extend_from_slice(seq.to_string().as_bytes());
+    out.extend_from_slice(b",\"ts\":\"");
+    out.extend_from_slice(ts.as_bytes());
+    out.extend_from_slice(b"\",\"type\":\"");
+    out.extend_from_slice(kind.as_bytes());
+    out.extend_from_slice(b"\"}");
+    out
+}
+
+/// The line written for a record: `body` with `hash` (and `signature`, for
+/// checkpoints) added, and a newline.
+pub fn line(body: &[u8], hash: &str, signature: Option<&str>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 100);
+    out.extend_from_slice(&body[..body.len() - 1]);
+    out.extend_from_slice(b",\"hash\":\"");
+    out.extend_from_slice(hash.as_bytes());
+    out.push(b'"');
+    if let Some(s) = signature {
+        out.extend_from_slice(b",\"signature\":\"");
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    }
+    out.extend_from_slice(b"}\n");
+    out
+}
+
+/// The message a checkpoint's signature covers: its sequence number and
+/// its hash, which covers every record before it.
+pub fn checkpoint_message(seq: u64, hash: &str) -> Vec<u8> {
+    format!("{CHECKPOINT_HEADER}\nseq={seq}\nhash={hash}\n").into_bytes()
+}
+
+/// A record as a reader sees it, with what its hash should be.
+#[derive(Debug, Clone)]
+pub struct Parsed {
+    /// The whole record.
+    pub value: Value,
+    /// Its sequence number.
+    pub seq: u64,
+    /// Its type.
+    pub kind: String,
+    /// The hash it claims.
+    pub hash: String,
+    /// The hash it claims for the record before it.
+    pub prev_hash: String,
+    /// The hash of its content, as recomputed.
+    pub computed: String,
+    /// Its signature, for checkpoints.
+    pub signature: Option<String>,
+}
+
+impl Parsed {
+    /// Parses one line (without its newline). `None` if it is not a record.
+    pub fn from_line(line: &[u8]) -> Option<Parsed> {
+        let mut value: Value = serde_json::from_slice(line).ok()?;
+        let object = value.as_object_mut()?;
+        let hash = object.remove("hash")?.as_str()?.to_owned();
+        let signature = match object.remove("signature") {
+            Some(s) => Some(s.as_str()?.to_owned()),
+            None => None,
+        };
+        let computed = sha256(&canonical(&value));
+        let seq = value.get("seq")?.as_u64()?;
+        let kind = value.get("type")?.as_str()?.to_owned();
+        let prev_hash = value.get("prev_hash")?.as_str()?.to_owned();
+        Some(Parsed {
+            value,
+            seq,
+            kind,
+            hash,
+            prev_hash,
+            computed,
+            signature,
+        })
+    }
+
+    /// The record's `data`.
+    pub fn data(&self) -> &Value {
+        &self.value["data"]
+    }
+
+    /// The record's `ts`.
+    pub fn ts(&self) -> &str {
+        self.value["ts"].as_str().unwrap_or_default()
+    }
+}
+
+/// How params are kept: the configured storage and the keys to redact.
+#[derive(Debug, Clone)]
+pub struct ParamsRule {
+    storage: ParamsStorage,
+    /// Lowercased.
+    redact: Vec<String>,
+}
+
+impl ParamsRule {
+    /// The rule for `storage`, redacting `fields` when it says so.
+    pub fn new(storage: ParamsStorage, fields: &[String]) -> Self {
+        ParamsRule {
+            storage,
+            redact: fields.iter().map(|f| f.to_lowercase()).collect(),
+        }
+    }
+
+    /// What the log keeps of `params`: `None` when only the digest is kept.
+    fn keep<'a>(&self, params: &'a Value) -> Option<Cow<'a, Value>> {
+        match self.storage {
+            ParamsStorage::Full => Some(Cow::Borrowed(params)),
+            ParamsStorage::Sha256 => None,
+            ParamsStorage::Redact => {
+                let mut copy = params.clone();
+                self.redact_in(&mut copy);
+                Some(Cow::Owned(copy))
+            }
+        }
+    }
+
+    fn redact_in(&self, value: &mut Value) {
+        match value {
+            Value::Object(map) => {
+                for (k, v) in map.iter_mut() {
+                    if self.redact.iter().any(|r| r.eq_ignore_ascii_case(k)) {
+                        *v = Value::String(REDACTED.to_owned());
+                    } else {
+                        self.redact_in(v);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|v| self.redact_in(v)),
+            _ => {}
+        }
+    }
+}
+
+/// The `data` of a decision record. Fields are declared in byte order, so
+/// serializing this is the canonical encoding.
+#[derive(Serialize)]
+pub struct DecisionData<'a> {
+    action: ActionData<'a>,
+    context: ContextData<'a>,
+    /// What the policies decided.
+    decided: Outcome,
+    decision_id: &'a str,
+    history: HistoryData,
+    /// The decision's own latency, before the record was written.
+    micros: u64,
+    mode: &'static str,
+    /// With modify: the params the action must run with, as stored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    modified_params: Option<Cow<'a, Value>>,
+    /// What the caller was told.
+    outcome: Outcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    params: Option<Cow<'a, Value>>,
+    params_sha256: String,
+    policies: Vec<PolicyData<'a>>,
+    reason: &'a str,
+    risk: u8,
+    rule: &'a str,
+}
+
+#[derive(Serialize)]
+struct ActionData<'a> {
+    kind: &'a str,
+    name: &'a str,
+    target: &'a str,
+}
+
+#[derive(Serialize)]
+struct ContextData<'a> {
+    agent: &'a Principal,
+    attributes: &'a std::collections::BTreeMap<String, String>,
+    environment: &'a str,
+    session: &'a str,
+    user: Option<&'a Principal>,
+}
+
+#[derive(Serialize)]
+struct HistoryData {
+    calls_last_minute: u32,
+    denials_last_hour: u32,
+    same_action_last_minute: u32,
+    spend_today_cents: u64,
+}
+
+#[derive(Serialize)]
+struct PolicyData<'a> {
+    failure: Option<&'a str>,
+    fuel: u64,
+    micros: u64,
+    name: &'a str,
+    outcome: Outcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    params: Option<Cow<'a, Value>>,
+    reason: &'a str,
+    risk: u8,
+    rule: &'a str,
+    signed_version: Option<&'a str>,
+    signer: Option<&'a str>,
+    version: &'a str,
+}
+
+impl<'a> DecisionData<'a> {
+    /// The record of `decision`, made for `request`, with params kept by
+    /// `rule`.
+    pub fn new(request: &'a Request, decision: &'a Decision, rule: &ParamsRule) -> Self {
+        let (a, c, h) = (&request.action, &request.context, &request.history);
+        DecisionData {
+            action: ActionData {
+                kind: &a.kind,
+                name: &a.name,
+                target: &a.target,
+            },
+            context: ContextData {
+                agent: &c.agent,
+                attributes: &c.attributes,
+                environment: &c.environment,
+                session: &c.session,
+                user: c.user.as_ref(),
+            },
+            decided: decision.outcome,
+            decision_id: &decision.decision_id,
+            history: HistoryData {
+                calls_last_minute: h.calls_last_minute,
+                denials_last_hour: h.denials_last_hour,
+                same_action_last_minute: h.same_action_last_minute,
+                spend_today_cents: h.spend_today_cents,
+            },
+            micros: decision.micros,
+            mode: "enforce",
+            modified_params: decision.params.as_ref().and_then(|p| rule.keep(p)),
+            outcome: decision.outcome,
+            params: rule.keep(&a.params),
+            params_sha256: sha256(&canonical(&a.params)),
+            policies: decision
+                .policies
+                .iter()
+                .map(|p| PolicyData::new(p, rule))
+                .collect(),
+            reason: &decision.reason,
+            risk: decision.risk,
+            rule: &decision.rule,
+        }
+    }
+
+    /// The canonical encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        // Our own types with string keys: serializing cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+impl<'a> PolicyData<'a> {
+    fn new(p: &'a PolicyReport, rule: &ParamsRule) -> Self {
+        PolicyData {
+            failure: p.failure.as_deref(),
+            fuel: p.fuel,
+            micros: p.micros,
+            name: &p.name,
+            outcome: p.outcome,
+            params: p.params.as_ref().and_then(|v| rule.keep(v)),
+            reason: &p.reason,
+            risk: p.risk,
+            rule: &p.rule,
+            signed_version: p.signed_version.as_deref(),
+            signer: p.signer.as_deref(),
+            version: &p.version,
+        }
+    }
+}
+
+/// The `data` of a checkpoint: the key that signs it.
+pub fn checkpoint_data(key_id: &str) -> Vec<u8> {
+    canonical(&serde_json::json!({ "key_id": key_id }))
+}
+
+/// The `data` of an `open` record, written each time the log is opened.
+pub fn open_data(params: ParamsStorage) -> Vec<u8> {
+    let params = match params {
+        ParamsStorage::Full => "full",
+        ParamsStorage::Sha256 => "sha256",
+        ParamsStorage::Redact => "redact",
+    };
+    canonical(&serde_json::json!({
+        "arbiter_version": env!("CARGO_PKG_VERSION"),
+        "params": params,
+        "pid": std::process::id(),
+    }))
+}
+
+/// The `data` of a `crash` record: a torn last line found at start and cut.
+pub fn crash_data(segment: &str, offset: u64, torn: &[u8]) -> Vec<u8> {
+    canonical(&serde_json::json!({
+        "segment": segment,
+        "offset": offset,
+        "torn_bytes": torn.len(),
+        "torn_sha256": sha256(torn),
+    }))
+}
+
+/// The `data` of a `gap` record: decisions made while the log could not
+/// be written.
+pub fn gap_data(count: u64, first_at: &str, last_at: &str, error: &str, answered: &str) -> Vec<u8> {
+    canonical(&serde_json::json!({
+        "answered": answered,
+        "count": count,
+        "error": error,
+        "first_at": first_at,
+        "last_at": last_at,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::{Action, Context};
+    use serde_json::json;
+
+    fn request() -> Request {
+        Request {
+            action: Action {
+                kind: "tool".into(),
+                name: "send_email".into(),
+                target: "bob@corp.example".into(),
+                params: json!({"to": ["bob@corp.example"], "amount": 12.5, "big": 1e300,
+                               "neg": -3, "note": "é \"quoted\" \n tab\t \u{1}", "z": {"b": 1, "a": [true, null]},
+                               "password": "hunter2"}),
+            },
+            context: Context {
+                agent: Principal {
+                    id: "bot".into(),
+                    roles: vec!["r".into()],
+                },
+                user: Some(Principal::default()),
+                environment: "prod".into(),
+                session: "s".into(),
+                attributes: [
+                    ("zone".to_owned(), "eu".to_owned()),
+                    ("a".into(), "b".into()),
+                ]
+                .into_iter()
+                .collect(),
+            },
+            history: Default::default(),
+        }
+    }
+
+    fn decision() -> Decision {
+        Decision {
+            decision_id: "d-1".into(),
+            outcome: Outcome::Modify,
+            reason: "Redacted.".into(),
+            rule: "pii.redacted".into(),
+            risk: 40,
+            params: Some(json!({"to": "x", "n": 1})),
+            policies: vec![PolicyReport {
+                name: "pii".into(),
+                version: "sha256:ab".into(),
+                signer: Some("team".into()),
+                signed_version: None,
+                outcome: Outcome::Modify,
+                rule: "pii.redacted".into(),
+                reason: "Redacted.".into(),
+                risk: 40,
+                params: Some(json!({"to": "x", "n": 1})),
+                fuel: 10,
+                micros: 3,
+                failure: None,
+            }],
+            micros: 5,
+        }
+    }
+
+    #[test]
+    fn canonical_matches_the_writer() {
+        let (req, dec) = (request(), decision());
+        for storage in [
+            ParamsStorage::Full,
+            ParamsStorage::Sha256,
+            ParamsStorage::Redact,
+        ] {
+            let rule = ParamsRule::new(storage, &["PASSWORD".into()]);
+            let data = DecisionData::new(&req, &dec, &rule).encode();
+            let b = body("decision", &data, GENESIS, 7, "2026-12-01T00:00:00.000001Z");
+            let hash = sha256(&b);
+            let written = line(&b, &hash, Some("00"));
+            let parsed = Parsed::from_line(&written[..written.len() - 1]).expect("parses");
+            assert_eq!(
+                String::from_utf8_lossy(&canonical(&parsed.value)),
+                String::from_utf8_lossy(&b),
+                "{storage:?}"
+            );
+            assert_eq!(parsed.computed, hash);
+            assert_eq!((parsed.seq, parsed.kind.as_str()), (7, "decision"));
+            assert_eq!(parsed.signature.as_deref(), Some("00"));
+            let data = parsed.data();
+            assert_eq!(
+                data["params_sha256"],
+                sha256(&canonical(&req.action.params))
+            );
+            match storage {
+                ParamsStorage::Full => assert_eq!(data["params"], req.action.params),
+                ParamsStorage::Sha256 => assert!(data.get("params").is_none()),
+                ParamsStorage::Redact => {
+                    assert_eq!(data["params"]["password"], REDACTED);
+                    assert_eq!(data["params"]["neg"], -3);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_changed_field_changes_the_hash() {
+        let (req, dec) = (request(), decision());
+        let data =
+            DecisionData::new(&req, &dec, &ParamsRule::new(ParamsStorage::Full, &[])).encode();
+        let b = body("decision", &data, GENESIS, 1, "t");
+        let written = String::from_utf8(line(&b, &sha256(&b), None)).expect("utf-8");
+        let edited = written.replace("sha256:ab", "sha256:cd");
+        let p = Parsed::from_line(edited.trim_end().as_bytes()).expect("parses");
+        assert_ne!(p.computed, p.hash);
+        // Re-spacing the JSON is not a change of content.
+        let spaced = written.replace(",\"seq\":", ", \"seq\" : ");
+        let p = Parsed::from_line(spaced.trim_end().as_bytes()).expect("parses");
+        assert_eq!(p.computed, p.hash);
+    }
+
+    #[test]
+    fn lines_that_are_not_records_are_refused() {
+        for bad in [
+            &b"not json"[..],
+            b"[]",
+            b"{}",
+            b"{\"hash\": 1}",
+            b"{\"hash\":\"x\"}",
+        ] {
+            assert!(Parsed::from_line(bad).is_none());
+        }
+    }
+}
