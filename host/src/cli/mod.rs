@@ -21,6 +21,8 @@ use crate::load::{self, CompileCache, PolicySpec, Source};
 use crate::signing::{KeyPair, PublicKey, SignatureFile, signature_path};
 use crate::{Arbiter, examples};
 
+mod log;
+
 /// Exit code for a run that worked but found failures (`arbiter test`).
 pub const EXIT_FAILURES: u8 = 1;
 
@@ -93,6 +95,9 @@ enum Command {
     /// On a running server, show each policy's serving version, the
     /// versions kept for rollback and the last load attempt.
     Status(RemoteArgs),
+    /// Read a decision log: verify its chain, query it, count it.
+    #[command(subcommand)]
+    Log(log::LogCommand),
 }
 
 #[derive(Debug, Args)]
@@ -166,6 +171,9 @@ struct ServeArgs {
     /// Listen here instead of the configured `server.listen`.
     #[arg(long, value_name = "ADDR:PORT")]
     listen: Option<std::net::SocketAddr>,
+    /// Write the decision log here instead of the configured `log.dir`.
+    #[arg(long, value_name = "DIR")]
+    log_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -243,6 +251,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify(args) => verify(&args),
         Command::Rollback(args) => rollback(&args),
         Command::Status(args) => status(&args),
+        Command::Log(command) => log::run(&command),
     }
 }
 
@@ -492,6 +501,7 @@ fn serve(args: ServeArgs, global: &Global) -> anyhow::Result<ExitCode> {
     let overrides = Overrides {
         listen: args.listen,
         cache,
+        log_dir: args.log_dir.clone(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

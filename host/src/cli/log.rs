@@ -1,0 +1,234 @@
+//! `arbiter log`: what an auditor runs on a decision log directory.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
+
+use super::EXIT_FAILURES;
+use crate::evidence::audit::{self, Filter, VerifyOptions};
+use crate::signing::PublicKey;
+
+#[derive(Debug, Subcommand)]
+pub(super) enum LogCommand {
+    /// Check every record's hash and link, the checkpoint signatures and
+    /// the checkpoints file. Prints what verified, or the first broken
+    /// sequence number and what is wrong; exits 1 if broken.
+    Verify(VerifyLogArgs),
+    /// Print the decision records that match, one JSON object per line.
+    Query(QueryArgs),
+    /// Count the decision records that match, by outcome, policy and rule.
+    Stats(StatsArgs),
+}
+
+#[derive(Debug, Args)]
+pub(super) struct VerifyLogArgs {
+    /// The log directory.
+    dir: PathBuf,
+    /// The checkpoint key's public file [default: DIR/checkpoint.pub;
+    /// give a copy kept elsewhere, since whoever can rewrite the log can
+    /// rewrite that file too].
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// The checkpoints file [default: DIR/checkpoints.jsonl].
+    #[arg(long, value_name = "FILE")]
+    checkpoints: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct FilterArgs {
+    /// Only this agent (`context.agent.id`).
+    #[arg(long)]
+    agent: Option<String>,
+    /// Only decisions this policy took part in.
+    #[arg(long)]
+    policy: Option<String>,
+    /// Only this outcome (what the caller was told).
+    #[arg(long)]
+    outcome: Option<String>,
+    /// Only this deciding rule.
+    #[arg(long)]
+    rule: Option<String>,
+    /// At or after this time: RFC 3339 (`2026-12-01T09:00:00Z`) or an age
+    /// (`15m`, `2h`, `7d`).
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+    /// Before this time, in the same forms.
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct QueryArgs {
+    /// The log directory.
+    dir: PathBuf,
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// At most this many records.
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct StatsArgs {
+    /// The log directory.
+    dir: PathBuf,
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(super) fn run(command: &LogCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        LogCommand::Verify(args) => verify(args),
+        LogCommand::Query(args) => query(args),
+        LogCommand::Stats(args) => stats(args),
+    }
+}
+
+fn existing_dir(dir: &Path) -> anyhow::Result<()> {
+    if !dir.is_dir() {
+        bail!("`{}` is not a decision log directory", dir.display());
+    }
+    Ok(())
+}
+
+fn verify(args: &VerifyLogArgs) -> anyhow::Result<ExitCode> {
+    existing_dir(&args.dir)?;
+    let key_path = args
+        .key
+        .clone()
+        .unwrap_or_else(|| args.dir.join("checkpoint.pub"));
+    let text = std::fs::read_to_string(&key_path).with_context(|| {
+        format!(
+            "cannot read the checkpoint key `{}` (give one with --key)",
+            key_path.display()
+        )
+    })?;
+    let key = PublicKey::from_file(&text)
+        .with_context(|| format!("checkpoint key `{}`", key_path.display()))?;
+    let options = VerifyOptions {
+        key,
+        checkpoints_file: Some(
+            args.checkpoints
+                .clone()
+                .unwrap_or_else(|| args.dir.join("checkpoints.jsonl")),
+        ),
+    };
+    match audit::verify(&args.dir, &options)? {
+        Ok(v) => {
+            println!(
+                "verified {} records and {} checkpoints in {} segments; head: record {} {}",
+                v.records, v.checkpoints, v.segments, v.head_seq, v.head_hash
+            );
+            if v.unsigned_tail > 0 {
+                println!(
+                    "note: the last {} records follow the last checkpoint: chained, not yet signed",
+                    v.unsigned_tail
+                );
+            }
+            if v.torn_tail_bytes > 0 {
+                println!(
+                    "note: the last line is incomplete ({} bytes): a write in progress, or torn by a crash (the next start cuts it and says so)",
+                    v.torn_tail_bytes
+                );
+            }
+            if args.key.is_none() {
+                println!(
+                    "note: checked against the key in the log directory; pass --key with a copy kept elsewhere"
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(b) => {
+            println!("broken at record {}: {}: {}", b.seq, b.kind, b.detail);
+            Ok(ExitCode::from(EXIT_FAILURES))
+        }
+    }
+}
+
+fn filter(args: &FilterArgs) -> anyhow::Result<Filter> {
+    Ok(Filter {
+        agent: args.agent.clone(),
+        policy: args.policy.clone(),
+        outcome: args.outcome.clone(),
+        rule: args.rule.clone(),
+        since: args.since.as_deref().map(time).transpose()?,
+        until: args.until.as_deref().map(time).transpose()?,
+    })
+}
+
+/// An RFC 3339 time, or an age before now.
+fn time(text: &str) -> anyhow::Result<SystemTime> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(text) {
+        return Ok(t);
+    }
+    let age = humantime::parse_duration(text).with_context(|| {
+        format!(
+            "`{text}` is neither an RFC 3339 time (2026-12-01T09:00:00Z) nor an age (15m, 2h, 7d)"
+        )
+    })?;
+    SystemTime::now()
+        .checked_sub(age)
+        .with_context(|| format!("`{text}` reaches before the epoch"))
+}
+
+fn query(args: &QueryArgs) -> anyhow::Result<ExitCode> {
+    existing_dir(&args.dir)?;
+    let filter = filter(&args.filter)?;
+    let mut out = std::io::stdout().lock();
+    let mut left = args.limit.unwrap_or(usize::MAX);
+    let mut failed = None;
+    audit::query(&args.dir, &filter, |p| {
+        if left == 0 {
+            return false;
+        }
+        left -= 1;
+        let written = serde_json::to_writer(&mut out, &p.value)
+            .map_err(std::io::Error::from)
+            .and_then(|()| out.write_all(b"\n"));
+        match written {
+            Ok(()) => true,
+            Err(e) => {
+                failed = Some(e);
+                false
+            }
+        }
+    })?;
+    match failed {
+        // A closed pipe (`| head`) is a reader that has what it wants.
+        Some(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("cannot write"),
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+fn stats(args: &StatsArgs) -> anyhow::Result<ExitCode> {
+    existing_dir(&args.dir)?;
+    let s = audit::stats(&args.dir, &filter(&args.filter)?)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{} decisions", s.decisions);
+    println!("\nby outcome:");
+    for (outcome, n) in &s.by_outcome {
+        println!("  {n:>10}  {outcome}");
+    }
+    println!("\nby policy:");
+    for (policy, outcomes) in &s.by_policy {
+        let parts: Vec<String> = outcomes.iter().map(|(o, n)| format!("{o} {n}")).collect();
+        println!("  {policy}: {}", parts.join(", "));
+    }
+    println!("\nby rule:");
+    let mut rules: Vec<_> = s.by_rule.iter().collect();
+    rules.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    for (rule, n) in rules {
+        println!("  {n:>10}  {rule}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
