@@ -213,6 +213,7 @@ mod serve {
             .arg("serve")
             .args(args)
             .env("ARBITER_CACHE_DIR", cache)
+            .env("ARBITER_LOG_DIR", cache.join("decisions"))
             .env("ARBITER_LOG", "info")
             .stderr(Stdio::piped())
             .spawn()
@@ -348,6 +349,7 @@ mod serve {
                 config.to_str().expect("utf-8"),
             ])
             .env("ARBITER_CACHE_DIR", dir.path().join("cache"))
+            .env("ARBITER_LOG_DIR", dir.path().join("decisions"))
             .env("TEST_ADMIN", "s3cret")
             .stderr(Stdio::piped())
             .spawn()
@@ -457,6 +459,7 @@ mod serve {
         let o = Command::new(env!("CARGO_BIN_EXE_arbiter"))
             .args(["serve", "--config", config.to_str().expect("utf-8")])
             .env("ARBITER_CACHE_DIR", dir.path().join("cache"))
+            .env("ARBITER_LOG_DIR", dir.path().join("decisions"))
             .output()
             .expect("run");
         let err = String::from_utf8_lossy(&o.stderr);
@@ -465,6 +468,107 @@ mod serve {
             err.contains("policy `p`") && err.contains("missing.wasm") && err.contains("step read"),
             "{err}"
         );
+    }
+
+    /// One keep-alive connection: POSTs a decision and reads the reply's
+    /// decision id, or `None` once the server is gone.
+    fn decide_on(s: &mut TcpStream, body: &str) -> Option<String> {
+        let request = format!(
+            "POST /v1/decide HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(request.as_bytes()).ok()?;
+        let mut reader = BufReader::new(&mut *s);
+        let mut status = String::new();
+        reader.read_line(&mut status).ok()?;
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().ok()?;
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).ok()?;
+        if !status.starts_with("HTTP/1.1 200") {
+            return None;
+        }
+        let d: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        d["decision_id"].as_str().map(str::to_owned)
+    }
+
+    #[test]
+    fn a_kill_while_writing_at_full_speed_loses_no_answered_decision() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = dir.path().join("cache");
+        std::fs::create_dir(&cache).expect("cache");
+        // Where `serve` puts the log.
+        let log = cache.join("decisions");
+        let body = r#"{"action": {"kind": "tool", "name": "db.query", "target": "orders"}, "context": {"agent": {"id": "procurement-bot"}, "environment": "prod"}}"#;
+        let mut answered = Vec::new();
+        for round in 0..3 {
+            let (mut child, addr, _rx) = serve(&["--listen", "127.0.0.1:0"], &cache);
+            wait_ready(&addr);
+            let clients: Vec<_> = (0..4)
+                .map(|_| {
+                    let addr = addr.clone();
+                    std::thread::spawn(move || {
+                        let mut ids = Vec::new();
+                        let mut s = TcpStream::connect(&addr).expect("connect");
+                        while let Some(id) = decide_on(&mut s, body) {
+                            ids.push(id);
+                        }
+                        ids
+                    })
+                })
+                .collect();
+            std::thread::sleep(Duration::from_millis(700 + 150 * round));
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reaped");
+            for c in clients {
+                answered.extend(c.join().expect("client"));
+            }
+        }
+        assert!(answered.len() > 300, "only {} decisions", answered.len());
+        // A last start repairs whatever the last kill tore, then stops cleanly.
+        let (mut child, addr, _rx) = serve(&["--listen", "127.0.0.1:0"], &cache);
+        wait_ready(&addr);
+        sigterm(&child);
+        assert_eq!(child.wait().expect("wait").code(), Some(0));
+
+        let log_arg = log.to_str().expect("utf-8");
+        let o = super::arbiter(&["log", "verify", log_arg], &cache);
+        let (out, err) = super::text(&o);
+        assert!(o.status.success(), "{out}{err}");
+        assert!(out.starts_with("verified "), "{out}");
+        let o = super::arbiter(&["log", "query", log_arg], &cache);
+        let (out, _) = super::text(&o);
+        let logged: std::collections::HashSet<String> = out
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("a record per line");
+                v["data"]["decision_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect();
+        let lost: Vec<&String> = answered.iter().filter(|id| !logged.contains(*id)).collect();
+        assert!(
+            lost.is_empty(),
+            "{} answered decisions are not in the log: {lost:?}",
+            lost.len()
+        );
+        let o = super::arbiter(&["log", "stats", log_arg, "--json"], &cache);
+        let stats: serde_json::Value = serde_json::from_slice(&o.stdout).expect("stats json");
+        assert_eq!(stats["decisions"], logged.len());
+        assert_eq!(stats["by_outcome"]["allow"], logged.len());
     }
 }
 
@@ -579,4 +683,82 @@ fn keygen_sign_and_verify_as_a_security_team_would() {
         ]);
         assert!(text(&o).1.contains("chmod 600"), "{}", text(&o).1);
     }
+}
+
+#[test]
+fn log_verify_names_a_broken_record_and_exits_1() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("log");
+    let o = arbiter(&["log", "verify", log.to_str().expect("utf-8")], dir.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o).1.contains("is not a decision log directory"),
+        "{:?}",
+        text(&o)
+    );
+    // A log made by the library, then one line deleted.
+    let config = arbiter::config::LogConfig {
+        dir: Some(log.clone()),
+        ..Default::default()
+    };
+    let opened = std::sync::Arc::new(
+        arbiter::evidence::log::DecisionLog::open(&config, Path::new(""), None).expect("open"),
+    );
+    let engine = arbiter::engine::Engine::new(&Default::default()).expect("engine");
+    let spec = arbiter::load::PolicySpec {
+        name: "procurement".into(),
+        source: arbiter::examples::source("procurement").expect("embedded"),
+        settings: serde_json::json!({}),
+        limits: Default::default(),
+        smoke: Vec::new(),
+        trust: Default::default(),
+    };
+    let p = arbiter::load::load(&engine, None, &spec).expect("loads");
+    let a = arbiter::Arbiter::with_chain(engine, vec![p]).with_log(opened.clone());
+    let request: arbiter::Request = serde_json::from_value(serde_json::json!({
+        "action": {"kind": "tool", "name": "db.query", "target": "orders"},
+        "context": {"agent": {"id": "bot"}}
+    }))
+    .expect("request");
+    for _ in 0..5 {
+        a.decide(&request);
+    }
+    drop(a);
+    opened.close();
+    let log_arg = log.to_str().expect("utf-8");
+    let o = arbiter(&["log", "verify", log_arg], dir.path());
+    assert!(o.status.success(), "{:?}", text(&o));
+    let segment = arbiter::evidence::log::segments(&log)
+        .expect("list")
+        .remove(0);
+    let kept: Vec<String> = std::fs::read_to_string(&segment)
+        .expect("read")
+        .lines()
+        .enumerate()
+        .filter(|(i, _)| *i != 2)
+        .map(|(_, l)| format!("{l}\n"))
+        .collect();
+    std::fs::write(&segment, kept.concat()).expect("write");
+    let o = arbiter(&["log", "verify", log_arg], dir.path());
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}{err}");
+    assert!(
+        out.starts_with("broken at record 3: missing: records 3..=3 are missing"),
+        "{out}"
+    );
+    let o = arbiter(
+        &["log", "query", log_arg, "--since", "not a time"],
+        dir.path(),
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o).1.contains("neither an RFC 3339 time"),
+        "{:?}",
+        text(&o)
+    );
+    let o = arbiter(
+        &["log", "query", log_arg, "--since", "1h", "--limit", "2"],
+        dir.path(),
+    );
+    assert_eq!(text(&o).0.lines().count(), 2, "{:?}", text(&o));
 }

@@ -5,6 +5,7 @@ mod chain;
 mod concurrency;
 mod hostile;
 mod load;
+mod log;
 mod nginx;
 mod reload;
 mod server;

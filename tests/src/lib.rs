@@ -166,6 +166,8 @@ pub struct Server {
     pub addr: std::net::SocketAddr,
     bound: Option<arbiter::server::Bound>,
     runtime: tokio::runtime::Runtime,
+    /// The decision log's directory, unless the test chose one.
+    _log: Option<tempfile::TempDir>,
 }
 
 impl Server {
@@ -207,8 +209,18 @@ impl Server {
     fn bind_from(
         config: arbiter::config::Config,
         path: Option<std::path::PathBuf>,
-        options: arbiter::server::ServeOptions,
+        mut options: arbiter::server::ServeOptions,
     ) -> Self {
+        // Each server logs to a directory of its own: one process may hold
+        // a log directory at a time.
+        let log = match (&options.overrides.log_dir, &config.log.dir) {
+            (None, None) => {
+                let dir = tempfile::tempdir().expect("log dir");
+                options.overrides.log_dir = Some(dir.path().to_owned());
+                Some(dir)
+            }
+            _ => None,
+        };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -221,6 +233,7 @@ impl Server {
             addr: bound.local_addr(),
             bound: Some(bound),
             runtime,
+            _log: log,
         }
     }
 

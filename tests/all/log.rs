@@ -1,0 +1,574 @@
+//! The decision log with real decisions: every record verifies, each kind
+//! of tampering is named with its sequence number, rotation keeps the
+//! chain, a torn tail is repaired, and a full disk fails decisions closed
+//! and recovers.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use arbiter::config::{LogConfig, LogFailurePolicy};
+use arbiter::evidence::audit::{self, Breakage, Filter, VerifyOptions};
+use arbiter::evidence::log::{DecisionLog, LogError, segments};
+use arbiter::evidence::record::Parsed;
+use arbiter::signing::PublicKey;
+use arbiter::{Outcome, Request};
+use arbiter_tests::http::{get, post_json};
+use arbiter_tests::{Server, arbiter, load_example, request, server_config, wait_for};
+use serde_json::{Value, json};
+
+fn config(dir: &Path) -> LogConfig {
+    LogConfig {
+        dir: Some(dir.to_owned()),
+        checkpoint_every: 10,
+        ..LogConfig::default()
+    }
+}
+
+/// A procurement request for each outcome, in turn.
+fn requests(n: usize) -> Vec<Request> {
+    (0..n)
+        .map(|i| match i % 3 {
+            0 => request("tool", "db.query", json!({})),
+            1 => request("tool", "payments.transfer", json!({"amount": 6000 + i})),
+            _ => request("tool", "send_email", json!({"to": "eve@evil.example"})),
+        })
+        .map(|mut r| {
+            if r.action.name == "db.query" {
+                r.action.target = "orders".into();
+            }
+            r
+        })
+        .collect()
+}
+
+/// Makes `n` real procurement decisions into a log at `dir`, then closes it.
+fn write_log(dir: &Path, log: LogConfig, n: usize) -> Vec<arbiter::Decision> {
+    let log = Arc::new(DecisionLog::open(&log, Path::new(""), None).expect("open"));
+    let a = arbiter(vec![load_example("procurement")]).with_log(Arc::clone(&log));
+    let decisions = requests(n).iter().map(|r| a.decide(r)).collect();
+    drop(a);
+    log.close();
+    let _ = dir;
+    decisions
+}
+
+fn options(dir: &Path) -> VerifyOptions {
+    let text = std::fs::read_to_string(dir.join("checkpoint.pub")).expect("public key");
+    VerifyOptions {
+        key: PublicKey::from_file(&text).expect("key"),
+        checkpoints_file: Some(dir.join("checkpoints.jsonl")),
+    }
+}
+
+fn verify(dir: &Path) -> Result<audit::Verified, audit::Broken> {
+    audit::verify(dir, &options(dir)).expect("readable")
+}
+
+fn only_segment(dir: &Path) -> PathBuf {
+    let s = segments(dir).expect("list");
+    assert_eq!(s.len(), 1, "{s:?}");
+    s[0].clone()
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .expect("read")
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn write_lines(path: &Path, lines: &[String]) {
+    let mut text = lines.join("\n");
+    text.push('\n');
+    std::fs::write(path, text).expect("write");
+}
+
+/// The line index of record `seq`.
+fn index_of(lines: &[String], seq: u64) -> usize {
+    lines
+        .iter()
+        .position(|l| Parsed::from_line(l.as_bytes()).is_some_and(|p| p.seq == seq))
+        .expect("record present")
+}
+
+#[test]
+fn every_decision_is_one_verified_record_with_everything_an_auditor_needs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let decisions = write_log(dir.path(), config(dir.path()), 25);
+    let v = verify(dir.path()).expect("verifies");
+    // open + 25 decisions + checkpoints after every 10 records and at close.
+    assert_eq!(v.records, 1 + 25 + v.checkpoints, "{v:?}");
+    assert_eq!(v.checkpoints, 3, "{v:?}");
+    assert_eq!(v.unsigned_tail, 0);
+
+    let mut seen = Vec::new();
+    audit::query(dir.path(), &Filter::default(), |p| {
+        seen.push(p.clone());
+        true
+    })
+    .expect("query");
+    assert_eq!(seen.len(), 25);
+    for (p, d) in seen.iter().zip(&decisions) {
+        let data = p.data();
+        assert_eq!(data["decision_id"], d.decision_id.as_str());
+        assert_eq!(data["outcome"], d.outcome.as_str());
+        assert_eq!(data["decided"], d.outcome.as_str());
+        assert_eq!(data["mode"], "enforce");
+        assert_eq!(data["rule"], d.rule.as_str());
+        assert_eq!(data["context"]["agent"]["id"], "procurement-bot");
+        let policy = &data["policies"][0];
+        assert_eq!(policy["name"], "procurement");
+        assert_eq!(policy["version"], d.policies[0].version.as_str());
+        assert!(policy["fuel"].as_u64().is_some_and(|f| f > 0), "{policy}");
+        assert!(p.ts().ends_with('Z') && p.ts().len() == 27, "{}", p.ts());
+        assert!(
+            data["params_sha256"]
+                .as_str()
+                .is_some_and(|h| h.starts_with("sha256:"))
+        );
+    }
+    let outcomes: Vec<&str> = decisions.iter().map(|d| d.outcome.as_str()).collect();
+    assert_eq!(&outcomes[..3], ["allow", "require-approval", "deny"]);
+
+    let s = audit::stats(dir.path(), &Filter::default()).expect("stats");
+    assert_eq!(s.decisions, 25);
+    assert_eq!(s.by_outcome["allow"], 9);
+    assert_eq!(s.by_outcome["require-approval"], 8);
+    assert_eq!(s.by_rule["email.external-recipient"], 8);
+    assert_eq!(s.by_policy["procurement"]["deny"], 8);
+    let denied = Filter {
+        outcome: Some("deny".into()),
+        agent: Some("procurement-bot".into()),
+        ..Filter::default()
+    };
+    assert_eq!(
+        audit::stats(dir.path(), &denied).expect("stats").decisions,
+        8
+    );
+    let nobody = Filter {
+        agent: Some("someone-else".into()),
+        ..Filter::default()
+    };
+    assert_eq!(
+        audit::stats(dir.path(), &nobody).expect("stats").decisions,
+        0
+    );
+    let future = Filter {
+        since: Some(std::time::SystemTime::now() + std::time::Duration::from_secs(60)),
+        ..Filter::default()
+    };
+    assert_eq!(
+        audit::stats(dir.path(), &future).expect("stats").decisions,
+        0
+    );
+}
+
+#[test]
+fn params_are_stored_as_configured() {
+    for (params, redact, check) in [
+        (
+            arbiter::config::ParamsStorage::Sha256,
+            vec![],
+            (|d: &Value| assert!(d.get("params").is_none(), "{d}")) as fn(&Value),
+        ),
+        (
+            arbiter::config::ParamsStorage::Redact,
+            vec!["amount".to_owned()],
+            |d: &Value| {
+                if d["action"]["name"] == "payments.transfer" {
+                    assert_eq!(d["params"]["amount"], "[REDACTED]", "{d}");
+                }
+            },
+        ),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = LogConfig {
+            params,
+            redact_fields: redact,
+            ..config(dir.path())
+        };
+        write_log(dir.path(), log, 6);
+        verify(dir.path()).expect("verifies");
+        audit::query(dir.path(), &Filter::default(), |p| {
+            check(p.data());
+            true
+        })
+        .expect("query");
+    }
+}
+
+#[test]
+fn each_kind_of_tampering_is_named_with_its_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_log(dir.path(), config(dir.path()), 30);
+    let segment = only_segment(dir.path());
+    let original = lines(&segment);
+    let tampered = |edit: &dyn Fn(&mut Vec<String>)| {
+        let mut l = original.clone();
+        edit(&mut l);
+        write_lines(&segment, &l);
+        let broken = verify(dir.path()).expect_err("tampering shows");
+        write_lines(&segment, &original);
+        broken
+    };
+
+    // One field of a middle record: the policy version.
+    let b = tampered(&|l| {
+        let i = index_of(l, 15);
+        let mut v: Value = serde_json::from_str(&l[i]).expect("json");
+        v["data"]["policies"][0]["version"] = json!("sha256:feedface");
+        l[i] = v.to_string();
+    });
+    assert_eq!((b.kind, b.seq), (Breakage::Changed, 15), "{b:?}");
+    assert!(b.detail.contains("does not match its hash"), "{b:?}");
+
+    // The outcome, with the record's own hash recomputed to match.
+    let b = tampered(&|l| {
+        let i = index_of(l, 16);
+        let mut v: Value = serde_json::from_str(&l[i]).expect("json");
+        v["data"]["outcome"] = json!("allow");
+        v.as_object_mut().expect("object").remove("hash");
+        let hash = arbiter::evidence::record::sha256(&arbiter::evidence::record::canonical(&v));
+        v["hash"] = json!(hash);
+        l[i] = v.to_string();
+    });
+    assert_eq!((b.kind, b.seq), (Breakage::Changed, 16), "{b:?}");
+    assert!(b.detail.contains("re-hashed"), "{b:?}");
+
+    // A deleted line.
+    let b = tampered(&|l| {
+        let i = index_of(l, 20);
+        l.remove(i);
+    });
+    assert_eq!((b.kind, b.seq), (Breakage::Missing, 20), "{b:?}");
+
+    // Two lines swapped.
+    let b = tampered(&|l| {
+        let i = index_of(l, 7);
+        l.swap(i, i + 1);
+    });
+    assert_eq!((b.kind, b.seq), (Breakage::Reordered, 7), "{b:?}");
+
+    // The tail cut past a checkpoint: the log alone still chains, the
+    // checkpoints file shows the cut.
+    let last = Parsed::from_line(original.last().expect("lines").as_bytes()).expect("record");
+    let b = tampered(&|l| l.truncate(l.len() - 12));
+    assert_eq!(b.kind, Breakage::Truncated, "{b:?}");
+    assert_eq!(b.seq, last.seq - 11, "{b:?}");
+    assert!(
+        b.detail
+            .contains(&format!("covers records up to {}", last.seq)),
+        "{b:?}"
+    );
+
+    // A forged checkpoint signature.
+    let b = tampered(&|l| {
+        let i = l
+            .iter()
+            .position(|x| x.contains("\"type\":\"checkpoint\""))
+            .expect("a checkpoint");
+        let mut v: Value = serde_json::from_str(&l[i]).expect("json");
+        v["signature"] = json!("00".repeat(64));
+        l[i] = v.to_string();
+    });
+    assert_eq!(b.kind, Breakage::Changed, "{b:?}");
+    assert!(b.detail.contains("signature does not verify"), "{b:?}");
+
+    // Garbage in place of a record.
+    let b = tampered(&|l| l[3] = "{not json".into());
+    assert_eq!((b.kind, b.seq), (Breakage::Changed, 4), "{b:?}");
+
+    // Untouched, it verifies again.
+    verify(dir.path()).expect("restored");
+}
+
+#[test]
+fn segments_rotate_by_size_and_age_and_the_chain_runs_across_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = LogConfig {
+        max_segment_bytes: 8192,
+        ..config(dir.path())
+    };
+    write_log(dir.path(), log.clone(), 60);
+    let files = segments(dir.path()).expect("list");
+    assert!(files.len() >= 4, "{files:?}");
+    let v = verify(dir.path()).expect("verifies across segments");
+    assert_eq!(v.segments, files.len());
+    // Each segment but the newest ends sealed by a checkpoint.
+    for f in &files[..files.len() - 1] {
+        let last = lines(f).pop().expect("a line");
+        assert!(last.contains("\"type\":\"checkpoint\""), "{}", f.display());
+    }
+    // Reopening continues the chain in the newest segment.
+    let before = v.head_seq;
+    write_log(dir.path(), log, 3);
+    let v = verify(dir.path()).expect("verifies");
+    assert!(v.head_seq > before + 3);
+
+    // Age: a segment older than max_segment_age_s is left for a new one.
+    let aged = tempfile::tempdir().expect("tempdir");
+    let log = LogConfig {
+        max_segment_age_s: 1,
+        ..config(aged.path())
+    };
+    let opened = Arc::new(DecisionLog::open(&log, Path::new(""), None).expect("open"));
+    let a = arbiter(vec![load_example("procurement")]).with_log(Arc::clone(&opened));
+    a.decide(&requests(1)[0]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    a.decide(&requests(1)[0]);
+    a.decide(&requests(1)[0]);
+    drop(a);
+    opened.close();
+    assert_eq!(segments(aged.path()).expect("list").len(), 2);
+    verify(aged.path()).expect("verifies");
+}
+
+#[test]
+fn a_torn_last_line_is_cut_at_start_with_a_record_saying_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_log(dir.path(), config(dir.path()), 5);
+    let segment = only_segment(dir.path());
+    let torn = br#"{"data":{"action":{"kind":"tool","na"#;
+    let mut bytes = std::fs::read(&segment).expect("read");
+    let whole = bytes.len();
+    bytes.extend_from_slice(torn);
+    std::fs::write(&segment, &bytes).expect("write");
+    // Before a restart, verify reports the incomplete line but no break.
+    let v = verify(dir.path()).expect("still verifies");
+    assert_eq!(v.torn_tail_bytes, torn.len());
+
+    write_log(dir.path(), config(dir.path()), 2);
+    let v = verify(dir.path()).expect("repaired");
+    assert_eq!(v.torn_tail_bytes, 0);
+    let crash = lines(&segment)
+        .into_iter()
+        .find(|l| l.contains("\"type\":\"crash\""))
+        .expect("a crash record");
+    let crash: Value = serde_json::from_str(&crash).expect("json");
+    assert_eq!(crash["data"]["torn_bytes"], torn.len());
+    assert_eq!(crash["data"]["offset"], whole);
+    assert_eq!(
+        crash["data"]["torn_sha256"],
+        arbiter::evidence::record::sha256(torn)
+    );
+}
+
+#[test]
+fn one_process_holds_a_log_directory_at_a_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = DecisionLog::open(&config(dir.path()), Path::new(""), None).expect("open");
+    let second = DecisionLog::open(&config(dir.path()), Path::new(""), None);
+    assert!(matches!(second, Err(LogError::Locked(_))), "{second:?}");
+    first.close();
+    drop(first);
+    DecisionLog::open(&config(dir.path()), Path::new(""), None).expect("free again");
+}
+
+#[test]
+fn damage_that_is_not_a_crash_stops_the_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_log(dir.path(), config(dir.path()), 3);
+    let segment = only_segment(dir.path());
+    let mut l = lines(&segment);
+    let last = l.len() - 1;
+    l[last] = l[last]
+        .replace("\"seq\":", "\"seq\": ")
+        .replace("checkpoint", "decision");
+    write_lines(&segment, &l);
+    let e = DecisionLog::open(&config(dir.path()), Path::new(""), None).expect_err("refused");
+    assert!(e.to_string().contains("does not match its hash"), "{e}");
+}
+
+/// A small tmpfs: a disk that fills up. Unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=512k", "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "this test mounts a tmpfs, which needs root"
+        );
+        SmallDisk { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Fills the disk to the last byte.
+    fn fill(&self) {
+        let chunk = vec![b'x'; 4096];
+        let mut f = std::fs::File::create(self.path().join("filler")).expect("filler");
+        while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.path().join("filler")).expect("remove filler");
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+fn metric(server: &Server, line: &str) -> bool {
+    get(server.addr, "/metrics").body.lines().any(|l| l == line)
+}
+
+fn allowed_query() -> Value {
+    json!({"action": {"kind": "tool", "name": "db.query", "target": "orders"},
+           "context": {"agent": {"id": "procurement-bot"}, "environment": "prod"}})
+}
+
+fn log_server(disk: &SmallDisk, on_failure: LogFailurePolicy) -> Server {
+    let mut c = server_config(&[("procurement", "procurement", json!({}))]);
+    c.log = LogConfig {
+        dir: Some(disk.path().join("log")),
+        on_failure,
+        ..LogConfig::default()
+    };
+    Server::start(c, Default::default())
+}
+
+#[test]
+fn a_full_disk_fails_decisions_closed_and_they_recover_when_it_frees() {
+    let disk = SmallDisk::new();
+    let server = log_server(&disk, LogFailurePolicy::Deny);
+    let ok = post_json(server.addr, "/v1/decide", &allowed_query()).json();
+    assert_eq!(ok["outcome"], "allow", "{ok}");
+
+    disk.fill();
+    // The page cache may take a few records before the disk says no.
+    let mut denied = Value::Null;
+    wait_for("a write to fail", || {
+        denied = post_json(server.addr, "/v1/decide", &allowed_query()).json();
+        denied["outcome"] == "deny"
+    });
+    assert_eq!(denied["rule"], "failure.log", "{denied}");
+    let reason = denied["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("decision log cannot be written") && reason.contains("No space left"),
+        "{reason}"
+    );
+    assert!(metric(&server, "arbiter_log_writable 0"));
+    for _ in 0..5 {
+        let d = post_json(server.addr, "/v1/decide", &allowed_query()).json();
+        assert_eq!(d["rule"], "failure.log", "{d}");
+    }
+
+    disk.free();
+    wait_for("the log to recover", || {
+        post_json(server.addr, "/v1/decide", &allowed_query()).json()["outcome"] == "allow"
+    });
+    assert!(metric(&server, "arbiter_log_writable 1"));
+    let body = get(server.addr, "/metrics").body;
+    let denied_count: u64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("arbiter_log_unrecorded_decisions_total{answered=\"deny\"} "))
+        .and_then(|n| n.parse().ok())
+        .expect("counter");
+    assert!(denied_count >= 6, "{body}");
+    server.stop().expect("stops");
+
+    let log = disk.path().join("log");
+    verify(&log).expect("the log verifies after the gap");
+    let gap = segments(&log)
+        .expect("list")
+        .iter()
+        .flat_map(|s| lines(s))
+        .find(|l| l.contains("\"type\":\"gap\""))
+        .expect("a gap record");
+    let gap: Value = serde_json::from_str(&gap).expect("json");
+    assert_eq!(gap["data"]["answered"], "deny");
+    assert_eq!(gap["data"]["count"], denied_count);
+    assert!(
+        gap["data"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("No space left")),
+        "{gap}"
+    );
+}
+
+#[test]
+fn configured_to_serve_a_full_disk_loses_records_and_says_how_many() {
+    let disk = SmallDisk::new();
+    let server = log_server(&disk, LogFailurePolicy::Serve);
+    disk.fill();
+    wait_for("records to be lost", || {
+        get(server.addr, "/metrics").body.lines().any(|l| {
+            l.strip_prefix("arbiter_log_unrecorded_decisions_total{answered=\"served\"} ")
+                .is_some_and(|n| n != "0")
+        }) || {
+            let d = post_json(server.addr, "/v1/decide", &allowed_query()).json();
+            assert_eq!(d["outcome"], "allow", "{d}");
+            false
+        }
+    });
+    assert!(metric(&server, "arbiter_log_writable 0"));
+    disk.free();
+    wait_for("the log to recover", || {
+        metric(&server, "arbiter_log_writable 1")
+    });
+    server.stop().expect("stops");
+    let log = disk.path().join("log");
+    verify(&log).expect("verifies");
+    let gap = segments(&log)
+        .expect("list")
+        .iter()
+        .flat_map(|s| lines(s))
+        .find(|l| l.contains("\"type\":\"gap\""))
+        .expect("a gap record");
+    let gap: Value = serde_json::from_str(&gap).expect("json");
+    assert_eq!(gap["data"]["answered"], "served", "{gap}");
+    assert!(
+        gap["data"]["count"].as_u64().is_some_and(|n| n > 0),
+        "{gap}"
+    );
+}
+
+#[test]
+fn a_server_records_every_answered_decision_before_answering() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = server_config(&[("procurement", "procurement", json!({}))]);
+    c.log = config(&dir.path().join("log"));
+    let server = Server::start(c, Default::default());
+    let ids: Vec<String> = (0..20)
+        .map(|_| {
+            let d = post_json(server.addr, "/v1/decide", &allowed_query()).json();
+            d["decision_id"].as_str().expect("id").to_owned()
+        })
+        .collect();
+    // Before shutdown: every answered decision is already in the file.
+    let log = dir.path().join("log");
+    let mut logged = Vec::new();
+    audit::query(&log, &Filter::default(), |p| {
+        logged.push(
+            p.data()["decision_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+        true
+    })
+    .expect("query");
+    assert_eq!(logged, ids);
+    server.stop().expect("stops");
+    let v = verify(&log).expect("verifies");
+    assert_eq!(
+        v.unsigned_tail, 0,
+        "shutdown seals the log with a checkpoint"
+    );
+    let _ = Outcome::Allow;
+}
