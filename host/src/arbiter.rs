@@ -261,10 +261,8 @@ impl Arbiter {
     /// Decides `request`, blocking the calling thread while policies run.
     /// Never fails: every problem becomes a deny that says why.
     pub fn decide(&self, request: &Request) -> Decision {
-        block_on(async {
-            let decision = self.decide_on(request, false).await;
-            self.record(request, decision).await
-        })
+        let decision = block_on(self.decide_on(request, false));
+        self.record(request, decision)
     }
 
     /// Decides on the calling task: policies run on this thread and yield
@@ -272,15 +270,15 @@ impl Arbiter {
     /// hold a runtime thread past its tick. Never fails.
     pub async fn decide_async(&self, request: Request) -> Decision {
         let decision = self.decide_on(&request, true).await;
-        self.record(&request, decision).await
+        self.record(&request, decision)
     }
 
     /// The last stage: the decision is answered only once the log holds it.
-    async fn record(&self, request: &Request, decision: Decision) -> Decision {
+    fn record(&self, request: &Request, decision: Decision) -> Decision {
         let Some(log) = &self.log else {
             return decision;
         };
-        match log.record(request, &decision).await {
+        match log.record(request, &decision) {
             Ok(_) => decision,
             Err(e) => unrecorded(decision, &e),
         }

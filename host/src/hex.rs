@@ -1,15 +1,21 @@
 //! Lowercase hex, for digests, keys and signatures in files a person reads.
 
-use std::fmt::Write as _;
+const DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 /// `bytes` as lowercase hex.
 pub(crate) fn encode(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    let mut out = String::with_capacity(bytes.len() * 2);
+    push(&mut out, bytes);
+    out
+}
+
+/// Appends `bytes` as lowercase hex to `out`. The decision log hashes
+/// every record, so this avoids a formatter call per byte.
+pub(crate) fn push(out: &mut String, bytes: &[u8]) {
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
 }
 
 /// Exactly `N` bytes from hex (either case); `None` for anything else.

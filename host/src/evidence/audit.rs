@@ -146,6 +146,13 @@ fn name(path: &Path) -> String {
 /// An [`AuditError`] when a file cannot be read; a broken log is
 /// `Ok(Err(Broken))`.
 pub fn verify(dir: &Path, options: &VerifyOptions) -> Result<Result<Verified, Broken>, AuditError> {
+    // The copies first: the writer puts a checkpoint in the log before it
+    // copies it, so on a live log every copy read now is in the log read
+    // next, and a cut cannot be confused with a write in progress.
+    let copies_bytes = match &options.checkpoints_file {
+        Some(file) if file.exists() => Some((name(file), read(file)?)),
+        _ => None,
+    };
     let files = list(dir)?;
     let mut v = Verified {
         segments: files.len(),
@@ -229,19 +236,24 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> Result<Result<Verified, Br
             v.head_hash = p.hash;
         }
     }
-    if let Some(file) = &options.checkpoints_file
-        && file.exists()
-    {
-        let bytes = read(file)?;
-        let (copies, _) = lines(&name(file), &bytes);
+    if let Some((file_name, bytes)) = &copies_bytes {
+        let (copies, _) = lines(file_name, bytes);
         let mut furthest: Option<(u64, String)> = None;
         for line in &copies {
-            let Some(p) = Parsed::from_line(line.bytes) else {
-                continue;
+            // A copy that does not verify is itself a sign of tampering.
+            let bad_copy = |why: String| Broken {
+                seq: v.head_seq + 1,
+                kind: Breakage::Changed,
+                detail: format!("{} is not a valid signed checkpoint: {why}", line.place()),
             };
-            if check_signature(&p, &options.key).is_err() || p.computed != p.hash {
-                // A copy that does not verify proves nothing either way.
-                continue;
+            let Some(p) = Parsed::from_line(line.bytes) else {
+                return Ok(Err(bad_copy("not a record".into())));
+            };
+            if p.computed != p.hash {
+                return Ok(Err(bad_copy("its content does not match its hash".into())));
+            }
+            if let Err(why) = check_signature(&p, &options.key) {
+                return Ok(Err(bad_copy(why)));
             }
             if p.seq > v.head_seq {
                 if furthest.as_ref().is_none_or(|(seq, _)| p.seq > *seq) {

@@ -3,46 +3,48 @@
 //!
 //! # Nothing lost
 //!
-//! A decision hands its serialized record to the writer thread and waits
-//! for the writer to accept it: to have written it to the current segment
-//! (to the OS, so a crash of the process cannot take it). Only then is the
-//! decision answered. The writer takes records in batches, so one `write`
-//! and, every `sync_interval_ms`, one `fdatasync` serve many decisions;
-//! with `sync_interval_ms = 0` each batch is synced before it is accepted.
+//! A decision is answered only once its record has been written to the
+//! current segment (to the OS, so a crash of the process cannot take it).
+//! Writes are group commits: the deciding task whose record finds no write
+//! under way leads, writing in one `write` every record that came in
+//! meanwhile and answering their decisions; the others only wait. So no
+//! record crosses to another thread, and under load one write serves many
+//! decisions. The log's own thread syncs to disk every `sync_interval_ms`,
+//! signs checkpoints and starts new segments; with `sync_interval_ms = 0`
+//! the leader syncs each write before answering.
 //!
-//! When a batch cannot be written (disk full, read-only, I/O error), the
-//! file is cut back to the last whole batch and, by default, the batch's
-//! decisions become denies saying the log cannot be written. With
-//! `on_failure = "serve"` they stand, unrecorded; either way, the first
-//! write that works again is a `gap` record saying how many decisions,
-//! between when and when, and why, and the metrics show it meanwhile.
+//! When a write fails (disk full, read-only, I/O error), the file is cut
+//! back to its last whole write, and every record not yet written is
+//! dropped from the chain. By default their decisions become denies saying
+//! the log cannot be written. With `on_failure = "serve"` they stand,
+//! unrecorded; either way, the first write that works again begins with a
+//! `gap` record saying how many decisions, between when and when, and why,
+//! and the metrics show it meanwhile.
 //!
 //! # Files
 //!
 //! In the log directory (created owner-only, held by one process at a
 //! time through a lock on `.lock`): segments `decisions-<first seq>.jsonl`,
 //! a new one when the current reaches `max_segment_bytes` or
-//! `max_segment_age_s`, the chain running on across them; `checkpoints.jsonl`,
-//! a copy of every signed checkpoint, so cutting the log's tail shows;
-//! and, unless configured elsewhere, the checkpoint key pair.
+//! `max_segment_age_s`, each sealed by a checkpoint, the chain running on
+//! across them; `checkpoints.jsonl`, a copy of every signed checkpoint made
+//! once the log holding it is synced, so cutting the log's tail shows; and,
+//! unless configured elsewhere, the checkpoint key pair.
 //!
 //! # Crashes
 //!
 //! At start the newest segment's last line is checked. Bytes after its
 //! last newline are a record torn by a crash (never one that was
-//! accepted: acceptance follows the write): they are cut, and a `crash`
-//! record saying how many bytes, with their digest, continues the chain.
-//! Each start also writes an `open` record.
+//! answered: answers follow the write): they are cut, and a `crash` record
+//! saying how many bytes, with their digest, continues the chain. Each
+//! start also writes an `open` record.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
-
-use tokio::sync::oneshot;
 
 use super::metrics::Metrics;
 use super::record::{self, GENESIS, ParamsRule, Parsed};
@@ -50,12 +52,12 @@ use crate::config::{LogConfig, LogFailurePolicy};
 use crate::decision::{Decision, Request};
 use crate::signing::KeyPair;
 
-/// The most records the writer takes in one batch.
-const MAX_BATCH: usize = 1024;
-
 /// How often a log that cannot be written is tried again while no
 /// decision comes in, so it recovers (and says so) on its own.
 const RETRY_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The largest batch buffer kept for reuse.
+const MAX_SPARE_BYTES: usize = 4 << 20;
 
 /// The prefix and suffix of segment file names.
 const SEGMENT_PREFIX: &str = "decisions-";
@@ -120,25 +122,17 @@ pub enum Recorded {
     Lost,
 }
 
-type Ack = oneshot::Sender<Result<Recorded, Unrecorded>>;
-
-enum Msg {
-    Record(Vec<u8>, Ack),
-    Close(mpsc::SyncSender<()>),
-}
-
 /// A handle to the decision log; cheap to share behind an `Arc`.
 pub struct DecisionLog {
-    tx: Mutex<Option<mpsc::Sender<Msg>>>,
+    shared: Arc<Shared>,
     params: ParamsRule,
-    dir: PathBuf,
-    worker: Mutex<Option<JoinHandle<()>>>,
+    maintenance: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for DecisionLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DecisionLog")
-            .field("dir", &self.dir)
+            .field("dir", &self.shared.dir)
             .finish_non_exhaustive()
     }
 }
@@ -226,6 +220,7 @@ impl DecisionLog {
         let key = checkpoint_key(config, &dir)?;
         let checkpoints_path = checkpoints_path(config, &dir);
         let checkpoints = append(&checkpoints_path).map_err(io(&checkpoints_path))?;
+        cut_torn_tail(&checkpoints, &checkpoints_path).map_err(io(&checkpoints_path))?;
         let tail = recover(&dir)?;
         let segment = match &tail.segment {
             Some(p) => p.clone(),
@@ -233,108 +228,110 @@ impl DecisionLog {
         };
         let file = append(&segment).map_err(io(&segment))?;
         let len = file.metadata().map_err(io(&segment))?.len();
-        let mut writer = Writer {
-            dir: dir.clone(),
-            segment,
-            file,
-            len,
-            needs_cut: false,
-            segment_started: tail.started,
-            seq: tail.seq,
-            head: tail.head,
+        let sync_handle = file.try_clone().map_err(io(&segment))?;
+        let shared = Arc::new(Shared {
+            chain: Mutex::new(Chain {
+                seq: tail.seq,
+                head: tail.head.clone(),
+                since_checkpoint: 0,
+                written: (tail.seq, tail.head, 0),
+                synced_seq: tail.seq,
+                pending: Vec::new(),
+                pending_decisions: 0,
+                gap_pending: false,
+                spare: Vec::new(),
+                epoch: 0,
+                last_error: String::new(),
+                gap: None,
+                closed: false,
+                rotate: false,
+            }),
+            work: Condvar::new(),
+            out: Mutex::new(Output {
+                file,
+                segment,
+                len,
+                needs_cut: false,
+                started: tail.started,
+            }),
+            sync_handle: Mutex::new(Arc::new(sync_handle)),
+            checkpoints: Mutex::new(checkpoints),
             key,
-            checkpoints,
+            dir: dir.clone(),
             sync_interval: Duration::from_millis(config.sync_interval_ms),
             checkpoint_every: config.checkpoint_every,
             checkpoint_interval: Duration::from_millis(config.checkpoint_interval_ms),
             max_segment_bytes: config.max_segment_bytes,
             max_segment_age: Duration::from_secs(config.max_segment_age_s),
             on_failure: config.on_failure,
-            since_checkpoint: 0,
-            last_checkpoint: Instant::now(),
-            last_sync: Instant::now(),
-            dirty: false,
-            gap: None,
             metrics,
             _lock: lock,
-        };
-        let mut first = Vec::new();
+        });
         if let Some((name, offset, torn)) = &tail.torn {
             tracing::warn!(segment = %name, torn_bytes = torn.len(), "decision log: cut a record torn by a crash");
-            first.push(("crash", record::crash_data(name, *offset, torn)));
+            shared
+                .append_now("crash", &record::crash_data(name, *offset, torn))
+                .map_err(|e| io(&dir)(std::io::Error::other(e.to_string())))?;
         }
-        first.push(("open", record::open_data(config.params)));
-        let mut buf = Vec::new();
-        for (kind, data) in &first {
-            writer.push(&mut buf, kind, data);
-        }
-        writer
-            .commit(&buf, true)
-            .map_err(|e| io(&writer.segment)(e))?;
-        let (tx, rx) = mpsc::channel();
-        let worker = std::thread::Builder::new()
+        shared
+            .append_now("open", &record::open_data(config.params))
+            .map_err(|e| io(&dir)(std::io::Error::other(e.to_string())))?;
+        let worker = Arc::clone(&shared);
+        let maintenance = std::thread::Builder::new()
             .name("arbiter-log".into())
-            .spawn(move || writer.run(&rx))
+            .spawn(move || worker.maintain())
             .map_err(io(&dir))?;
         tracing::info!(dir = %dir.display(), "decision log open");
         Ok(DecisionLog {
-            tx: Mutex::new(Some(tx)),
+            shared,
             params: ParamsRule::new(config.params, &config.redact_fields),
-            dir,
-            worker: Mutex::new(Some(worker)),
+            maintenance: Mutex::new(Some(maintenance)),
         })
     }
 
     /// The directory.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.shared.dir
     }
 
-    /// Records `decision`, made for `request`, and returns once the writer
-    /// has accepted it.
+    /// Records `decision`, made for `request`, and returns once it is
+    /// written. It does not wait on another thread: the caller writes,
+    /// or finds that a write under way took its record too. That write is
+    /// to the OS (its page cache), not to disk; syncs run on the log's own
+    /// thread unless `sync_interval_ms = 0`.
     ///
     /// # Errors
     /// [`Unrecorded`] when it could not be written and the configuration
     /// says to fail closed, or the log is closed.
-    pub async fn record(
-        &self,
-        request: &Request,
-        decision: &Decision,
-    ) -> Result<Recorded, Unrecorded> {
+    pub fn record(&self, request: &Request, decision: &Decision) -> Result<Recorded, Unrecorded> {
         let data = record::DecisionData::new(request, decision, &self.params).encode();
-        let (ack, answer) = oneshot::channel();
-        let sent = match self.lock_tx().as_ref() {
-            Some(tx) => tx.send(Msg::Record(data, ack)).is_ok(),
-            None => false,
-        };
-        if !sent {
-            return Err(Unrecorded::Closed);
-        }
-        answer.await.unwrap_or(Err(Unrecorded::Closed))
+        let (seq, epoch) = self.shared.push("decision", &data)?;
+        self.shared.wait_written(seq, epoch)
     }
 
-    /// Writes what is pending, a final checkpoint, syncs, and stops the
-    /// writer. Records asked for afterwards fail with [`Unrecorded::Closed`].
+    /// Writes what is pending and a final checkpoint, syncs, and stops the
+    /// log's thread. Records asked for afterwards fail with
+    /// [`Unrecorded::Closed`].
     pub fn close(&self) {
-        let tx = self.lock_tx().take();
-        if let Some(tx) = tx {
-            let (done, wait) = mpsc::sync_channel(1);
-            if tx.send(Msg::Close(done)).is_ok() {
-                let _ = wait.recv();
-            }
-        }
-        let worker = self
-            .worker
+        let thread = self
+            .maintenance
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        if let Some(w) = worker {
-            let _ = w.join();
+        let Some(thread) = thread else {
+            return;
+        };
+        self.shared.lock_chain().closed = true;
+        self.shared.work.notify_all();
+        let _ = thread.join();
+        if self.shared.lock_chain().gap.is_some() {
+            self.shared.retry_gap();
         }
-    }
-
-    fn lock_tx(&self) -> std::sync::MutexGuard<'_, Option<mpsc::Sender<Msg>>> {
-        self.tx.lock().unwrap_or_else(PoisonError::into_inner)
+        self.shared.checkpoint(true, false);
+        if let Err(e) = self.shared.sync() {
+            tracing::error!(error = %e, "decision log: final sync failed");
+        }
+        tracing::info!(seq = self.shared.lock_chain().seq, "decision log closed");
     }
 }
 
@@ -350,6 +347,17 @@ fn append(path: &Path) -> std::io::Result<File> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     options.open(path)
+}
+
+/// Cuts what follows the last newline of `file` (a line torn by a crash),
+/// so the next line appended stands on its own.
+fn cut_torn_tail(file: &File, path: &Path) -> std::io::Result<()> {
+    let bytes = fs::read(path)?;
+    let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
+    if keep < bytes.len() {
+        file.set_len(keep as u64)?;
+    }
+    Ok(())
 }
 
 /// The configured checkpoint key, or the default one in `dir`, made with
@@ -482,117 +490,471 @@ struct Gap {
     error: String,
 }
 
-/// The writer thread's state: the chain's head and the open files.
-struct Writer {
-    dir: PathBuf,
-    segment: PathBuf,
-    file: File,
-    /// Bytes of whole batches in the segment.
-    len: u64,
-    /// A failed write may have left part of a batch: cut it before writing.
-    needs_cut: bool,
-    segment_started: SystemTime,
-    /// The last sequence number written.
+/// The chain's state: what is written, and the records waiting to be.
+/// Held only for short steps that never block.
+struct Chain {
+    /// The last sequence number given.
     seq: u64,
-    /// The last hash written.
+    /// The last hash given.
     head: String,
+    /// Records given since the last checkpoint.
+    since_checkpoint: u64,
+    /// `(seq, head, since_checkpoint)` after the last record written: where
+    /// the chain goes back to when a write fails.
+    written: (u64, String, u64),
+    /// The last sequence number synced to disk.
+    synced_seq: u64,
+    /// Whole lines, chained after `written`, not yet written.
+    pending: Vec<u8>,
+    /// Decision records in `pending`.
+    pending_decisions: u64,
+    /// A `gap` record is in `pending`.
+    gap_pending: bool,
+    /// The buffer of the last write, emptied, for the next.
+    spare: Vec<u8>,
+    /// Bumped each time a failed write drops records from the chain, so a
+    /// decision can tell its record was dropped from its seq being reused.
+    epoch: u64,
+    /// Why the last write failed.
+    last_error: String,
+    gap: Option<Gap>,
+    closed: bool,
+    /// The segment is full or old: the log's thread starts the next.
+    rotate: bool,
+}
+
+/// The files. Whoever holds this writes what is pending; everyone else
+/// waits for that write rather than make one of their own.
+struct Output {
+    file: File,
+    segment: PathBuf,
+    /// Bytes of whole writes in the segment.
+    len: u64,
+    /// A failed write may have left part of a batch: cut it first.
+    needs_cut: bool,
+    started: SystemTime,
+}
+
+struct Shared {
+    chain: Mutex<Chain>,
+    /// Signalled when there is work for the log's thread (a checkpoint or
+    /// a new segment is due, or the log is closing).
+    work: Condvar,
+    /// Lock order: `out`, then `chain`; never the other way.
+    out: Mutex<Output>,
+    /// A second handle on the current segment, so a sync never holds up
+    /// a write.
+    sync_handle: Mutex<Arc<File>>,
+    checkpoints: Mutex<File>,
     key: KeyPair,
-    checkpoints: File,
+    dir: PathBuf,
     sync_interval: Duration,
     checkpoint_every: u64,
     checkpoint_interval: Duration,
     max_segment_bytes: u64,
     max_segment_age: Duration,
     on_failure: LogFailurePolicy,
-    since_checkpoint: u64,
-    last_checkpoint: Instant,
-    last_sync: Instant,
-    /// Written but not yet synced.
-    dirty: bool,
-    gap: Option<Gap>,
     metrics: Option<Arc<Metrics>>,
     _lock: File,
 }
 
-impl Writer {
-    fn run(mut self, rx: &mpsc::Receiver<Msg>) {
-        let mut batch: Vec<(Vec<u8>, Ack)> = Vec::with_capacity(MAX_BATCH);
-        let mut buf = Vec::with_capacity(1 << 20);
-        loop {
-            let first = match rx.recv_timeout(self.next_timer()) {
-                Ok(m) => Some(m),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => break,
-            };
-            let idle = first.is_none();
-            let mut close = None;
-            let mut next = first;
-            while let Some(m) = next.take() {
-                match m {
-                    Msg::Record(data, ack) => batch.push((data, ack)),
-                    Msg::Close(done) => {
-                        close = Some(done);
-                        break;
-                    }
-                }
-                if batch.len() < MAX_BATCH {
-                    next = rx.try_recv().ok();
-                }
-            }
-            if !batch.is_empty() {
-                self.write_batch(&mut batch, &mut buf);
-            }
-            self.on_timers(&mut buf, idle);
-            if let Some(done) = close {
-                self.finish(&mut buf);
-                let _ = done.send(());
-                return;
-            }
-        }
-        self.finish(&mut buf);
-    }
-
-    /// Appends one record to `buf`, advancing the chain; returns its seq.
-    fn push(&mut self, buf: &mut Vec<u8>, kind: &str, data: &[u8]) -> u64 {
+impl Chain {
+    /// Appends one record to `pending`, advancing the chain; returns its
+    /// sequence number and where its line starts in `pending`.
+    fn push(&mut self, key: &KeyPair, kind: &str, data: &[u8]) -> (u64, usize) {
         self.seq += 1;
+        let start = self.pending.len();
         let ts = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
-        let body = record::body(kind, data, &self.head, self.seq, &ts);
-        let hash = record::sha256(&body);
-        let signature = (kind == "checkpoint").then(|| {
-            crate::hex::encode(
-                &self
-                    .key
-                    .sign_message(&record::checkpoint_message(self.seq, &hash)),
-            )
-        });
-        buf.extend_from_slice(&record::line(&body, &hash, signature.as_deref()));
-        self.head = hash;
+        let seq = self.seq;
+        let sign = |hash: &str| {
+            (kind == "checkpoint").then(|| {
+                crate::hex::encode(&key.sign_message(&record::checkpoint_message(seq, hash)))
+            })
+        };
+        self.head = record::append_line(&mut self.pending, kind, data, &self.head, seq, &ts, sign);
         if kind == "checkpoint" {
             self.since_checkpoint = 0;
         } else {
             self.since_checkpoint += 1;
         }
-        self.seq
+        (seq, start)
     }
 
+    /// After a failed write, the first record again says what was missed.
+    fn push_gap(&mut self, key: &KeyPair, on_failure: LogFailurePolicy) {
+        let Some(gap) = &self.gap else {
+            return;
+        };
+        if self.gap_pending {
+            return;
+        }
+        let answered = match on_failure {
+            LogFailurePolicy::Deny => "deny",
+            LogFailurePolicy::Serve => "served",
+        };
+        let data = record::gap_data(gap.count, &gap.first_at, &gap.last_at, &gap.error, answered);
+        self.push(key, "gap", &data);
+        self.gap_pending = true;
+    }
+
+    /// Everything pending, to write now.
+    fn take(&mut self) -> Batch {
+        let spare = std::mem::take(&mut self.spare);
+        Batch {
+            lines: std::mem::replace(&mut self.pending, spare),
+            decisions: std::mem::take(&mut self.pending_decisions),
+            has_gap: std::mem::take(&mut self.gap_pending),
+            after: (self.seq, self.head.clone(), self.since_checkpoint),
+        }
+    }
+}
+
+/// Lines taken from `pending` to write.
+struct Batch {
+    lines: Vec<u8>,
+    decisions: u64,
+    /// The `gap` record is among them.
+    has_gap: bool,
+    /// `(seq, head, since_checkpoint)` once they are written.
+    after: (u64, String, u64),
+}
+
+impl Shared {
+    fn lock_chain(&self) -> MutexGuard<'_, Chain> {
+        self.chain.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_out(&self) -> MutexGuard<'_, Output> {
+        self.out.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues a record; returns its seq and the epoch it was given in.
+    fn push(&self, kind: &str, data: &[u8]) -> Result<(u64, u64), Unrecorded> {
+        let mut c = self.lock_chain();
+        if c.closed {
+            return Err(Unrecorded::Closed);
+        }
+        c.push_gap(&self.key, self.on_failure);
+        c.push(&self.key, kind, data);
+        if kind == "decision" {
+            c.pending_decisions += 1;
+        }
+        Ok((c.seq, c.epoch))
+    }
+
+    /// Returns once record `seq` of `epoch` is written: by whoever holds
+    /// the files when it gets them, which is this caller when nobody else
+    /// wrote it first. A write takes every record pending, so under load
+    /// one write serves many decisions and most find theirs done.
+    fn wait_written(&self, seq: u64, epoch: u64) -> Result<Recorded, Unrecorded> {
+        loop {
+            if let Some(done) = self.outcome(&self.lock_chain(), seq, epoch) {
+                return done;
+            }
+            let mut out = self.lock_out();
+            let batch = {
+                let mut c = self.lock_chain();
+                if let Some(done) = self.outcome(&c, seq, epoch) {
+                    return done;
+                }
+                c.take()
+            };
+            self.write(&mut out, batch);
+        }
+    }
+
+    /// Whether record `seq` of `epoch` is settled, and how.
+    fn outcome(&self, c: &Chain, seq: u64, epoch: u64) -> Option<Result<Recorded, Unrecorded>> {
+        if c.epoch != epoch {
+            return Some(match self.on_failure {
+                LogFailurePolicy::Deny => Err(Unrecorded::Write(c.last_error.clone())),
+                LogFailurePolicy::Serve => Ok(Recorded::Lost),
+            });
+        }
+        (c.written.0 >= seq).then_some(Ok(Recorded::Seq(seq)))
+    }
+
+    /// Writes `batch` at the end of the segment; the caller holds `out`.
+    /// Returns whether it was written.
+    fn write(&self, out: &mut Output, batch: Batch) -> bool {
+        if batch.lines.is_empty() {
+            return true;
+        }
+        let result = out.commit(&batch.lines, self.sync_interval.is_zero());
+        let full = out.len >= self.max_segment_bytes || self.aged(out);
+        let Batch {
+            mut lines,
+            decisions,
+            has_gap,
+            after,
+        } = batch;
+        let mut c = self.lock_chain();
+        match result {
+            Ok(()) => {
+                let since = after.2;
+                c.written = after;
+                if self.sync_interval.is_zero() {
+                    c.synced_seq = c.written.0;
+                }
+                if has_gap && c.gap.take().is_some() {
+                    tracing::warn!(
+                        "decision log writable again; a gap record says what was missed"
+                    );
+                }
+                c.rotate |= full;
+                // Keep the buffer for the next write, unless a burst made it huge.
+                if lines.capacity() <= MAX_SPARE_BYTES {
+                    lines.clear();
+                    c.spare = lines;
+                }
+                let wake = full || since >= self.checkpoint_every;
+                drop(c);
+                self.count(|m| m.log_written(decisions, true));
+                if wake {
+                    self.work.notify_all();
+                }
+                true
+            }
+            Err(e) => {
+                // Records chained after the failed ones leave with them.
+                let dropped = decisions + std::mem::take(&mut c.pending_decisions);
+                c.pending.clear();
+                c.gap_pending = false;
+                (c.seq, c.head, c.since_checkpoint) = c.written.clone();
+                c.epoch += 1;
+                let now = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
+                let error = e.to_string();
+                if c.gap.is_none() {
+                    tracing::error!(dir = %self.dir.display(), error = %error, "decision log cannot be written");
+                }
+                let gap = c.gap.get_or_insert_with(|| Gap {
+                    count: 0,
+                    first_at: now.clone(),
+                    last_at: now.clone(),
+                    error: error.clone(),
+                });
+                gap.count += dropped;
+                gap.last_at = now;
+                gap.error = error.clone();
+                c.last_error = error;
+                drop(c);
+                let deny = self.on_failure == LogFailurePolicy::Deny;
+                self.count(|m| m.log_failed(dropped, deny));
+                false
+            }
+        }
+    }
+
+    /// Writes one record from a thread that is not a decision's (at start,
+    /// for a gap while idle).
+    fn append_now(&self, kind: &str, data: &[u8]) -> Result<u64, Unrecorded> {
+        let (seq, epoch) = self.push(kind, data)?;
+        match self.wait_written(seq, epoch)? {
+            Recorded::Seq(seq) => Ok(seq),
+            Recorded::Lost => Err(Unrecorded::Write(self.lock_chain().last_error.clone())),
+        }
+    }
+
+    fn aged(&self, out: &Output) -> bool {
+        out.started.elapsed().unwrap_or_default() >= self.max_segment_age
+    }
+
+    fn count(&self, f: impl FnOnce(&Metrics)) {
+        if let Some(m) = &self.metrics {
+            f(m);
+        }
+    }
+
+    /// Syncs the current segment to disk.
+    fn sync(&self) -> std::io::Result<()> {
+        let seq = self.lock_chain().written.0;
+        let handle = Arc::clone(
+            &self
+                .sync_handle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        handle.sync_data()?;
+        let mut c = self.lock_chain();
+        c.synced_seq = c.synced_seq.max(seq);
+        Ok(())
+    }
+
+    /// A signed checkpoint, if any record came since the last: written
+    /// right after what is pending, synced, then copied to the checkpoints
+    /// file. With `seal`, even when the log is closed; with `rotate`, the
+    /// segment ends with it and the next one begins.
+    fn checkpoint(&self, seal: bool, rotate: bool) {
+        let mut out = self.lock_out();
+        let (line, batch) = {
+            let mut c = self.lock_chain();
+            if rotate {
+                c.rotate = false;
+            }
+            if c.since_checkpoint == 0 || c.gap.is_some() || (c.closed && !seal) {
+                return;
+            }
+            let data = record::checkpoint_data(self.key.id());
+            let (_, start) = c.push(&self.key, "checkpoint", &data);
+            (c.pending[start..].to_vec(), c.take())
+        };
+        if !self.write(&mut out, batch) {
+            tracing::error!("decision log: checkpoint not written");
+            return;
+        }
+        let finished = if rotate {
+            self.next_segment(&mut out)
+        } else {
+            None
+        };
+        drop(out);
+        self.count(Metrics::log_checkpoint);
+        let synced = match finished {
+            Some(old) => old.sync_data(),
+            None => self.sync(),
+        };
+        if let Err(e) = synced {
+            tracing::error!(error = %e, "decision log: sync before copying a checkpoint failed");
+            return;
+        }
+        let mut copies = self
+            .checkpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Err(e) = copies.write_all(&line).and_then(|()| copies.sync_data()) {
+            // The log has it; the next checkpoint is copied with more.
+            tracing::error!(error = %e, "decision log: checkpoint not copied to the checkpoints file");
+        }
+    }
+
+    /// Starts the next segment; returns the finished one, to be synced
+    /// once the files are free again.
+    fn next_segment(&self, out: &mut Output) -> Option<File> {
+        let next = self.dir.join(segment_name(self.lock_chain().seq + 1));
+        let opened = append(&next).and_then(|f| Ok((f.try_clone()?, f)));
+        let (handle, file) = match opened {
+            Ok(files) => files,
+            Err(e) => {
+                tracing::error!(segment = %next.display(), error = %e, "decision log: cannot start a new segment; staying on the current one");
+                return None;
+            }
+        };
+        out.segment = next.clone();
+        out.len = 0;
+        out.needs_cut = false;
+        out.started = SystemTime::now();
+        let old = std::mem::replace(&mut out.file, file);
+        *self
+            .sync_handle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(handle);
+        // The chain's own check found the old segment full; this one is not.
+        self.lock_chain().rotate = false;
+        if let Ok(d) = File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        self.count(Metrics::log_rotation);
+        tracing::info!(segment = %next.display(), "decision log: new segment");
+        Some(old)
+    }
+
+    /// The log's own thread: syncs, checkpoints, new segments, and retries
+    /// while the log cannot be written.
+    fn maintain(&self) {
+        let mut last_sync = Instant::now();
+        let mut last_checkpoint = Instant::now();
+        let mut last_retry = Instant::now();
+        loop {
+            let (sync, checkpoint, rotate, retry) = {
+                let mut c = self.lock_chain();
+                // A signal sent before this thread waits is seen here.
+                if !(c.rotate || c.closed || c.since_checkpoint >= self.checkpoint_every) {
+                    let wait = self.next_wait(&c, last_sync, last_checkpoint);
+                    c = self
+                        .work
+                        .wait_timeout(c, wait)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
+                if c.closed {
+                    return;
+                }
+                (
+                    c.written.0 > c.synced_seq && last_sync.elapsed() >= self.sync_interval,
+                    c.gap.is_none()
+                        && c.since_checkpoint > 0
+                        && (c.since_checkpoint >= self.checkpoint_every
+                            || last_checkpoint.elapsed() >= self.checkpoint_interval),
+                    c.rotate,
+                    c.gap.is_some() && last_retry.elapsed() >= RETRY_INTERVAL,
+                )
+            };
+            // Age is checked off the chain's lock (lock order: `out` first).
+            let rotate = rotate || self.aged(&self.lock_out());
+            if retry {
+                self.retry_gap();
+                last_retry = Instant::now();
+            }
+            if rotate || checkpoint {
+                self.checkpoint(false, rotate);
+                last_checkpoint = Instant::now();
+            }
+            if sync {
+                if let Err(e) = self.sync() {
+                    tracing::error!(error = %e, "decision log: sync failed");
+                }
+                last_sync = Instant::now();
+            }
+        }
+    }
+
+    /// While the log cannot be written and nothing comes in, tries the
+    /// `gap` record alone, so the log recovers (and says so) by itself.
+    fn retry_gap(&self) {
+        let mut out = self.lock_out();
+        let batch = {
+            let mut c = self.lock_chain();
+            c.push_gap(&self.key, self.on_failure);
+            c.take()
+        };
+        self.write(&mut out, batch);
+    }
+
+    fn next_wait(&self, c: &Chain, last_sync: Instant, last_checkpoint: Instant) -> Duration {
+        let mut wait = Duration::from_secs(1);
+        if c.written.0 > c.synced_seq {
+            wait = wait.min(self.sync_interval.saturating_sub(last_sync.elapsed()));
+        }
+        if c.since_checkpoint > 0 {
+            wait = wait.min(
+                self.checkpoint_interval
+                    .saturating_sub(last_checkpoint.elapsed()),
+            );
+        }
+        if c.gap.is_some() {
+            wait = wait.min(RETRY_INTERVAL);
+        }
+        wait.max(Duration::from_millis(1))
+    }
+}
+
+impl Output {
     /// Writes `buf` whole at the end of the segment, or cuts back what part
-    /// of it got there. Syncs when `sync` or when every batch must be.
+    /// of it got there.
     fn commit(&mut self, buf: &[u8], sync: bool) -> std::io::Result<()> {
         if self.needs_cut {
             self.file.set_len(self.len)?;
             self.needs_cut = false;
         }
         let written = self.file.write_all(buf).and_then(|()| {
-            if sync || self.sync_interval.is_zero() {
+            if sync {
                 self.file.sync_data()?;
-                self.last_sync = Instant::now();
             }
             Ok(())
         });
         match written {
             Ok(()) => {
                 self.len += buf.len() as u64;
-                self.dirty = !(sync || self.sync_interval.is_zero());
                 Ok(())
             }
             Err(e) => {
@@ -602,177 +964,6 @@ impl Writer {
                 }
                 Err(e)
             }
-        }
-    }
-
-    fn write_batch(&mut self, batch: &mut Vec<(Vec<u8>, Ack)>, buf: &mut Vec<u8>) {
-        let mark = (self.seq, self.head.clone(), self.since_checkpoint);
-        buf.clear();
-        if let Some(gap) = &self.gap {
-            let answered = match self.on_failure {
-                LogFailurePolicy::Deny => "deny",
-                LogFailurePolicy::Serve => "served",
-            };
-            let data =
-                record::gap_data(gap.count, &gap.first_at, &gap.last_at, &gap.error, answered);
-            self.push(buf, "gap", &data);
-        }
-        let first_seq = self.seq + 1;
-        for (data, _) in batch.iter() {
-            self.push(buf, "decision", data);
-        }
-        let n = batch.len() as u64;
-        match self.commit(buf, false) {
-            Ok(()) => {
-                if self.gap.take().is_some() {
-                    tracing::warn!(
-                        "decision log writable again; a gap record says what was missed"
-                    );
-                }
-                self.count(|m| m.log_written(n, true));
-                for (i, (_, ack)) in batch.drain(..).enumerate() {
-                    let _ = ack.send(Ok(Recorded::Seq(first_seq + i as u64)));
-                }
-                if self.since_checkpoint >= self.checkpoint_every {
-                    self.checkpoint(buf);
-                }
-                self.maybe_rotate(buf);
-            }
-            Err(e) => {
-                (self.seq, self.head, self.since_checkpoint) = mark;
-                let now = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
-                let error = e.to_string();
-                if self.gap.is_none() {
-                    tracing::error!(segment = %self.segment.display(), error = %error, "decision log cannot be written");
-                }
-                let gap = self.gap.get_or_insert_with(|| Gap {
-                    count: 0,
-                    first_at: now.clone(),
-                    last_at: now.clone(),
-                    error: error.clone(),
-                });
-                gap.count += n;
-                gap.last_at = now;
-                gap.error = error.clone();
-                let deny = self.on_failure == LogFailurePolicy::Deny;
-                self.count(|m| m.log_failed(n, deny));
-                for (_, ack) in batch.drain(..) {
-                    let _ = ack.send(if deny {
-                        Err(Unrecorded::Write(error.clone()))
-                    } else {
-                        Ok(Recorded::Lost)
-                    });
-                }
-            }
-        }
-    }
-
-    /// A signed checkpoint in the log, synced, then in the checkpoints file.
-    fn checkpoint(&mut self, buf: &mut Vec<u8>) {
-        let mark = (self.seq, self.head.clone(), self.since_checkpoint);
-        buf.clear();
-        let data = record::checkpoint_data(self.key.id());
-        self.push(buf, "checkpoint", &data);
-        if let Err(e) = self.commit(buf, true) {
-            (self.seq, self.head, self.since_checkpoint) = mark;
-            tracing::error!(error = %e, "decision log: checkpoint not written");
-            return;
-        }
-        self.last_checkpoint = Instant::now();
-        self.count(Metrics::log_checkpoint);
-        let copied = self
-            .checkpoints
-            .write_all(buf)
-            .and_then(|()| self.checkpoints.sync_data());
-        if let Err(e) = copied {
-            // The log has it; the next checkpoint is copied with more.
-            tracing::error!(error = %e, "decision log: checkpoint not copied to the checkpoints file");
-        }
-    }
-
-    fn maybe_rotate(&mut self, buf: &mut Vec<u8>) {
-        let old = self.segment_started.elapsed().unwrap_or_default() >= self.max_segment_age;
-        if self.len < self.max_segment_bytes && !old {
-            return;
-        }
-        // Seal the segment with a signature before starting the next.
-        self.checkpoint(buf);
-        if self.dirty && self.file.sync_data().is_err() {
-            return;
-        }
-        let next = self.dir.join(segment_name(self.seq + 1));
-        match append(&next) {
-            Ok(file) => {
-                self.file = file;
-                self.segment = next;
-                self.len = 0;
-                self.dirty = false;
-                self.segment_started = SystemTime::now();
-                if let Ok(d) = File::open(&self.dir) {
-                    let _ = d.sync_all();
-                }
-                self.count(Metrics::log_rotation);
-                tracing::info!(segment = %self.segment.display(), "decision log: new segment");
-            }
-            Err(e) => {
-                tracing::error!(segment = %next.display(), error = %e, "decision log: cannot start a new segment; staying on the current one");
-            }
-        }
-    }
-
-    fn next_timer(&self) -> Duration {
-        let mut wait = Duration::from_secs(1);
-        if self.dirty {
-            wait = wait.min(self.sync_interval.saturating_sub(self.last_sync.elapsed()));
-        }
-        if self.since_checkpoint > 0 {
-            wait = wait.min(
-                self.checkpoint_interval
-                    .saturating_sub(self.last_checkpoint.elapsed()),
-            );
-        }
-        if self.gap.is_some() {
-            wait = wait.min(RETRY_INTERVAL);
-        }
-        wait
-    }
-
-    fn on_timers(&mut self, buf: &mut Vec<u8>, idle: bool) {
-        if idle && self.gap.is_some() {
-            // Nothing came in: try the gap record alone.
-            let mut none = Vec::new();
-            self.write_batch(&mut none, buf);
-        }
-        if self.dirty && self.last_sync.elapsed() >= self.sync_interval {
-            match self.file.sync_data() {
-                Ok(()) => self.dirty = false,
-                Err(e) => tracing::error!(error = %e, "decision log: sync failed"),
-            }
-            self.last_sync = Instant::now();
-        }
-        if self.since_checkpoint > 0
-            && self.last_checkpoint.elapsed() >= self.checkpoint_interval
-            && self.gap.is_none()
-        {
-            self.checkpoint(buf);
-        }
-    }
-
-    fn finish(&mut self, buf: &mut Vec<u8>) {
-        if self.gap.is_some() {
-            let mut none = Vec::new();
-            self.write_batch(&mut none, buf);
-        }
-        if self.since_checkpoint > 0 && self.gap.is_none() {
-            self.checkpoint(buf);
-        }
-        let _ = self.file.sync_data();
-        tracing::info!(seq = self.seq, "decision log closed");
-    }
-
-    fn count(&self, f: impl FnOnce(&Metrics)) {
-        if let Some(m) = &self.metrics {
-            f(m);
         }
     }
 }

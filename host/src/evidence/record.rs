@@ -52,7 +52,33 @@ pub const REDACTED: &str = "[REDACTED]";
 
 /// `sha256:` and the hex digest of `bytes`.
 pub fn sha256(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(&Sha256::digest(bytes)))
+    digest_text(&Sha256::digest(bytes))
+}
+
+fn digest_text(digest: &[u8]) -> String {
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256:");
+    hex::push(&mut out, digest);
+    out
+}
+
+/// `sha256:` and the hex digest of `value`'s canonical encoding, hashed as
+/// it is written rather than built first.
+pub fn value_sha256(value: &Value) -> String {
+    struct Hashing(Sha256);
+    impl std::io::Write for Hashing {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.update(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut h = Hashing(Sha256::new());
+    // Writing a `Value` into a sink that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut h, value);
+    digest_text(&h.0.finalize())
 }
 
 /// The canonical encoding of a JSON value.
@@ -62,39 +88,42 @@ pub fn canonical(value: &Value) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
-/// The bytes a record's hash covers, built from its parts. `data` must be
-/// canonical JSON.
-pub fn body(kind: &str, data: &[u8], prev_hash: &str, seq: u64, ts: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len() + 160);
+/// Appends one record to `out` as the line the log holds: the canonical
+/// body built from its parts (`data` must be canonical JSON), then `hash`
+/// (and `signature`, when `sign` gives one for the hash) and a newline.
+/// Returns the record's hash.
+pub fn append_line(
+    out: &mut Vec<u8>,
+    kind: &str,
+    data: &[u8],
+    prev_hash: &str,
+    seq: u64,
+    ts: &str,
+    sign: impl FnOnce(&str) -> Option<String>,
+) -> String {
+    use std::io::Write as _;
+    let start = out.len();
     out.extend_from_slice(b"{\"data\":");
     out.extend_from_slice(data);
     out.extend_from_slice(b",\"prev_hash\":\"");
     out.extend_from_slice(prev_hash.as_bytes());
-    out.extend_from_slice(b"\",\"seq\":");
-    out.extend_from_slice(seq.to_string().as_bytes());
-    out.extend_from_slice(b",\"ts\":\"");
-    out.extend_from_slice(ts.as_bytes());
-    out.extend_from_slice(b"\",\"type\":\"");
-    out.extend_from_slice(kind.as_bytes());
-    out.extend_from_slice(b"\"}");
-    out
-}
-
-/// The line written for a record: `body` with `hash` (and `signature`, for
-/// checkpoints) added, and a newline.
-pub fn line(body: &[u8], hash: &str, signature: Option<&str>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + 100);
-    out.extend_from_slice(&body[..body.len() - 1]);
+    // Writing to a Vec cannot fail.
+    let _ = write!(
+        out,
+        "\",\"seq\":{seq},\"ts\":\"{ts}\",\"type\":\"{kind}\"}}"
+    );
+    let hash = sha256(&out[start..]);
+    out.pop();
     out.extend_from_slice(b",\"hash\":\"");
     out.extend_from_slice(hash.as_bytes());
     out.push(b'"');
-    if let Some(s) = signature {
+    if let Some(s) = sign(&hash) {
         out.extend_from_slice(b",\"signature\":\"");
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
     }
     out.extend_from_slice(b"}\n");
-    out
+    hash
 }
 
 /// The message a checkpoint's signature covers: its sequence number and
@@ -304,7 +333,7 @@ impl<'a> DecisionData<'a> {
             modified_params: decision.params.as_ref().and_then(|p| rule.keep(p)),
             outcome: decision.outcome,
             params: rule.keep(&a.params),
-            params_sha256: sha256(&canonical(&a.params)),
+            params_sha256: value_sha256(&a.params),
             policies: decision
                 .policies
                 .iter()
@@ -318,8 +347,10 @@ impl<'a> DecisionData<'a> {
 
     /// The canonical encoding.
     pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1024);
         // Our own types with string keys: serializing cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
+        let _ = serde_json::to_writer(&mut out, self);
+        out
     }
 }
 
@@ -454,14 +485,21 @@ mod tests {
         ] {
             let rule = ParamsRule::new(storage, &["PASSWORD".into()]);
             let data = DecisionData::new(&req, &dec, &rule).encode();
-            let b = body("decision", &data, GENESIS, 7, "2026-12-01T00:00:00.000001Z");
-            let hash = sha256(&b);
-            let written = line(&b, &hash, Some("00"));
+            let mut written = Vec::new();
+            let hash = append_line(
+                &mut written,
+                "decision",
+                &data,
+                GENESIS,
+                7,
+                "2026-12-01T00:00:00.000001Z",
+                |_| Some("00".into()),
+            );
             let parsed = Parsed::from_line(&written[..written.len() - 1]).expect("parses");
-            assert_eq!(
-                String::from_utf8_lossy(&canonical(&parsed.value)),
-                String::from_utf8_lossy(&b),
-                "{storage:?}"
+            let canonical_text = String::from_utf8(canonical(&parsed.value)).expect("utf-8");
+            assert!(
+                String::from_utf8_lossy(&written).starts_with(canonical_text.trim_end_matches('}')),
+                "{storage:?}: {canonical_text}"
             );
             assert_eq!(parsed.computed, hash);
             assert_eq!((parsed.seq, parsed.kind.as_str()), (7, "decision"));
@@ -487,8 +525,9 @@ mod tests {
         let (req, dec) = (request(), decision());
         let data =
             DecisionData::new(&req, &dec, &ParamsRule::new(ParamsStorage::Full, &[])).encode();
-        let b = body("decision", &data, GENESIS, 1, "t");
-        let written = String::from_utf8(line(&b, &sha256(&b), None)).expect("utf-8");
+        let mut written = Vec::new();
+        append_line(&mut written, "decision", &data, GENESIS, 1, "t", |_| None);
+        let written = String::from_utf8(written).expect("utf-8");
         let edited = written.replace("sha256:ab", "sha256:cd");
         let p = Parsed::from_line(edited.trim_end().as_bytes()).expect("parses");
         assert_ne!(p.computed, p.hash);
