@@ -67,7 +67,10 @@ fn main() {
         dir: Some(dir.path().to_owned()),
         ..LogConfig::default()
     };
-    let log = Arc::new(DecisionLog::open(&config, Path::new(""), None).expect("open log"));
+    let metrics = Arc::new(arbiter::evidence::metrics::Metrics::new());
+    let log = Arc::new(
+        DecisionLog::open(&config, Path::new(""), Some(Arc::clone(&metrics))).expect("open log"),
+    );
     let off = Arbiter::with_chain(engine.clone(), vec![policy]);
     let on = off.clone().with_log(Arc::clone(&log));
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -108,6 +111,11 @@ fn main() {
         medians.push(median);
     }
     let ratio = medians[1] / medians[0];
+    let (records, writes) = metrics.log_records_and_writes();
+    println!(
+        "  {records} records in {writes} writes: {:.1} decisions per write",
+        records as f64 / writes.max(1) as f64
+    );
     println!(
         "  ratio on/off {ratio:.3}: the log costs {:.1}% of throughput",
         (1.0 - ratio) * 100.0

@@ -16,6 +16,7 @@
 //! | `arbiter_policy_rollbacks_total` | counter | `policy` |
 //! | `arbiter_config_reloads_total` | counter | `result` (`applied`, `refused`) |
 //! | `arbiter_log_records_total` | counter | |
+//! | `arbiter_log_writes_total` | counter | |
 //! | `arbiter_log_unrecorded_decisions_total` | counter | `answered` (`deny`: failed closed; `served`: lost) |
 //! | `arbiter_log_writable` | gauge | |
 //! | `arbiter_log_checkpoints_total` | counter | |
@@ -53,6 +54,7 @@ pub struct Metrics {
 #[derive(Debug, Default)]
 struct LogCounters {
     records: AtomicU64,
+    writes: AtomicU64,
     denied: AtomicU64,
     lost: AtomicU64,
     /// Inverted so the default (no log yet) does not alert.
@@ -159,9 +161,10 @@ impl Metrics {
         *self.lock().config_reloads.entry(result).or_default() += 1;
     }
 
-    /// Counts `n` decision records written; the log is writable.
+    /// Counts one write of `n` decision records; the log is writable.
     pub fn log_written(&self, n: u64, writable: bool) {
         self.log.records.fetch_add(n, Ordering::Relaxed);
+        self.log.writes.fetch_add(1, Ordering::Relaxed);
         self.log.failing.store(!writable, Ordering::Relaxed);
     }
 
@@ -185,6 +188,14 @@ impl Metrics {
     /// Counts one new segment file.
     pub fn log_rotation(&self) {
         self.log.rotations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Decision records and writes so far, for benchmarks.
+    pub fn log_records_and_writes(&self) -> (u64, u64) {
+        (
+            self.log.records.load(Ordering::Relaxed),
+            self.log.writes.load(Ordering::Relaxed),
+        )
     }
 
     /// Sets the readiness gauge.
@@ -358,6 +369,12 @@ impl Metrics {
                 "counter",
                 "Decision records written to the decision log.",
                 log.records.load(Ordering::Relaxed),
+            ),
+            (
+                "arbiter_log_writes_total",
+                "counter",
+                "Writes to the decision log; records / writes is how many decisions a write served.",
+                log.writes.load(Ordering::Relaxed),
             ),
             (
                 "arbiter_log_writable",
