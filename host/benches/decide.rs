@@ -11,19 +11,19 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use arbiter::Arbiter;
-use arbiter::decision::{Action, Context, Principal, Request};
 use arbiter::engine::{Engine, EngineConfig};
-use arbiter::evaluate::{self, Input, Limits};
-use arbiter::load::{self, PolicySpec};
+use arbiter::evaluate::{self, Input};
+use arbiter::load;
 use arbiter_sdk::Policy as _;
-use serde_json::json;
+
+mod common;
 
 const ROUNDS: usize = 20;
 const PER_ROUND: usize = 2_000;
 const WARMUP: usize = 2_000;
 
 fn main() {
-    let params = json!({"to": ["bob@corp.example", "carol@corp.example"], "subject": "PO 1182"});
+    let params = common::email_params();
     let settings_json = "{}";
 
     // Native: the policy crate itself, as its unit tests call it.
@@ -44,33 +44,8 @@ fn main() {
 
     // Wasm: the embedded procurement component, fresh instance per call.
     let engine = Engine::new(&EngineConfig::default()).expect("engine");
-    let spec = PolicySpec {
-        name: "procurement".into(),
-        source: arbiter::examples::source("procurement").expect("embedded"),
-        settings: json!({}),
-        limits: Limits::default(),
-        smoke: Vec::new(),
-        trust: Default::default(),
-    };
-    let policy = load::load(&engine, None, &spec).expect("load");
-    let request = Request {
-        action: Action {
-            kind: "tool".into(),
-            name: "send_email".into(),
-            target: String::new(),
-            params,
-        },
-        context: Context {
-            agent: Principal {
-                id: "procurement-bot".into(),
-                roles: vec!["procurement".into()],
-            },
-            environment: "prod".into(),
-            session: "s-1".into(),
-            ..Context::default()
-        },
-        history: Default::default(),
-    };
+    let policy = common::procurement(&engine);
+    let request = common::email_request();
     let arbiter = Arbiter::with_chain(engine.clone(), vec![policy.clone()]);
 
     // The server's path runs on a tokio runtime; time it on one too.

@@ -14,14 +14,13 @@ use std::time::{Duration, Instant};
 
 use arbiter::Arbiter;
 use arbiter::config::LogConfig;
-use arbiter::decision::{Action, Context, Principal, Request};
+use arbiter::decision::Request;
 use arbiter::engine::{Engine, EngineConfig};
-use arbiter::evaluate::Limits;
 use arbiter::evidence::audit::{self, VerifyOptions};
 use arbiter::evidence::log::DecisionLog;
-use arbiter::load::{self, PolicySpec};
 use arbiter::signing::PublicKey;
-use serde_json::json;
+
+mod common;
 
 // The allocator `arbiter serve` runs with: the log moves each record from
 // the deciding thread to the writer's.
@@ -35,33 +34,8 @@ const IN_FLIGHT: usize = 64;
 
 fn main() {
     let engine = Engine::new(&EngineConfig::default()).expect("engine");
-    let spec = PolicySpec {
-        name: "procurement".into(),
-        source: arbiter::examples::source("procurement").expect("embedded"),
-        settings: json!({}),
-        limits: Limits::default(),
-        smoke: Vec::new(),
-        trust: Default::default(),
-    };
-    let policy = load::load(&engine, None, &spec).expect("load");
-    let request = Request {
-        action: Action {
-            kind: "tool".into(),
-            name: "send_email".into(),
-            target: "bob@corp.example".into(),
-            params: json!({"to": ["bob@corp.example", "carol@corp.example"], "subject": "PO 1182"}),
-        },
-        context: Context {
-            agent: Principal {
-                id: "procurement-bot".into(),
-                roles: vec!["procurement".into()],
-            },
-            environment: "prod".into(),
-            session: "s-1".into(),
-            ..Context::default()
-        },
-        history: Default::default(),
-    };
+    let policy = common::procurement(&engine);
+    let request = common::email_request();
     let dir = tempfile::tempdir().expect("tempdir");
     let config = LogConfig {
         dir: Some(dir.path().to_owned()),
