@@ -111,10 +111,10 @@ fn every_decision_is_one_verified_record_with_everything_an_auditor_needs() {
     let dir = tempfile::tempdir().expect("tempdir");
     let decisions = write_log(dir.path(), config(dir.path()), 25);
     let v = verify(dir.path()).expect("verifies");
-    // open + 25 decisions + checkpoints: about every 10 records (the log's
-    // thread signs them as it gets to them) and at close.
+    // open + 25 decisions + checkpoints after every 10 records (at seq 11,
+    // 22) and at close.
     assert_eq!(v.records, 1 + 25 + v.checkpoints, "{v:?}");
-    assert!(v.checkpoints >= 2, "{v:?}");
+    assert_eq!(v.checkpoints, 3, "{v:?}");
     assert_eq!(v.unsigned_tail, 0);
 
     let mut seen = Vec::new();

@@ -5,13 +5,15 @@
 //!
 //! A decision is answered only once its record has been written to the
 //! current segment (to the OS, so a crash of the process cannot take it).
-//! Writes are group commits: the deciding task whose record finds no write
-//! under way leads, writing in one `write` every record that came in
-//! meanwhile and answering their decisions; the others only wait. So no
-//! record crosses to another thread, and under load one write serves many
-//! decisions. The log's own thread syncs to disk every `sync_interval_ms`,
-//! signs checkpoints and starts new segments; with `sync_interval_ms = 0`
-//! the leader syncs each write before answering.
+//! Writes are group commits on the deciding threads: a decision chains its
+//! record into the pending batch, then takes the files and writes every
+//! record pending, unless a write under way took its record too, in which
+//! case it waits for that write (microseconds, a page-cache copy) and is
+//! done. No record crosses to another thread and no decision awaits
+//! another task, so none can be left without a writer. The log's own
+//! thread syncs to disk every `sync_interval_ms`, signs checkpoints and
+//! starts new segments; with `sync_interval_ms = 0` every write is synced
+//! before its decisions are answered.
 //!
 //! When a write fails (disk full, read-only, I/O error), the file is cut
 //! back to its last whole write, and every record not yet written is
@@ -184,7 +186,7 @@ fn segment_name(first_seq: u64) -> String {
 impl DecisionLog {
     /// Opens the log of `config` (relative paths against `base`): takes the
     /// directory's lock, repairs a torn tail, writes an `open` record and
-    /// starts the writer thread.
+    /// starts the log's thread (syncs, checkpoints, segments).
     ///
     /// # Errors
     /// A [`LogError`] naming the file at fault.
@@ -242,6 +244,7 @@ impl DecisionLog {
                 spare: Vec::new(),
                 epoch: 0,
                 last_error: String::new(),
+                uncopied: Vec::new(),
                 gap: None,
                 closed: false,
                 rotate: false,
@@ -328,6 +331,8 @@ impl DecisionLog {
             self.shared.retry_gap();
         }
         self.shared.checkpoint(true, false);
+        // Checkpoints made inline since the log's thread last looked.
+        self.shared.copy_checkpoints(|| self.shared.sync());
         if let Err(e) = self.shared.sync() {
             tracing::error!(error = %e, "decision log: final sync failed");
         }
@@ -508,7 +513,7 @@ struct Chain {
     pending: Vec<u8>,
     /// Decision records in `pending`.
     pending_decisions: u64,
-    /// A `gap` record is in `pending`.
+    /// A `gap` record is in `pending` or being written.
     gap_pending: bool,
     /// The buffer of the last write, emptied, for the next.
     spare: Vec<u8>,
@@ -517,6 +522,9 @@ struct Chain {
     epoch: u64,
     /// Why the last write failed.
     last_error: String,
+    /// Checkpoints not yet in the checkpoints file: seq and line. Copied
+    /// once written and synced; dropped if their write fails.
+    uncopied: Vec<(u64, Vec<u8>)>,
     gap: Option<Gap>,
     closed: bool,
     /// The segment is full or old: the log's thread starts the next.
@@ -580,6 +588,15 @@ impl Chain {
         (seq, start)
     }
 
+    /// A signed checkpoint at the end of `pending`, to be copied once
+    /// written and synced.
+    fn push_checkpoint(&mut self, key: &KeyPair) {
+        let data = record::checkpoint_data(key.id());
+        let (seq, start) = self.push(key, "checkpoint", &data);
+        let line = self.pending[start..].to_vec();
+        self.uncopied.push((seq, line));
+    }
+
     /// After a failed write, the first record again says what was missed.
     fn push_gap(&mut self, key: &KeyPair, on_failure: LogFailurePolicy) {
         let Some(gap) = &self.gap else {
@@ -603,7 +620,8 @@ impl Chain {
         Batch {
             lines: std::mem::replace(&mut self.pending, spare),
             decisions: std::mem::take(&mut self.pending_decisions),
-            has_gap: std::mem::take(&mut self.gap_pending),
+            // Still pending until written: no second gap record meanwhile.
+            has_gap: self.gap_pending,
             after: (self.seq, self.head.clone(), self.since_checkpoint),
         }
     }
@@ -639,7 +657,15 @@ impl Shared {
         if kind == "decision" {
             c.pending_decisions += 1;
         }
-        Ok((c.seq, c.epoch))
+        let at = (c.seq, c.epoch);
+        // Every `checkpoint_every` records exactly, whatever the load: the
+        // signature is made here, the copy once the log is synced.
+        if c.since_checkpoint >= self.checkpoint_every && c.gap.is_none() {
+            c.push_checkpoint(&self.key);
+            drop(c);
+            self.work.notify_all();
+        }
+        Ok(at)
     }
 
     /// Returns once record `seq` of `epoch` is written: by whoever holds
@@ -707,7 +733,7 @@ impl Shared {
                     lines.clear();
                     c.spare = lines;
                 }
-                let wake = full || since >= self.checkpoint_every;
+                let wake = full || since >= self.checkpoint_every || !c.uncopied.is_empty();
                 drop(c);
                 self.count(|m| m.log_written(decisions, true));
                 if wake {
@@ -722,6 +748,8 @@ impl Shared {
                 c.gap_pending = false;
                 (c.seq, c.head, c.since_checkpoint) = c.written.clone();
                 c.epoch += 1;
+                let written = c.written.0;
+                c.uncopied.retain(|(seq, _)| *seq <= written);
                 let now = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
                 let error = e.to_string();
                 if c.gap.is_none() {
@@ -786,7 +814,7 @@ impl Shared {
     /// segment ends with it and the next one begins.
     fn checkpoint(&self, seal: bool, rotate: bool) {
         let mut out = self.lock_out();
-        let (line, batch) = {
+        let batch = {
             let mut c = self.lock_chain();
             if rotate {
                 c.rotate = false;
@@ -794,9 +822,8 @@ impl Shared {
             if c.since_checkpoint == 0 || c.gap.is_some() || (c.closed && !seal) {
                 return;
             }
-            let data = record::checkpoint_data(self.key.id());
-            let (_, start) = c.push(&self.key, "checkpoint", &data);
-            (c.pending[start..].to_vec(), c.take())
+            c.push_checkpoint(&self.key);
+            c.take()
         };
         if !self.write(&mut out, batch) {
             tracing::error!("decision log: checkpoint not written");
@@ -808,22 +835,50 @@ impl Shared {
             None
         };
         drop(out);
-        self.count(Metrics::log_checkpoint);
-        let synced = match finished {
-            Some(old) => old.sync_data(),
-            None => self.sync(),
+        match finished {
+            Some(old) => self.copy_checkpoints(|| old.sync_data()),
+            None => self.copy_checkpoints(|| self.sync()),
+        }
+    }
+
+    /// Copies the checkpoints written so far to the checkpoints file, once
+    /// `sync` has put the log holding them on disk: a copy must never
+    /// claim records a power loss could still take.
+    fn copy_checkpoints(&self, sync: impl FnOnce() -> std::io::Result<()>) {
+        let ready: Vec<(u64, Vec<u8>)> = {
+            let mut c = self.lock_chain();
+            let written = c.written.0;
+            let (ready, later) = std::mem::take(&mut c.uncopied)
+                .into_iter()
+                .partition(|(seq, _)| *seq <= written);
+            c.uncopied = later;
+            ready
         };
-        if let Err(e) = synced {
-            tracing::error!(error = %e, "decision log: sync before copying a checkpoint failed");
+        if ready.is_empty() {
+            return;
+        }
+        if let Err(e) = sync() {
+            // The log has them; the next checkpoint is copied with more.
+            tracing::error!(error = %e, "decision log: sync before copying checkpoints failed");
             return;
         }
         let mut copies = self
             .checkpoints
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Err(e) = copies.write_all(&line).and_then(|()| copies.sync_data()) {
-            // The log has it; the next checkpoint is copied with more.
-            tracing::error!(error = %e, "decision log: checkpoint not copied to the checkpoints file");
+        let copied = ready
+            .iter()
+            .try_for_each(|(_, line)| copies.write_all(line))
+            .and_then(|()| copies.sync_data());
+        match copied {
+            Ok(()) => {
+                for _ in &ready {
+                    self.count(Metrics::log_checkpoint);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "decision log: checkpoints not copied to the checkpoints file");
+            }
         }
     }
 
@@ -868,7 +923,11 @@ impl Shared {
             let (sync, checkpoint, rotate, retry) = {
                 let mut c = self.lock_chain();
                 // A signal sent before this thread waits is seen here.
-                if !(c.rotate || c.closed || c.since_checkpoint >= self.checkpoint_every) {
+                let copies_ready = c
+                    .uncopied
+                    .first()
+                    .is_some_and(|(seq, _)| *seq <= c.written.0);
+                if !(c.rotate || c.closed || copies_ready) {
                     let wait = self.next_wait(&c, last_sync, last_checkpoint);
                     c = self
                         .work
@@ -898,6 +957,8 @@ impl Shared {
             if rotate || checkpoint {
                 self.checkpoint(false, rotate);
                 last_checkpoint = Instant::now();
+            } else {
+                self.copy_checkpoints(|| self.sync());
             }
             if sync {
                 if let Err(e) = self.sync() {

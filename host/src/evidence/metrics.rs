@@ -50,7 +50,7 @@ pub struct Metrics {
     log: LogCounters,
 }
 
-/// The decision log's counters, written by its writer thread.
+/// The decision log's counters.
 #[derive(Debug, Default)]
 struct LogCounters {
     records: AtomicU64,
