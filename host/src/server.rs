@@ -10,6 +10,10 @@
 //! serve with a policy missing. [`Bound::shutdown`] stops accepting, lets
 //! in-flight requests finish within the grace period, then returns.
 //!
+//! The decision log ([`crate::evidence::log`]) is opened before anything
+//! binds, so a log that cannot be opened stops the start, and it is sealed
+//! with a checkpoint after the drain.
+//!
 //! Once loaded, a reload worker ([`crate::reload::watch`]) follows the
 //! policy files and the configuration file, and [`Bound::reload`] (SIGHUP)
 //! reloads everything.
