@@ -608,6 +608,14 @@ impl Overrides {
     }
 }
 
+/// The path in environment variable `name`, if it is set and not empty:
+/// for the default directories of the cache and the decision log.
+pub(crate) fn env_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
 /// A secret from the configuration: `env:NAME` reads the variable NAME;
 /// anything else is the secret itself. Empty secrets are refused.
 ///

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arbiter::config::{LogConfig, LogFailurePolicy};
 use arbiter::evidence::audit::{self, Breakage, Filter, VerifyOptions};
@@ -42,28 +43,27 @@ fn requests(n: usize) -> Vec<Request> {
         .collect()
 }
 
-/// Makes `n` real procurement decisions into a log at `dir`, then closes it.
-fn write_log(dir: &Path, log: LogConfig, n: usize) -> Vec<arbiter::Decision> {
+/// Makes `n` real procurement decisions into the log `log` configures,
+/// one every `pace`, then closes it.
+fn write_paced(log: LogConfig, n: usize, pace: Duration) -> Vec<arbiter::Decision> {
     let log = Arc::new(DecisionLog::open(&log, Path::new(""), None).expect("open"));
     let a = arbiter(vec![load_example("procurement")]).with_log(Arc::clone(&log));
-    let decisions = requests(n).iter().map(|r| a.decide(r)).collect();
+    let decisions = requests(n)
+        .iter()
+        .map(|r| {
+            let d = a.decide(r);
+            std::thread::sleep(pace);
+            d
+        })
+        .collect();
     drop(a);
     log.close();
-    let _ = dir;
     decisions
 }
 
-/// As `write_log`, one decision every 2 ms.
-fn write_log_paced(dir: &Path, log: LogConfig, n: usize) {
-    let log = Arc::new(DecisionLog::open(&log, Path::new(""), None).expect("open"));
-    let a = arbiter(vec![load_example("procurement")]).with_log(Arc::clone(&log));
-    for r in requests(n) {
-        a.decide(&r);
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-    drop(a);
-    log.close();
-    let _ = dir;
+/// As [`write_paced`], as fast as the log takes them.
+fn write_log(log: LogConfig, n: usize) -> Vec<arbiter::Decision> {
+    write_paced(log, n, Duration::ZERO)
 }
 
 fn options(dir: &Path) -> VerifyOptions {
@@ -109,7 +109,7 @@ fn index_of(lines: &[String], seq: u64) -> usize {
 #[test]
 fn every_decision_is_one_verified_record_with_everything_an_auditor_needs() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let decisions = write_log(dir.path(), config(dir.path()), 25);
+    let decisions = write_log(config(dir.path()), 25);
     let v = verify(dir.path()).expect("verifies");
     // open + 25 decisions + checkpoints after every 10 records (at seq 11,
     // 22) and at close.
@@ -170,7 +170,7 @@ fn every_decision_is_one_verified_record_with_everything_an_auditor_needs() {
         0
     );
     let future = Filter {
-        since: Some(std::time::SystemTime::now() + std::time::Duration::from_secs(60)),
+        since: Some(std::time::SystemTime::now() + Duration::from_secs(60)),
         ..Filter::default()
     };
     assert_eq!(
@@ -203,7 +203,7 @@ fn params_are_stored_as_configured() {
             redact_fields: redact,
             ..config(dir.path())
         };
-        write_log(dir.path(), log, 6);
+        write_log(log, 6);
         verify(dir.path()).expect("verifies");
         audit::query(dir.path(), &Filter::default(), |p| {
             check(p.data());
@@ -216,7 +216,7 @@ fn params_are_stored_as_configured() {
 #[test]
 fn each_kind_of_tampering_is_named_with_its_record() {
     let dir = tempfile::tempdir().expect("tempdir");
-    write_log(dir.path(), config(dir.path()), 30);
+    write_log(config(dir.path()), 30);
     let segment = only_segment(dir.path());
     let original = lines(&segment);
     let tampered = |edit: &dyn Fn(&mut Vec<String>)| {
@@ -322,7 +322,7 @@ fn segments_rotate_by_size_and_age_and_the_chain_runs_across_them() {
         ..config(dir.path())
     };
     // The log's thread starts segments as it gets to them: give it time.
-    write_log_paced(dir.path(), log.clone(), 60);
+    write_paced(log.clone(), 60, Duration::from_millis(2));
     let files = segments(dir.path()).expect("list");
     assert!(files.len() >= 4, "{files:?}");
     let v = verify(dir.path()).expect("verifies across segments");
@@ -334,7 +334,7 @@ fn segments_rotate_by_size_and_age_and_the_chain_runs_across_them() {
     }
     // Reopening continues the chain in the newest segment.
     let before = v.head_seq;
-    write_log(dir.path(), log, 3);
+    write_log(log, 3);
     let v = verify(dir.path()).expect("verifies");
     assert!(v.head_seq > before + 3);
 
@@ -347,7 +347,7 @@ fn segments_rotate_by_size_and_age_and_the_chain_runs_across_them() {
     let opened = Arc::new(DecisionLog::open(&log, Path::new(""), None).expect("open"));
     let a = arbiter(vec![load_example("procurement")]).with_log(Arc::clone(&opened));
     a.decide(&requests(1)[0]);
-    std::thread::sleep(std::time::Duration::from_millis(1100));
+    std::thread::sleep(Duration::from_millis(1100));
     a.decide(&requests(1)[0]);
     a.decide(&requests(1)[0]);
     drop(a);
@@ -359,7 +359,7 @@ fn segments_rotate_by_size_and_age_and_the_chain_runs_across_them() {
 #[test]
 fn a_torn_last_line_is_cut_at_start_with_a_record_saying_so() {
     let dir = tempfile::tempdir().expect("tempdir");
-    write_log(dir.path(), config(dir.path()), 5);
+    write_log(config(dir.path()), 5);
     let segment = only_segment(dir.path());
     let torn = br#"{"data":{"action":{"kind":"tool","na"#;
     let mut bytes = std::fs::read(&segment).expect("read");
@@ -370,7 +370,7 @@ fn a_torn_last_line_is_cut_at_start_with_a_record_saying_so() {
     let v = verify(dir.path()).expect("still verifies");
     assert_eq!(v.torn_tail_bytes, torn.len());
 
-    write_log(dir.path(), config(dir.path()), 2);
+    write_log(config(dir.path()), 2);
     let v = verify(dir.path()).expect("repaired");
     assert_eq!(v.torn_tail_bytes, 0);
     let crash = lines(&segment)
@@ -400,7 +400,7 @@ fn one_process_holds_a_log_directory_at_a_time() {
 #[test]
 fn damage_that_is_not_a_crash_stops_the_start() {
     let dir = tempfile::tempdir().expect("tempdir");
-    write_log(dir.path(), config(dir.path()), 3);
+    write_log(config(dir.path()), 3);
     let segment = only_segment(dir.path());
     let mut l = lines(&segment);
     let last = l.len() - 1;

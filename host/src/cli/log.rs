@@ -10,6 +10,7 @@ use clap::{Args, Subcommand};
 
 use super::EXIT_FAILURES;
 use crate::evidence::audit::{self, Filter, VerifyOptions};
+use crate::evidence::log;
 use crate::signing::PublicKey;
 
 #[derive(Debug, Subcommand)]
@@ -103,7 +104,7 @@ fn verify(args: &VerifyLogArgs) -> anyhow::Result<ExitCode> {
     let key_path = args
         .key
         .clone()
-        .unwrap_or_else(|| args.dir.join("checkpoint.pub"));
+        .unwrap_or_else(|| args.dir.join(log::CHECKPOINT_PUBLIC_KEY_FILE));
     let text = std::fs::read_to_string(&key_path).with_context(|| {
         format!(
             "cannot read the checkpoint key `{}` (give one with --key)",
@@ -117,7 +118,7 @@ fn verify(args: &VerifyLogArgs) -> anyhow::Result<ExitCode> {
         checkpoints_file: Some(
             args.checkpoints
                 .clone()
-                .unwrap_or_else(|| args.dir.join("checkpoints.jsonl")),
+                .unwrap_or_else(|| args.dir.join(log::CHECKPOINTS_FILE)),
         ),
     };
     match audit::verify(&args.dir, &options)? {

@@ -61,6 +61,15 @@ const RETRY_INTERVAL: Duration = Duration::from_millis(200);
 /// The largest batch buffer kept for reuse.
 const MAX_SPARE_BYTES: usize = 4 << 20;
 
+/// The checkpoints file in the log directory, unless configured elsewhere.
+pub const CHECKPOINTS_FILE: &str = "checkpoints.jsonl";
+
+/// The checkpoint key pair made in the log directory when none is
+/// configured; verifiers read the public half.
+pub const CHECKPOINT_KEY_FILE: &str = "checkpoint.key";
+/// See [`CHECKPOINT_KEY_FILE`].
+pub const CHECKPOINT_PUBLIC_KEY_FILE: &str = "checkpoint.pub";
+
 /// The prefix and suffix of segment file names.
 const SEGMENT_PREFIX: &str = "decisions-";
 const SEGMENT_SUFFIX: &str = ".jsonl";
@@ -142,11 +151,7 @@ impl std::fmt::Debug for DecisionLog {
 /// The directory used when `log.dir` is not set: `$ARBITER_LOG_DIR`,
 /// `$XDG_STATE_HOME/arbiter/decisions` or `~/.local/state/arbiter/decisions`.
 pub fn default_dir() -> Option<PathBuf> {
-    let env = |k| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
+    use crate::config::env_path as env;
     env("ARBITER_LOG_DIR")
         .or_else(|| env("XDG_STATE_HOME").map(|d| d.join("arbiter").join("decisions")))
         .or_else(|| env("HOME").map(|d| d.join(".local/state/arbiter/decisions")))
@@ -176,7 +181,7 @@ pub fn checkpoints_path(config: &LogConfig, dir: &Path) -> PathBuf {
     config
         .checkpoints_file
         .as_ref()
-        .map_or_else(|| dir.join("checkpoints.jsonl"), |p| dir.join(p))
+        .map_or_else(|| dir.join(CHECKPOINTS_FILE), |p| dir.join(p))
 }
 
 fn segment_name(first_seq: u64) -> String {
@@ -371,7 +376,7 @@ fn checkpoint_key(config: &LogConfig, dir: &Path) -> Result<KeyPair, LogError> {
     let path = config
         .checkpoint_key
         .as_ref()
-        .map_or_else(|| dir.join("checkpoint.key"), |p| dir.join(p));
+        .map_or_else(|| dir.join(CHECKPOINT_KEY_FILE), |p| dir.join(p));
     let key_error = |problem: String| LogError::Key {
         path: path.clone(),
         problem,
@@ -395,8 +400,12 @@ fn checkpoint_key(config: &LogConfig, dir: &Path) -> Result<KeyPair, LogError> {
                 f.sync_all()
             };
             write(&path, pair.private_file(), 0o600).map_err(|e| key_error(e.to_string()))?;
-            write(&dir.join("checkpoint.pub"), pair.public().file(), 0o644)
-                .map_err(|e| key_error(e.to_string()))?;
+            write(
+                &dir.join(CHECKPOINT_PUBLIC_KEY_FILE),
+                pair.public().file(),
+                0o644,
+            )
+            .map_err(|e| key_error(e.to_string()))?;
             Ok(pair)
         }
         Err(e) => Err(key_error(e.to_string())),

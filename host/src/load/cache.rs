@@ -68,11 +68,7 @@ impl CompileCache {
     /// The default location: `$ARBITER_CACHE_DIR`, else
     /// `$XDG_CACHE_HOME/arbiter`, else `$HOME/.cache/arbiter`.
     pub fn default_dir() -> Option<PathBuf> {
-        let env = |k| {
-            std::env::var_os(k)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        };
+        use crate::config::env_path as env;
         env("ARBITER_CACHE_DIR")
             .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("arbiter")))
             .or_else(|| env("HOME").map(|d| d.join(".cache").join("arbiter")))
