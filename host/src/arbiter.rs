@@ -1,5 +1,6 @@
 //! [`Arbiter`]: the decision flow, route → evaluate each policy of the chain
-//! → combine → evidence, written out in one place ([`Arbiter::decide`]).
+//! → combine through the modes → evidence → shadow, written out in one
+//! place ([`Arbiter::decide`]).
 //!
 //! An [`Arbiter`] holds an immutable [`PolicySet`] that can be swapped
 //! whole ([`Arbiter::install`]). A decision takes one snapshot of it at
@@ -10,21 +11,24 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
 use std::pin::pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context as TaskContext, Poll, Wake};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
 
-use crate::combine::combine;
-use crate::config::Config;
+use crate::config::{CandidateRole, Config, RolloutConfig};
 use crate::decision::{Decision, Outcome, PolicyReport, Request};
 use crate::engine::{Engine, EngineError};
 use crate::evaluate::{self, FailureKind, Input, PolicyFailure};
 use crate::evidence::log::{DecisionLog, Unrecorded};
+use crate::evidence::metrics::Metrics;
 use crate::load::{self, CompileCache, LoadError, LoadedPolicy, PolicySpec, Source};
+use crate::mode::baseline::Baseline;
+use crate::mode::{self, Candidate, MONITOR_RULE, Mode, Role, Rollout};
 use crate::route::{RouteSpec, RouteTable};
+use crate::shadow::{self, Shadow};
 
 /// Everything loaded from one configuration: the policies that loaded, the
 /// load errors of those that did not, and the routes. Read-only once built.
@@ -33,6 +37,8 @@ pub struct PolicySet {
     policies: BTreeMap<String, Arc<LoadedPolicy>>,
     failures: BTreeMap<String, LoadError>,
     routes: RouteTable,
+    /// Modes and candidates; a policy without one enforces alone.
+    rollouts: BTreeMap<String, Arc<Rollout>>,
 }
 
 impl PolicySet {
@@ -85,6 +91,7 @@ impl PolicySet {
             policies,
             failures: BTreeMap::new(),
             routes,
+            rollouts: BTreeMap::new(),
         }
     }
 
@@ -97,7 +104,38 @@ impl PolicySet {
             policies,
             failures: self.failures.clone(),
             routes: self.routes.clone(),
+            rollouts: self.rollouts.clone(),
         }
+    }
+
+    /// This set with `rollouts` (modes and candidates, by policy name) in
+    /// place of its own.
+    #[must_use]
+    pub fn with_rollouts(mut self, rollouts: BTreeMap<String, Arc<Rollout>>) -> Self {
+        self.rollouts = rollouts;
+        self
+    }
+
+    /// This set with policy `name`'s mode and candidates replaced.
+    pub fn with_rollout(&self, name: &str, rollout: Arc<Rollout>) -> Self {
+        let mut rollouts = self.rollouts.clone();
+        rollouts.insert(name.to_owned(), rollout);
+        PolicySet {
+            policies: self.policies.clone(),
+            failures: self.failures.clone(),
+            routes: self.routes.clone(),
+            rollouts,
+        }
+    }
+
+    /// Policy `name`'s mode and candidates.
+    pub fn rollout(&self, name: &str) -> Option<&Arc<Rollout>> {
+        self.rollouts.get(name)
+    }
+
+    /// Policy `name`'s mode: enforce unless set otherwise.
+    pub fn mode(&self, name: &str) -> Mode {
+        self.rollouts.get(name).map_or(Mode::Enforce, |r| r.mode)
     }
 
     /// A loaded policy by name.
@@ -132,22 +170,9 @@ pub fn specs_from_config(config: &Config, base: &Path) -> Result<Vec<PolicySpec>
         .policies
         .iter()
         .map(|p| {
-            let source = match (&p.file, &p.example) {
-                (Some(file), _) => Source::File(base.join(file)),
-                (None, Some(example)) => {
-                    crate::examples::source(example).ok_or_else(|| LoadError {
-                        policy: p.name.clone(),
-                        source_desc: format!("embedded:{example}"),
-                        step: load::LoadStep::Read,
-                        problem: load::LoadProblem::Read(format!(
-                            "no example policy `{example}` in this build (examples: {})",
-                            crate::examples::names().join(", ")
-                        )),
-                    })?
-                }
+            let source = source_of(&p.name, p.file.as_deref(), p.example.as_deref(), base)?
                 // `Config::parse` refuses a policy with neither.
-                (None, None) => Source::File(base.join(&p.name)),
-            };
+                .unwrap_or_else(|| Source::File(base.join(&p.name)));
             Ok(PolicySpec {
                 name: p.name.clone(),
                 source,
@@ -158,6 +183,139 @@ pub fn specs_from_config(config: &Config, base: &Path) -> Result<Vec<PolicySpec>
             })
         })
         .collect()
+}
+
+/// Where a configured component is: a file relative to `base`, or an
+/// embedded example; `None` when neither is given.
+fn source_of(
+    policy: &str,
+    file: Option<&Path>,
+    example: Option<&str>,
+    base: &Path,
+) -> Result<Option<Source>, LoadError> {
+    match (file, example) {
+        (Some(file), _) => Ok(Some(Source::File(base.join(file)))),
+        (None, Some(example)) => crate::examples::source(example)
+            .map(Some)
+            .ok_or_else(|| LoadError {
+                policy: policy.to_owned(),
+                source_desc: format!("embedded:{example}"),
+                step: load::LoadStep::Read,
+                problem: load::LoadProblem::Read(format!(
+                    "no example policy `{example}` in this build (examples: {})",
+                    crate::examples::names().join(", ")
+                )),
+            }),
+        (None, None) => Ok(None),
+    }
+}
+
+/// What a policy's rollout is to be: its mode and its candidates' specs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RolloutSpec {
+    /// The mode.
+    pub mode: Mode,
+    /// The candidates, in configuration order.
+    pub candidates: Vec<CandidateSpec>,
+}
+
+/// What to load for one candidate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CandidateSpec {
+    /// Its id.
+    pub id: String,
+    /// Shadow or canary.
+    pub role: Role,
+    /// Its component, settings and limits, under the policy's name.
+    pub spec: PolicySpec,
+}
+
+/// The rollout specs of `config`, by policy name, with candidates taking
+/// what they do not set from their policy's `spec`.
+///
+/// # Errors
+/// A [`LoadError`] at the read step for a missing example policy.
+pub fn rollout_specs_from_config(
+    config: &Config,
+    specs: &[PolicySpec],
+    base: &Path,
+) -> Result<BTreeMap<String, RolloutSpec>, LoadError> {
+    let mut out = BTreeMap::new();
+    for (p, spec) in config.policies.iter().zip(specs) {
+        let mut candidates = Vec::with_capacity(p.candidates.len());
+        for c in &p.candidates {
+            let source = source_of(&p.name, c.file.as_deref(), c.example.as_deref(), base)?
+                .unwrap_or_else(|| spec.source.clone());
+            candidates.push(CandidateSpec {
+                id: c.id.clone(),
+                role: match c.role {
+                    CandidateRole::Shadow => Role::Shadow,
+                    // `Config::parse` refuses a canary without a percent.
+                    CandidateRole::Canary => Role::Canary {
+                        percent: c.percent.unwrap_or(0.0),
+                    },
+                },
+                spec: PolicySpec {
+                    name: p.name.clone(),
+                    source,
+                    settings: c.settings.clone().unwrap_or_else(|| spec.settings.clone()),
+                    limits: c.limits.unwrap_or(spec.limits),
+                    smoke: Vec::new(),
+                    trust: Arc::clone(&spec.trust),
+                },
+            });
+        }
+        out.insert(
+            p.name.clone(),
+            RolloutSpec {
+                mode: p.mode,
+                candidates,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Loads every candidate of `spec` through the load pipeline.
+///
+/// # Errors
+/// The first candidate's [`LoadError`], its policy named with the
+/// candidate's id.
+pub fn load_rollout(
+    engine: &Engine,
+    cache: Option<&CompileCache>,
+    spec: &RolloutSpec,
+) -> Result<Rollout, LoadError> {
+    let candidates = spec
+        .candidates
+        .iter()
+        .map(|c| load_candidate(engine, cache, c))
+        .collect::<Result<_, _>>()?;
+    Ok(Rollout {
+        mode: spec.mode,
+        candidates,
+    })
+}
+
+/// Loads one candidate through the load pipeline.
+///
+/// # Errors
+/// Its [`LoadError`], naming the policy and the candidate.
+pub fn load_candidate(
+    engine: &Engine,
+    cache: Option<&CompileCache>,
+    c: &CandidateSpec,
+) -> Result<Candidate, LoadError> {
+    let policy = load::load(engine, cache, &c.spec).map_err(|mut e| {
+        e.policy = format!("{} (candidate `{}`)", e.policy, c.id);
+        e
+    })?;
+    tracing::info!(policy = %policy.name, candidate = %c.id, version = %policy.version, "candidate loaded");
+    Ok(Candidate {
+        id: c.id.clone(),
+        role: c.role,
+        policy: Arc::new(policy),
+    })
 }
 
 /// The decision point: an engine, a policy set, and a bound on how many
@@ -171,6 +329,27 @@ pub struct Arbiter {
     permits: Arc<Semaphore>,
     /// Where every decision is recorded before it is answered, if anywhere.
     log: Option<Arc<DecisionLog>>,
+    metrics: Option<Arc<Metrics>>,
+    /// Shared by every clone: the shadow queue and the baseline.
+    rollout: Arc<RolloutState>,
+}
+
+/// What modes and candidates keep beside the decisions.
+struct RolloutState {
+    config: RolloutConfig,
+    /// Started by the first decision that has a candidate to compare.
+    shadow: OnceLock<Option<Shadow>>,
+    baseline: Baseline,
+}
+
+impl RolloutState {
+    fn new(config: RolloutConfig) -> Self {
+        RolloutState {
+            baseline: Baseline::new(&config),
+            config,
+            shadow: OnceLock::new(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Arbiter {
@@ -198,7 +377,54 @@ impl Arbiter {
             set: Arc::new(ArcSwap::from_pointee(set)),
             permits,
             log: None,
+            metrics: None,
+            rollout: Arc::new(RolloutState::new(RolloutConfig::default())),
         }
+    }
+
+    /// This arbiter with the shadow queue and baseline sized by `config`;
+    /// before its first decision.
+    #[must_use]
+    pub fn with_rollout_config(mut self, config: RolloutConfig) -> Self {
+        self.rollout = Arc::new(RolloutState::new(config));
+        self
+    }
+
+    /// This arbiter, counting shadow evaluations and drops in `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The shadow queue, started on first use; `None` if its threads could
+    /// not start, which is logged once, and every job is then counted as
+    /// dropped.
+    pub fn shadow(&self) -> Option<&Shadow> {
+        self.rollout
+            .shadow
+            .get_or_init(|| {
+                Shadow::start(
+                    &self.engine,
+                    &self.permits,
+                    &self.rollout.config,
+                    self.log.clone(),
+                    self.metrics.clone(),
+                )
+                .map_err(|e| tracing::error!(error = %e, "shadow evaluation could not start"))
+                .ok()
+            })
+            .as_ref()
+    }
+
+    /// The shadow queue if it has started.
+    pub fn shadow_if_started(&self) -> Option<&Shadow> {
+        self.rollout.shadow.get().and_then(Option::as_ref)
+    }
+
+    /// The baseline that monitor mode builds.
+    pub fn baseline(&self) -> &Baseline {
+        &self.rollout.baseline
     }
 
     /// This arbiter, recording every decision in `log` before answering
@@ -232,13 +458,29 @@ impl Arbiter {
         let engine = Engine::new(&config.engine)?;
         let cache = open_cache(config);
         let specs = specs_from_config(config, base)?;
-        let set = PolicySet::load(
+        let rollout_specs = rollout_specs_from_config(config, &specs, base)?;
+        let mut set = PolicySet::load(
             &engine,
             cache.as_ref(),
             &specs,
             RouteTable::new(config.routes.clone()),
         );
-        Ok(Arbiter::new(engine, set))
+        let mut rollouts = BTreeMap::new();
+        for (name, spec) in &rollout_specs {
+            match load_rollout(&engine, cache.as_ref(), spec) {
+                Ok(r) => {
+                    rollouts.insert(name.clone(), Arc::new(r));
+                }
+                // The policy cannot serve as configured: fail closed.
+                Err(e) => {
+                    tracing::error!(policy = %name, step = %e.step, error = %e, "candidate failed to load");
+                    set.policies.remove(name);
+                    set.failures.insert(name.clone(), e);
+                }
+            }
+        }
+        Ok(Arbiter::new(engine, set.with_rollouts(rollouts))
+            .with_rollout_config(config.rollout.clone()))
     }
 
     /// The engine.
@@ -261,32 +503,62 @@ impl Arbiter {
     /// Decides `request`, blocking the calling thread while policies run.
     /// Never fails: every problem becomes a deny that says why.
     pub fn decide(&self, request: &Request) -> Decision {
-        let decision = block_on(self.decide_on(request, false));
-        self.record(request, decision)
+        let decided = block_on(self.decide_on(request, false));
+        self.after(request, decided)
     }
 
     /// Decides on the calling task: policies run on this thread and yield
     /// to the executor at every epoch tick (1 ms), so a slow policy cannot
     /// hold a runtime thread past its tick. Never fails.
     pub async fn decide_async(&self, request: Request) -> Decision {
-        let decision = self.decide_on(&request, true).await;
-        self.record(&request, decision)
+        let decided = self.decide_on(&request, true).await;
+        self.after(&request, decided)
     }
 
-    /// The last stage: the decision is answered only once the log holds it.
-    fn record(&self, request: &Request, decision: Decision) -> Decision {
-        let Some(log) = &self.log else {
-            return decision;
+    /// The stages after the policies: the decision is answered only once
+    /// the log holds it; then shadow jobs are queued and a monitored
+    /// action feeds the baseline, neither making the caller wait.
+    fn after(&self, request: &Request, decided: Decided) -> Decision {
+        let Decided {
+            decision,
+            shadows,
+            monitored,
+        } = decided;
+        let decision = match &self.log {
+            Some(log) => match log.record(request, &decision) {
+                Ok(_) => decision,
+                Err(e) => unrecorded(decision, &e),
+            },
+            None => decision,
         };
-        match log.record(request, &decision) {
-            Ok(_) => decision,
-            Err(e) => unrecorded(decision, &e),
+        if !shadows.is_empty() {
+            match self.shadow() {
+                Some(queue) => {
+                    for mut job in shadows {
+                        job.decision_id.clone_from(&decision.decision_id);
+                        queue.submit(job);
+                    }
+                }
+                None => {
+                    for job in &shadows {
+                        if let Some(m) = &self.metrics {
+                            m.record_shadow_dropped(&job.primary.name);
+                        }
+                    }
+                }
+            }
         }
+        if monitored {
+            self.rollout.baseline.observe(request, SystemTime::now());
+        }
+        decision
     }
 
     /// The decision flow, in order: route, then each policy of the chain on
-    /// a fresh instance, then combine. [`Arbiter::record`] follows.
-    async fn decide_on(&self, request: &Request, yielding: bool) -> Decision {
+    /// a fresh instance (or not at all, in monitor mode; the canary's
+    /// version, for its sessions), then combine through the modes.
+    /// [`Arbiter::after`] follows.
+    async fn decide_on(&self, request: &Request, yielding: bool) -> Decided {
         let start = Instant::now();
         // One snapshot for the whole decision.
         let set = self.set.load_full();
@@ -295,16 +567,37 @@ impl Arbiter {
             .routes
             .route(&request.context.agent.id, &action.kind, &action.name)
         else {
-            return unrouted(request, start);
+            return unrouted(request, start).into();
         };
         let Ok(_permit) = self.permits.acquire().await else {
-            return host_failure("the instance pool is closed");
+            return host_failure("the instance pool is closed").into();
         };
-        let mut input = Input::new(action, &request.context, &request.history);
+        let c = &request.context;
+        // Sessionless callers are kept stable by their agent instead.
+        let session_key = if c.session.is_empty() {
+            &c.agent.id
+        } else {
+            &c.session
+        };
+        let mut input = Input::new(action, c, &request.history);
         let mut reports = Vec::with_capacity(route.chain.len());
+        let mut shadows = Vec::new();
+        let mut monitored = false;
         for name in &route.chain {
-            let report = match set.policies.get(name) {
-                Some(policy) => {
+            let rollout = set.rollouts.get(name);
+            let mode = rollout.map_or(Mode::Enforce, |r| r.mode);
+            let mut report = match set.policies.get(name) {
+                Some(policy) if mode == Mode::Monitor => {
+                    monitored = true;
+                    mode::monitor_report(policy)
+                }
+                Some(primary) => {
+                    let canary = rollout.and_then(|r| {
+                        let c = r.canary_for(name, session_key)?;
+                        let i = r.candidates.iter().position(|x| std::ptr::eq(x, c))?;
+                        Some((i, c))
+                    });
+                    let policy = canary.map_or(primary, |(_, c)| &c.policy);
                     let (engine, limits, settings) =
                         (&self.engine, &policy.limits, &policy.settings);
                     let eval = if yielding {
@@ -313,44 +606,93 @@ impl Arbiter {
                     } else {
                         evaluate::evaluate(engine, &policy.pre, limits, settings, &mut input)
                     };
-                    report(policy, eval)
+                    let mut report = report(policy, eval);
+                    report.candidate = canary.map(|(_, c)| c.id.clone());
+                    if let Some(r) = rollout.filter(|r| r.has_candidates()) {
+                        let live = canary.map(|(i, _)| i);
+                        shadows.push(shadow::Job::new(primary, r, live, &report, &input));
+                    }
+                    report
                 }
                 None => missing(name, set.failures.get(name)),
             };
-            // A later policy sees what an earlier modify produced.
-            if let (Outcome::Modify, Some(params)) = (report.outcome, &report.params) {
+            report.mode = mode;
+            // A later policy sees what an earlier enforced modify produced:
+            // the params the action will really run with.
+            if let (Mode::Enforce, Outcome::Modify, Some(params)) =
+                (mode, report.outcome, &report.params)
+            {
                 input.set_params(params);
             }
             reports.push(report);
         }
-        match combine(&reports) {
-            Some(c) => {
-                let by = &reports[c.decided_by];
-                Decision {
-                    decision_id: new_id(),
-                    outcome: c.outcome,
-                    reason: by.reason.clone(),
-                    rule: by.rule.clone(),
-                    risk: by.risk,
-                    params: c.params,
-                    micros: micros_since(start),
-                    policies: reports,
-                }
-            }
+        if reports.is_empty() {
             // `Config` refuses empty chains; a set built by hand may not.
-            None => unrouted(request, start),
+            return unrouted(request, start).into();
+        }
+        let folded = mode::fold(&reports);
+        let (reason, rule, risk) = match folded.decided_by {
+            Some(i) => {
+                let by = &reports[i];
+                (by.reason.clone(), by.rule.clone(), by.risk)
+            }
+            None => (
+                "Every policy on this route is in monitor mode: the action is recorded and allowed, not judged.".to_owned(),
+                MONITOR_RULE.to_owned(),
+                0,
+            ),
+        };
+        let decision = Decision {
+            decision_id: new_id(),
+            outcome: folded.outcome,
+            decided: folded.decided,
+            mode: folded.mode,
+            warnings: folded.warnings,
+            reason,
+            rule,
+            risk,
+            params: folded.params,
+            micros: micros_since(start),
+            policies: reports,
+        };
+        Decided {
+            decision,
+            shadows,
+            monitored,
         }
     }
 }
 
-/// One policy's evaluation as a report.
-fn report(policy: &LoadedPolicy, eval: evaluate::Evaluation) -> PolicyReport {
+/// A decision and what is to follow it off the caller's path.
+struct Decided {
+    decision: Decision,
+    shadows: Vec<shadow::Job>,
+    /// A policy of the chain is in monitor mode: the action feeds the
+    /// baseline.
+    monitored: bool,
+}
+
+impl From<Decision> for Decided {
+    fn from(decision: Decision) -> Self {
+        Decided {
+            decision,
+            shadows: Vec::new(),
+            monitored: false,
+        }
+    }
+}
+
+/// One policy's evaluation as a report, under enforce mode until the
+/// caller says otherwise.
+pub(crate) fn report(policy: &LoadedPolicy, eval: evaluate::Evaluation) -> PolicyReport {
     let mut report = match eval.result {
         Ok(v) => PolicyReport {
             name: policy.name.clone(),
             version: policy.version.clone(),
             signer: None,
             signed_version: None,
+            mode: Mode::Enforce,
+            candidate: None,
             outcome: v.outcome,
             rule: v.rule,
             reason: v.reason,
@@ -373,7 +715,7 @@ fn report(policy: &LoadedPolicy, eval: evaluate::Evaluation) -> PolicyReport {
 
 /// Runs a future to completion on this thread. The sync path only ever
 /// waits for a permit; parking until woken is all it needs.
-fn block_on<F: Future>(future: F) -> F::Output {
+pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
     struct Unpark(std::thread::Thread);
     impl Wake for Unpark {
         fn wake(self: Arc<Self>) {
@@ -417,6 +759,8 @@ fn failed(name: &str, version: &str, f: &PolicyFailure) -> PolicyReport {
         version: version.to_owned(),
         signer: None,
         signed_version: None,
+        mode: Mode::Enforce,
+        candidate: None,
         outcome: Outcome::Deny,
         rule: format!("failure.{}", f.kind),
         reason: format!(
@@ -444,6 +788,9 @@ fn unrouted(request: &Request, start: Instant) -> Decision {
     Decision {
         decision_id: new_id(),
         outcome: Outcome::Deny,
+        decided: Outcome::Deny,
+        mode: Mode::Enforce,
+        warnings: Vec::new(),
         reason: format!(
             "No policy route matches agent `{}`, action kind `{}`, name `{}`; failing closed.",
             request.context.agent.id, a.kind, a.name
@@ -460,6 +807,8 @@ fn unrouted(request: &Request, start: Instant) -> Decision {
 fn unrecorded(decision: Decision, e: &Unrecorded) -> Decision {
     Decision {
         outcome: Outcome::Deny,
+        decided: Outcome::Deny,
+        mode: Mode::Enforce,
         reason: format!("Arbiter could not record this decision: {e}; failing closed."),
         rule: "failure.log".into(),
         risk: 100,
@@ -472,6 +821,9 @@ fn host_failure(detail: &str) -> Decision {
     Decision {
         decision_id: new_id(),
         outcome: Outcome::Deny,
+        decided: Outcome::Deny,
+        mode: Mode::Enforce,
+        warnings: Vec::new(),
         reason: format!("Arbiter could not decide: {detail}; failing closed."),
         rule: "failure.host".into(),
         risk: 100,

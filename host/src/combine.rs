@@ -22,7 +22,18 @@ pub struct Combined {
 /// the highest-precedence outcome; among equals, the higher risk, then the
 /// earlier in the chain. `None` for an empty chain.
 pub fn combine(reports: &[PolicyReport]) -> Option<Combined> {
-    let (decided_by, winner) = reports.iter().enumerate().max_by(|(ia, a), (ib, b)| {
+    combine_where(reports, |_| true)
+}
+
+/// Combines the reports that `keep` selects, as [`combine`] does;
+/// `decided_by` is still an index into the whole of `reports`. `None` when
+/// it selects none.
+pub fn combine_where(
+    reports: &[PolicyReport],
+    keep: impl Fn(&PolicyReport) -> bool,
+) -> Option<Combined> {
+    let kept = || reports.iter().enumerate().filter(|(_, r)| keep(r));
+    let (decided_by, winner) = kept().max_by(|(ia, a), (ib, b)| {
         (a.outcome.precedence(), a.risk)
             .cmp(&(b.outcome.precedence(), b.risk))
             // `max_by` keeps the last of equals; prefer the earlier one.
@@ -30,7 +41,7 @@ pub fn combine(reports: &[PolicyReport]) -> Option<Combined> {
     })?;
     let params = match winner.outcome {
         Outcome::Deny => None,
-        _ => reports.iter().rev().find_map(|r| match r.outcome {
+        _ => kept().rev().find_map(|(_, r)| match r.outcome {
             Outcome::Modify => r.params.clone(),
             _ => None,
         }),
@@ -54,6 +65,8 @@ mod tests {
             version: String::new(),
             signer: None,
             signed_version: None,
+            mode: Default::default(),
+            candidate: None,
             outcome,
             rule: String::new(),
             reason: String::new(),

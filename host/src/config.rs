@@ -17,6 +17,7 @@ use serde::Deserialize;
 use crate::decision::{Action, Context, History, Outcome};
 use crate::engine::EngineConfig;
 use crate::evaluate::Limits;
+use crate::mode::Mode;
 use crate::route::RouteSpec;
 
 /// The configuration Arbiter runs with when given none: the five example
@@ -57,6 +58,42 @@ pub struct Config {
     /// The tamper-evident decision log.
     #[serde(default)]
     pub log: LogConfig,
+    /// Shadow evaluation, divergence reports and the monitor baseline.
+    #[serde(default)]
+    pub rollout: RolloutConfig,
+}
+
+/// `[rollout]`: the machinery behind modes and candidates
+/// ([`crate::mode`], [`crate::shadow`]).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RolloutConfig {
+    /// Shadow evaluations waiting at most; more are dropped and counted,
+    /// so a slow candidate never slows the callers. Default: 4096.
+    pub shadow_queue: usize,
+    /// Threads that run shadow evaluations. Default: 1.
+    pub shadow_workers: usize,
+    /// Diverging inputs kept per pair of versions (a uniform sample of all
+    /// divergences). Default: 20.
+    pub divergence_samples: usize,
+    /// Agent and action pairs the monitor baseline tracks; actions beyond
+    /// are counted as untracked. Default: 10000.
+    pub baseline_max_actions: usize,
+    /// Distinct values kept per params key (strings of at most 64
+    /// characters), target and e-mail domain. Default: 20.
+    pub baseline_distinct_values: usize,
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        RolloutConfig {
+            shadow_queue: 4096,
+            shadow_workers: 1,
+            divergence_samples: 20,
+            baseline_max_actions: 10_000,
+            baseline_distinct_values: 20,
+        }
+    }
 }
 
 /// `[log]`: the hash-chained decision log of `arbiter serve`
@@ -378,6 +415,67 @@ pub struct PolicyConfig {
     /// it serves (`[[policies.smoke]]`). Default: none.
     #[serde(default)]
     pub smoke: Vec<SmokeSample>,
+    /// How much its answer binds. Default: `enforce`.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Candidate versions, shadow or canary (`[[policies.candidates]]`).
+    #[serde(default)]
+    pub candidates: Vec<CandidateConfig>,
+}
+
+impl PolicyConfig {
+    /// An enforcing policy with no candidates, smoke samples or limits of
+    /// its own: `example` names an embedded example policy, `file` a
+    /// component.
+    pub fn new(name: &str, file: Option<PathBuf>, example: Option<String>) -> Self {
+        PolicyConfig {
+            name: name.to_owned(),
+            file,
+            example,
+            settings: empty_settings(),
+            limits: Limits::default(),
+            smoke: Vec::new(),
+            mode: Mode::Enforce,
+            candidates: Vec::new(),
+        }
+    }
+}
+
+/// One `[[policies.candidates]]` entry: another version of the policy,
+/// evaluated beside the serving one.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CandidateConfig {
+    /// Its id in reports and endpoints (A-Z a-z 0-9 . _ -).
+    pub id: String,
+    /// `shadow`: evaluated, never enforced; `canary`: enforced for
+    /// `percent` of the sessions.
+    pub role: CandidateRole,
+    /// With `canary`: the share of sessions, above 0 and at most 100.
+    #[serde(default)]
+    pub percent: Option<f64>,
+    /// The component file. Default: the policy's own component.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// An embedded example policy, instead of `file`.
+    #[serde(default)]
+    pub example: Option<String>,
+    /// Its settings. Default: the policy's.
+    #[serde(default)]
+    pub settings: Option<serde_json::Value>,
+    /// Its limits. Default: the policy's.
+    #[serde(default)]
+    pub limits: Option<Limits>,
+}
+
+/// What a candidate is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CandidateRole {
+    /// Evaluated on the same input, never enforced.
+    Shadow,
+    /// Enforced for a stable share of sessions.
+    Canary,
 }
 
 /// One smoke sample: a request and the outcome (and optionally the rule)
@@ -512,6 +610,10 @@ impl Config {
         if self.log.params == ParamsStorage::Redact && self.log.redact_fields.is_empty() {
             return Err("`log.params = \"redact\"` needs `log.redact_fields`".into());
         }
+        let r = &self.rollout;
+        if r.shadow_queue == 0 || r.shadow_workers == 0 || r.baseline_max_actions == 0 {
+            return Err("`rollout.shadow_queue`, `rollout.shadow_workers` and `rollout.baseline_max_actions` must be at least 1".into());
+        }
         if self.reload.keep_versions == 0 {
             return Err("`reload.keep_versions` must be at least 1".into());
         }
@@ -532,6 +634,7 @@ impl Config {
                     ));
                 }
             }
+            check_candidates(p)?;
         }
         for (i, r) in self.routes.iter().enumerate() {
             if r.chain.is_empty() {
@@ -555,6 +658,50 @@ impl Config {
     }
 }
 
+fn check_candidates(p: &PolicyConfig) -> Result<(), String> {
+    let mut ids = BTreeSet::new();
+    let mut canary_total = 0.0;
+    for c in &p.candidates {
+        let at = format!("policy `{}`, candidate `{}`", p.name, c.id);
+        let id_ok = !c.id.is_empty()
+            && c.id.len() <= 64
+            && c.id
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-'));
+        if !id_ok {
+            return Err(format!(
+                "policy `{}`: candidate id `{}` must be 1 to 64 of A-Z a-z 0-9 . _ -",
+                p.name, c.id
+            ));
+        }
+        if !ids.insert(c.id.as_str()) {
+            return Err(format!("{at} is configured twice"));
+        }
+        if c.file.is_some() && c.example.is_some() {
+            return Err(format!("{at}: give at most one of `file` and `example`"));
+        }
+        match (c.role, c.percent) {
+            (CandidateRole::Shadow, None) => {}
+            (CandidateRole::Shadow, Some(_)) => {
+                return Err(format!("{at}: `percent` is for canaries; a shadow is never enforced"));
+            }
+            (CandidateRole::Canary, Some(pct)) if pct > 0.0 && pct <= 100.0 => {
+                canary_total += pct;
+            }
+            (CandidateRole::Canary, _) => {
+                return Err(format!("{at}: a canary needs `percent`, above 0 and at most 100"));
+            }
+        }
+    }
+    if canary_total > 100.0 {
+        return Err(format!(
+            "policy `{}`: its canaries take {canary_total}% of the sessions, more than 100%",
+            p.name
+        ));
+    }
+    Ok(())
+}
+
 impl Config {
     /// What differs between `self` and `new` that a running server cannot
     /// take without a restart: the listen address, the connection limit,
@@ -575,6 +722,9 @@ impl Config {
         }
         if self.log != new.log {
             changed.push("log");
+        }
+        if self.rollout != new.rollout {
+            changed.push("rollout");
         }
         changed
     }
@@ -730,6 +880,43 @@ mod tests {
         )
         .expect_err("refused");
         assert!(e.to_string().contains("maybe"), "{e}");
+    }
+
+    #[test]
+    fn candidates_are_checked() {
+        let base = "[[policies]]\nname = \"a\"\nfile = \"a.wasm\"\nmode = \"soft-enforce\"\n";
+        let c = Config::parse(
+            &format!(
+                "{base}[[policies.candidates]]\nid = \"v2\"\nrole = \"canary\"\npercent = 12.5\n\
+                 [[policies.candidates]]\nid = \"v3\"\nrole = \"shadow\"\nsettings = {{ approval_over = 1 }}\n"
+            ),
+            "t.toml",
+        )
+        .expect("parses");
+        assert_eq!(c.policies[0].mode, Mode::SoftEnforce);
+        assert_eq!(c.policies[0].candidates[0].percent, Some(12.5));
+        for (extra, want) in [
+            ("id = \"v2\"\nrole = \"canary\"\n", "a canary needs `percent`"),
+            ("id = \"v2\"\nrole = \"canary\"\npercent = 0\n", "a canary needs `percent`"),
+            ("id = \"v2\"\nrole = \"shadow\"\npercent = 5\n", "`percent` is for canaries"),
+            ("id = \"v 2\"\nrole = \"shadow\"\n", "must be 1 to 64"),
+            ("id = \"v2\"\nrole = \"both\"\n", "both"),
+            (
+                "id = \"v2\"\nrole = \"canary\"\npercent = 60\n[[policies.candidates]]\nid = \"v3\"\nrole = \"canary\"\npercent = 50\n",
+                "more than 100%",
+            ),
+            (
+                "id = \"v2\"\nrole = \"shadow\"\n[[policies.candidates]]\nid = \"v2\"\nrole = \"shadow\"\n",
+                "configured twice",
+            ),
+        ] {
+            let e = Config::parse(&format!("{base}[[policies.candidates]]\n{extra}"), "t.toml")
+                .expect_err(extra);
+            assert!(e.to_string().contains(want), "{extra}: {e}");
+        }
+        let e = Config::parse(&format!("{base}").replace("soft-enforce", "sometimes"), "t.toml")
+            .expect_err("refused");
+        assert!(e.to_string().contains("sometimes"), "{e}");
     }
 
     #[test]

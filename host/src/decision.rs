@@ -8,6 +8,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::mode::Mode;
+
 /// What an agent asks to do, as seen at an interception point.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -147,6 +149,13 @@ pub struct PolicyReport {
     /// The version its signer gave it; `null` when unsigned.
     #[serde(default)]
     pub signed_version: Option<String>,
+    /// The mode it ran under; in monitor mode it did not run.
+    #[serde(default)]
+    pub mode: Mode,
+    /// The canary candidate that answered instead of the serving version,
+    /// by id; absent when the serving version answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<String>,
     /// What it decided (deny when it failed).
     pub outcome: Outcome,
     /// The rule that decided, or `failure.<kind>` when it failed.
@@ -174,11 +183,20 @@ pub struct Decision {
     pub decision_id: String,
     /// What the caller must do.
     pub outcome: Outcome,
-    /// The deciding policy's reason.
+    /// What the policies decided: differs from `outcome` only when the
+    /// deciding policy is in monitor or soft-enforce mode.
+    pub decided: Outcome,
+    /// The mode of the policy that decided `decided` (monitor when none ran).
+    pub mode: Mode,
+    /// Why the caller is not held to what a policy decided, one sentence
+    /// for each soft-enforced policy that would not have allowed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// The reason of the policy that decided `decided`.
     pub reason: String,
-    /// The deciding policy's rule.
+    /// The rule of the policy that decided `decided`.
     pub rule: String,
-    /// The deciding policy's risk, 0 to 100.
+    /// The risk of the policy that decided `decided`, 0 to 100.
     pub risk: u8,
     /// With modify (and require-approval after a modify): the params the
     /// action must run with.

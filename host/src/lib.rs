@@ -13,6 +13,8 @@
 //! | which chain applies | [`route`] |
 //! | run one policy, sandboxed | [`evaluate`] |
 //! | fold a chain | [`combine`] |
+//! | how much each answer binds: monitor, soft-enforce, enforce, canaries | [`mode`] |
+//! | candidates beside the serving version, divergence, replay | [`shadow`] |
 //! | bring a policy into service | [`load`] |
 //! | change what serves, at run time | [`reload`] |
 //! | what a decision leaves behind | [`evidence`] |
@@ -38,9 +40,11 @@ pub mod examples;
 pub mod front_door;
 mod hex;
 pub mod load;
+pub mod mode;
 pub mod reload;
 pub mod route;
 pub mod server;
+pub mod shadow;
 pub mod signing;
 
 pub use arbiter::{Arbiter, PolicySet};

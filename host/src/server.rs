@@ -12,7 +12,8 @@
 //!
 //! The decision log ([`crate::evidence::log`]) is opened before anything
 //! binds, so a log that cannot be opened stops the start, and it is sealed
-//! with a checkpoint after the drain.
+//! with a checkpoint after the drain and after the shadow queue
+//! ([`crate::shadow`]) has finished what it holds.
 //!
 //! Once loaded, a reload worker ([`crate::reload::watch`]) follows the
 //! policy files and the configuration file, and [`Bound::reload`] (SIGHUP)
@@ -165,6 +166,7 @@ impl Bound {
     /// # Errors
     /// [`ServeError::Load`] when the first load failed.
     pub async fn wait(self) -> Result<(), ServeError> {
+        let registry = self.registry();
         let Bound {
             stop,
             serve,
@@ -184,6 +186,15 @@ impl Bound {
         // Stop following files: the worker finishes a reload under way.
         let worker = reloader.lock().take();
         drop(worker);
+        // Shadow comparisons queued finish, and log their divergences.
+        if let Some(registry) = registry {
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Some(shadow) = registry.arbiter().shadow_if_started() {
+                    shadow.close();
+                }
+            })
+            .await;
+        }
         // Every answered decision is written; seal the log with a checkpoint.
         if let Some(log) = log {
             let _ = tokio::task::spawn_blocking(move || log.close()).await;

@@ -145,14 +145,9 @@ pub fn server_config(policies: &[(&str, &str, serde_json::Value)]) -> arbiter::c
             Some(path) => (Some(path.into()), None),
             None => (None, Some((*source).to_owned())),
         };
-        config.policies.push(PolicyConfig {
-            name: (*name).to_owned(),
-            file,
-            example,
-            settings: settings.clone(),
-            limits: Limits::default(),
-            smoke: Vec::new(),
-        });
+        let mut policy = PolicyConfig::new(name, file, example);
+        policy.settings = settings.clone();
+        config.policies.push(policy);
     }
     let names: Vec<&str> = policies.iter().map(|(n, _, _)| *n).collect();
     config.routes.push(route_all(&names));

@@ -92,7 +92,7 @@ pub(super) fn run(command: &LogCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn existing_dir(dir: &Path) -> anyhow::Result<()> {
+pub(super) fn existing_dir(dir: &Path) -> anyhow::Result<()> {
     if !dir.is_dir() {
         bail!("`{}` is not a decision log directory", dir.display());
     }
@@ -165,7 +165,7 @@ fn filter(args: &FilterArgs) -> anyhow::Result<Filter> {
 }
 
 /// An RFC 3339 time, or an age before now.
-fn time(text: &str) -> anyhow::Result<SystemTime> {
+pub(super) fn time(text: &str) -> anyhow::Result<SystemTime> {
     if let Ok(t) = humantime::parse_rfc3339_weak(text) {
         return Ok(t);
     }

@@ -22,6 +22,7 @@ use crate::signing::{KeyPair, PublicKey, SignatureFile, signature_path};
 use crate::{Arbiter, examples};
 
 mod log;
+mod rollout;
 
 /// Exit code for a run that worked but found failures (`arbiter test`).
 pub const EXIT_FAILURES: u8 = 1;
@@ -98,6 +99,21 @@ enum Command {
     /// Read a decision log: verify its chain, query it, count it.
     #[command(subcommand)]
     Log(log::LogCommand),
+    /// On a running server, set a policy's mode from the next decision:
+    /// monitor, soft-enforce or enforce (admin token).
+    Mode(rollout::ModeArgs),
+    /// On a running server, make a candidate the serving version of its
+    /// policy, through the load pipeline (admin token).
+    Promote(rollout::PromoteArgs),
+    /// On a running server, show what monitor mode observed per agent and
+    /// action: counts, params keys and types, figures, distinct values.
+    Baseline(rollout::BaselineArgs),
+    /// A/B testing of policy versions on a running server.
+    #[command(subcommand)]
+    Ab(rollout::AbCommand),
+    /// Re-evaluate the decisions a log recorded against a candidate policy
+    /// file and print where it would have decided otherwise.
+    Replay(rollout::ReplayArgs),
 }
 
 #[derive(Debug, Args)]
@@ -145,7 +161,7 @@ struct VerifyArgs {
 }
 
 #[derive(Debug, Args)]
-struct RemoteArgs {
+pub(super) struct RemoteArgs {
     /// The server's base URL.
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080")]
     server: String,
@@ -191,7 +207,7 @@ struct EvalArgs {
 }
 
 #[derive(Debug, Args)]
-struct LimitArgs {
+pub(super) struct LimitArgs {
     /// Fuel per call [default: 50000000].
     #[arg(long)]
     fuel: Option<u64>,
@@ -204,7 +220,7 @@ struct LimitArgs {
 }
 
 impl LimitArgs {
-    fn limits(&self) -> Limits {
+    pub(super) fn limits(&self) -> Limits {
         let d = Limits::default();
         Limits {
             fuel: self.fuel.unwrap_or(d.fuel),
@@ -252,6 +268,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rollback(args) => rollback(&args),
         Command::Status(args) => status(&args),
         Command::Log(command) => log::run(&command),
+        Command::Mode(args) => rollout::mode(&args),
+        Command::Promote(args) => rollout::promote(&args),
+        Command::Baseline(args) => rollout::baseline(&args),
+        Command::Ab(command) => rollout::ab(&command),
+        Command::Replay(args) => rollout::replay(&args, open_cache(&global)?.as_ref()),
     }
 }
 
@@ -395,7 +416,7 @@ fn verify(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
 
 /// The token for commands that talk to a server: the admin token, or the
 /// decide token for reads.
-fn remote(args: &RemoteArgs, admin: bool) -> anyhow::Result<ServerAddress> {
+pub(super) fn remote(args: &RemoteArgs, admin: bool) -> anyhow::Result<ServerAddress> {
     let vars: &[&str] = if admin {
         &["ARBITER_ADMIN_TOKEN"]
     } else {
@@ -405,7 +426,7 @@ fn remote(args: &RemoteArgs, admin: bool) -> anyhow::Result<ServerAddress> {
     ServerAddress::new(&args.server, token)
 }
 
-fn call(
+pub(super) fn call(
     server: &ServerAddress,
     method: hyper::Method,
     path: &str,
@@ -609,7 +630,7 @@ fn open_cache(global: &Global) -> anyhow::Result<Option<CompileCache>> {
         .with_context(|| format!("cannot open the compile cache `{}`", dir.display()))
 }
 
-fn engine() -> anyhow::Result<Engine> {
+pub(super) fn engine() -> anyhow::Result<Engine> {
     Ok(Engine::new(&EngineConfig::default())?)
 }
 
@@ -736,7 +757,7 @@ fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {
     }
 }
 
-fn policy_name(file: &Path) -> String {
+pub(super) fn policy_name(file: &Path) -> String {
     file.file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "policy".into())

@@ -101,6 +101,7 @@ pub struct Evaluation {
 
 /// The input of one decision in the contract's shapes, built once and
 /// reused for each policy of the chain.
+#[derive(Clone)]
 pub struct Input {
     action: wit::Action,
     context: wit::Context,
@@ -150,6 +151,41 @@ impl Input {
     /// Replaces the params, after a modify earlier in the chain.
     pub fn set_params(&mut self, params: &Value) {
         self.action.params = params.to_string();
+    }
+
+    /// The input in the wire format (`action` and `context`, with the
+    /// history the host filled), for divergence samples.
+    pub fn wire(&self) -> Value {
+        let (a, c) = (&self.action, &self.context);
+        let principal = |p: &wit::Principal| serde_json::json!({"id": p.id, "roles": p.roles});
+        let attributes: serde_json::Map<String, Value> = c
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        let h = &c.history;
+        serde_json::json!({
+            "action": {
+                "kind": a.kind,
+                "name": a.name,
+                "target": a.target,
+                "params": serde_json::from_str::<Value>(&a.params)
+                    .unwrap_or_else(|_| Value::String(a.params.clone())),
+            },
+            "context": {
+                "agent": principal(&c.agent),
+                "user": c.user.as_ref().map(principal),
+                "environment": c.environment,
+                "session": c.session,
+                "attributes": attributes,
+            },
+            "history": {
+                "calls_last_minute": h.calls_last_minute,
+                "same_action_last_minute": h.same_action_last_minute,
+                "denials_last_hour": h.denials_last_hour,
+                "spend_today_cents": h.spend_today_cents,
+            },
+        })
     }
 }
 

@@ -317,6 +317,17 @@ impl DecisionLog {
         self.shared.wait_written(seq, epoch)
     }
 
+    /// Records an event that is not a decision (a `shadow` divergence, an
+    /// `admin` change of mode or version) in the same chain, and returns
+    /// once it is written.
+    ///
+    /// # Errors
+    /// As [`DecisionLog::record`].
+    pub fn record_event(&self, kind: &'static str, data: &serde_json::Value) -> Result<Recorded, Unrecorded> {
+        let (seq, epoch) = self.shared.push(kind, &record::canonical(data))?;
+        self.shared.wait_written(seq, epoch)
+    }
+
     /// Writes what is pending and a final checkpoint, syncs, and stops the
     /// log's thread. Records asked for afterwards fail with
     /// [`Unrecorded::Closed`].

@@ -5,7 +5,11 @@
 //! | metric | type | labels |
 //! |---|---|---|
 //! | `arbiter_decisions_total` | counter | `outcome` (what the caller was told) |
-//! | `arbiter_policy_decisions_total` | counter | `policy`, `outcome`, `mode` |
+//! | `arbiter_policy_decisions_total` | counter | `policy`, `outcome`, `mode` (soft-enforce: what it would have answered; monitor: not run) |
+//! | `arbiter_canary_decisions_total` | counter | `policy`, `candidate` |
+//! | `arbiter_shadow_evaluations_total` | counter | `policy`, `candidate`, `result` (`agree`, `diverge`) |
+//! | `arbiter_shadow_dropped_total` | counter | `policy` |
+//! | `arbiter_shadow_queue_depth` | gauge | |
 //! | `arbiter_policy_failures_total` | counter | `policy`, `kind` |
 //! | `arbiter_policy_fuel_total` | counter | `policy` |
 //! | `arbiter_decision_duration_seconds` | histogram, µs-resolution buckets | |
@@ -36,9 +40,6 @@ const LATENCY_BUCKETS_MICROS: &[u64] = &[
     100_000, 250_000, 1_000_000,
 ];
 
-/// The mode label. Every policy enforces until enforcement modes exist.
-const MODE: &str = "enforce";
-
 /// Every counter Arbiter keeps. Cheap to share behind an `Arc`.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -48,6 +49,7 @@ pub struct Metrics {
     latency_sum_micros: AtomicU64,
     ready: AtomicBool,
     log: LogCounters,
+    shadow_pending: AtomicU64,
 }
 
 /// The decision log's counters.
@@ -74,11 +76,17 @@ struct Counters {
     load_failures: BTreeMap<(String, &'static str), u64>,
     rollbacks: BTreeMap<String, u64>,
     config_reloads: BTreeMap<&'static str, u64>,
+    /// By policy and candidate.
+    canary: BTreeMap<(String, String), u64>,
+    /// By policy, candidate and whether they diverged.
+    shadow: BTreeMap<(String, String, bool), u64>,
+    shadow_dropped: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Default)]
 struct PolicyCounters {
-    outcomes: BTreeMap<&'static str, u64>,
+    /// By outcome and mode.
+    outcomes: BTreeMap<(&'static str, &'static str), u64>,
     failures: BTreeMap<String, u64>,
     fuel: u64,
 }
@@ -102,7 +110,9 @@ impl Metrics {
                 let Some(pc) = c.policies.get_mut(&p.name) else {
                     continue;
                 };
-                *pc.outcomes.entry(p.outcome.as_str()).or_default() += 1;
+                *pc.outcomes
+                    .entry((p.outcome.as_str(), p.mode.as_str()))
+                    .or_default() += 1;
                 if let Some(kind) = &p.failure {
                     match pc.failures.get_mut(kind) {
                         Some(n) => *n += 1,
@@ -112,6 +122,11 @@ impl Metrics {
                     }
                 }
                 pc.fuel += p.fuel;
+                if let Some(candidate) = &p.candidate {
+                    *c.canary
+                        .entry((p.name.clone(), candidate.clone()))
+                        .or_default() += 1;
+                }
             }
         }
         let bucket = LATENCY_BUCKETS_MICROS
@@ -126,6 +141,29 @@ impl Metrics {
         self.latency_count.fetch_add(1, Ordering::Relaxed);
         self.latency_sum_micros
             .fetch_add(d.micros, Ordering::Relaxed);
+    }
+
+    /// Counts one shadow comparison of `policy` with `candidate`.
+    pub fn record_shadow(&self, policy: &str, candidate: &str, diverged: bool) {
+        *self
+            .lock()
+            .shadow
+            .entry((policy.to_owned(), candidate.to_owned(), diverged))
+            .or_default() += 1;
+    }
+
+    /// Counts one shadow job of `policy` dropped because the queue was full.
+    pub fn record_shadow_dropped(&self, policy: &str) {
+        *self
+            .lock()
+            .shadow_dropped
+            .entry(policy.to_owned())
+            .or_default() += 1;
+    }
+
+    /// Sets the shadow queue's depth.
+    pub fn set_shadow_pending(&self, n: u64) {
+        self.shadow_pending.store(n, Ordering::Relaxed);
     }
 
     /// Counts one HTTP response.
@@ -223,13 +261,55 @@ impl Metrics {
             "Policy evaluations, by policy, outcome and mode.",
         );
         for (policy, pc) in &c.policies {
-            for (outcome, n) in &pc.outcomes {
+            for ((outcome, mode), n) in &pc.outcomes {
                 let _ = writeln!(
                     out,
-                    "arbiter_policy_decisions_total{{policy=\"{}\",outcome=\"{outcome}\",mode=\"{MODE}\"}} {n}",
+                    "arbiter_policy_decisions_total{{policy=\"{}\",outcome=\"{outcome}\",mode=\"{mode}\"}} {n}",
                     escape(policy)
                 );
             }
+        }
+        header(
+            &mut out,
+            "arbiter_canary_decisions_total",
+            "counter",
+            "Evaluations answered by a canary candidate instead of the serving version.",
+        );
+        for ((policy, candidate), n) in &c.canary {
+            let _ = writeln!(
+                out,
+                "arbiter_canary_decisions_total{{policy=\"{}\",candidate=\"{}\"}} {n}",
+                escape(policy),
+                escape(candidate)
+            );
+        }
+        header(
+            &mut out,
+            "arbiter_shadow_evaluations_total",
+            "counter",
+            "Candidate comparisons run off the caller's path, by whether the outcomes agreed.",
+        );
+        for ((policy, candidate, diverged), n) in &c.shadow {
+            let result = if *diverged { "diverge" } else { "agree" };
+            let _ = writeln!(
+                out,
+                "arbiter_shadow_evaluations_total{{policy=\"{}\",candidate=\"{}\",result=\"{result}\"}} {n}",
+                escape(policy),
+                escape(candidate)
+            );
+        }
+        header(
+            &mut out,
+            "arbiter_shadow_dropped_total",
+            "counter",
+            "Shadow comparisons dropped because the queue was full.",
+        );
+        for (policy, n) in &c.shadow_dropped {
+            let _ = writeln!(
+                out,
+                "arbiter_shadow_dropped_total{{policy=\"{}\"}} {n}",
+                escape(policy)
+            );
         }
         header(
             &mut out,
@@ -394,6 +474,12 @@ impl Metrics {
                 "New decision log segments started.",
                 log.rotations.load(Ordering::Relaxed),
             ),
+            (
+                "arbiter_shadow_queue_depth",
+                "gauge",
+                "Shadow comparisons queued or running.",
+                self.shadow_pending.load(Ordering::Relaxed),
+            ),
         ] {
             header(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {value}");
@@ -440,6 +526,9 @@ mod tests {
             decision_id: "d".into(),
             outcome: Outcome::Deny,
             reason: String::new(),
+            decided: Outcome::Deny,
+            mode: Default::default(),
+            warnings: Vec::new(),
             rule: String::new(),
             risk: 0,
             params: None,
@@ -449,6 +538,8 @@ mod tests {
                 version: String::new(),
                 signer: None,
                 signed_version: None,
+                mode: Default::default(),
+                candidate: None,
                 outcome: Outcome::Deny,
                 rule: String::new(),
                 reason: String::new(),

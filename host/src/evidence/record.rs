@@ -38,6 +38,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::ParamsStorage;
 use crate::decision::{Decision, Outcome, PolicyReport, Principal, Request};
+use crate::mode::Mode;
 use crate::hex;
 
 /// The `prev_hash` of the first record of a log.
@@ -246,7 +247,7 @@ pub struct DecisionData<'a> {
     history: HistoryData,
     /// The decision's own latency, before the record was written.
     micros: u64,
-    mode: &'static str,
+    mode: Mode,
     /// With modify: the params the action must run with, as stored.
     #[serde(skip_serializing_if = "Option::is_none")]
     modified_params: Option<Cow<'a, Value>>,
@@ -259,6 +260,8 @@ pub struct DecisionData<'a> {
     reason: &'a str,
     risk: u8,
     rule: &'a str,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    warnings: &'a [String],
 }
 
 #[derive(Serialize)]
@@ -287,9 +290,12 @@ struct HistoryData {
 
 #[derive(Serialize)]
 struct PolicyData<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    candidate: Option<&'a str>,
     failure: Option<&'a str>,
     fuel: u64,
     micros: u64,
+    mode: Mode,
     name: &'a str,
     outcome: Outcome,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -320,7 +326,7 @@ impl<'a> DecisionData<'a> {
                 session: &c.session,
                 user: c.user.as_ref(),
             },
-            decided: decision.outcome,
+            decided: decision.decided,
             decision_id: &decision.decision_id,
             history: HistoryData {
                 calls_last_minute: h.calls_last_minute,
@@ -329,7 +335,7 @@ impl<'a> DecisionData<'a> {
                 spend_today_cents: h.spend_today_cents,
             },
             micros: decision.micros,
-            mode: "enforce",
+            mode: decision.mode,
             modified_params: decision.params.as_ref().and_then(|p| rule.keep(p)),
             outcome: decision.outcome,
             params: rule.keep(&a.params),
@@ -342,6 +348,7 @@ impl<'a> DecisionData<'a> {
             reason: &decision.reason,
             risk: decision.risk,
             rule: &decision.rule,
+            warnings: &decision.warnings,
         }
     }
 
@@ -357,9 +364,11 @@ impl<'a> DecisionData<'a> {
 impl<'a> PolicyData<'a> {
     fn new(p: &'a PolicyReport, rule: &ParamsRule) -> Self {
         PolicyData {
+            candidate: p.candidate.as_deref(),
             failure: p.failure.as_deref(),
             fuel: p.fuel,
             micros: p.micros,
+            mode: p.mode,
             name: &p.name,
             outcome: p.outcome,
             params: p.params.as_ref().and_then(|v| rule.keep(v)),
@@ -453,6 +462,9 @@ mod tests {
         Decision {
             decision_id: "d-1".into(),
             outcome: Outcome::Modify,
+            decided: Outcome::Modify,
+            mode: Mode::Enforce,
+            warnings: vec!["w".into()],
             reason: "Redacted.".into(),
             rule: "pii.redacted".into(),
             risk: 40,
@@ -462,6 +474,8 @@ mod tests {
                 version: "sha256:ab".into(),
                 signer: Some("team".into()),
                 signed_version: None,
+                mode: Mode::SoftEnforce,
+                candidate: Some("v2".into()),
                 outcome: Outcome::Modify,
                 rule: "pii.redacted".into(),
                 reason: "Redacted.".into(),

@@ -57,6 +57,9 @@ pub enum FrontDoorError {
     /// The request cannot be carried out in the current state.
     #[error("{0}")]
     Conflict(String),
+    /// Something the request needs is failing; retry once it is back.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl FrontDoorError {
@@ -74,9 +77,9 @@ impl FrontDoorError {
             FrontDoorError::NotFound(_) | FrontDoorError::UnknownPolicy(_) => StatusCode::NOT_FOUND,
             FrontDoorError::Conflict(_) => StatusCode::CONFLICT,
             FrontDoorError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            FrontDoorError::Saturated(_) | FrontDoorError::NotReady => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            FrontDoorError::Saturated(_)
+            | FrontDoorError::NotReady
+            | FrontDoorError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -97,6 +100,7 @@ impl FrontDoorError {
             FrontDoorError::NotReady => "not_ready",
             FrontDoorError::UnknownPolicy(_) => "unknown_policy",
             FrontDoorError::Conflict(_) => "conflict",
+            FrontDoorError::Unavailable(_) => "unavailable",
         }
     }
 

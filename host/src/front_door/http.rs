@@ -7,6 +7,10 @@
 //! | any | `/v1/authz`, `/v1/authz/...` | external authorizer (Envoy `ext_authz`, nginx `auth_request`): 200 or 403 |
 //! | GET | `/v1/policies` | each policy: version, routes, limits, load state, last error, versions kept |
 //! | POST | `/v1/policies/{name}/rollback` | admin: serve an earlier version at once (body: optional `{"version": ...}`) |
+//! | PUT | `/v1/policies/{name}/mode` | admin: `{"mode": "monitor" \| "soft-enforce" \| "enforce"}`, from the next decision |
+//! | POST | `/v1/policies/{name}/promote` | admin: `{"candidate": ID}` becomes the serving version, through the load pipeline |
+//! | GET | `/v1/ab/{name}` | divergence between the policy's serving version and each candidate |
+//! | GET | `/v1/baseline` | what monitor mode observed, per agent and action (`?agent=ID` for one) |
 //! | GET | `/healthz` | alive |
 //! | GET | `/readyz` | 200 once every configured policy has loaded, else 503 |
 //! | GET | `/metrics` | Prometheus text format |
@@ -36,7 +40,8 @@ use crate::arbiter::Arbiter;
 use crate::config::Config;
 use crate::decision::{Context, Decision, History, Outcome, Request};
 use crate::evidence::metrics::Metrics;
-use crate::reload::{Registry, RollbackError};
+use crate::mode::Mode;
+use crate::reload::{Registry, RollbackError, RolloutError};
 
 /// The header carrying the decision id on every decision response.
 pub const DECISION_ID_HEADER: &str = "x-arbiter-decision-id";
@@ -175,12 +180,44 @@ async fn route(
                     "rollback",
                     Err(FrontDoorError::MethodNotAllowed { allow: "POST" }),
                 ),
+                Some((name, "mode")) if method == Method::PUT => {
+                    ("mode", set_mode(state, service, req, name.to_owned()).await)
+                }
+                Some((_, "mode")) => (
+                    "mode",
+                    Err(FrontDoorError::MethodNotAllowed { allow: "PUT" }),
+                ),
+                Some((name, "promote")) if method == Method::POST => (
+                    "promote",
+                    promote(state, service, req, name.to_owned()).await,
+                ),
+                Some((_, "promote")) => (
+                    "promote",
+                    Err(FrontDoorError::MethodNotAllowed { allow: "POST" }),
+                ),
                 _ => (
                     "other",
                     Err(FrontDoorError::NotFound(p.chars().take(200).collect())),
                 ),
             }
         }
+        p if p.starts_with("/v1/ab/") => match service.tokens.check_decide(req.headers(), true) {
+            Ok(()) if method == Method::GET || method == Method::HEAD => {
+                ("ab", divergence(state, service, &p["/v1/ab/".len()..]))
+            }
+            Ok(()) => ("ab", Err(FrontDoorError::MethodNotAllowed { allow: "GET" })),
+            Err(e) => ("ab", Err(e)),
+        },
+        "/v1/baseline" => match service.tokens.check_decide(req.headers(), true) {
+            Ok(()) if method == Method::GET || method == Method::HEAD => {
+                ("baseline", baseline(state, req.uri().query()))
+            }
+            Ok(()) => (
+                "baseline",
+                Err(FrontDoorError::MethodNotAllowed { allow: "GET" }),
+            ),
+            Err(e) => ("baseline", Err(e)),
+        },
         "/healthz" => get_only("healthz", |_, _| {
             json_response(StatusCode::OK, &json!({"status": "alive"}))
         }),
@@ -316,25 +353,181 @@ struct RollbackBody {
     version: Option<String>,
 }
 
-async fn rollback(
-    state: &AppState,
+/// Checks the admin token and reads an admin body: `None` when empty.
+async fn admin_body<T: serde::de::DeserializeOwned>(
     service: &Service,
     req: HttpRequest<Incoming>,
-    name: String,
-) -> Result<Response<Body>, FrontDoorError> {
+) -> Result<Option<T>, FrontDoorError> {
     service.tokens.check_admin(req.headers())?;
     let has_type = req.headers().contains_key(CONTENT_TYPE);
     if has_type {
         check_json(req.headers())?;
     }
     let bytes = read_body(req, &service.config.server).await?;
-    let body: RollbackBody = if bytes.iter().all(u8::is_ascii_whitespace) {
-        RollbackBody::default()
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        Ok(None)
     } else if has_type {
-        wire::parse(&bytes).map_err(FrontDoorError::BadRequest)?
+        wire::parse(&bytes).map(Some).map_err(FrontDoorError::BadRequest)
     } else {
-        return Err(FrontDoorError::UnsupportedMediaType(String::new()));
+        Err(FrontDoorError::UnsupportedMediaType(String::new()))
+    }
+}
+
+/// A body an endpoint cannot do without.
+fn required<T>(body: Option<T>, example: &'static str) -> Result<T, FrontDoorError> {
+    body.ok_or_else(|| {
+        FrontDoorError::BadRequest(wire::WireError {
+            path: String::new(),
+            message: format!("a body is required: {example}"),
+            line: 1,
+            column: 1,
+        })
+    })
+}
+
+/// The body of `PUT /v1/policies/{name}/mode`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModeBody {
+    mode: Mode,
+}
+
+async fn set_mode(
+    state: &AppState,
+    service: &Service,
+    req: HttpRequest<Incoming>,
+    name: String,
+) -> Result<Response<Body>, FrontDoorError> {
+    let body: ModeBody = required(admin_body(service, req).await?, r#"{"mode": "monitor"}"#)?;
+    let registry = state.registry().ok_or(FrontDoorError::NotReady)?;
+    let done = registry.set_mode(&name, body.mode).map_err(rollout_error)?;
+    Ok(json_response(StatusCode::OK, &done))
+}
+
+/// The body of `POST /v1/policies/{name}/promote`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromoteBody {
+    candidate: String,
+}
+
+async fn promote(
+    state: &AppState,
+    service: &Service,
+    req: HttpRequest<Incoming>,
+    name: String,
+) -> Result<Response<Body>, FrontDoorError> {
+    let body: PromoteBody =
+        required(admin_body(service, req).await?, r#"{"candidate": "v2"}"#)?;
+    let registry = Arc::clone(state.registry().ok_or(FrontDoorError::NotReady)?);
+    // A promotion compiles: off the reactor.
+    let done = tokio::task::spawn_blocking(move || registry.promote(&name, &body.candidate))
+        .await
+        .map_err(|e| FrontDoorError::Unavailable(format!("the promotion task failed: {e}")))?
+        .map_err(rollout_error)?;
+    Ok(json_response(StatusCode::OK, &done))
+}
+
+fn rollout_error(e: RolloutError) -> FrontDoorError {
+    match e {
+        RolloutError::UnknownPolicy(_) | RolloutError::UnknownCandidate { .. } => {
+            FrontDoorError::UnknownPolicy(e.to_string())
+        }
+        RolloutError::Unrecorded(_) => FrontDoorError::Unavailable(e.to_string()),
+        RolloutError::Load(_) | RolloutError::Superseded(_) => {
+            FrontDoorError::Conflict(e.to_string())
+        }
+    }
+}
+
+fn divergence(
+    state: &AppState,
+    service: &Service,
+    name: &str,
+) -> Result<Response<Body>, FrontDoorError> {
+    if !service.config.policies.iter().any(|p| p.name == name) {
+        return Err(FrontDoorError::UnknownPolicy(format!(
+            "no policy `{}` is configured",
+            name.chars().take(200).collect::<String>()
+        )));
+    }
+    let arbiter = state.arbiter().ok_or(FrontDoorError::NotReady)?;
+    let shadow = arbiter.shadow_if_started();
+    let body = json!({
+        "policy": name,
+        "mode": arbiter.policy_set().mode(name),
+        "queue": shadow.map(crate::shadow::Shadow::queue),
+        "pairs": shadow.map(|s| s.divergences().report(name)).unwrap_or_default(),
+    });
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+fn baseline(state: &AppState, query: Option<&str>) -> Result<Response<Body>, FrontDoorError> {
+    let mut agent = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("agent", v)) => agent = Some(percent_decode(v)?),
+            _ => {
+                return Err(FrontDoorError::BadRequest(wire::WireError {
+                    path: String::new(),
+                    message: format!(
+                        "unknown query parameter `{}`; the one known is `agent`",
+                        pair.chars().take(100).collect::<String>()
+                    ),
+                    line: 1,
+                    column: 1,
+                }));
+            }
+        }
+    }
+    let arbiter = state.arbiter().ok_or(FrontDoorError::NotReady)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &arbiter.baseline().report(agent.as_deref()),
+    ))
+}
+
+/// Decodes `%XX` escapes and `+` in a query value.
+fn percent_decode(v: &str) -> Result<String, FrontDoorError> {
+    let bad = || {
+        FrontDoorError::BadRequest(wire::WireError {
+            path: "agent".into(),
+            message: "the query value is not valid percent-encoded UTF-8".into(),
+            line: 1,
+            column: 1,
+        })
     };
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3).ok_or_else(bad)?;
+                let hex = std::str::from_utf8(hex).map_err(|_| bad())?;
+                out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| bad())
+}
+
+async fn rollback(
+    state: &AppState,
+    service: &Service,
+    req: HttpRequest<Incoming>,
+    name: String,
+) -> Result<Response<Body>, FrontDoorError> {
+    let body: RollbackBody = admin_body(service, req).await?.unwrap_or_default();
     let registry = state.registry().ok_or(FrontDoorError::NotReady)?;
     match registry.rollback(&name, body.version.as_deref()) {
         Ok(done) => Ok(json_response(StatusCode::OK, &done)),
@@ -384,6 +577,9 @@ fn policies(state: &AppState, service: &Service) -> Response<Body> {
                     entry["source"] = json!(s.source);
                     entry["versions"] = json!(s.versions);
                     entry["last_attempt"] = json!(s.last_attempt);
+                    entry["mode"] = json!(s.mode);
+                    entry["mode_source"] = json!(s.mode_source);
+                    entry["candidates"] = json!(s.candidates);
                     entry["last_error"] = match &s.last_attempt.error {
                         Some(message) => json!({
                             "step": s.last_attempt.step,

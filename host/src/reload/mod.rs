@@ -22,11 +22,16 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::arbiter::{Arbiter, PolicySet, specs_from_config};
+use crate::arbiter::{
+    Arbiter, PolicySet, RolloutSpec, load_candidate, load_rollout, rollout_specs_from_config,
+    specs_from_config,
+};
 use crate::config::{Config, ConfigError, Overrides};
 use crate::engine::Engine;
+use crate::evidence::log::DecisionLog;
 use crate::evidence::metrics::Metrics;
 use crate::load::{self, CompileCache, LoadError, LoadedPolicy, PolicySpec, Source};
+use crate::mode::{Mode, Role, Rollout};
 use crate::route::RouteTable;
 use crate::signing::signature_path;
 
@@ -41,6 +46,7 @@ pub struct Registry {
     base: PathBuf,
     config_path: Option<PathBuf>,
     metrics: Option<Arc<Metrics>>,
+    log: Option<Arc<DecisionLog>>,
     on_config: Option<ConfigHook>,
     overrides: Overrides,
     state: Mutex<State>,
@@ -53,14 +59,41 @@ struct State {
     config_text: Option<String>,
     config_attempt: Attempt,
     policies: BTreeMap<String, Record>,
+    /// Bumped whenever the files to watch change without a configuration
+    /// reload (a promotion), so the watcher looks again.
+    targets_generation: u64,
 }
 
 struct Record {
+    /// What serves: the configured spec, or a promoted candidate's.
     spec: PolicySpec,
+    /// The mode and candidates in force.
+    rollout: RolloutSpec,
+    /// What the configuration says, to tell a changed entry from one
+    /// changed at run time.
+    configured: (PolicySpec, RolloutSpec),
+    /// Where the mode in force came from.
+    mode_source: ModeSource,
     /// Good versions, most recently loaded first; the serving one is among
     /// them (first, unless rolled back).
     versions: VecDeque<Arc<LoadedPolicy>>,
     attempt: Attempt,
+    /// The last load attempt of each candidate, by id.
+    candidate_attempts: BTreeMap<String, Attempt>,
+}
+
+/// Where a policy's mode in force came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "source")]
+pub enum ModeSource {
+    /// The configuration file.
+    Config,
+    /// `PUT /v1/policies/{name}/mode`, until the configuration changes
+    /// this policy or the server restarts.
+    Runtime {
+        /// When (RFC 3339).
+        at: String,
+    },
 }
 
 /// When something was last tried, and what went wrong if it failed.
@@ -228,6 +261,30 @@ pub struct PolicyStatus {
     pub versions: Vec<VersionStatus>,
     /// The last load attempt: when, and the step and error if it failed.
     pub last_attempt: Attempt,
+    /// How much its answer binds.
+    pub mode: Mode,
+    /// Where that mode came from.
+    pub mode_source: ModeSource,
+    /// Its candidate versions.
+    pub candidates: Vec<CandidateStatus>,
+}
+
+/// One candidate's state.
+#[derive(Debug, Clone, Serialize)]
+pub struct CandidateStatus {
+    /// Its id.
+    pub id: String,
+    /// Shadow or canary (with its percent).
+    #[serde(flatten)]
+    pub role: Role,
+    /// Where it is loaded from.
+    pub source: String,
+    /// The version loaded, if it loaded.
+    pub version: Option<VersionStatus>,
+    /// Its settings.
+    pub settings: serde_json::Value,
+    /// Its last load attempt.
+    pub last_attempt: Attempt,
 }
 
 /// One loaded version.
@@ -252,6 +309,60 @@ pub enum Target {
     Config,
     /// The component of the named policy.
     Policy(String),
+    /// The component of a policy's candidate: policy, candidate id.
+    Candidate(String, String),
+}
+
+/// A mode change that happened.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModeChanged {
+    /// The policy.
+    pub policy: String,
+    /// The mode before.
+    pub from: Mode,
+    /// The mode now, from the next decision on.
+    pub to: Mode,
+}
+
+/// A promotion that happened.
+#[derive(Debug, Clone, Serialize)]
+pub struct Promoted {
+    /// The policy.
+    pub policy: String,
+    /// The candidate now serving.
+    pub candidate: String,
+    /// The version that served before.
+    pub from: String,
+    /// The version serving now.
+    pub to: String,
+}
+
+/// Why a mode change or promotion did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    /// No such policy.
+    #[error("no policy `{0}` is configured")]
+    UnknownPolicy(String),
+    /// No such candidate.
+    #[error("policy `{policy}` has no candidate `{candidate}`; candidates: {}", if .known.is_empty() { "none".to_owned() } else { .known.join(", ") })]
+    UnknownCandidate {
+        /// The policy.
+        policy: String,
+        /// The id asked for.
+        candidate: String,
+        /// The ids it has.
+        known: Vec<String>,
+    },
+    /// The candidate failed the load pipeline; the serving version stays.
+    #[error("promotion refused; the serving version stays: {0}")]
+    Load(#[from] LoadError),
+    /// The policy changed while the candidate loaded.
+    #[error("policy `{0}` changed while the candidate was loading; try again")]
+    Superseded(String),
+    /// The change could not be recorded in the decision log, so it was not
+    /// made.
+    #[error("the change could not be recorded in the decision log, so it was not made: {0}")]
+    Unrecorded(String),
 }
 
 impl Registry {
@@ -269,23 +380,24 @@ impl Registry {
         base: PathBuf,
     ) -> Result<Self, Vec<LoadError>> {
         let specs = specs_from_config(&config, &base).map_err(|e| vec![e])?;
+        let mut rollout_specs =
+            rollout_specs_from_config(&config, &specs, &base).map_err(|e| vec![e])?;
         let mut policies = BTreeMap::new();
+        let mut rollouts = BTreeMap::new();
         let mut records = BTreeMap::new();
         let mut errors = Vec::new();
         for spec in specs {
-            match load::load(&engine, cache.as_ref(), &spec) {
-                Ok(p) => {
-                    tracing::info!(policy = %p.name, version = %p.version, cache = ?p.cache, "policy loaded");
+            let rollout_spec = rollout_specs.remove(&spec.name).unwrap_or_default();
+            let loaded = load::load(&engine, cache.as_ref(), &spec).and_then(|p| {
+                Ok((p, load_rollout(&engine, cache.as_ref(), &rollout_spec)?))
+            });
+            match loaded {
+                Ok((p, rollout)) => {
+                    tracing::info!(policy = %p.name, version = %p.version, cache = ?p.cache, mode = %rollout.mode, "policy loaded");
                     let p = Arc::new(p);
                     policies.insert(spec.name.clone(), Arc::clone(&p));
-                    records.insert(
-                        spec.name.clone(),
-                        Record {
-                            spec,
-                            versions: VecDeque::from([p]),
-                            attempt: Attempt::ok(),
-                        },
-                    );
+                    rollouts.insert(spec.name.clone(), Arc::new(rollout));
+                    records.insert(spec.name.clone(), Record::new(spec, rollout_spec, p));
                 }
                 Err(e) => {
                     tracing::error!(policy = %spec.name, step = %e.step, error = %e, "policy failed to load");
@@ -296,13 +408,15 @@ impl Registry {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let set = PolicySet::new(policies, RouteTable::new(config.routes.clone()));
+        let set = PolicySet::new(policies, RouteTable::new(config.routes.clone()))
+            .with_rollouts(rollouts);
         Ok(Registry {
             config_path: config_path.clone(),
-            arbiter: Arbiter::new(engine, set),
+            arbiter: Arbiter::new(engine, set).with_rollout_config(config.rollout.clone()),
             cache,
             base,
             metrics: None,
+            log: None,
             on_config: None,
             overrides: Overrides::default(),
             state: Mutex::new(State {
@@ -312,19 +426,25 @@ impl Registry {
                 config: Arc::new(config),
                 config_attempt: Attempt::ok(),
                 policies: records,
+                targets_generation: 0,
             }),
         })
     }
 
-    /// Records every decision in `log` (see [`Arbiter::with_log`]).
+    /// Records every decision in `log` (see [`Arbiter::with_log`]), and
+    /// every change of mode or promotion.
     #[must_use]
-    pub fn with_log(mut self, log: Arc<crate::evidence::log::DecisionLog>) -> Self {
-        self.arbiter = self.arbiter.with_log(log);
+    pub fn with_log(mut self, log: Arc<DecisionLog>) -> Self {
+        self.arbiter = self.arbiter.with_log(Arc::clone(&log));
+        self.log = Some(log);
         self
     }
 
-    /// Counts reloads, failures and rollbacks in `metrics`.
+    /// Counts reloads, failures, rollbacks and shadow evaluations in
+    /// `metrics`.
+    #[must_use]
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.arbiter = self.arbiter.with_metrics(Arc::clone(&metrics));
         self.metrics = Some(metrics);
         self
     }
@@ -362,13 +482,25 @@ impl Registry {
             .map(|p| (absolute(p), Target::Config))
             .collect();
         for (name, r) in &state.policies {
-            if let Source::File(p) = &r.spec.source {
-                let target = Target::Policy(name.clone());
-                targets.push((absolute(p), target.clone()));
-                targets.push((absolute(&signature_path(p)), target));
+            let candidates = r.rollout.candidates.iter().map(|c| {
+                (&c.spec.source, Target::Candidate(name.clone(), c.id.clone()))
+            });
+            for (source, target) in
+                std::iter::once((&r.spec.source, Target::Policy(name.clone()))).chain(candidates)
+            {
+                if let Source::File(p) = source {
+                    targets.push((absolute(p), target.clone()));
+                    targets.push((absolute(&signature_path(p)), target));
+                }
             }
         }
         targets
+    }
+
+    /// Changes whenever [`Registry::targets`] may have changed other than
+    /// by a configuration reload.
+    pub fn targets_generation(&self) -> u64 {
+        self.lock().targets_generation
     }
 
     /// Loads policy `name` again from its file through the whole pipeline
@@ -483,39 +615,57 @@ impl Registry {
     fn try_reload_config(&self, path: &Path, text: &str) -> Result<ConfigChange, ConfigRefused> {
         let mut config = Config::parse(text, &path.display().to_string())?;
         self.overrides.apply(&mut config);
-        let (old, records) = {
+        let (old, serving_now) = {
             let state = self.lock();
-            let specs: BTreeMap<String, PolicySpec> = state
+            let now: BTreeMap<String, Serving> = state
                 .policies
                 .iter()
-                .map(|(n, r)| (n.clone(), r.spec.clone()))
+                .map(|(n, r)| {
+                    let serving = Serving {
+                        configured: r.configured.clone(),
+                        spec: r.spec.clone(),
+                        rollout: r.rollout.clone(),
+                    };
+                    (n.clone(), serving)
+                })
                 .collect();
-            (Arc::clone(&state.config), specs)
+            (Arc::clone(&state.config), now)
         };
         let restart = old.restart_only_changes(&config);
         if !restart.is_empty() {
             return Err(ConfigRefused::NeedsRestart(restart));
         }
         let specs = specs_from_config(&config, &self.base)?;
+        let rollout_specs = rollout_specs_from_config(&config, &specs, &self.base)?;
         // Load what is new or changed, off the lock; any failure refuses
-        // the whole configuration.
-        let mut fresh = BTreeMap::new();
+        // the whole configuration. An entry the configuration leaves as it
+        // was keeps what was changed at run time (mode, promotion).
+        let current = self.arbiter.policy_set();
+        let mut plans = BTreeMap::new();
         let mut change = ConfigChange::default();
         for spec in &specs {
-            match records.get(&spec.name) {
-                Some(old_spec) if old_spec == spec => {}
-                known => {
-                    let p = load::load(self.arbiter.engine(), self.cache.as_ref(), spec)?;
-                    if known.is_some() {
-                        change.reloaded.push(spec.name.clone());
-                    } else {
-                        change.added.push(spec.name.clone());
-                    }
-                    fresh.insert(spec.name.clone(), Arc::new(p));
-                }
+            let rollout_spec = rollout_specs.get(&spec.name).cloned().unwrap_or_default();
+            let known = serving_now.get(&spec.name);
+            if known.is_some_and(|k| k.configured == (spec.clone(), rollout_spec.clone())) {
+                continue;
             }
+            let primary = match known {
+                Some(k) if &k.spec == spec => None,
+                _ => Some(Arc::new(load::load(
+                    self.arbiter.engine(),
+                    self.cache.as_ref(),
+                    spec,
+                )?)),
+            };
+            let rollout = self.rollout_for(&rollout_spec, known, current.rollout(&spec.name))?;
+            if known.is_some() {
+                change.reloaded.push(spec.name.clone());
+            } else {
+                change.added.push(spec.name.clone());
+            }
+            plans.insert(spec.name.clone(), (primary, rollout, rollout_spec));
         }
-        change.removed = records
+        change.removed = serving_now
             .keys()
             .filter(|n| !specs.iter().any(|s| &s.name == *n))
             .cloned()
@@ -526,37 +676,50 @@ impl Registry {
         let mut state = self.lock();
         let current = self.arbiter.policy_set();
         let mut serving = BTreeMap::new();
+        let mut rollouts = BTreeMap::new();
         let mut records = BTreeMap::new();
         for spec in specs {
             let name = spec.name.clone();
-            let (policy, mut record) = match (fresh.remove(&name), state.policies.remove(&name)) {
-                (Some(p), Some(mut r)) => {
-                    remember(&mut r, Arc::clone(&p), config.reload.keep_versions);
-                    r.attempt = Attempt::ok();
-                    (p, r)
-                }
-                (Some(p), None) => (
-                    Arc::clone(&p),
-                    Record {
-                        spec: spec.clone(),
-                        versions: VecDeque::from([p]),
-                        attempt: Attempt::ok(),
-                    },
-                ),
-                // Unchanged: keep what serves, rolled back or not.
-                (None, Some(r)) => match current.policy(&name) {
-                    Some(p) => (Arc::clone(p), r),
-                    None => return Err(ConfigRefused::Policy(vanished(&spec))),
+            let (policy, rollout, record) = match (plans.remove(&name), state.policies.remove(&name)) {
+                // Unchanged: keep what serves, rolled back, promoted or
+                // switched to another mode as it may be.
+                (None, Some(r)) => match (current.policy(&name), current.rollout(&name)) {
+                    (Some(p), Some(ro)) => (Arc::clone(p), Arc::clone(ro), r),
+                    _ => return Err(ConfigRefused::Policy(vanished(&spec))),
                 },
-                (None, None) => return Err(ConfigRefused::Policy(vanished(&spec))),
+                (Some((primary, rollout, rollout_spec)), Some(mut r)) => {
+                    if matches!(r.mode_source, ModeSource::Runtime { .. }) && r.rollout.mode != rollout_spec.mode {
+                        tracing::warn!(policy = %name, mode = %rollout_spec.mode, "the configuration changes this policy; the mode set at run time gives way to the configured one");
+                    }
+                    let policy = match primary {
+                        Some(p) => {
+                            remember(&mut r, Arc::clone(&p), config.reload.keep_versions);
+                            r.attempt = Attempt::ok();
+                            p
+                        }
+                        None => match current.policy(&name) {
+                            Some(p) => Arc::clone(p),
+                            None => return Err(ConfigRefused::Policy(vanished(&spec))),
+                        },
+                    };
+                    r.spec = spec.clone();
+                    r.configured = (spec, rollout_spec.clone());
+                    r.rollout = rollout_spec;
+                    r.mode_source = ModeSource::Config;
+                    r.candidate_attempts = candidate_attempts_ok(&r.rollout);
+                    (policy, Arc::new(rollout), r)
+                }
+                (Some((Some(p), rollout, rollout_spec)), None) => {
+                    let r = Record::new(spec, rollout_spec, Arc::clone(&p));
+                    (p, Arc::new(rollout), r)
+                }
+                (_, None) => return Err(ConfigRefused::Policy(vanished(&spec))),
             };
-            // An unchanged policy keeps its own last attempt: a config
-            // reload says nothing about its file.
-            record.spec = spec;
             serving.insert(name.clone(), policy);
+            rollouts.insert(name.clone(), rollout);
             records.insert(name, record);
         }
-        let set = PolicySet::new(serving, RouteTable::new(config.routes.clone()));
+        let set = PolicySet::new(serving, RouteTable::new(config.routes.clone())).with_rollouts(rollouts);
         self.arbiter.install(Arc::new(set));
         state.policies = records;
         state.config = Arc::clone(&config);
@@ -564,6 +727,34 @@ impl Registry {
             hook(&config);
         }
         Ok(change)
+    }
+
+    /// The rollout `spec` asks for, reusing the candidates already loaded
+    /// with the same spec and loading the others.
+    fn rollout_for(
+        &self,
+        spec: &RolloutSpec,
+        known: Option<&Serving>,
+        loaded: Option<&Arc<Rollout>>,
+    ) -> Result<Rollout, LoadError> {
+        let mut candidates = Vec::with_capacity(spec.candidates.len());
+        for c in &spec.candidates {
+            let same = known
+                .and_then(|k| k.rollout.candidates.iter().find(|x| x.id == c.id))
+                .filter(|x| x.spec == c.spec)
+                .and_then(|_| loaded?.candidates.iter().find(|x| x.id == c.id));
+            candidates.push(match same {
+                Some(x) => crate::mode::Candidate {
+                    role: c.role,
+                    ..x.clone()
+                },
+                None => load_candidate(self.arbiter.engine(), self.cache.as_ref(), c)?,
+            });
+        }
+        Ok(Rollout {
+            mode: spec.mode,
+            candidates,
+        })
     }
 
     /// Whether policy `name`'s file no longer holds the serving version
@@ -589,9 +780,17 @@ impl Registry {
         if self.config_path.is_some() {
             let _ = self.reload_config();
         }
-        let names: Vec<String> = self.lock().policies.keys().cloned().collect();
-        for name in names {
+        let targets: Vec<(String, Vec<String>)> = self
+            .lock()
+            .policies
+            .iter()
+            .map(|(n, r)| (n.clone(), r.rollout.candidates.iter().map(|c| c.id.clone()).collect()))
+            .collect();
+        for (name, candidates) in targets {
             self.reload_policy(&name);
+            for id in candidates {
+                self.reload_candidate(&name, &id);
+            }
         }
     }
 
@@ -642,6 +841,224 @@ impl Registry {
         })
     }
 
+    /// Puts policy `name` in `mode` from the next decision on, recording
+    /// the change in the decision log first.
+    ///
+    /// # Errors
+    /// [`RolloutError::UnknownPolicy`], or [`RolloutError::Unrecorded`]
+    /// when the log cannot take the record.
+    pub fn set_mode(&self, name: &str, mode: Mode) -> Result<ModeChanged, RolloutError> {
+        let mut state = self.lock();
+        let record = state
+            .policies
+            .get_mut(name)
+            .ok_or_else(|| RolloutError::UnknownPolicy(name.to_owned()))?;
+        let set = self.arbiter.policy_set();
+        let from = set.mode(name);
+        self.record_admin(serde_json::json!({
+            "change": "mode",
+            "from": from,
+            "policy": name,
+            "to": mode,
+        }))?;
+        let rollout = Rollout {
+            mode,
+            candidates: set
+                .rollout(name)
+                .map(|r| r.candidates.clone())
+                .unwrap_or_default(),
+        };
+        self.arbiter
+            .install(Arc::new(set.with_rollout(name, Arc::new(rollout))));
+        record.rollout.mode = mode;
+        record.mode_source = ModeSource::Runtime {
+            at: timestamp(SystemTime::now()),
+        };
+        tracing::warn!(policy = name, %from, to = %mode, "mode changed");
+        Ok(ModeChanged {
+            policy: name.to_owned(),
+            from,
+            to: mode,
+        })
+    }
+
+    /// Makes candidate `id` of policy `name` its serving version: the
+    /// candidate's component and settings go through the whole load
+    /// pipeline again, the policy's smoke samples included, and are
+    /// swapped in with the candidate gone from the candidates. The version
+    /// it replaces stays kept for rollback.
+    ///
+    /// # Errors
+    /// [`RolloutError`], saying why; the serving version then stays.
+    pub fn promote(&self, name: &str, id: &str) -> Result<Promoted, RolloutError> {
+        let (spec, candidate) = {
+            let state = self.lock();
+            let record = state
+                .policies
+                .get(name)
+                .ok_or_else(|| RolloutError::UnknownPolicy(name.to_owned()))?;
+            let candidate = record
+                .rollout
+                .candidates
+                .iter()
+                .find(|c| c.id == id)
+                .cloned()
+                .ok_or_else(|| RolloutError::UnknownCandidate {
+                    policy: name.to_owned(),
+                    candidate: id.to_owned(),
+                    known: record.rollout.candidates.iter().map(|c| c.id.clone()).collect(),
+                })?;
+            (record.spec.clone(), candidate)
+        };
+        let promoted_spec = PolicySpec {
+            smoke: spec.smoke.clone(),
+            ..candidate.spec.clone()
+        };
+        // The slow part, off the lock, as any load.
+        let loaded = load::load(self.arbiter.engine(), self.cache.as_ref(), &promoted_spec)
+            .inspect_err(|e| {
+                if let Some(m) = &self.metrics {
+                    m.record_load_failure(name, e.step.as_str());
+                }
+            })?;
+        let loaded = Arc::new(loaded);
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let keep = state.config.reload.keep_versions;
+        let record = state
+            .policies
+            .get_mut(name)
+            .ok_or_else(|| RolloutError::UnknownPolicy(name.to_owned()))?;
+        if record.spec != spec || !record.rollout.candidates.contains(&candidate) {
+            return Err(RolloutError::Superseded(name.to_owned()));
+        }
+        let set = self.arbiter.policy_set();
+        let from = set.policy(name).map(|p| p.version.clone()).unwrap_or_default();
+        self.record_admin(serde_json::json!({
+            "candidate": id,
+            "change": "promote",
+            "from": from,
+            "policy": name,
+            "to": loaded.version,
+        }))?;
+        let rollout = Rollout {
+            mode: set.mode(name),
+            candidates: set
+                .rollout(name)
+                .map(|r| r.candidates.iter().filter(|c| c.id != id).cloned().collect())
+                .unwrap_or_default(),
+        };
+        let next = set
+            .with_policy(Arc::clone(&loaded))
+            .with_rollout(name, Arc::new(rollout));
+        self.arbiter.install(Arc::new(next));
+        remember(record, Arc::clone(&loaded), keep);
+        record.spec = promoted_spec;
+        record.rollout.candidates.retain(|c| c.id != id);
+        record.candidate_attempts.remove(id);
+        record.attempt = Attempt::ok();
+        state.targets_generation += 1;
+        self.count_reload(name, "promoted");
+        tracing::warn!(policy = name, candidate = id, %from, to = %loaded.version, "candidate promoted");
+        Ok(Promoted {
+            policy: name.to_owned(),
+            candidate: id.to_owned(),
+            from,
+            to: loaded.version.clone(),
+        })
+    }
+
+    /// Loads candidate `id` of policy `name` again from its file and swaps
+    /// it in if it passes; otherwise the loaded candidate stays.
+    pub fn reload_candidate(&self, name: &str, id: &str) -> Reloaded {
+        let (spec, serving) = {
+            let state = self.lock();
+            let Some(c) = state
+                .policies
+                .get(name)
+                .and_then(|r| r.rollout.candidates.iter().find(|c| c.id == id))
+            else {
+                return Reloaded::Unknown;
+            };
+            let serving = self
+                .arbiter
+                .policy_set()
+                .rollout(name)
+                .and_then(|r| r.candidates.iter().find(|c| c.id == id).map(|c| Arc::clone(&c.policy)));
+            (c.clone(), serving)
+        };
+        let result = load::load_if_changed(
+            self.arbiter.engine(),
+            self.cache.as_ref(),
+            &spec.spec,
+            serving.as_deref(),
+        );
+        let mut guard = self.lock();
+        let Some(record) = guard.policies.get_mut(name) else {
+            return Reloaded::Unknown;
+        };
+        if !record.rollout.candidates.contains(&spec) {
+            return Reloaded::Superseded;
+        }
+        match result {
+            Ok(None) => {
+                record.candidate_attempts.insert(id.to_owned(), Attempt::ok());
+                Reloaded::Unchanged
+            }
+            Ok(Some(loaded)) => {
+                let set = self.arbiter.policy_set();
+                let Some(current) = set.rollout(name) else {
+                    return Reloaded::Unknown;
+                };
+                let loaded = Arc::new(loaded);
+                let rollout = Rollout {
+                    mode: current.mode,
+                    candidates: current
+                        .candidates
+                        .iter()
+                        .map(|c| {
+                            let mut c = c.clone();
+                            if c.id == id {
+                                c.policy = Arc::clone(&loaded);
+                            }
+                            c
+                        })
+                        .collect(),
+                };
+                self.arbiter.install(Arc::new(set.with_rollout(name, Arc::new(rollout))));
+                record.candidate_attempts.insert(id.to_owned(), Attempt::ok());
+                let from = serving.map(|s| s.version.clone()).unwrap_or_default();
+                tracing::info!(policy = name, candidate = id, %from, to = %loaded.version, "candidate reloaded");
+                Reloaded::Swapped {
+                    from,
+                    to: loaded.version.clone(),
+                }
+            }
+            Err(e) => {
+                tracing::error!(policy = name, candidate = id, step = %e.step, error = %e, "candidate reload failed; the loaded candidate stays");
+                record
+                    .candidate_attempts
+                    .insert(id.to_owned(), Attempt::failed(e.step.as_str(), e.to_string()));
+                if let Some(m) = &self.metrics {
+                    m.record_load_failure(name, e.step.as_str());
+                }
+                Reloaded::Failed(e)
+            }
+        }
+    }
+
+    /// Writes an `admin` record of a change about to be made; a change the
+    /// log cannot take is not made.
+    fn record_admin(&self, data: serde_json::Value) -> Result<(), RolloutError> {
+        match &self.log {
+            Some(log) => log
+                .record_event("admin", &data)
+                .map(|_| ())
+                .map_err(|e| RolloutError::Unrecorded(e.to_string())),
+            None => Ok(()),
+        }
+    }
+
     /// Where everything stands.
     pub fn status(&self) -> Status {
         let state = self.lock();
@@ -658,12 +1075,34 @@ impl Registry {
                     signer: v.signer.clone(),
                     serving: serving.is_some_and(|s| Arc::ptr_eq(s, v)),
                 };
+                let loaded = set.rollout(name);
+                let candidates = r
+                    .rollout
+                    .candidates
+                    .iter()
+                    .map(|c| {
+                        let policy = loaded
+                            .and_then(|l| l.candidates.iter().find(|x| x.id == c.id))
+                            .map(|x| &x.policy);
+                        CandidateStatus {
+                            id: c.id.clone(),
+                            role: c.role,
+                            source: c.spec.source.to_string(),
+                            version: policy.map(version),
+                            settings: c.spec.settings.clone(),
+                            last_attempt: r.candidate_attempts.get(&c.id).cloned().unwrap_or_default(),
+                        }
+                    })
+                    .collect();
                 PolicyStatus {
                     name: name.clone(),
                     source: r.spec.source.to_string(),
                     serving: serving.map(version),
                     versions: r.versions.iter().map(version).collect(),
                     last_attempt: r.attempt.clone(),
+                    mode: set.mode(name),
+                    mode_source: r.mode_source.clone(),
+                    candidates,
                 }
             })
             .collect();
@@ -703,6 +1142,35 @@ impl Registry {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// A policy's entry as it stands, for a configuration reload to compare.
+struct Serving {
+    configured: (PolicySpec, RolloutSpec),
+    spec: PolicySpec,
+    rollout: RolloutSpec,
+}
+
+impl Record {
+    fn new(spec: PolicySpec, rollout: RolloutSpec, loaded: Arc<LoadedPolicy>) -> Self {
+        Record {
+            configured: (spec.clone(), rollout.clone()),
+            candidate_attempts: candidate_attempts_ok(&rollout),
+            spec,
+            rollout,
+            mode_source: ModeSource::Config,
+            versions: VecDeque::from([loaded]),
+            attempt: Attempt::ok(),
+        }
+    }
+}
+
+fn candidate_attempts_ok(rollout: &RolloutSpec) -> BTreeMap<String, Attempt> {
+    rollout
+        .candidates
+        .iter()
+        .map(|c| (c.id.clone(), Attempt::ok()))
+        .collect()
 }
 
 /// Puts `loaded` first among the kept versions, dropping an older copy of
@@ -774,18 +1242,15 @@ mod tests {
         let a = loaded(&engine, "procurement", serde_json::json!({}));
         let b = loaded(&engine, "shell-guard", serde_json::json!({}));
         let a2 = loaded(&engine, "procurement", serde_json::json!({}));
-        let mut record = Record {
-            spec: PolicySpec {
-                name: "p".into(),
-                source: crate::examples::source("procurement").expect("embedded"),
-                settings: serde_json::json!({}),
-                limits: Default::default(),
-                smoke: Vec::new(),
-                trust: Default::default(),
-            },
-            versions: VecDeque::from([Arc::clone(&a)]),
-            attempt: Attempt::default(),
+        let spec = PolicySpec {
+            name: "p".into(),
+            source: crate::examples::source("procurement").expect("embedded"),
+            settings: serde_json::json!({}),
+            limits: Default::default(),
+            smoke: Vec::new(),
+            trust: Default::default(),
         };
+        let mut record = Record::new(spec, RolloutSpec::default(), Arc::clone(&a));
         remember(&mut record, Arc::clone(&b), 5);
         // The same version and settings again moves to the front, once.
         remember(&mut record, Arc::clone(&a2), 5);

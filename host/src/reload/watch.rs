@@ -120,6 +120,8 @@ struct Worker {
     /// Directories with events, and when they will have been quiet long
     /// enough.
     due: BTreeMap<PathBuf, Instant>,
+    /// The registry's targets generation when last refreshed.
+    generation: u64,
 }
 
 impl Worker {
@@ -130,6 +132,7 @@ impl Worker {
             files: Vec::new(),
             dirs: BTreeSet::new(),
             due: BTreeMap::new(),
+            generation: 0,
         };
         worker.refresh_targets();
         worker
@@ -203,6 +206,10 @@ impl Worker {
     /// the debounce time: the configuration first, since it may change
     /// which policies there are.
     fn fire(&mut self) {
+        // A promotion moves a file from candidate to policy.
+        if self.registry.targets_generation() != self.generation {
+            self.refresh_targets();
+        }
         let now = Instant::now();
         let quiet: Vec<PathBuf> = self
             .due
@@ -236,8 +243,14 @@ impl Worker {
             self.refresh_targets();
         }
         for target in changed {
-            if let Target::Policy(name) = target {
-                self.registry.reload_policy(&name);
+            match target {
+                Target::Policy(name) => {
+                    self.registry.reload_policy(&name);
+                }
+                Target::Candidate(name, id) => {
+                    self.registry.reload_candidate(&name, &id);
+                }
+                Target::Config => {}
             }
         }
     }
@@ -245,6 +258,7 @@ impl Worker {
     /// Takes the registry's current list of files, and watches (or stops
     /// watching) their directories as the configuration asks.
     fn refresh_targets(&mut self) {
+        self.generation = self.registry.targets_generation();
         let watch = self.registry.config().reload.watch;
         let previous: BTreeMap<PathBuf, Fingerprint> = self
             .files

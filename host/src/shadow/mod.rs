@@ -1,0 +1,347 @@
+//! Shadow: candidate versions evaluated on the same input as the version
+//! that answered, off the caller's path.
+//!
+//! A decision whose policy has candidates hands a [`Job`] to a bounded
+//! queue and returns; the answer never waits for it. When the queue is
+//! full the job is dropped and counted, so a slow candidate cannot slow
+//! the callers. Worker threads take jobs, evaluate each candidate that did
+//! not answer live (and the serving version, when a canary answered), take
+//! an instance permit like any decision, and count the comparison in
+//! [`Divergences`]. Each divergence is also written to the decision log as
+//! a `shadow` record naming the decision it came from.
+//!
+//! [`replay`] does the same offline, from the inputs a decision log holds.
+
+pub mod divergence;
+pub mod replay;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::SystemTime;
+
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+pub use divergence::{Divergences, PairReport, Side, VersionRef};
+
+use crate::arbiter::{block_on, report};
+use crate::config::RolloutConfig;
+use crate::decision::PolicyReport;
+use crate::engine::Engine;
+use crate::evaluate::{self, Input};
+use crate::evidence::log::DecisionLog;
+use crate::evidence::metrics::Metrics;
+use crate::load::LoadedPolicy;
+use crate::mode::{Role, Rollout};
+use crate::reload::timestamp;
+use divergence::{Compared, PairOf};
+
+/// One decision's evaluations to run in the background.
+pub struct Job {
+    /// The serving version.
+    pub(crate) primary: Arc<LoadedPolicy>,
+    /// Its candidates, as they were when the decision ran.
+    pub(crate) rollout: Arc<Rollout>,
+    /// The candidate that answered live, by index; `None`: the serving one.
+    pub(crate) live_candidate: Option<usize>,
+    /// What answered live.
+    pub(crate) live: Side,
+    /// The input the live version saw.
+    pub(crate) input: Input,
+    /// Set once the decision has its id.
+    pub(crate) decision_id: String,
+    pub(crate) at: SystemTime,
+}
+
+impl Job {
+    /// A job comparing `rollout`'s candidates with what answered `live`.
+    pub(crate) fn new(
+        primary: &Arc<LoadedPolicy>,
+        rollout: &Arc<Rollout>,
+        live_candidate: Option<usize>,
+        live: &PolicyReport,
+        input: &Input,
+    ) -> Self {
+        Job {
+            primary: Arc::clone(primary),
+            rollout: Arc::clone(rollout),
+            live_candidate,
+            live: side(live),
+            input: input.clone(),
+            decision_id: String::new(),
+            at: SystemTime::now(),
+        }
+    }
+}
+
+/// What a report says, as one side of a comparison.
+pub fn side(r: &PolicyReport) -> Side {
+    Side {
+        outcome: r.outcome.as_str().to_owned(),
+        rule: r.rule.clone(),
+    }
+}
+
+/// The version a loaded policy is, in a pair.
+pub fn version_ref(p: &LoadedPolicy) -> VersionRef {
+    VersionRef {
+        version: p.version.clone(),
+        settings: p.settings.clone(),
+    }
+}
+
+enum Message {
+    Job(Box<Job>),
+    Stop,
+}
+
+/// The queue, its workers and what they found.
+pub struct Shadow {
+    tx: SyncSender<Message>,
+    closed: AtomicBool,
+    capacity: usize,
+    /// Jobs queued or running.
+    pending: Arc<AtomicU64>,
+    dropped: Mutex<BTreeMap<String, u64>>,
+    divergences: Arc<Divergences>,
+    metrics: Option<Arc<Metrics>>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// The queue's state, for the divergence endpoint.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueStatus {
+    /// Jobs the queue holds at most.
+    pub capacity: usize,
+    /// Jobs queued or running now.
+    pub pending: u64,
+    /// Jobs dropped because the queue was full, by policy.
+    pub dropped: BTreeMap<String, u64>,
+}
+
+struct Worker {
+    engine: Engine,
+    permits: Arc<Semaphore>,
+    divergences: Arc<Divergences>,
+    log: Option<Arc<DecisionLog>>,
+    metrics: Option<Arc<Metrics>>,
+    pending: Arc<AtomicU64>,
+}
+
+impl Shadow {
+    /// Starts `config.shadow_workers` threads evaluating on `engine`, each
+    /// evaluation holding one of `permits` as a decision does.
+    ///
+    /// # Errors
+    /// When a thread cannot be spawned.
+    pub fn start(
+        engine: &Engine,
+        permits: &Arc<Semaphore>,
+        config: &RolloutConfig,
+        log: Option<Arc<DecisionLog>>,
+        metrics: Option<Arc<Metrics>>,
+    ) -> std::io::Result<Shadow> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(config.shadow_queue);
+        let rx = Arc::new(Mutex::new(rx));
+        let pending = Arc::new(AtomicU64::new(0));
+        let divergences = Arc::new(Divergences::new(config.divergence_samples));
+        let mut workers = Vec::new();
+        for i in 0..config.shadow_workers {
+            let worker = Worker {
+                engine: engine.clone(),
+                permits: Arc::clone(permits),
+                divergences: Arc::clone(&divergences),
+                log: log.clone(),
+                metrics: metrics.clone(),
+                pending: Arc::clone(&pending),
+            };
+            let rx = Arc::clone(&rx);
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("arbiter-shadow-{i}"))
+                    .spawn(move || worker.run(&rx))?,
+            );
+        }
+        Ok(Shadow {
+            tx,
+            closed: AtomicBool::new(false),
+            capacity: config.shadow_queue,
+            pending,
+            dropped: Mutex::new(BTreeMap::new()),
+            divergences,
+            metrics,
+            workers: Mutex::new(workers),
+        })
+    }
+
+    /// Queues `job` without waiting; a full (or closed) queue drops it and
+    /// counts the drop.
+    pub fn submit(&self, job: Job) {
+        let policy = job.primary.name.clone();
+        if self.closed.load(Ordering::Acquire) {
+            self.count_drop(&policy);
+            return;
+        }
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        match self.tx.try_send(Message::Job(Box::new(job))) {
+            Ok(()) => {
+                if let Some(m) = &self.metrics {
+                    m.set_shadow_pending(self.pending.load(Ordering::Acquire));
+                }
+            }
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.pending.fetch_sub(1, Ordering::AcqRel);
+                self.count_drop(&policy);
+            }
+        }
+    }
+
+    fn count_drop(&self, policy: &str) {
+        *self
+            .dropped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(policy.to_owned())
+            .or_default() += 1;
+        if let Some(m) = &self.metrics {
+            m.record_shadow_dropped(policy);
+        }
+    }
+
+    /// What the comparisons found.
+    pub fn divergences(&self) -> &Divergences {
+        &self.divergences
+    }
+
+    /// The queue's state.
+    pub fn queue(&self) -> QueueStatus {
+        QueueStatus {
+            capacity: self.capacity,
+            pending: self.pending.load(Ordering::Acquire),
+            dropped: self
+                .dropped
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        }
+    }
+
+    /// Stops taking jobs, lets the workers finish the ones queued, and
+    /// waits for them: before the decision log closes, so their records
+    /// are written.
+    pub fn close(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(PoisonError::into_inner));
+        for _ in &workers {
+            // Behind every queued job; blocks while the queue is full.
+            let _ = self.tx.send(Message::Stop);
+        }
+        for w in workers {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for Shadow {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Worker {
+    fn run(&self, rx: &Mutex<Receiver<Message>>) {
+        loop {
+            let message = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
+            match message {
+                Ok(Message::Job(job)) => {
+                    self.compare(*job);
+                    self.pending.fetch_sub(1, Ordering::AcqRel);
+                    if let Some(m) = &self.metrics {
+                        m.set_shadow_pending(self.pending.load(Ordering::Acquire));
+                    }
+                }
+                Ok(Message::Stop) | Err(_) => return,
+            }
+        }
+    }
+
+    fn evaluate(&self, policy: &LoadedPolicy, input: &mut Input) -> Side {
+        let Ok(_permit) = block_on(self.permits.acquire()) else {
+            return Side {
+                outcome: "deny".into(),
+                rule: "failure.host".into(),
+            };
+        };
+        let eval = evaluate::evaluate(&self.engine, &policy.pre, &policy.limits, &policy.settings, input);
+        side(&report(policy, eval))
+    }
+
+    fn compare(&self, job: Job) {
+        let Job {
+            primary,
+            rollout,
+            live_candidate,
+            live,
+            mut input,
+            decision_id,
+            at,
+        } = job;
+        let at = timestamp(at);
+        let primary_side = match live_candidate {
+            None => live.clone(),
+            Some(_) => self.evaluate(&primary, &mut input),
+        };
+        let primary_ref = version_ref(&primary);
+        for (i, c) in rollout.candidates.iter().enumerate() {
+            let candidate_side = if live_candidate == Some(i) {
+                live.clone()
+            } else {
+                self.evaluate(&c.policy, &mut input)
+            };
+            let candidate_ref = version_ref(&c.policy);
+            let role = match c.role {
+                Role::Shadow => "shadow",
+                Role::Canary { .. } => "canary",
+            };
+            let pair = PairOf {
+                policy: &primary.name,
+                primary: &primary_ref,
+                candidate_id: &c.id,
+                candidate: &candidate_ref,
+                role,
+            };
+            let seen = Compared {
+                primary: &primary_side,
+                candidate: &candidate_side,
+                decision_id: &decision_id,
+                at: &at,
+            };
+            let diverged = self.divergences.record(pair, seen, || input.wire());
+            if let Some(m) = &self.metrics {
+                m.record_shadow(&primary.name, &c.id, diverged);
+            }
+            if diverged && let Some(log) = &self.log {
+                let data = serde_json::json!({
+                    "candidate": c.id,
+                    "candidate_outcome": candidate_side.outcome,
+                    "candidate_rule": candidate_side.rule,
+                    "candidate_version": candidate_ref.version,
+                    "decision_id": decision_id,
+                    "policy": primary.name,
+                    "primary_outcome": primary_side.outcome,
+                    "primary_rule": primary_side.rule,
+                    "primary_version": primary_ref.version,
+                    "role": role,
+                });
+                if let Err(e) = log.record_event("shadow", &data) {
+                    tracing::warn!(policy = %primary.name, candidate = %c.id, error = %e, "divergence not recorded in the decision log");
+                }
+            }
+        }
+    }
+}
