@@ -195,17 +195,19 @@ fn source_of(
 ) -> Result<Option<Source>, LoadError> {
     match (file, example) {
         (Some(file), _) => Ok(Some(Source::File(base.join(file)))),
-        (None, Some(example)) => crate::examples::source(example)
-            .map(Some)
-            .ok_or_else(|| LoadError {
-                policy: policy.to_owned(),
-                source_desc: format!("embedded:{example}"),
-                step: load::LoadStep::Read,
-                problem: load::LoadProblem::Read(format!(
-                    "no example policy `{example}` in this build (examples: {})",
-                    crate::examples::names().join(", ")
-                )),
-            }),
+        (None, Some(example)) => {
+            crate::examples::source(example)
+                .map(Some)
+                .ok_or_else(|| LoadError {
+                    policy: policy.to_owned(),
+                    source_desc: format!("embedded:{example}"),
+                    step: load::LoadStep::Read,
+                    problem: load::LoadProblem::Read(format!(
+                        "no example policy `{example}` in this build (examples: {})",
+                        crate::examples::names().join(", ")
+                    )),
+                })
+        }
         (None, None) => Ok(None),
     }
 }

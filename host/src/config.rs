@@ -683,13 +683,17 @@ fn check_candidates(p: &PolicyConfig) -> Result<(), String> {
         match (c.role, c.percent) {
             (CandidateRole::Shadow, None) => {}
             (CandidateRole::Shadow, Some(_)) => {
-                return Err(format!("{at}: `percent` is for canaries; a shadow is never enforced"));
+                return Err(format!(
+                    "{at}: `percent` is for canaries; a shadow is never enforced"
+                ));
             }
             (CandidateRole::Canary, Some(pct)) if pct > 0.0 && pct <= 100.0 => {
                 canary_total += pct;
             }
             (CandidateRole::Canary, _) => {
-                return Err(format!("{at}: a canary needs `percent`, above 0 and at most 100"));
+                return Err(format!(
+                    "{at}: a canary needs `percent`, above 0 and at most 100"
+                ));
             }
         }
     }
@@ -896,9 +900,18 @@ mod tests {
         assert_eq!(c.policies[0].mode, Mode::SoftEnforce);
         assert_eq!(c.policies[0].candidates[0].percent, Some(12.5));
         for (extra, want) in [
-            ("id = \"v2\"\nrole = \"canary\"\n", "a canary needs `percent`"),
-            ("id = \"v2\"\nrole = \"canary\"\npercent = 0\n", "a canary needs `percent`"),
-            ("id = \"v2\"\nrole = \"shadow\"\npercent = 5\n", "`percent` is for canaries"),
+            (
+                "id = \"v2\"\nrole = \"canary\"\n",
+                "a canary needs `percent`",
+            ),
+            (
+                "id = \"v2\"\nrole = \"canary\"\npercent = 0\n",
+                "a canary needs `percent`",
+            ),
+            (
+                "id = \"v2\"\nrole = \"shadow\"\npercent = 5\n",
+                "`percent` is for canaries",
+            ),
             ("id = \"v 2\"\nrole = \"shadow\"\n", "must be 1 to 64"),
             ("id = \"v2\"\nrole = \"both\"\n", "both"),
             (
@@ -914,8 +927,11 @@ mod tests {
                 .expect_err(extra);
             assert!(e.to_string().contains(want), "{extra}: {e}");
         }
-        let e = Config::parse(&format!("{base}").replace("soft-enforce", "sometimes"), "t.toml")
-            .expect_err("refused");
+        let e = Config::parse(
+            &format!("{base}").replace("soft-enforce", "sometimes"),
+            "t.toml",
+        )
+        .expect_err("refused");
         assert!(e.to_string().contains("sometimes"), "{e}");
     }
 

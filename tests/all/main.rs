@@ -8,5 +8,6 @@ mod load;
 mod log;
 mod nginx;
 mod reload;
+mod rollout;
 mod server;
 mod signing;

@@ -14,10 +14,16 @@ pub fn email_params() -> Value {
 
 /// The embedded procurement component, loaded with default settings.
 pub fn procurement(engine: &Engine) -> LoadedPolicy {
+    procurement_with(engine, json!({}))
+}
+
+/// The embedded procurement component, loaded with `settings`.
+#[allow(dead_code, reason = "not every bench compares settings")]
+pub fn procurement_with(engine: &Engine, settings: Value) -> LoadedPolicy {
     let spec = PolicySpec {
         name: "procurement".into(),
         source: arbiter::examples::source("procurement").expect("embedded"),
-        settings: json!({}),
+        settings,
         limits: Limits::default(),
         smoke: Vec::new(),
         trust: Default::default(),

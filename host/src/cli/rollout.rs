@@ -10,8 +10,8 @@ use clap::{Args, Subcommand};
 use serde_json::Value;
 
 use super::log::{existing_dir, time};
-use crate::evidence::audit::Filter;
 use super::{LimitArgs, RemoteArgs, call, engine, policy_name, remote};
+use crate::evidence::audit::Filter;
 use crate::load::{self, CompileCache, PolicySpec, Source};
 use crate::mode::Mode;
 use crate::shadow::replay;
@@ -200,7 +200,12 @@ fn distinct(d: &Value) -> Option<String> {
 pub(super) fn ab(command: &AbCommand) -> anyhow::Result<ExitCode> {
     let AbCommand::Report(args) = command;
     let server = remote(&args.remote, false)?;
-    let body = call(&server, hyper::Method::GET, &format!("/v1/ab/{}", args.name), None)?;
+    let body = call(
+        &server,
+        hyper::Method::GET,
+        &format!("/v1/ab/{}", args.name),
+        None,
+    )?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&body)?);
         return Ok(ExitCode::SUCCESS);

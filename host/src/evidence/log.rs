@@ -323,7 +323,11 @@ impl DecisionLog {
     ///
     /// # Errors
     /// As [`DecisionLog::record`].
-    pub fn record_event(&self, kind: &'static str, data: &serde_json::Value) -> Result<Recorded, Unrecorded> {
+    pub fn record_event(
+        &self,
+        kind: &'static str,
+        data: &serde_json::Value,
+    ) -> Result<Recorded, Unrecorded> {
         let (seq, epoch) = self.shared.push(kind, &record::canonical(data))?;
         self.shared.wait_written(seq, epoch)
     }

@@ -38,8 +38,8 @@ use sha2::{Digest, Sha256};
 
 use crate::config::ParamsStorage;
 use crate::decision::{Decision, Outcome, PolicyReport, Principal, Request};
-use crate::mode::Mode;
 use crate::hex;
+use crate::mode::Mode;
 
 /// The `prev_hash` of the first record of a log.
 pub const GENESIS: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";

@@ -367,7 +367,9 @@ async fn admin_body<T: serde::de::DeserializeOwned>(
     if bytes.iter().all(u8::is_ascii_whitespace) {
         Ok(None)
     } else if has_type {
-        wire::parse(&bytes).map(Some).map_err(FrontDoorError::BadRequest)
+        wire::parse(&bytes)
+            .map(Some)
+            .map_err(FrontDoorError::BadRequest)
     } else {
         Err(FrontDoorError::UnsupportedMediaType(String::new()))
     }
@@ -417,8 +419,7 @@ async fn promote(
     req: HttpRequest<Incoming>,
     name: String,
 ) -> Result<Response<Body>, FrontDoorError> {
-    let body: PromoteBody =
-        required(admin_body(service, req).await?, r#"{"candidate": "v2"}"#)?;
+    let body: PromoteBody = required(admin_body(service, req).await?, r#"{"candidate": "v2"}"#)?;
     let registry = Arc::clone(state.registry().ok_or(FrontDoorError::NotReady)?);
     // A promotion compiles: off the reactor.
     let done = tokio::task::spawn_blocking(move || registry.promote(&name, &body.candidate))

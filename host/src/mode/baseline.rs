@@ -251,7 +251,11 @@ impl Baseline {
                         first_seen: timestamp(e.first_seen),
                         last_seen: timestamp(e.last_seen),
                         targets: e.targets.report(),
-                        params: e.params.iter().map(|(k, s)| (k.clone(), s.report())).collect(),
+                        params: e
+                            .params
+                            .iter()
+                            .map(|(k, s)| (k.clone(), s.report()))
+                            .collect(),
                         keys_untracked: e.keys_untracked,
                     });
                 }
@@ -339,7 +343,8 @@ fn observe_value(entry: &mut Entry, path: &str, value: &Value, cap: usize) {
 fn email_domain(s: &str) -> Option<String> {
     let (local, domain) = s.split_once('@')?;
     let clean = |p: &str| {
-        !p.is_empty() && !p.contains(|c: char| c.is_whitespace() || c == ',' || c == ';' || c == '@')
+        !p.is_empty()
+            && !p.contains(|c: char| c.is_whitespace() || c == ',' || c == ';' || c == '@')
     };
     (clean(local) && clean(domain)).then(|| truncate(&domain.to_lowercase()))
 }
@@ -392,7 +397,10 @@ impl Numbers {
             count: self.count,
             min: self.min,
             max: self.max,
-            p95: sorted.get(rank.saturating_sub(1)).copied().unwrap_or(f64::NAN),
+            p95: sorted
+                .get(rank.saturating_sub(1))
+                .copied()
+                .unwrap_or(f64::NAN),
         }
     }
 }
@@ -474,7 +482,12 @@ mod tests {
         assert_eq!(domains.values["corp.example"], 100);
         assert_eq!(domains.values["other.example"], 100);
         // Five distinct recipients, three kept.
-        assert!(a.params["to[]"].values.as_ref().is_some_and(|v| v.more && v.values.len() == 3));
+        assert!(
+            a.params["to[]"]
+                .values
+                .as_ref()
+                .is_some_and(|v| v.more && v.values.len() == 3)
+        );
         assert!(a.targets.more);
         assert_eq!(a.params["nested.deep"].types["bool"], 100);
         assert_eq!(a.params["to"].types["array"], 100);
@@ -505,12 +518,20 @@ mod tests {
             deep = json!({ "d": deep });
         }
         wide.insert("deep".into(), deep);
-        b.observe(&request("bot", "a", &"t".repeat(10_000), Value::Object(wide)), SystemTime::now());
+        b.observe(
+            &request("bot", "a", &"t".repeat(10_000), Value::Object(wide)),
+            SystemTime::now(),
+        );
         let r = b.report(None);
         let a = &r.actions[0];
         assert_eq!(a.params.len(), MAX_KEYS);
         assert!(a.keys_untracked > 0);
         assert!(a.params.keys().all(|k| k.split('.').count() <= MAX_DEPTH));
-        assert!(a.targets.values.keys().all(|t| t.chars().count() <= MAX_VALUE_CHARS + 1));
+        assert!(
+            a.targets
+                .values
+                .keys()
+                .all(|t| t.chars().count() <= MAX_VALUE_CHARS + 1)
+        );
     }
 }

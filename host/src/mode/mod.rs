@@ -31,7 +31,9 @@ use crate::decision::{Outcome, PolicyReport};
 use crate::load::LoadedPolicy;
 
 /// How much a policy's answer binds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
     /// The policy does not run; the action is recorded and allowed.
@@ -270,8 +272,20 @@ mod tests {
                 SoftEnforce,
                 1,
             ),
-            (&[(SoftEnforce, Allow), (Enforce, Deny)], Deny, Deny, Enforce, 0),
-            (&[(Monitor, Allow), (SoftEnforce, Allow)], Allow, Allow, SoftEnforce, 0),
+            (
+                &[(SoftEnforce, Allow), (Enforce, Deny)],
+                Deny,
+                Deny,
+                Enforce,
+                0,
+            ),
+            (
+                &[(Monitor, Allow), (SoftEnforce, Allow)],
+                Allow,
+                Allow,
+                SoftEnforce,
+                0,
+            ),
         ];
         for (chain, outcome, decided, mode, warnings) in rows {
             let reports: Vec<_> = chain
@@ -297,7 +311,10 @@ mod tests {
             Some(serde_json::json!({"a": 1})),
         );
         let f = fold(std::slice::from_ref(&soft));
-        assert_eq!((f.outcome, f.params, f.decided), (Outcome::Allow, None, Outcome::Modify));
+        assert_eq!(
+            (f.outcome, f.params, f.decided),
+            (Outcome::Allow, None, Outcome::Modify)
+        );
         let mut enforced = soft;
         enforced.mode = Mode::Enforce;
         assert_eq!(fold(&[enforced]).params, Some(serde_json::json!({"a": 1})));

@@ -388,9 +388,8 @@ impl Registry {
         let mut errors = Vec::new();
         for spec in specs {
             let rollout_spec = rollout_specs.remove(&spec.name).unwrap_or_default();
-            let loaded = load::load(&engine, cache.as_ref(), &spec).and_then(|p| {
-                Ok((p, load_rollout(&engine, cache.as_ref(), &rollout_spec)?))
-            });
+            let loaded = load::load(&engine, cache.as_ref(), &spec)
+                .and_then(|p| Ok((p, load_rollout(&engine, cache.as_ref(), &rollout_spec)?)));
             match loaded {
                 Ok((p, rollout)) => {
                     tracing::info!(policy = %p.name, version = %p.version, cache = ?p.cache, mode = %rollout.mode, "policy loaded");
@@ -483,7 +482,10 @@ impl Registry {
             .collect();
         for (name, r) in &state.policies {
             let candidates = r.rollout.candidates.iter().map(|c| {
-                (&c.spec.source, Target::Candidate(name.clone(), c.id.clone()))
+                (
+                    &c.spec.source,
+                    Target::Candidate(name.clone(), c.id.clone()),
+                )
             });
             for (source, target) in
                 std::iter::once((&r.spec.source, Target::Policy(name.clone()))).chain(candidates)
@@ -680,7 +682,10 @@ impl Registry {
         let mut records = BTreeMap::new();
         for spec in specs {
             let name = spec.name.clone();
-            let (policy, rollout, record) = match (plans.remove(&name), state.policies.remove(&name)) {
+            let (policy, rollout, record) = match (
+                plans.remove(&name),
+                state.policies.remove(&name),
+            ) {
                 // Unchanged: keep what serves, rolled back, promoted or
                 // switched to another mode as it may be.
                 (None, Some(r)) => match (current.policy(&name), current.rollout(&name)) {
@@ -688,7 +693,9 @@ impl Registry {
                     _ => return Err(ConfigRefused::Policy(vanished(&spec))),
                 },
                 (Some((primary, rollout, rollout_spec)), Some(mut r)) => {
-                    if matches!(r.mode_source, ModeSource::Runtime { .. }) && r.rollout.mode != rollout_spec.mode {
+                    if matches!(r.mode_source, ModeSource::Runtime { .. })
+                        && r.rollout.mode != rollout_spec.mode
+                    {
                         tracing::warn!(policy = %name, mode = %rollout_spec.mode, "the configuration changes this policy; the mode set at run time gives way to the configured one");
                     }
                     let policy = match primary {
@@ -719,7 +726,8 @@ impl Registry {
             rollouts.insert(name.clone(), rollout);
             records.insert(name, record);
         }
-        let set = PolicySet::new(serving, RouteTable::new(config.routes.clone())).with_rollouts(rollouts);
+        let set =
+            PolicySet::new(serving, RouteTable::new(config.routes.clone())).with_rollouts(rollouts);
         self.arbiter.install(Arc::new(set));
         state.policies = records;
         state.config = Arc::clone(&config);
@@ -784,7 +792,12 @@ impl Registry {
             .lock()
             .policies
             .iter()
-            .map(|(n, r)| (n.clone(), r.rollout.candidates.iter().map(|c| c.id.clone()).collect()))
+            .map(|(n, r)| {
+                (
+                    n.clone(),
+                    r.rollout.candidates.iter().map(|c| c.id.clone()).collect(),
+                )
+            })
             .collect();
         for (name, candidates) in targets {
             self.reload_policy(&name);
@@ -906,7 +919,12 @@ impl Registry {
                 .ok_or_else(|| RolloutError::UnknownCandidate {
                     policy: name.to_owned(),
                     candidate: id.to_owned(),
-                    known: record.rollout.candidates.iter().map(|c| c.id.clone()).collect(),
+                    known: record
+                        .rollout
+                        .candidates
+                        .iter()
+                        .map(|c| c.id.clone())
+                        .collect(),
                 })?;
             (record.spec.clone(), candidate)
         };
@@ -933,7 +951,10 @@ impl Registry {
             return Err(RolloutError::Superseded(name.to_owned()));
         }
         let set = self.arbiter.policy_set();
-        let from = set.policy(name).map(|p| p.version.clone()).unwrap_or_default();
+        let from = set
+            .policy(name)
+            .map(|p| p.version.clone())
+            .unwrap_or_default();
         self.record_admin(serde_json::json!({
             "candidate": id,
             "change": "promote",
@@ -945,7 +966,13 @@ impl Registry {
             mode: set.mode(name),
             candidates: set
                 .rollout(name)
-                .map(|r| r.candidates.iter().filter(|c| c.id != id).cloned().collect())
+                .map(|r| {
+                    r.candidates
+                        .iter()
+                        .filter(|c| c.id != id)
+                        .cloned()
+                        .collect()
+                })
                 .unwrap_or_default(),
         };
         let next = set
@@ -980,11 +1007,12 @@ impl Registry {
             else {
                 return Reloaded::Unknown;
             };
-            let serving = self
-                .arbiter
-                .policy_set()
-                .rollout(name)
-                .and_then(|r| r.candidates.iter().find(|c| c.id == id).map(|c| Arc::clone(&c.policy)));
+            let serving = self.arbiter.policy_set().rollout(name).and_then(|r| {
+                r.candidates
+                    .iter()
+                    .find(|c| c.id == id)
+                    .map(|c| Arc::clone(&c.policy))
+            });
             (c.clone(), serving)
         };
         let result = load::load_if_changed(
@@ -1002,7 +1030,9 @@ impl Registry {
         }
         match result {
             Ok(None) => {
-                record.candidate_attempts.insert(id.to_owned(), Attempt::ok());
+                record
+                    .candidate_attempts
+                    .insert(id.to_owned(), Attempt::ok());
                 Reloaded::Unchanged
             }
             Ok(Some(loaded)) => {
@@ -1025,8 +1055,11 @@ impl Registry {
                         })
                         .collect(),
                 };
-                self.arbiter.install(Arc::new(set.with_rollout(name, Arc::new(rollout))));
-                record.candidate_attempts.insert(id.to_owned(), Attempt::ok());
+                self.arbiter
+                    .install(Arc::new(set.with_rollout(name, Arc::new(rollout))));
+                record
+                    .candidate_attempts
+                    .insert(id.to_owned(), Attempt::ok());
                 let from = serving.map(|s| s.version.clone()).unwrap_or_default();
                 tracing::info!(policy = name, candidate = id, %from, to = %loaded.version, "candidate reloaded");
                 Reloaded::Swapped {
@@ -1036,9 +1069,10 @@ impl Registry {
             }
             Err(e) => {
                 tracing::error!(policy = name, candidate = id, step = %e.step, error = %e, "candidate reload failed; the loaded candidate stays");
-                record
-                    .candidate_attempts
-                    .insert(id.to_owned(), Attempt::failed(e.step.as_str(), e.to_string()));
+                record.candidate_attempts.insert(
+                    id.to_owned(),
+                    Attempt::failed(e.step.as_str(), e.to_string()),
+                );
                 if let Some(m) = &self.metrics {
                     m.record_load_failure(name, e.step.as_str());
                 }
@@ -1090,7 +1124,11 @@ impl Registry {
                             source: c.spec.source.to_string(),
                             version: policy.map(version),
                             settings: c.spec.settings.clone(),
-                            last_attempt: r.candidate_attempts.get(&c.id).cloned().unwrap_or_default(),
+                            last_attempt: r
+                                .candidate_attempts
+                                .get(&c.id)
+                                .cloned()
+                                .unwrap_or_default(),
                         }
                     })
                     .collect();

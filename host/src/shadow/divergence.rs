@@ -164,7 +164,12 @@ impl Divergences {
 
     /// Counts one comparison; `input` makes the sample's input if this
     /// divergence is sampled. Returns whether they diverged.
-    pub fn record(&self, pair: PairOf<'_>, seen: Compared<'_>, input: impl FnOnce() -> Value) -> bool {
+    pub fn record(
+        &self,
+        pair: PairOf<'_>,
+        seen: Compared<'_>,
+        input: impl FnOnce() -> Value,
+    ) -> bool {
         let diverged = seen.primary.outcome != seen.candidate.outcome;
         let mut state = self.lock();
         state.clock += 1;
@@ -342,7 +347,10 @@ mod tests {
             candidate: &v2,
             role: "shadow",
         };
-        let (allow, approve) = (side("allow", "default.allow"), side("require-approval", "spend"));
+        let (allow, approve) = (
+            side("allow", "default.allow"),
+            side("require-approval", "spend"),
+        );
         let mut sampled = 0;
         for i in 0..100 {
             let candidate = if i % 4 == 0 { &approve } else { &allow };

@@ -236,7 +236,8 @@ impl Shadow {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(PoisonError::into_inner));
+        let workers =
+            std::mem::take(&mut *self.workers.lock().unwrap_or_else(PoisonError::into_inner));
         for _ in &workers {
             // Behind every queued job; blocks while the queue is full.
             let _ = self.tx.send(Message::Stop);
@@ -277,7 +278,13 @@ impl Worker {
                 rule: "failure.host".into(),
             };
         };
-        let eval = evaluate::evaluate(&self.engine, &policy.pre, &policy.limits, &policy.settings, input);
+        let eval = evaluate::evaluate(
+            &self.engine,
+            &policy.pre,
+            &policy.limits,
+            &policy.settings,
+            input,
+        );
         side(&report(policy, eval))
     }
 

@@ -141,9 +141,15 @@ fn rebuild(p: &Parsed, policy: &str) -> Result<Rebuilt, &'static str> {
         }
         // What an enforced modify earlier in the chain made of the params
         // is what the policy saw.
-        let enforced = q.get("mode").and_then(Value::as_str).is_none_or(|m| m == "enforce");
+        let enforced = q
+            .get("mode")
+            .and_then(Value::as_str)
+            .is_none_or(|m| m == "enforce");
         if enforced && q["outcome"] == "modify" {
-            params = q.get("params").cloned().ok_or("params not stored (log.params = \"sha256\")")?;
+            params = q
+                .get("params")
+                .cloned()
+                .ok_or("params not stored (log.params = \"sha256\")")?;
         }
     }
     let q = ran.ok_or("the policy did not run")?;
