@@ -927,11 +927,8 @@ mod tests {
                 .expect_err(extra);
             assert!(e.to_string().contains(want), "{extra}: {e}");
         }
-        let e = Config::parse(
-            &format!("{base}").replace("soft-enforce", "sometimes"),
-            "t.toml",
-        )
-        .expect_err("refused");
+        let e = Config::parse(&base.replace("soft-enforce", "sometimes"), "t.toml")
+            .expect_err("refused");
         assert!(e.to_string().contains("sometimes"), "{e}");
     }
 

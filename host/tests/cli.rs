@@ -311,8 +311,8 @@ mod serve {
         );
     }
 
-    fn decided_version(addr: &str) -> String {
-        let body = r#"{"action": {"kind": "tool", "name": "search"}, "context": {"agent": {"id": "bot"}}}"#;
+    /// Decides `body` on the server at `addr`.
+    fn decide(addr: &str, body: &str) -> serde_json::Value {
         let reply = http(
             addr,
             &format!(
@@ -321,11 +321,124 @@ mod serve {
             ),
         );
         let json = reply.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-        let d: serde_json::Value = serde_json::from_str(json).expect("a decision");
-        d["policies"][0]["version"]
+        serde_json::from_str(json).expect("a decision")
+    }
+
+    fn decided_version(addr: &str) -> String {
+        let body = r#"{"action": {"kind": "tool", "name": "search"}, "context": {"agent": {"id": "bot"}}}"#;
+        decide(addr, body)["policies"][0]["version"]
             .as_str()
             .unwrap_or_default()
             .to_owned()
+    }
+
+    #[test]
+    fn mode_baseline_ab_promote_and_replay_as_a_rollout_would_run_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let policy = super::example_file(dir.path(), "procurement");
+        let config = dir.path().join("arbiter.toml");
+        std::fs::write(
+            &config,
+            "[auth]\nadmin_token = \"s3cret\"\n[[policies]]\nname = \"p\"\nfile = \"procurement.wasm\"\n\
+             [[policies.candidates]]\nid = \"strict\"\nrole = \"shadow\"\nsettings = { approval_over = 4000 }\n\
+             [[routes]]\nchain = [\"p\"]\n",
+        )
+        .expect("write");
+        let (child, addr, _rx) = serve(
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--config",
+                config.to_str().expect("utf-8"),
+            ],
+            dir.path(),
+        );
+        wait_ready(&addr);
+        let transfer = |amount: u32| {
+            format!(
+                r#"{{"action": {{"kind": "tool", "name": "payments.transfer", "params": {{"amount": {amount}}}}}, "context": {{"agent": {{"id": "bot"}}}}}}"#
+            )
+        };
+        for amount in [100, 4500, 4600] {
+            assert_eq!(decide(&addr, &transfer(amount))["mode"], "enforce");
+        }
+        let url = format!("http://{addr}");
+        let cli = |args: &[&str]| {
+            let o = Command::new(env!("CARGO_BIN_EXE_arbiter"))
+                .args(args)
+                .args(["--server", &url])
+                .env("ARBITER_ADMIN_TOKEN", "s3cret")
+                .output()
+                .expect("run");
+            let (out, err) = super::text(&o);
+            (o.status.code(), out, err)
+        };
+
+        let (code, _, err) = cli(&["mode", "p", "sometimes"]);
+        assert_eq!(code, Some(2));
+        assert!(err.contains("unknown mode `sometimes`"), "{err}");
+        let (code, out, err) = cli(&["mode", "p", "monitor"]);
+        assert_eq!(code, Some(0), "{out}{err}");
+        assert!(out.contains("mode enforce -> monitor"), "{out}");
+        for amount in [300, 200] {
+            assert_eq!(decide(&addr, &transfer(amount))["mode"], "monitor");
+        }
+        let (code, out, err) = cli(&["baseline", "--agent", "bot"]);
+        assert_eq!(code, Some(0), "{out}{err}");
+        assert!(out.contains("bot  tool payments.transfer  x2"), "{out}");
+        assert!(out.contains("min 200.0  max 300.0"), "{out}");
+
+        // Monitor runs no policy, so only the enforced three were compared.
+        let (code, out, err) = cli(&["ab", "report", "p"]);
+        assert_eq!(code, Some(0), "{out}{err}");
+        assert!(out.contains("candidate strict (shadow)"), "{out}");
+        assert!(out.contains("compared 3, agreed 1 (33.3%)"), "{out}");
+        assert!(
+            out.contains("2  default.allow -> spend.needs-approval"),
+            "{out}"
+        );
+
+        let (code, out, err) = cli(&["promote", "p", "strict"]);
+        assert_eq!(code, Some(0), "{out}{err}");
+        assert!(out.contains("candidate `strict` now serves"), "{out}");
+        let (code, _, err) = cli(&["promote", "p", "strict"]);
+        assert_eq!(code, Some(2));
+        assert!(
+            err.contains("(404)") && err.contains("no candidate `strict`"),
+            "{err}"
+        );
+        sigterm(&child);
+        let mut child = child;
+        assert_eq!(child.wait().expect("wait").code(), Some(0));
+
+        // Last hour's traffic against the candidate, offline.
+        let log = dir.path().join("decisions");
+        let o = Command::new(env!("CARGO_BIN_EXE_arbiter"))
+            .args([
+                "replay",
+                "--log",
+                log.to_str().expect("utf-8"),
+                "--policy",
+                "p",
+            ])
+            .args(["--candidate", policy.to_str().expect("utf-8")])
+            .args(["--settings", r#"{"approval_over": 4000}"#, "--since", "1h"])
+            .env("ARBITER_CACHE_DIR", dir.path().join("cache"))
+            .output()
+            .expect("run");
+        let (out, err) = super::text(&o);
+        assert!(o.status.success(), "{out}{err}");
+        assert!(
+            out.contains("policy p: 5 decisions recorded, 5 replayed against `procurement`"),
+            "{out}"
+        );
+        assert!(out.contains("candidate procurement (replay)"), "{out}");
+        // The two monitored decisions had no answer to compare with.
+        assert!(out.contains("not-evaluated     -> allow 2"), "{out}");
+        assert!(
+            out.contains("allow             -> allow 1, require-approval 2"),
+            "{out}"
+        );
     }
 
     #[test]

@@ -4,7 +4,10 @@
 //! A decision whose policy has candidates hands a [`Job`] to a bounded
 //! queue and returns; the answer never waits for it. When the queue is
 //! full the job is dropped and counted, so a slow candidate cannot slow
-//! the callers. Worker threads take jobs, evaluate each candidate that did
+//! the callers. Queuing makes no system call: the workers are never woken
+//! by a caller (a wake-up costs the caller microseconds, more than the
+//! rest of queuing), they look for work every millisecond while there is
+//! some, backing off to 20 ms when idle. Worker threads take jobs, evaluate each candidate that did
 //! not answer live (and the serving version, when a canary answered), take
 //! an instance permit like any decision, and count the comparison in
 //! [`Divergences`]. Each divergence is also written to the decision log as
@@ -15,12 +18,11 @@
 pub mod divergence;
 pub mod replay;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use tokio::sync::Semaphore;
@@ -93,16 +95,26 @@ pub fn version_ref(p: &LoadedPolicy) -> VersionRef {
     }
 }
 
-enum Message {
-    Job(Box<Job>),
-    Stop,
+/// How long an idle worker sleeps between looks, at first and at most.
+const IDLE_FIRST: Duration = Duration::from_millis(1);
+const IDLE_MAX: Duration = Duration::from_millis(20);
+
+/// The bounded queue the callers and workers share.
+struct Queue {
+    jobs: Mutex<VecDeque<Job>>,
+    capacity: usize,
+    closed: AtomicBool,
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Job>> {
+        self.jobs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// The queue, its workers and what they found.
 pub struct Shadow {
-    tx: SyncSender<Message>,
-    closed: AtomicBool,
-    capacity: usize,
+    queue: Arc<Queue>,
     /// Jobs queued or running.
     pending: Arc<AtomicU64>,
     dropped: Mutex<BTreeMap<String, u64>>,
@@ -129,6 +141,7 @@ struct Worker {
     log: Option<Arc<DecisionLog>>,
     metrics: Option<Arc<Metrics>>,
     pending: Arc<AtomicU64>,
+    queue: Arc<Queue>,
 }
 
 impl Shadow {
@@ -144,8 +157,11 @@ impl Shadow {
         log: Option<Arc<DecisionLog>>,
         metrics: Option<Arc<Metrics>>,
     ) -> std::io::Result<Shadow> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(config.shadow_queue);
-        let rx = Arc::new(Mutex::new(rx));
+        let queue = Arc::new(Queue {
+            jobs: Mutex::new(VecDeque::with_capacity(config.shadow_queue.min(1 << 16))),
+            capacity: config.shadow_queue,
+            closed: AtomicBool::new(false),
+        });
         let pending = Arc::new(AtomicU64::new(0));
         let divergences = Arc::new(Divergences::new(config.divergence_samples));
         let mut workers = Vec::new();
@@ -157,18 +173,16 @@ impl Shadow {
                 log: log.clone(),
                 metrics: metrics.clone(),
                 pending: Arc::clone(&pending),
+                queue: Arc::clone(&queue),
             };
-            let rx = Arc::clone(&rx);
             workers.push(
                 std::thread::Builder::new()
                     .name(format!("arbiter-shadow-{i}"))
-                    .spawn(move || worker.run(&rx))?,
+                    .spawn(move || worker.run())?,
             );
         }
         Ok(Shadow {
-            tx,
-            closed: AtomicBool::new(false),
-            capacity: config.shadow_queue,
+            queue,
             pending,
             dropped: Mutex::new(BTreeMap::new()),
             divergences,
@@ -180,21 +194,22 @@ impl Shadow {
     /// Queues `job` without waiting; a full (or closed) queue drops it and
     /// counts the drop.
     pub fn submit(&self, job: Job) {
-        let policy = job.primary.name.clone();
-        if self.closed.load(Ordering::Acquire) {
-            self.count_drop(&policy);
-            return;
-        }
-        self.pending.fetch_add(1, Ordering::AcqRel);
-        match self.tx.try_send(Message::Job(Box::new(job))) {
-            Ok(()) => {
-                if let Some(m) = &self.metrics {
-                    m.set_shadow_pending(self.pending.load(Ordering::Acquire));
-                }
+        let refused = {
+            let mut jobs = self.queue.lock();
+            if self.queue.closed.load(Ordering::Acquire) || jobs.len() >= self.queue.capacity {
+                Some(job)
+            } else {
+                jobs.push_back(job);
+                None
             }
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.pending.fetch_sub(1, Ordering::AcqRel);
-                self.count_drop(&policy);
+        };
+        match refused {
+            Some(job) => self.count_drop(&job.primary.name),
+            None => {
+                let pending = self.pending.fetch_add(1, Ordering::AcqRel) + 1;
+                if let Some(m) = &self.metrics {
+                    m.set_shadow_pending(pending);
+                }
             }
         }
     }
@@ -219,7 +234,7 @@ impl Shadow {
     /// The queue's state.
     pub fn queue(&self) -> QueueStatus {
         QueueStatus {
-            capacity: self.capacity,
+            capacity: self.queue.capacity,
             pending: self.pending.load(Ordering::Acquire),
             dropped: self
                 .dropped
@@ -233,15 +248,9 @@ impl Shadow {
     /// waits for them: before the decision log closes, so their records
     /// are written.
     pub fn close(&self) {
-        if self.closed.swap(true, Ordering::AcqRel) {
-            return;
-        }
+        self.queue.closed.store(true, Ordering::Release);
         let workers =
             std::mem::take(&mut *self.workers.lock().unwrap_or_else(PoisonError::into_inner));
-        for _ in &workers {
-            // Behind every queued job; blocks while the queue is full.
-            let _ = self.tx.send(Message::Stop);
-        }
         for w in workers {
             let _ = w.join();
         }
@@ -255,18 +264,25 @@ impl Drop for Shadow {
 }
 
 impl Worker {
-    fn run(&self, rx: &Mutex<Receiver<Message>>) {
+    /// Takes jobs until the queue is closed and empty.
+    fn run(&self) {
+        let mut idle = IDLE_FIRST;
         loop {
-            let message = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
-            match message {
-                Ok(Message::Job(job)) => {
-                    self.compare(*job);
-                    self.pending.fetch_sub(1, Ordering::AcqRel);
+            let job = self.queue.lock().pop_front();
+            match job {
+                Some(job) => {
+                    self.compare(job);
+                    let pending = self.pending.fetch_sub(1, Ordering::AcqRel) - 1;
                     if let Some(m) = &self.metrics {
-                        m.set_shadow_pending(self.pending.load(Ordering::Acquire));
+                        m.set_shadow_pending(pending);
                     }
+                    idle = IDLE_FIRST;
                 }
-                Ok(Message::Stop) | Err(_) => return,
+                None if self.queue.closed.load(Ordering::Acquire) => return,
+                None => {
+                    std::thread::sleep(idle);
+                    idle = (idle * 2).min(IDLE_MAX);
+                }
             }
         }
     }
