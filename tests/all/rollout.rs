@@ -760,3 +760,74 @@ fn replay_judges_a_candidate_on_a_recorded_log() {
     assert_eq!((pair.role.as_str(), pair.samples.len()), ("replay", 2));
     assert_eq!(pair.candidate_version.settings, "{\"approval_over\":4000}");
 }
+
+#[test]
+fn a_reload_keeps_runtime_changes_to_entries_it_leaves_alone_and_follows_candidate_files() {
+    let dir = tempfile::tempdir().expect("dir");
+    let variant = procurement_variant(dir.path());
+    let config = dir.path().join("arbiter.toml");
+    let text = |policy_extra: &str, extra: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{extra}\n[auth]\nadmin_token = \"{ADMIN}\"\n[cache]\nenabled = false\n\
+             [reload]\ndebounce_ms = 20\n\
+             [[policies]]\nname = \"procurement\"\nexample = \"procurement\"\n{policy_extra}\n\
+             [[policies.candidates]]\nid = \"v2\"\nrole = \"shadow\"\nfile = \"{}\"\n\
+             [[routes]]\nchain = [\"procurement\"]\n",
+            variant.display()
+        )
+    };
+    std::fs::write(&config, text("", "")).expect("write");
+    let server = Server::start_file(&config);
+    let addr = server.addr;
+    let entry = || get(addr, "/v1/policies").json()["policies"][0].clone();
+    let r = admin(
+        addr,
+        "PUT",
+        "/v1/policies/procurement/mode",
+        &json!({"mode": "monitor"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // A change elsewhere in the file leaves the runtime mode alone.
+    arbiter_tests::replace_by_rename(&config, text("", "max_body_bytes = 4096").as_bytes());
+    wait_for("the configuration reload", || {
+        metric(addr, "arbiter_config_reloads_total{result=\"applied\"} 1")
+    });
+    assert_eq!(
+        (
+            entry()["mode"].clone(),
+            entry()["mode_source"]["source"].clone()
+        ),
+        (json!("monitor"), json!("runtime"))
+    );
+
+    // A change to the policy's entry applies the configured mode.
+    arbiter_tests::replace_by_rename(
+        &config,
+        text("mode = \"soft-enforce\"", "max_body_bytes = 4096").as_bytes(),
+    );
+    wait_for("the entry's mode", || entry()["mode"] == "soft-enforce");
+    assert_eq!(entry()["mode_source"]["source"], "config");
+
+    // A new candidate file is loaded through the pipeline; a broken one is
+    // refused and the loaded candidate stays.
+    let before = entry()["candidates"][0]["version"]["version"].clone();
+    let mut bytes = std::fs::read(&variant).expect("read");
+    bytes.extend_from_slice(&[0, 3, 1, b'x', b'3']);
+    arbiter_tests::replace_by_rename(&variant, &bytes);
+    wait_for("the candidate reload", || {
+        entry()["candidates"][0]["version"]["version"] != before
+    });
+    let after = entry()["candidates"][0]["version"]["version"].clone();
+    assert_eq!(after, json!(arbiter::load::version_of(&bytes)));
+    arbiter_tests::replace_by_rename(&variant, b"not a component");
+    wait_for("the refused reload", || {
+        entry()["candidates"][0]["last_attempt"]["error"] != Value::Null
+    });
+    assert_eq!(entry()["candidates"][0]["version"]["version"], after);
+    assert_eq!(entry()["candidates"][0]["last_attempt"]["step"], "compile");
+}
+
+fn metric(addr: std::net::SocketAddr, line: &str) -> bool {
+    get(addr, "/metrics").body.lines().any(|l| l == line)
+}
