@@ -18,7 +18,7 @@ use std::time::{Instant, SystemTime};
 use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
 
-use crate::config::{CandidateRole, Config, RolloutConfig};
+use crate::config::{Config, RolloutConfig};
 use crate::decision::{Decision, Outcome, PolicyReport, Request};
 use crate::engine::{Engine, EngineError};
 use crate::evaluate::{self, FailureKind, Input, PolicyFailure};
@@ -26,7 +26,7 @@ use crate::evidence::log::{DecisionLog, Unrecorded};
 use crate::evidence::metrics::Metrics;
 use crate::load::{self, CompileCache, LoadError, LoadedPolicy, PolicySpec, Source};
 use crate::mode::baseline::Baseline;
-use crate::mode::{self, Candidate, MONITOR_RULE, Mode, Role, Rollout};
+use crate::mode::{self, MONITOR_RULE, Mode, Rollout, load_rollout, rollout_specs_from_config};
 use crate::route::{RouteSpec, RouteTable};
 use crate::shadow::{self, Shadow};
 
@@ -187,7 +187,7 @@ pub fn specs_from_config(config: &Config, base: &Path) -> Result<Vec<PolicySpec>
 
 /// Where a configured component is: a file relative to `base`, or an
 /// embedded example; `None` when neither is given.
-fn source_of(
+pub(crate) fn source_of(
     policy: &str,
     file: Option<&Path>,
     example: Option<&str>,
@@ -210,114 +210,6 @@ fn source_of(
         }
         (None, None) => Ok(None),
     }
-}
-
-/// What a policy's rollout is to be: its mode and its candidates' specs.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct RolloutSpec {
-    /// The mode.
-    pub mode: Mode,
-    /// The candidates, in configuration order.
-    pub candidates: Vec<CandidateSpec>,
-}
-
-/// What to load for one candidate.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CandidateSpec {
-    /// Its id.
-    pub id: String,
-    /// Shadow or canary.
-    pub role: Role,
-    /// Its component, settings and limits, under the policy's name.
-    pub spec: PolicySpec,
-}
-
-/// The rollout specs of `config`, by policy name, with candidates taking
-/// what they do not set from their policy's `spec`.
-///
-/// # Errors
-/// A [`LoadError`] at the read step for a missing example policy.
-pub fn rollout_specs_from_config(
-    config: &Config,
-    specs: &[PolicySpec],
-    base: &Path,
-) -> Result<BTreeMap<String, RolloutSpec>, LoadError> {
-    let mut out = BTreeMap::new();
-    for (p, spec) in config.policies.iter().zip(specs) {
-        let mut candidates = Vec::with_capacity(p.candidates.len());
-        for c in &p.candidates {
-            let source = source_of(&p.name, c.file.as_deref(), c.example.as_deref(), base)?
-                .unwrap_or_else(|| spec.source.clone());
-            candidates.push(CandidateSpec {
-                id: c.id.clone(),
-                role: match c.role {
-                    CandidateRole::Shadow => Role::Shadow,
-                    // `Config::parse` refuses a canary without a percent.
-                    CandidateRole::Canary => Role::Canary {
-                        percent: c.percent.unwrap_or(0.0),
-                    },
-                },
-                spec: PolicySpec {
-                    name: p.name.clone(),
-                    source,
-                    settings: c.settings.clone().unwrap_or_else(|| spec.settings.clone()),
-                    limits: c.limits.unwrap_or(spec.limits),
-                    smoke: Vec::new(),
-                    trust: Arc::clone(&spec.trust),
-                },
-            });
-        }
-        out.insert(
-            p.name.clone(),
-            RolloutSpec {
-                mode: p.mode,
-                candidates,
-            },
-        );
-    }
-    Ok(out)
-}
-
-/// Loads every candidate of `spec` through the load pipeline.
-///
-/// # Errors
-/// The first candidate's [`LoadError`], its policy named with the
-/// candidate's id.
-pub fn load_rollout(
-    engine: &Engine,
-    cache: Option<&CompileCache>,
-    spec: &RolloutSpec,
-) -> Result<Rollout, LoadError> {
-    let candidates = spec
-        .candidates
-        .iter()
-        .map(|c| load_candidate(engine, cache, c))
-        .collect::<Result<_, _>>()?;
-    Ok(Rollout {
-        mode: spec.mode,
-        candidates,
-    })
-}
-
-/// Loads one candidate through the load pipeline.
-///
-/// # Errors
-/// Its [`LoadError`], naming the policy and the candidate.
-pub fn load_candidate(
-    engine: &Engine,
-    cache: Option<&CompileCache>,
-    c: &CandidateSpec,
-) -> Result<Candidate, LoadError> {
-    let policy = load::load(engine, cache, &c.spec).map_err(|mut e| {
-        e.policy = format!("{} (candidate `{}`)", e.policy, c.id);
-        e
-    })?;
-    tracing::info!(policy = %policy.name, candidate = %c.id, version = %policy.version, "candidate loaded");
-    Ok(Candidate {
-        id: c.id.clone(),
-        role: c.role,
-        policy: Arc::new(policy),
-    })
 }
 
 /// The decision point: an engine, a policy set, and a bound on how many
@@ -594,11 +486,7 @@ impl Arbiter {
                     mode::monitor_report(policy)
                 }
                 Some(primary) => {
-                    let canary = rollout.and_then(|r| {
-                        let c = r.canary_for(name, session_key)?;
-                        let i = r.candidates.iter().position(|x| std::ptr::eq(x, c))?;
-                        Some((i, c))
-                    });
+                    let canary = rollout.and_then(|r| r.canary_for(name, session_key));
                     let policy = canary.map_or(primary, |(_, c)| &c.policy);
                     let (engine, limits, settings) =
                         (&self.engine, &policy.limits, &policy.settings);

@@ -122,6 +122,15 @@ fn admin(addr: std::net::SocketAddr, method: &str, path: &str, body: &Value) -> 
     )
 }
 
+fn set_mode(addr: std::net::SocketAddr, policy: &str, body: &Value) -> http::Reply {
+    admin(addr, "PUT", &format!("/v1/policies/{policy}/mode"), body)
+}
+
+fn promote(addr: std::net::SocketAddr, candidate: &str) -> http::Reply {
+    let body = json!({ "candidate": candidate });
+    admin(addr, "POST", "/v1/policies/procurement/promote", &body)
+}
+
 /// Every record of a log directory, in order.
 fn all_records(dir: &Path) -> Vec<Parsed> {
     let mut out = Vec::new();
@@ -382,20 +391,10 @@ fn a_mode_switch_under_load_holds_from_the_next_decision_and_monitor_builds_a_ba
         br#"{"mode":"monitor"}"#,
     );
     assert_eq!(r.status, 401, "{}", r.body);
-    let r = admin(
-        addr,
-        "PUT",
-        "/v1/policies/procurement/mode",
-        &json!({"mode": "sometimes"}),
-    );
+    let r = set_mode(addr, "procurement", &json!({"mode": "sometimes"}));
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("sometimes"), "{}", r.body);
-    let r = admin(
-        addr,
-        "PUT",
-        "/v1/policies/nope/mode",
-        &json!({"mode": "monitor"}),
-    );
+    let r = set_mode(addr, "nope", &json!({"mode": "monitor"}));
     assert_eq!(r.status, 404, "{}", r.body);
     let r = admin(
         addr,
@@ -405,12 +404,7 @@ fn a_mode_switch_under_load_holds_from_the_next_decision_and_monitor_builds_a_ba
     );
     assert_eq!(r.status, 405, "{}", r.body);
 
-    let r = admin(
-        addr,
-        "PUT",
-        "/v1/policies/procurement/mode",
-        &json!({"mode": "monitor"}),
-    );
+    let r = set_mode(addr, "procurement", &json!({"mode": "monitor"}));
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(
         r.json(),
@@ -482,12 +476,7 @@ fn a_mode_switch_under_load_holds_from_the_next_decision_and_monitor_builds_a_ba
     assert_eq!(get(addr, "/v1/baseline?who=x").status, 400);
 
     // Soft-enforce: judged, reported, not enforced.
-    let r = admin(
-        addr,
-        "PUT",
-        "/v1/policies/procurement/mode",
-        &json!({"mode": "soft-enforce"}),
-    );
+    let r = set_mode(addr, "procurement", &json!({"mode": "soft-enforce"}));
     assert_eq!(r.status, 200, "{}", r.body);
     for _ in 0..5 {
         let d = conn
@@ -517,12 +506,7 @@ fn a_mode_switch_under_load_holds_from_the_next_decision_and_monitor_builds_a_ba
     let policies = get(addr, "/v1/policies").json();
     assert_eq!(policies["policies"][0]["mode"], "soft-enforce");
     assert_eq!(policies["policies"][0]["mode_source"]["source"], "runtime");
-    let r = admin(
-        addr,
-        "PUT",
-        "/v1/policies/procurement/mode",
-        &json!({"mode": "enforce"}),
-    );
+    let r = set_mode(addr, "procurement", &json!({"mode": "enforce"}));
     assert_eq!(r.status, 200, "{}", r.body);
     let d = conn
         .post_json("/v1/decide", &transfer("load-bot", 75_000.0))
@@ -590,20 +574,10 @@ fn a_promotion_goes_through_the_load_pipeline_and_can_be_rolled_back() {
         |amount| post_json(addr, "/v1/decide", &transfer("bot", amount)).json()["outcome"].clone();
     assert_eq!(decide(5500.0), "require-approval");
 
-    let r = admin(
-        addr,
-        "POST",
-        "/v1/policies/procurement/promote",
-        &json!({"candidate": "strict"}),
-    );
+    let r = promote(addr, "strict");
     assert_eq!(r.status, 409, "{}", r.body);
     assert!(r.body.contains("smoke"), "{}", r.body);
-    let r = admin(
-        addr,
-        "POST",
-        "/v1/policies/procurement/promote",
-        &json!({"candidate": "nope"}),
-    );
+    let r = promote(addr, "nope");
     assert_eq!(r.status, 404, "{}", r.body);
     assert!(r.body.contains("strict, lenient"), "{}", r.body);
     assert_eq!(
@@ -612,12 +586,7 @@ fn a_promotion_goes_through_the_load_pipeline_and_can_be_rolled_back() {
         "a refused promotion changes nothing"
     );
 
-    let r = admin(
-        addr,
-        "POST",
-        "/v1/policies/procurement/promote",
-        &json!({"candidate": "lenient"}),
-    );
+    let r = promote(addr, "lenient");
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(decide(5500.0), "allow");
     assert_eq!(decide(6500.0), "require-approval");
@@ -780,12 +749,7 @@ fn a_reload_keeps_runtime_changes_to_entries_it_leaves_alone_and_follows_candida
     let server = Server::start_file(&config);
     let addr = server.addr;
     let entry = || get(addr, "/v1/policies").json()["policies"][0].clone();
-    let r = admin(
-        addr,
-        "PUT",
-        "/v1/policies/procurement/mode",
-        &json!({"mode": "monitor"}),
-    );
+    let r = set_mode(addr, "procurement", &json!({"mode": "monitor"}));
     assert_eq!(r.status, 200, "{}", r.body);
 
     // A change elsewhere in the file leaves the runtime mode alone.

@@ -76,8 +76,8 @@ struct Counters {
     load_failures: BTreeMap<(String, &'static str), u64>,
     rollbacks: BTreeMap<String, u64>,
     config_reloads: BTreeMap<&'static str, u64>,
-    /// By policy and candidate.
-    canary: BTreeMap<(String, String), u64>,
+    /// By policy, then candidate.
+    canary: BTreeMap<String, BTreeMap<String, u64>>,
     /// By policy, candidate and whether they diverged.
     shadow: BTreeMap<(String, String, bool), u64>,
     shadow_dropped: BTreeMap<String, u64>,
@@ -123,9 +123,7 @@ impl Metrics {
                 }
                 pc.fuel += p.fuel;
                 if let Some(candidate) = &p.candidate {
-                    *c.canary
-                        .entry((p.name.clone(), candidate.clone()))
-                        .or_default() += 1;
+                    bump(&mut c.canary, &p.name, candidate);
                 }
             }
         }
@@ -275,7 +273,11 @@ impl Metrics {
             "counter",
             "Evaluations answered by a canary candidate instead of the serving version.",
         );
-        for ((policy, candidate), n) in &c.canary {
+        for (policy, candidate, n) in c
+            .canary
+            .iter()
+            .flat_map(|(p, m)| m.iter().map(move |(c, n)| (p, c, n)))
+        {
             let _ = writeln!(
                 out,
                 "arbiter_canary_decisions_total{{policy=\"{}\",candidate=\"{}\"}} {n}",
@@ -502,6 +504,21 @@ impl Metrics {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Counters> {
         self.counters.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Adds one to `map[outer][inner]`, allocating keys only when first seen.
+fn bump(map: &mut BTreeMap<String, BTreeMap<String, u64>>, outer: &str, inner: &str) {
+    if !map.contains_key(outer) {
+        map.insert(outer.to_owned(), BTreeMap::new());
+    }
+    if let Some(m) = map.get_mut(outer) {
+        match m.get_mut(inner) {
+            Some(n) => *n += 1,
+            None => {
+                m.insert(inner.to_owned(), 1);
+            }
+        }
     }
 }
 

@@ -165,10 +165,10 @@ async fn route(
         p if p == ext_authz::PREFIX || p.starts_with("/v1/authz/") => {
             ("authz", authz(state, service, req).await)
         }
-        "/v1/policies" => match service.tokens.check_decide(req.headers(), true) {
-            Ok(()) => get_only("policies", policies),
-            Err(e) => ("policies", Err(e)),
-        },
+        "/v1/policies" => (
+            "policies",
+            read(service, &req, || Ok(policies(state, service))),
+        ),
         p if p.starts_with("/v1/policies/") => {
             let rest = &p["/v1/policies/".len()..];
             match rest.rsplit_once('/') {
@@ -201,23 +201,16 @@ async fn route(
                 ),
             }
         }
-        p if p.starts_with("/v1/ab/") => match service.tokens.check_decide(req.headers(), true) {
-            Ok(()) if method == Method::GET || method == Method::HEAD => {
-                ("ab", divergence(state, service, &p["/v1/ab/".len()..]))
-            }
-            Ok(()) => ("ab", Err(FrontDoorError::MethodNotAllowed { allow: "GET" })),
-            Err(e) => ("ab", Err(e)),
-        },
-        "/v1/baseline" => match service.tokens.check_decide(req.headers(), true) {
-            Ok(()) if method == Method::GET || method == Method::HEAD => {
-                ("baseline", baseline(state, req.uri().query()))
-            }
-            Ok(()) => (
-                "baseline",
-                Err(FrontDoorError::MethodNotAllowed { allow: "GET" }),
-            ),
-            Err(e) => ("baseline", Err(e)),
-        },
+        p if p.starts_with("/v1/ab/") => (
+            "ab",
+            read(service, &req, || {
+                divergence(state, service, &p["/v1/ab/".len()..])
+            }),
+        ),
+        "/v1/baseline" => (
+            "baseline",
+            read(service, &req, || baseline(state, req.uri().query())),
+        ),
         "/healthz" => get_only("healthz", |_, _| {
             json_response(StatusCode::OK, &json!({"status": "alive"}))
         }),
@@ -235,6 +228,19 @@ async fn route(
             Err(FrontDoorError::NotFound(other.chars().take(200).collect())),
         ),
     }
+}
+
+/// A read of state: behind the decide token, GET or HEAD only.
+fn read(
+    service: &Service,
+    req: &HttpRequest<Incoming>,
+    answer: impl FnOnce() -> Result<Response<Body>, FrontDoorError>,
+) -> Result<Response<Body>, FrontDoorError> {
+    service.tokens.check_decide(req.headers(), true)?;
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Err(FrontDoorError::MethodNotAllowed { allow: "GET" });
+    }
+    answer()
 }
 
 /// The body of `POST /v1/decide`: the wire request, with `history`

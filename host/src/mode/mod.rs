@@ -12,13 +12,19 @@
 //! binds ([`crate::shadow`]); a `canary` answers instead of it for a
 //! stable share of sessions ([`Rollout::canary_for`]).
 //!
+//! [`rollout_specs_from_config`] reads modes and candidates from the
+//! configuration, and [`load_rollout`] brings the candidates in through the
+//! load pipeline, as any policy version comes in.
+//!
 //! [`fold`] turns a chain's reports into what the caller is told: the
 //! enforcing policies' combined outcome, and what every policy that ran
 //! would have decided.
 
 pub mod baseline;
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -27,8 +33,10 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::combine::combine_where;
+use crate::config::{CandidateRole, Config};
 use crate::decision::{Outcome, PolicyReport};
-use crate::load::LoadedPolicy;
+use crate::engine::Engine;
+use crate::load::{self, CompileCache, LoadError, LoadedPolicy, PolicySpec};
 
 /// How much a policy's answer binds.
 #[derive(
@@ -116,12 +124,13 @@ pub struct Rollout {
 const CANARY_BUCKETS: u64 = 10_000;
 
 impl Rollout {
-    /// The canary that answers for `session_key`, if any: the key is hashed
+    /// The canary that answers for `session_key`, if any, with its index
+    /// among the candidates: the key is hashed
     /// with the policy's name into one of 10 000 buckets, and canaries take
     /// consecutive runs of buckets in configuration order. The same key
     /// always lands in the same bucket, on every host and across restarts,
     /// so one session never flips between versions.
-    pub fn canary_for(&self, policy: &str, session_key: &str) -> Option<&Candidate> {
+    pub fn canary_for(&self, policy: &str, session_key: &str) -> Option<(usize, &Candidate)> {
         if !self
             .candidates
             .iter()
@@ -131,11 +140,11 @@ impl Rollout {
         }
         let bucket = bucket(policy, session_key);
         let mut upto = 0u64;
-        for c in &self.candidates {
+        for (i, c) in self.candidates.iter().enumerate() {
             if let Role::Canary { percent } = c.role {
                 upto += (percent * (CANARY_BUCKETS as f64 / 100.0)).round() as u64;
                 if bucket < upto {
-                    return Some(c);
+                    return Some((i, c));
                 }
             }
         }
@@ -147,6 +156,115 @@ impl Rollout {
     pub fn has_candidates(&self) -> bool {
         !self.candidates.is_empty()
     }
+}
+
+/// What a policy's rollout is to be: its mode and its candidates' specs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RolloutSpec {
+    /// The mode.
+    pub mode: Mode,
+    /// The candidates, in configuration order.
+    pub candidates: Vec<CandidateSpec>,
+}
+
+/// What to load for one candidate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CandidateSpec {
+    /// Its id.
+    pub id: String,
+    /// Shadow or canary.
+    pub role: Role,
+    /// Its component, settings and limits, under the policy's name.
+    pub spec: PolicySpec,
+}
+
+/// The rollout specs of `config`, by policy name, with candidates taking
+/// what they do not set from their policy's `spec`.
+///
+/// # Errors
+/// A [`LoadError`] at the read step for a missing example policy.
+pub fn rollout_specs_from_config(
+    config: &Config,
+    specs: &[PolicySpec],
+    base: &Path,
+) -> Result<BTreeMap<String, RolloutSpec>, LoadError> {
+    let mut out = BTreeMap::new();
+    for (p, spec) in config.policies.iter().zip(specs) {
+        let mut candidates = Vec::with_capacity(p.candidates.len());
+        for c in &p.candidates {
+            let source =
+                crate::arbiter::source_of(&p.name, c.file.as_deref(), c.example.as_deref(), base)?
+                    .unwrap_or_else(|| spec.source.clone());
+            candidates.push(CandidateSpec {
+                id: c.id.clone(),
+                role: match c.role {
+                    CandidateRole::Shadow => Role::Shadow,
+                    // `Config::parse` refuses a canary without a percent.
+                    CandidateRole::Canary => Role::Canary {
+                        percent: c.percent.unwrap_or(0.0),
+                    },
+                },
+                spec: PolicySpec {
+                    name: p.name.clone(),
+                    source,
+                    settings: c.settings.clone().unwrap_or_else(|| spec.settings.clone()),
+                    limits: c.limits.unwrap_or(spec.limits),
+                    smoke: Vec::new(),
+                    trust: Arc::clone(&spec.trust),
+                },
+            });
+        }
+        out.insert(
+            p.name.clone(),
+            RolloutSpec {
+                mode: p.mode,
+                candidates,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Loads every candidate of `spec` through the load pipeline.
+///
+/// # Errors
+/// The first candidate's [`LoadError`], its policy named with the
+/// candidate's id.
+pub fn load_rollout(
+    engine: &Engine,
+    cache: Option<&CompileCache>,
+    spec: &RolloutSpec,
+) -> Result<Rollout, LoadError> {
+    let candidates = spec
+        .candidates
+        .iter()
+        .map(|c| load_candidate(engine, cache, c))
+        .collect::<Result<_, _>>()?;
+    Ok(Rollout {
+        mode: spec.mode,
+        candidates,
+    })
+}
+
+/// Loads one candidate through the load pipeline.
+///
+/// # Errors
+/// Its [`LoadError`], naming the policy and the candidate.
+pub fn load_candidate(
+    engine: &Engine,
+    cache: Option<&CompileCache>,
+    c: &CandidateSpec,
+) -> Result<Candidate, LoadError> {
+    let policy = load::load(engine, cache, &c.spec).map_err(|mut e| {
+        e.policy = format!("{} (candidate `{}`)", e.policy, c.id);
+        e
+    })?;
+    tracing::info!(policy = %policy.name, candidate = %c.id, version = %policy.version, "candidate loaded");
+    Ok(Candidate {
+        id: c.id.clone(),
+        role: c.role,
+        policy: Arc::new(policy),
+    })
 }
 
 /// The bucket of `session_key` for `policy`, in `0..CANARY_BUCKETS`.

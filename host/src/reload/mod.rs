@@ -22,16 +22,15 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::arbiter::{
-    Arbiter, PolicySet, RolloutSpec, load_candidate, load_rollout, rollout_specs_from_config,
-    specs_from_config,
-};
+use crate::arbiter::{Arbiter, PolicySet, specs_from_config};
 use crate::config::{Config, ConfigError, Overrides};
 use crate::engine::Engine;
 use crate::evidence::log::DecisionLog;
 use crate::evidence::metrics::Metrics;
 use crate::load::{self, CompileCache, LoadError, LoadedPolicy, PolicySpec, Source};
-use crate::mode::{Mode, Role, Rollout};
+use crate::mode::{
+    Mode, Role, Rollout, RolloutSpec, load_candidate, load_rollout, rollout_specs_from_config,
+};
 use crate::route::RouteTable;
 use crate::signing::signature_path;
 
