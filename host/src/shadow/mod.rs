@@ -194,19 +194,21 @@ impl Shadow {
     /// Queues `job` without waiting; a full (or closed) queue drops it and
     /// counts the drop.
     pub fn submit(&self, job: Job) {
-        let refused = {
+        let queued = {
             let mut jobs = self.queue.lock();
             if self.queue.closed.load(Ordering::Acquire) || jobs.len() >= self.queue.capacity {
-                Some(job)
+                Err(job)
             } else {
+                // Counted before a worker can see it, so the worker's
+                // decrement never comes first.
+                let pending = self.pending.fetch_add(1, Ordering::AcqRel) + 1;
                 jobs.push_back(job);
-                None
+                Ok(pending)
             }
         };
-        match refused {
-            Some(job) => self.count_drop(&job.primary.name),
-            None => {
-                let pending = self.pending.fetch_add(1, Ordering::AcqRel) + 1;
+        match queued {
+            Err(job) => self.count_drop(&job.primary.name),
+            Ok(pending) => {
                 if let Some(m) = &self.metrics {
                     m.set_shadow_pending(pending);
                 }
@@ -271,7 +273,14 @@ impl Worker {
             let job = self.queue.lock().pop_front();
             match job {
                 Some(job) => {
-                    self.compare(job);
+                    let policy = job.primary.name.clone();
+                    // A bug in one comparison must not stop the others.
+                    let compared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        self.compare(job)
+                    }));
+                    if compared.is_err() {
+                        tracing::error!(%policy, "a shadow comparison panicked; it is not counted");
+                    }
                     let pending = self.pending.fetch_sub(1, Ordering::AcqRel) - 1;
                     if let Some(m) = &self.metrics {
                         m.set_shadow_pending(pending);
