@@ -18,9 +18,11 @@ use std::time::{Instant, SystemTime};
 use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
 
+use crate::config::SafeMode;
 use crate::config::{Config, RolloutConfig};
 use crate::decision::{Decision, Outcome, PolicyReport, Request};
 use crate::engine::{Engine, EngineError};
+use crate::enrich::{Agents, Enriched, Gate};
 use crate::evaluate::{self, FailureKind, Input, PolicyFailure};
 use crate::evidence::log::{DecisionLog, Unrecorded};
 use crate::evidence::metrics::Metrics;
@@ -226,6 +228,9 @@ pub struct Arbiter {
     metrics: Option<Arc<Metrics>>,
     /// Shared by every clone: the shadow queue and the baseline.
     rollout: Arc<RolloutState>,
+    /// The host's state of each agent; without it, a request's `history`
+    /// is taken as given (the CLI, the case runner).
+    agents: Option<Arc<Agents>>,
 }
 
 /// What modes and candidates keep beside the decisions.
@@ -273,7 +278,21 @@ impl Arbiter {
             log: None,
             metrics: None,
             rollout: Arc::new(RolloutState::new(RolloutConfig::default())),
+            agents: None,
         }
+    }
+
+    /// This arbiter, filling each request's history from `agents` and
+    /// applying its suspensions and circuit breakers before any policy.
+    #[must_use]
+    pub fn with_agents(mut self, agents: Arc<Agents>) -> Self {
+        self.agents = Some(agents);
+        self
+    }
+
+    /// The host's state of each agent, when it keeps one.
+    pub fn agents(&self) -> Option<&Arc<Agents>> {
+        self.agents.as_ref()
     }
 
     /// This arbiter with the shadow queue and baseline sized by `config`;
@@ -397,34 +416,45 @@ impl Arbiter {
     /// Decides `request`, blocking the calling thread while policies run.
     /// Never fails: every problem becomes a deny that says why.
     pub fn decide(&self, request: &Request) -> Decision {
-        let decided = block_on(self.decide_on(request, false));
-        self.after(request, decided)
+        let enriched = self.enrich(request);
+        let decided = block_on(self.decide_on(request, enriched.as_ref(), false));
+        self.after(request, enriched.as_ref(), decided)
     }
 
     /// Decides on the calling task: policies run on this thread and yield
     /// to the executor at every epoch tick (1 ms), so a slow policy cannot
     /// hold a runtime thread past its tick. Never fails.
     pub async fn decide_async(&self, request: Request) -> Decision {
-        let decided = self.decide_on(&request, true).await;
-        self.after(&request, decided)
+        let enriched = self.enrich(&request);
+        let decided = self.decide_on(&request, enriched.as_ref(), true).await;
+        self.after(&request, enriched.as_ref(), decided)
+    }
+
+    /// The first stage: what the host knows of the agent.
+    fn enrich(&self, request: &Request) -> Option<Enriched> {
+        self.agents.as_ref().map(|a| a.enrich(request))
     }
 
     /// The stages after the policies: the decision is answered only once
     /// the log holds it; then shadow jobs are queued and a monitored
     /// action feeds the baseline, neither making the caller wait.
-    fn after(&self, request: &Request, decided: Decided) -> Decision {
+    fn after(&self, request: &Request, enriched: Option<&Enriched>, decided: Decided) -> Decision {
         let Decided {
             decision,
             shadows,
             monitored,
         } = decided;
+        let history = enriched.map_or(&request.history, |e| &e.history);
         let decision = match &self.log {
-            Some(log) => match log.record(request, &decision) {
+            Some(log) => match log.record(request, history, &decision) {
                 Ok(_) => decision,
                 Err(e) => unrecorded(decision, &e),
             },
             None => decision,
         };
+        if let (Some(agents), Some(e)) = (&self.agents, enriched) {
+            agents.observe(request, e, decision.outcome);
+        }
         if !shadows.is_empty() {
             match self.shadow() {
                 Some(queue) => {
@@ -452,8 +482,25 @@ impl Arbiter {
     /// a fresh instance (or not at all, in monitor mode; the canary's
     /// version, for its sessions), then combine through the modes.
     /// [`Arbiter::after`] follows.
-    async fn decide_on(&self, request: &Request, yielding: bool) -> Decided {
+    async fn decide_on(
+        &self,
+        request: &Request,
+        enriched: Option<&Enriched>,
+        yielding: bool,
+    ) -> Decided {
         let start = Instant::now();
+        let history = enriched.map_or(&request.history, |e| &e.history);
+        if let Some(Gate::Suspended(s)) = enriched.map(|e| &e.gate) {
+            return gated(
+                "agent.suspended",
+                format!(
+                    "Agent `{}` is suspended: {} (by {} at {}); every action is denied until it is resumed.",
+                    request.context.agent.id, s.reason, s.by, s.at
+                ),
+                start,
+            )
+            .into();
+        }
         // One snapshot for the whole decision.
         let set = self.set.load_full();
         let action = &request.action;
@@ -463,6 +510,27 @@ impl Arbiter {
         else {
             return unrouted(request, start).into();
         };
+        if let Some(Gate::Breaker(mode, b)) = enriched.map(|e| &e.gate)
+            && (*mode == SafeMode::DenyAll || !route.read_only)
+        {
+            let allowed = match mode {
+                SafeMode::DenyAll => "every action is denied",
+                SafeMode::ReadOnly => "only read-only actions are allowed",
+            };
+            return gated(
+                "agent.circuit-open",
+                format!(
+                    "Agent `{}` tripped its circuit breaker ({} denials); {allowed} until {}.",
+                    request.context.agent.id,
+                    b.denials,
+                    crate::reload::timestamp(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_millis(b.until_ms)
+                    )
+                ),
+                start,
+            )
+            .into();
+        }
         let Ok(_permit) = self.permits.acquire().await else {
             return host_failure("the instance pool is closed").into();
         };
@@ -473,7 +541,7 @@ impl Arbiter {
         } else {
             &c.session
         };
-        let mut input = Input::new(action, c, &request.history);
+        let mut input = Input::new(action, c, history);
         let mut reports = Vec::with_capacity(route.chain.len());
         let mut shadows = Vec::new();
         let mut monitored = false;
@@ -704,6 +772,23 @@ fn unrecorded(decision: Decision, e: &Unrecorded) -> Decision {
         risk: 100,
         params: None,
         ..decision
+    }
+}
+
+/// A deny by the host before any policy ran.
+fn gated(rule: &str, reason: String, start: Instant) -> Decision {
+    Decision {
+        decision_id: new_id(),
+        outcome: Outcome::Deny,
+        decided: Outcome::Deny,
+        mode: Mode::Enforce,
+        warnings: Vec::new(),
+        reason,
+        rule: rule.to_owned(),
+        risk: 100,
+        params: None,
+        policies: Vec::new(),
+        micros: micros_since(start),
     }
 }
 

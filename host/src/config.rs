@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::decision::{Action, Context, History, Outcome};
 use crate::engine::EngineConfig;
@@ -61,6 +61,63 @@ pub struct Config {
     /// Shadow evaluation, divergence reports and the monitor baseline.
     #[serde(default)]
     pub rollout: RolloutConfig,
+    /// Per-agent state: history windows, the circuit breaker.
+    #[serde(default)]
+    pub agents: AgentsConfig,
+    /// Where the host's durable state (suspensions, open breakers) lives.
+    #[serde(default)]
+    pub state: StateConfig,
+}
+
+/// `[agents]`: what the host keeps per agent ([`crate::enrich`]).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentsConfig {
+    /// Agents tracked one by one; past it, new agents are counted together,
+    /// which can only raise their counters. Default: 100000.
+    pub max_agents: usize,
+    /// Denials within `breaker_window_s` that open an agent's circuit
+    /// breaker; 0 turns the breaker off. Default: 0.
+    pub breaker_denials: u32,
+    /// The window the breaker counts denials over, in seconds. Default: 60.
+    pub breaker_window_s: u64,
+    /// How long an open breaker stays open, in seconds. Default: 300.
+    pub breaker_cooldown_s: u64,
+    /// What an agent with an open breaker may do. Default: `deny-all`.
+    pub breaker_mode: SafeMode,
+}
+
+impl Default for AgentsConfig {
+    fn default() -> Self {
+        AgentsConfig {
+            max_agents: 100_000,
+            breaker_denials: 0,
+            breaker_window_s: 60,
+            breaker_cooldown_s: 300,
+            breaker_mode: SafeMode::DenyAll,
+        }
+    }
+}
+
+/// What an agent whose circuit breaker is open may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SafeMode {
+    /// Nothing: every action is denied.
+    DenyAll,
+    /// Only actions on routes marked `read_only = true`, which the
+    /// policies still judge.
+    ReadOnly,
+}
+
+/// `[state]`: the host's durable state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateConfig {
+    /// The directory, relative to the configuration file. Default:
+    /// `$ARBITER_STATE_DIR`, `$XDG_STATE_HOME/arbiter/state` or
+    /// `~/.local/state/arbiter/state`.
+    pub dir: Option<PathBuf>,
 }
 
 /// `[rollout]`: the machinery behind modes and candidates
@@ -610,6 +667,12 @@ impl Config {
         if self.log.params == ParamsStorage::Redact && self.log.redact_fields.is_empty() {
             return Err("`log.params = \"redact\"` needs `log.redact_fields`".into());
         }
+        if self.agents.max_agents == 0
+            || (self.agents.breaker_denials > 0
+                && (self.agents.breaker_window_s == 0 || self.agents.breaker_cooldown_s == 0))
+        {
+            return Err("`agents.max_agents` must be at least 1, and with `agents.breaker_denials` set, `agents.breaker_window_s` and `agents.breaker_cooldown_s` too".into());
+        }
         let r = &self.rollout;
         if r.shadow_queue == 0 || r.shadow_workers == 0 || r.baseline_max_actions == 0 {
             return Err("`rollout.shadow_queue`, `rollout.shadow_workers` and `rollout.baseline_max_actions` must be at least 1".into());
@@ -730,6 +793,12 @@ impl Config {
         if self.rollout != new.rollout {
             changed.push("rollout");
         }
+        if self.agents != new.agents {
+            changed.push("agents");
+        }
+        if self.state != new.state {
+            changed.push("state");
+        }
         changed
     }
 }
@@ -745,6 +814,8 @@ pub struct Overrides {
     pub cache: Option<CacheConfig>,
     /// Log decisions here instead of `log.dir`.
     pub log_dir: Option<PathBuf>,
+    /// Keep the durable state here instead of `state.dir`.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Overrides {
@@ -758,6 +829,9 @@ impl Overrides {
         }
         if let Some(dir) = &self.log_dir {
             config.log.dir = Some(dir.clone());
+        }
+        if let Some(dir) = &self.state_dir {
+            config.state.dir = Some(dir.clone());
         }
     }
 }

@@ -10,6 +10,7 @@
 //! | stage | module |
 //! |---|---|
 //! | wire format in and out | [`front_door`] |
+//! | what the host knows of each agent: history, kill switch, breaker | [`enrich`] |
 //! | which chain applies | [`route`] |
 //! | run one policy, sandboxed | [`evaluate`] |
 //! | fold a chain | [`combine`] |
@@ -34,6 +35,7 @@ pub mod combine;
 pub mod config;
 pub mod decision;
 pub mod engine;
+pub mod enrich;
 pub mod evaluate;
 pub mod evidence;
 pub mod examples;

@@ -21,6 +21,10 @@ pub struct RouteSpec {
     pub agent: String,
     /// Policy names, run in this order.
     pub chain: Vec<String>,
+    /// Whether these actions only read: an agent whose circuit breaker is
+    /// open in `read-only` mode may still take them. Default: false.
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 fn any() -> String {
@@ -35,6 +39,7 @@ impl RouteSpec {
             name: any(),
             agent: any(),
             chain: chain.into_iter().map(Into::into).collect(),
+            read_only: false,
         }
     }
 }
@@ -147,6 +152,7 @@ mod tests {
             name: name.into(),
             agent: agent.into(),
             chain: chain.iter().map(|s| (*s).to_owned()).collect(),
+            read_only: false,
         };
         let table = RouteTable::new(vec![
             r("*", "*", "support-*", &["support"]),

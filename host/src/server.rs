@@ -34,6 +34,8 @@ use tokio::task::JoinHandle;
 use crate::arbiter::{open_cache, specs_from_config};
 use crate::config::{Config, Overrides};
 use crate::engine::Engine;
+use crate::enrich::store::{self, Store, StoreError};
+use crate::enrich::{Agents, Clock, SystemClock};
 use crate::evidence::log::{DecisionLog, LogError};
 use crate::evidence::metrics::Metrics;
 use crate::front_door::http::{self, AppState, HttpOptions, LoadState, Service};
@@ -53,6 +55,9 @@ pub enum ServeError {
     /// The decision log could not be opened.
     #[error(transparent)]
     Log(#[from] LogError),
+    /// The durable state could not be opened.
+    #[error(transparent)]
+    State(#[from] StoreError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {problem}")]
     Bind {
@@ -80,6 +85,18 @@ pub struct ServeOptions {
     /// What the command line changes in the configuration, at start and
     /// on every reload.
     pub overrides: Overrides,
+    /// The clock agent windows run on; default: the system clock.
+    pub clock: Option<ClockHandle>,
+}
+
+/// A clock for [`ServeOptions`], so tests can move time.
+#[derive(Clone)]
+pub struct ClockHandle(pub Arc<dyn Clock>);
+
+impl std::fmt::Debug for ClockHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClockHandle")
+    }
 }
 
 /// A running server.
@@ -248,6 +265,25 @@ pub async fn bind(
         );
         None
     };
+    let state_dir = config
+        .state
+        .dir
+        .as_ref()
+        .map(|d| base.join(d))
+        .or_else(store::default_dir)
+        .ok_or_else(|| StoreError {
+            path: "state".into(),
+            problem: "no state directory: set `state.dir`, $ARBITER_STATE_DIR or $HOME".into(),
+        })?;
+    let clock = options
+        .clock
+        .map_or_else(|| Arc::new(SystemClock) as Arc<dyn Clock>, |c| c.0);
+    let mut agents = Agents::durable(config.agents.clone(), clock, Store::open(&state_dir)?)?
+        .with_metrics(Arc::clone(&metrics));
+    if let Some(log) = &log {
+        agents = agents.with_log(Arc::clone(log));
+    }
+    let agents = Arc::new(agents);
     let addr = config.server.listen;
     let listener = TcpListener::bind(addr)
         .await
@@ -290,7 +326,8 @@ pub async fn bind(
                 let registry = match loader_log {
                     Some(log) => registry.with_log(log),
                     None => registry,
-                };
+                }
+                .with_agents(agents);
                 let registry = Arc::new(
                     registry
                         .with_metrics(Arc::clone(&loader_state.metrics))

@@ -214,6 +214,7 @@ mod serve {
             .args(args)
             .env("ARBITER_CACHE_DIR", cache)
             .env("ARBITER_LOG_DIR", cache.join("decisions"))
+            .env("ARBITER_STATE_DIR", cache.join("state"))
             .env("ARBITER_LOG", "info")
             .stderr(Stdio::piped())
             .spawn()
@@ -463,6 +464,7 @@ mod serve {
             ])
             .env("ARBITER_CACHE_DIR", dir.path().join("cache"))
             .env("ARBITER_LOG_DIR", dir.path().join("decisions"))
+            .env("ARBITER_STATE_DIR", dir.path().join("state"))
             .env("TEST_ADMIN", "s3cret")
             .stderr(Stdio::piped())
             .spawn()
@@ -573,6 +575,7 @@ mod serve {
             .args(["serve", "--config", config.to_str().expect("utf-8")])
             .env("ARBITER_CACHE_DIR", dir.path().join("cache"))
             .env("ARBITER_LOG_DIR", dir.path().join("decisions"))
+            .env("ARBITER_STATE_DIR", dir.path().join("state"))
             .output()
             .expect("run");
         let err = String::from_utf8_lossy(&o.stderr);

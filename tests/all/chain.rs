@@ -76,6 +76,7 @@ fn routes_pick_chains_by_glob_and_unrouted_actions_are_denied() {
         name: "*".into(),
         agent: "*".into(),
         chain: vec!["shell-guard".into()],
+        read_only: false,
     }]);
     let a = Arbiter::new(
         engine(),

@@ -1,6 +1,7 @@
 //! End-to-end tests of the decision flow with real components: the example
 //! policies and hostile ones, all built from source.
 
+mod agents;
 mod chain;
 mod concurrency;
 mod hostile;

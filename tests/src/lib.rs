@@ -163,6 +163,8 @@ pub struct Server {
     runtime: tokio::runtime::Runtime,
     /// The decision log's directory, unless the test chose one.
     _log: Option<tempfile::TempDir>,
+    /// The state directory, unless the test chose one.
+    _state: Option<tempfile::TempDir>,
 }
 
 impl Server {
@@ -206,12 +208,20 @@ impl Server {
         path: Option<std::path::PathBuf>,
         mut options: arbiter::server::ServeOptions,
     ) -> Self {
-        // Each server logs to a directory of its own: one process may hold
-        // a log directory at a time.
+        // Each server logs to, and keeps its state in, directories of its
+        // own: one process may hold each at a time.
         let log = match (&options.overrides.log_dir, &config.log.dir) {
             (None, None) => {
                 let dir = tempfile::tempdir().expect("log dir");
                 options.overrides.log_dir = Some(dir.path().to_owned());
+                Some(dir)
+            }
+            _ => None,
+        };
+        let state = match (&options.overrides.state_dir, &config.state.dir) {
+            (None, None) => {
+                let dir = tempfile::tempdir().expect("state dir");
+                options.overrides.state_dir = Some(dir.path().to_owned());
                 Some(dir)
             }
             _ => None,
@@ -229,6 +239,7 @@ impl Server {
             bound: Some(bound),
             runtime,
             _log: log,
+            _state: state,
         }
     }
 

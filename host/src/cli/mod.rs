@@ -21,6 +21,7 @@ use crate::load::{self, CompileCache, PolicySpec, Source};
 use crate::signing::{KeyPair, PublicKey, SignatureFile, signature_path};
 use crate::{Arbiter, examples};
 
+mod agents;
 mod log;
 mod rollout;
 
@@ -114,6 +115,9 @@ enum Command {
     /// Re-evaluate the decisions a log recorded against a candidate policy
     /// file and print where it would have decided otherwise.
     Replay(rollout::ReplayArgs),
+    /// On a running server: the agents it knows, and its kill switch.
+    #[command(subcommand)]
+    Agents(agents::AgentsCommand),
 }
 
 #[derive(Debug, Args)]
@@ -190,6 +194,10 @@ struct ServeArgs {
     /// Write the decision log here instead of the configured `log.dir`.
     #[arg(long, value_name = "DIR")]
     log_dir: Option<PathBuf>,
+    /// Keep the durable state (suspensions, open breakers) here instead of
+    /// the configured `state.dir`.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -273,6 +281,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Baseline(args) => rollout::baseline(&args),
         Command::Ab(command) => rollout::ab(&command),
         Command::Replay(args) => rollout::replay(&args, open_cache(&global)?.as_ref()),
+        Command::Agents(command) => agents::run(&command),
     }
 }
 
@@ -523,6 +532,7 @@ fn serve(args: ServeArgs, global: &Global) -> anyhow::Result<ExitCode> {
         listen: args.listen,
         cache,
         log_dir: args.log_dir.clone(),
+        state_dir: args.state_dir.clone(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -361,7 +361,7 @@ fn text(v: &Value) -> String {
 }
 
 /// Percent-encodes everything but unreserved characters, for a query value.
-fn percent_encode(s: &str) -> String {
+pub(super) fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {

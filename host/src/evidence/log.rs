@@ -51,7 +51,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::metrics::Metrics;
 use super::record::{self, GENESIS, ParamsRule, Parsed};
 use crate::config::{LogConfig, LogFailurePolicy};
-use crate::decision::{Decision, Request};
+use crate::decision::{Decision, History, Request};
 use crate::signing::KeyPair;
 
 /// How often a log that cannot be written is tried again while no
@@ -302,7 +302,8 @@ impl DecisionLog {
         &self.shared.dir
     }
 
-    /// Records `decision`, made for `request`, and returns once it is
+    /// Records `decision`, made for `request` with the host's `history` of
+    /// the agent, and returns once it is
     /// written. It does not wait on another thread: the caller writes,
     /// or finds that a write under way took its record too. That write is
     /// to the OS (its page cache), not to disk; syncs run on the log's own
@@ -311,8 +312,13 @@ impl DecisionLog {
     /// # Errors
     /// [`Unrecorded`] when it could not be written and the configuration
     /// says to fail closed, or the log is closed.
-    pub fn record(&self, request: &Request, decision: &Decision) -> Result<Recorded, Unrecorded> {
-        let data = record::DecisionData::new(request, decision, &self.params).encode();
+    pub fn record(
+        &self,
+        request: &Request,
+        history: &History,
+        decision: &Decision,
+    ) -> Result<Recorded, Unrecorded> {
+        let data = record::DecisionData::new(request, history, decision, &self.params).encode();
         let (seq, epoch) = self.shared.push("decision", &data)?;
         self.shared.wait_written(seq, epoch)
     }

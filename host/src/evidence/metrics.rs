@@ -10,6 +10,8 @@
 //! | `arbiter_shadow_evaluations_total` | counter | `policy`, `candidate`, `result` (`agree`, `diverge`) |
 //! | `arbiter_shadow_dropped_total` | counter | `policy` |
 //! | `arbiter_shadow_queue_depth` | gauge | |
+//! | `arbiter_agent_breaker_changes_total` | counter | `change` (`open`, `closed`) |
+//! | `arbiter_agents_suspended` | gauge | |
 //! | `arbiter_policy_failures_total` | counter | `policy`, `kind` |
 //! | `arbiter_policy_fuel_total` | counter | `policy` |
 //! | `arbiter_decision_duration_seconds` | histogram, µs-resolution buckets | |
@@ -50,6 +52,9 @@ pub struct Metrics {
     ready: AtomicBool,
     log: LogCounters,
     shadow_pending: AtomicU64,
+    breaker_opened: AtomicU64,
+    breaker_closed: AtomicU64,
+    suspended: AtomicU64,
 }
 
 /// The decision log's counters.
@@ -157,6 +162,21 @@ impl Metrics {
             .shadow_dropped
             .entry(policy.to_owned())
             .or_default() += 1;
+    }
+
+    /// Counts one circuit breaker opening (`true`) or closing.
+    pub fn record_breaker(&self, opened: bool) {
+        let c = if opened {
+            &self.breaker_opened
+        } else {
+            &self.breaker_closed
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sets how many agents are suspended.
+    pub fn set_agents_suspended(&self, n: u64) {
+        self.suspended.store(n, Ordering::Relaxed);
     }
 
     /// Sets the shadow queue's depth.
@@ -482,9 +502,31 @@ impl Metrics {
                 "Shadow comparisons queued or running.",
                 self.shadow_pending.load(Ordering::Relaxed),
             ),
+            (
+                "arbiter_agents_suspended",
+                "gauge",
+                "Agents suspended by the kill switch.",
+                self.suspended.load(Ordering::Relaxed),
+            ),
         ] {
             header(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {value}");
+        }
+        header(
+            &mut out,
+            "arbiter_agent_breaker_changes_total",
+            "counter",
+            "Agent circuit breakers opened and closed.",
+        );
+        for (change, n) in [
+            ("open", &self.breaker_opened),
+            ("closed", &self.breaker_closed),
+        ] {
+            let _ = writeln!(
+                out,
+                "arbiter_agent_breaker_changes_total{{change=\"{change}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
         }
         header(
             &mut out,

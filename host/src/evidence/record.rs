@@ -37,7 +37,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::config::ParamsStorage;
-use crate::decision::{Decision, Outcome, PolicyReport, Principal, Request};
+use crate::decision::{Decision, History, Outcome, PolicyReport, Principal, Request};
 use crate::hex;
 use crate::mode::Mode;
 
@@ -309,10 +309,15 @@ struct PolicyData<'a> {
 }
 
 impl<'a> DecisionData<'a> {
-    /// The record of `decision`, made for `request`, with params kept by
-    /// `rule`.
-    pub fn new(request: &'a Request, decision: &'a Decision, rule: &ParamsRule) -> Self {
-        let (a, c, h) = (&request.action, &request.context, &request.history);
+    /// The record of `decision`, made for `request` with `history`, with
+    /// params kept by `rule`.
+    pub fn new(
+        request: &'a Request,
+        history: &History,
+        decision: &'a Decision,
+        rule: &ParamsRule,
+    ) -> Self {
+        let (a, c, h) = (&request.action, &request.context, history);
         DecisionData {
             action: ActionData {
                 kind: &a.kind,
@@ -498,7 +503,7 @@ mod tests {
             ParamsStorage::Redact,
         ] {
             let rule = ParamsRule::new(storage, &["PASSWORD".into()]);
-            let data = DecisionData::new(&req, &dec, &rule).encode();
+            let data = DecisionData::new(&req, &req.history, &dec, &rule).encode();
             let mut written = Vec::new();
             let hash = append_line(
                 &mut written,
@@ -537,8 +542,13 @@ mod tests {
     #[test]
     fn a_changed_field_changes_the_hash() {
         let (req, dec) = (request(), decision());
-        let data =
-            DecisionData::new(&req, &dec, &ParamsRule::new(ParamsStorage::Full, &[])).encode();
+        let data = DecisionData::new(
+            &req,
+            &req.history,
+            &dec,
+            &ParamsRule::new(ParamsStorage::Full, &[]),
+        )
+        .encode();
         let mut written = Vec::new();
         append_line(&mut written, "decision", &data, GENESIS, 1, "t", |_| None);
         let written = String::from_utf8(written).expect("utf-8");

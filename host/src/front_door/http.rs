@@ -11,6 +11,9 @@
 //! | POST | `/v1/policies/{name}/promote` | admin: `{"candidate": ID}` becomes the serving version, through the load pipeline |
 //! | GET | `/v1/ab/{name}` | divergence between the policy's serving version and each candidate |
 //! | GET | `/v1/baseline` | what monitor mode observed, per agent and action (`?agent=ID` for one) |
+//! | GET | `/v1/agents` | each agent's counters, suspension and breaker (`?agent=ID` for one) |
+//! | POST | `/v1/agents/{id}/suspend` | admin: `{"reason": ..., "by": ...}`: deny every action of the agent until resumed |
+//! | POST | `/v1/agents/{id}/resume` | admin: `{"by": ...}` (optional): lift the suspension |
 //! | GET | `/healthz` | alive |
 //! | GET | `/readyz` | 200 once every configured policy has loaded, else 503 |
 //! | GET | `/metrics` | Prometheus text format |
@@ -39,6 +42,7 @@ use super::{ext_authz, wire};
 use crate::arbiter::Arbiter;
 use crate::config::Config;
 use crate::decision::{Context, Decision, History, Outcome, Request};
+use crate::enrich::AgentError;
 use crate::evidence::metrics::Metrics;
 use crate::mode::Mode;
 use crate::reload::{Registry, RollbackError, RolloutError};
@@ -211,6 +215,31 @@ async fn route(
             "baseline",
             read(service, &req, || baseline(state, req.uri().query())),
         ),
+        "/v1/agents" => (
+            "agents",
+            read(service, &req, || agents(state, req.uri().query())),
+        ),
+        p if p.starts_with("/v1/agents/") => {
+            let rest = &p["/v1/agents/".len()..];
+            match rest.rsplit_once('/') {
+                Some((id, change @ ("suspend" | "resume"))) if method == Method::POST => {
+                    let id = id.to_owned();
+                    let suspend = change == "suspend";
+                    (
+                        "agents",
+                        agent_change(state, service, req, id, suspend).await,
+                    )
+                }
+                Some((_, "suspend" | "resume")) => (
+                    "agents",
+                    Err(FrontDoorError::MethodNotAllowed { allow: "POST" }),
+                ),
+                _ => (
+                    "other",
+                    Err(FrontDoorError::NotFound(p.chars().take(200).collect())),
+                ),
+            }
+        }
         "/healthz" => get_only("healthz", |_, _| {
             json_response(StatusCode::OK, &json!({"status": "alive"}))
         }),
@@ -470,10 +499,20 @@ fn divergence(
 }
 
 fn baseline(state: &AppState, query: Option<&str>) -> Result<Response<Body>, FrontDoorError> {
+    let agent = agent_query(query)?;
+    let arbiter = state.arbiter().ok_or(FrontDoorError::NotReady)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &arbiter.baseline().report(agent.as_deref()),
+    ))
+}
+
+/// The one query parameter the state reads take: `agent`.
+fn agent_query(query: Option<&str>) -> Result<Option<String>, FrontDoorError> {
     let mut agent = None;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
-            Some(("agent", v)) => agent = Some(percent_decode(v)?),
+            Some(("agent", v)) => agent = Some(percent_decode(v, true)?),
             _ => {
                 return Err(FrontDoorError::BadRequest(wire::WireError {
                     path: String::new(),
@@ -487,15 +526,72 @@ fn baseline(state: &AppState, query: Option<&str>) -> Result<Response<Body>, Fro
             }
         }
     }
+    Ok(agent)
+}
+
+fn agents(state: &AppState, query: Option<&str>) -> Result<Response<Body>, FrontDoorError> {
+    let agent = agent_query(query)?;
     let arbiter = state.arbiter().ok_or(FrontDoorError::NotReady)?;
+    let list = arbiter
+        .agents()
+        .map(|a| a.report(agent.as_deref()))
+        .unwrap_or_default();
+    Ok(json_response(StatusCode::OK, &json!({ "agents": list })))
+}
+
+/// The body of a suspension or resumption.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AgentChangeBody {
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    by: Option<String>,
+}
+
+async fn agent_change(
+    state: &AppState,
+    service: &Service,
+    req: HttpRequest<Incoming>,
+    id: String,
+    suspend: bool,
+) -> Result<Response<Body>, FrontDoorError> {
+    let body: AgentChangeBody = admin_body(service, req).await?.unwrap_or_default();
+    let id = percent_decode(&id, false)?;
+    let arbiter = state.arbiter().ok_or(FrontDoorError::NotReady)?;
+    let agents =
+        Arc::clone(arbiter.agents().ok_or_else(|| {
+            FrontDoorError::Unavailable("this server keeps no agent state".into())
+        })?);
+    let by = body.by.unwrap_or_else(|| "admin token".to_owned());
+    let result = if suspend {
+        let reason = required(body.reason, r#"{"reason": "leaking data", "by": "alice"}"#)?;
+        tokio::task::spawn_blocking(move || agents.suspend(&id, &reason, &by)).await
+    } else {
+        tokio::task::spawn_blocking(move || agents.resume(&id, &by)).await
+    };
+    let done = result
+        .map_err(|e| FrontDoorError::Unavailable(format!("the task failed: {e}")))?
+        .map_err(|e| match e {
+            AgentError::NotSuspended(_) => FrontDoorError::Conflict(e.to_string()),
+            AgentError::Empty(_) => FrontDoorError::BadRequest(wire::WireError {
+                path: "reason".into(),
+                message: e.to_string(),
+                line: 1,
+                column: 1,
+            }),
+            AgentError::Store(_) | AgentError::Unrecorded(_) => {
+                FrontDoorError::Unavailable(e.to_string())
+            }
+        })?;
     Ok(json_response(
         StatusCode::OK,
-        &arbiter.baseline().report(agent.as_deref()),
+        &json!({"suspended": suspend, "suspension": done}),
     ))
 }
 
-/// Decodes `%XX` escapes and `+` in a query value.
-fn percent_decode(v: &str) -> Result<String, FrontDoorError> {
+/// Decodes `%XX` escapes, and `+` as a space in a query value.
+fn percent_decode(v: &str, plus_is_space: bool) -> Result<String, FrontDoorError> {
     let bad = || {
         FrontDoorError::BadRequest(wire::WireError {
             path: "agent".into(),
@@ -515,7 +611,7 @@ fn percent_decode(v: &str) -> Result<String, FrontDoorError> {
                 out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
                 i += 3;
             }
-            b'+' => {
+            b'+' if plus_is_space => {
                 out.push(b' ');
                 i += 1;
             }

@@ -438,6 +438,14 @@ impl Registry {
         self
     }
 
+    /// Fills each request's history from `agents` and applies their
+    /// suspensions and breakers (see [`Arbiter::with_agents`]).
+    #[must_use]
+    pub fn with_agents(mut self, agents: Arc<crate::enrich::Agents>) -> Self {
+        self.arbiter = self.arbiter.with_agents(agents);
+        self
+    }
+
     /// Counts reloads, failures, rollbacks and shadow evaluations in
     /// `metrics`.
     #[must_use]

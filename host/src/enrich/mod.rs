@@ -1,0 +1,620 @@
+//! Enrich: what the host knows about each agent, applied before any policy
+//! runs.
+//!
+//! - **History**: per agent, sliding windows of calls in the last minute,
+//!   calls of the same action in the last minute and denials in the last
+//!   hour, and the spend of the day (UTC) from the `amount` of actions that
+//!   were allowed. Arbiter fills `context.history` from them; a caller
+//!   cannot set it. The decision being made is not yet counted.
+//! - **Kill switch**: a suspended agent gets deny (`agent.suspended`) for
+//!   every action until it is resumed. Suspensions are stored durably.
+//! - **Circuit breaker**: when an agent's denials in a window reach a
+//!   threshold, it is put in a safe mode for a cooling period: every action
+//!   denied, or only actions on routes marked `read_only` allowed to reach
+//!   the policies. Open breakers are stored durably too.
+//!
+//! Entering and leaving either state is written to the decision log
+//! (`agent` records) and counted.
+
+pub mod history;
+pub mod store;
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{AgentsConfig, SafeMode};
+use crate::decision::{History, Outcome, Request};
+use crate::evidence::log::DecisionLog;
+use crate::evidence::metrics::Metrics;
+use history::{DaySpend, Window, amount_cents};
+use store::{BREAKERS, SUSPENSIONS, Store, StoreError};
+
+const MINUTE_MS: u64 = 60_000;
+const HOUR_MS: u64 = 3_600_000;
+/// Distinct actions whose windows are kept per agent; past it, the calls
+/// of new actions count together, which can only raise the counts.
+const MAX_ACTIONS_PER_AGENT: usize = 256;
+/// Where agents past `max_agents` are counted together, for the same
+/// reason: a flood of new agent ids cannot reset anyone's counters.
+const OVERFLOW_AGENT: &str = "*";
+const SHARDS: usize = 16;
+
+/// The host's wall clock, in milliseconds since the Unix epoch; tests give
+/// their own.
+pub trait Clock: Send + Sync {
+    /// Now.
+    fn now_ms(&self) -> u64;
+}
+
+/// The system clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+/// Why an agent is suspended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Suspension {
+    /// Why, as the person who did it said.
+    pub reason: String,
+    /// Who did it.
+    pub by: String,
+    /// When (RFC 3339).
+    pub at: String,
+}
+
+/// An open circuit breaker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Breaker {
+    /// When it opened (ms since the epoch).
+    pub since_ms: u64,
+    /// When it closes again.
+    pub until_ms: u64,
+    /// Denials in the window when it opened.
+    pub denials: u32,
+}
+
+/// What stops an agent before any policy runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Gate {
+    /// Nothing.
+    Open,
+    /// The agent is suspended.
+    Suspended(Suspension),
+    /// The breaker is open: the safe mode it is in, until when.
+    Breaker(SafeMode, Breaker),
+}
+
+/// The enrich stage's answer for one decision.
+#[derive(Debug, Clone)]
+pub struct Enriched {
+    /// When the decision was asked (ms since the epoch).
+    pub now_ms: u64,
+    /// The counters policies see.
+    pub history: History,
+    /// What stops the agent, if anything.
+    pub gate: Gate,
+}
+
+/// One agent's state, for `GET /v1/agents`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentReport {
+    /// The agent.
+    pub agent: String,
+    /// Calls in the last 60 seconds.
+    pub calls_last_minute: u32,
+    /// Of those, by action (`kind name`).
+    pub actions_last_minute: BTreeMap<String, u32>,
+    /// Denials in the last hour.
+    pub denials_last_hour: u32,
+    /// Spend allowed today (UTC), in cents.
+    pub spend_today_cents: u64,
+    /// Its suspension, if suspended.
+    pub suspended: Option<Suspension>,
+    /// Its open breaker, if open.
+    pub breaker: Option<Breaker>,
+}
+
+#[derive(Debug, Default)]
+struct Agent {
+    calls: Window,
+    actions: HashMap<String, Window>,
+    denials: Window,
+    spend: DaySpend,
+    breaker: Option<Breaker>,
+}
+
+/// The state of every agent the host has seen.
+pub struct Agents {
+    config: AgentsConfig,
+    clock: Arc<dyn Clock>,
+    shards: Vec<Mutex<HashMap<String, Agent>>>,
+    hasher: std::collections::hash_map::RandomState,
+    tracked: AtomicUsize,
+    suspended: RwLock<BTreeMap<String, Suspension>>,
+    store: Option<Store>,
+    log: Option<Arc<DecisionLog>>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl std::fmt::Debug for Agents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agents")
+            .field("tracked", &self.tracked.load(Ordering::Relaxed))
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a suspension or resumption did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The store could not take it.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The decision log could not take it.
+    #[error("the change could not be recorded in the decision log, so it was not made: {0}")]
+    Unrecorded(String),
+    /// The agent is not suspended.
+    #[error("agent `{0}` is not suspended")]
+    NotSuspended(String),
+    /// An empty agent id or reason.
+    #[error("{0} must not be empty")]
+    Empty(&'static str),
+}
+
+impl Agents {
+    /// Agents in memory only: nothing survives a restart. For the CLI and
+    /// embedders without a state directory.
+    pub fn in_memory(config: AgentsConfig, clock: Arc<dyn Clock>) -> Self {
+        Agents {
+            config,
+            clock,
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: Default::default(),
+            tracked: AtomicUsize::new(0),
+            suspended: RwLock::default(),
+            store: None,
+            log: None,
+            metrics: None,
+        }
+    }
+
+    /// Agents whose suspensions and open breakers are kept in `store`, and
+    /// read back from it now.
+    ///
+    /// # Errors
+    /// A [`StoreError`] when the store cannot be read.
+    pub fn durable(
+        config: AgentsConfig,
+        clock: Arc<dyn Clock>,
+        store: Store,
+    ) -> Result<Self, StoreError> {
+        let mut agents = Agents::in_memory(config, clock);
+        let suspended: Vec<(String, Suspension)> = store.all(SUSPENSIONS)?;
+        let breakers: Vec<(String, Breaker)> = store.all(BREAKERS)?;
+        *agents
+            .suspended
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner) = suspended.into_iter().collect();
+        for (agent, breaker) in breakers {
+            agents.with_agent(&agent, |a| a.breaker = Some(breaker));
+        }
+        agents.store = Some(store);
+        Ok(agents)
+    }
+
+    /// Writes suspensions and breaker changes to `log`.
+    #[must_use]
+    pub fn with_log(mut self, log: Arc<DecisionLog>) -> Self {
+        self.log = Some(log);
+        self
+    }
+
+    /// Counts breaker changes and suspensions in `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        metrics.set_agents_suspended(self.read_suspended().len() as u64);
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The stage before the policies: the agent's counters and whatever
+    /// stops it. A breaker whose cooling period is over closes here.
+    pub fn enrich(&self, request: &Request) -> Enriched {
+        let now = self.clock.now_ms();
+        let agent = &request.context.agent.id;
+        if let Some(s) = self.read_suspended().get(agent.as_str()) {
+            return Enriched {
+                now_ms: now,
+                history: History::default(),
+                gate: Gate::Suspended(s.clone()),
+            };
+        }
+        let action = action_key(&request.action.kind, &request.action.name);
+        let mut closed = None;
+        let (history, breaker) = self.with_agent(agent, |a| {
+            if let Some(b) = &a.breaker
+                && now >= b.until_ms
+            {
+                closed = a.breaker.take();
+            }
+            let history = History {
+                calls_last_minute: a.calls.count(now, MINUTE_MS),
+                same_action_last_minute: a
+                    .actions
+                    .get_mut(&action)
+                    .map_or(0, |w| w.count(now, MINUTE_MS)),
+                denials_last_hour: a.denials.count(now, HOUR_MS.max(self.window_ms())),
+                spend_today_cents: a.spend.today(now),
+            };
+            (history, a.breaker.clone())
+        });
+        if let Some(b) = closed {
+            self.breaker_closed(agent, &b);
+        }
+        let gate = match breaker {
+            Some(b) => Gate::Breaker(self.config.breaker_mode, b),
+            None => Gate::Open,
+        };
+        Enriched {
+            now_ms: now,
+            history,
+            gate,
+        }
+    }
+
+    /// The stage after the decision: counts the call, a denial and spend,
+    /// and opens the breaker if the denials reach the threshold.
+    pub fn observe(&self, request: &Request, enriched: &Enriched, outcome: Outcome) {
+        if matches!(enriched.gate, Gate::Suspended(_)) {
+            return;
+        }
+        let now = enriched.now_ms;
+        let agent = &request.context.agent.id;
+        let action = action_key(&request.action.kind, &request.action.name);
+        let threshold = self.config.breaker_denials;
+        let window = self.window_ms();
+        let opened = self.with_agent(agent, |a| {
+            a.calls.add(now);
+            if a.actions.len() < MAX_ACTIONS_PER_AGENT || a.actions.contains_key(&action) {
+                a.actions.entry(action).or_default().add(now);
+            } else {
+                a.actions
+                    .entry(OVERFLOW_AGENT.to_owned())
+                    .or_default()
+                    .add(now);
+            }
+            match outcome {
+                Outcome::Deny => a.denials.add(now),
+                Outcome::Allow | Outcome::Modify => {
+                    if let Some(cents) = amount_cents(&request.action.params) {
+                        a.spend.add(now, cents);
+                    }
+                }
+                Outcome::RequireApproval => {}
+            }
+            if outcome != Outcome::Deny || threshold == 0 || a.breaker.is_some() {
+                return None;
+            }
+            let denials = a.denials.count(now, window);
+            (denials >= threshold).then(|| {
+                let b = Breaker {
+                    since_ms: now,
+                    until_ms: now
+                        .saturating_add(self.config.breaker_cooldown_s.saturating_mul(1000)),
+                    denials,
+                };
+                a.breaker = Some(b.clone());
+                b
+            })
+        });
+        if let Some(b) = opened {
+            self.breaker_opened(agent, &b);
+        }
+    }
+
+    fn window_ms(&self) -> u64 {
+        self.config.breaker_window_s.saturating_mul(1000)
+    }
+
+    fn breaker_opened(&self, agent: &str, b: &Breaker) {
+        tracing::warn!(agent, denials = b.denials, until = %ms_time(b.until_ms), "circuit breaker opened");
+        if let Some(s) = &self.store
+            && let Err(e) = s.put(BREAKERS, agent, b)
+        {
+            tracing::error!(agent, error = %e, "the open breaker is not stored; a restart would close it");
+        }
+        self.event(serde_json::json!({
+            "agent": agent,
+            "change": "breaker-open",
+            "denials": b.denials,
+            "mode": self.config.breaker_mode,
+            "until": ms_time(b.until_ms),
+        }));
+        if let Some(m) = &self.metrics {
+            m.record_breaker(true);
+        }
+    }
+
+    fn breaker_closed(&self, agent: &str, b: &Breaker) {
+        tracing::info!(agent, "circuit breaker closed");
+        if let Some(s) = &self.store
+            && let Err(e) = s.remove(BREAKERS, agent)
+        {
+            tracing::error!(agent, error = %e, "the closed breaker is still stored; a restart would reopen it until its end");
+        }
+        self.event(serde_json::json!({
+            "agent": agent,
+            "change": "breaker-closed",
+            "since": ms_time(b.since_ms),
+        }));
+        if let Some(m) = &self.metrics {
+            m.record_breaker(false);
+        }
+    }
+
+    /// Best effort: breaker changes happen inside decisions, which have
+    /// their own records; a failure is logged.
+    fn event(&self, data: serde_json::Value) {
+        if let Some(log) = &self.log
+            && let Err(e) = log.record_event("agent", &data)
+        {
+            tracing::warn!(error = %e, "agent change not recorded in the decision log");
+        }
+    }
+
+    /// Suspends `agent`: stored, then recorded in the log, then in force.
+    ///
+    /// # Errors
+    /// [`AgentError`] when the store or the log cannot take it; then
+    /// nothing changed.
+    pub fn suspend(&self, agent: &str, reason: &str, by: &str) -> Result<Suspension, AgentError> {
+        if agent.is_empty() {
+            return Err(AgentError::Empty("the agent id"));
+        }
+        if reason.trim().is_empty() {
+            return Err(AgentError::Empty("the reason"));
+        }
+        let s = Suspension {
+            reason: reason.to_owned(),
+            by: by.to_owned(),
+            at: crate::reload::timestamp(UNIX_EPOCH + Duration::from_millis(self.clock.now_ms())),
+        };
+        self.record(
+            serde_json::json!({"agent": agent, "by": by, "change": "suspend", "reason": reason}),
+        )?;
+        if let Some(store) = &self.store {
+            store.put(SUSPENSIONS, agent, &s)?;
+        }
+        let n = {
+            let mut all = self
+                .suspended
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            all.insert(agent.to_owned(), s.clone());
+            all.len()
+        };
+        if let Some(m) = &self.metrics {
+            m.set_agents_suspended(n as u64);
+        }
+        tracing::warn!(agent, by, reason, "agent suspended");
+        Ok(s)
+    }
+
+    /// Lifts `agent`'s suspension.
+    ///
+    /// # Errors
+    /// [`AgentError`]: not suspended, or the store or the log cannot take
+    /// it.
+    pub fn resume(&self, agent: &str, by: &str) -> Result<Suspension, AgentError> {
+        let Some(was) = self.read_suspended().get(agent).cloned() else {
+            return Err(AgentError::NotSuspended(agent.to_owned()));
+        };
+        self.record(serde_json::json!({"agent": agent, "by": by, "change": "resume"}))?;
+        if let Some(store) = &self.store {
+            store.remove(SUSPENSIONS, agent)?;
+        }
+        let n = {
+            let mut all = self
+                .suspended
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            all.remove(agent);
+            all.len()
+        };
+        if let Some(m) = &self.metrics {
+            m.set_agents_suspended(n as u64);
+        }
+        tracing::warn!(agent, by, "agent resumed");
+        Ok(was)
+    }
+
+    fn record(&self, data: serde_json::Value) -> Result<(), AgentError> {
+        match &self.log {
+            Some(log) => log
+                .record_event("agent", &data)
+                .map(|_| ())
+                .map_err(|e| AgentError::Unrecorded(e.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    /// Every agent seen or suspended, or one.
+    pub fn report(&self, only: Option<&str>) -> Vec<AgentReport> {
+        let now = self.clock.now_ms();
+        let suspended = self.read_suspended().clone();
+        let mut out: BTreeMap<String, AgentReport> = BTreeMap::new();
+        for shard in &self.shards {
+            let mut agents = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            for (id, a) in agents.iter_mut() {
+                if only.is_some_and(|o| o != id) {
+                    continue;
+                }
+                let actions_last_minute = a
+                    .actions
+                    .iter_mut()
+                    .map(|(k, w)| (k.replace('\0', " "), w.count(now, MINUTE_MS)))
+                    .filter(|(_, n)| *n > 0)
+                    .collect();
+                out.insert(
+                    id.clone(),
+                    AgentReport {
+                        agent: id.clone(),
+                        calls_last_minute: a.calls.count(now, MINUTE_MS),
+                        actions_last_minute,
+                        denials_last_hour: a.denials.count(now, HOUR_MS.max(self.window_ms())),
+                        spend_today_cents: a.spend.today(now),
+                        suspended: suspended.get(id).cloned(),
+                        breaker: a.breaker.clone().filter(|b| now < b.until_ms),
+                    },
+                );
+            }
+        }
+        for (id, s) in suspended {
+            if only.is_none_or(|o| o == id) {
+                out.entry(id.clone()).or_insert_with(|| AgentReport {
+                    agent: id,
+                    calls_last_minute: 0,
+                    actions_last_minute: BTreeMap::new(),
+                    denials_last_hour: 0,
+                    spend_today_cents: 0,
+                    suspended: Some(s),
+                    breaker: None,
+                });
+            }
+        }
+        out.into_values().collect()
+    }
+
+    fn read_suspended(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Suspension>> {
+        self.suspended
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` on `agent`'s state, created if new; past `max_agents` new
+    /// agents share one state.
+    fn with_agent<T>(&self, agent: &str, f: impl FnOnce(&mut Agent) -> T) -> T {
+        let mut agents = self.shard(agent);
+        if let Some(a) = agents.get_mut(agent) {
+            return f(a);
+        }
+        if self.tracked.fetch_add(1, Ordering::AcqRel) < self.config.max_agents {
+            return f(agents.entry(agent.to_owned()).or_default());
+        }
+        self.tracked.fetch_sub(1, Ordering::AcqRel);
+        drop(agents);
+        f(self
+            .shard(OVERFLOW_AGENT)
+            .entry(OVERFLOW_AGENT.to_owned())
+            .or_default())
+    }
+
+    fn shard(&self, agent: &str) -> std::sync::MutexGuard<'_, HashMap<String, Agent>> {
+        let i = (self.hasher.hash_one(agent) as usize) % SHARDS;
+        self.shards[i]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn action_key(kind: &str, name: &str) -> String {
+    let mut k = String::with_capacity(kind.len() + name.len() + 1);
+    k.push_str(kind);
+    k.push('\0');
+    k.push_str(name);
+    k
+}
+
+fn ms_time(ms: u64) -> String {
+    crate::reload::timestamp(UNIX_EPOCH + Duration::from_millis(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::{Action, Context, Principal};
+
+    struct Fixed(u64);
+
+    impl Clock for Fixed {
+        fn now_ms(&self) -> u64 {
+            self.0
+        }
+    }
+
+    fn request(agent: &str) -> Request {
+        Request {
+            action: Action {
+                kind: "tool".into(),
+                name: "x".into(),
+                target: String::new(),
+                params: serde_json::json!({"amount": 1}),
+            },
+            context: Context {
+                agent: Principal {
+                    id: agent.into(),
+                    roles: Vec::new(),
+                },
+                ..Context::default()
+            },
+            history: History::default(),
+        }
+    }
+
+    #[test]
+    fn agents_past_the_cap_share_counters_so_new_ids_cannot_reset_any() {
+        let config = AgentsConfig {
+            max_agents: 2,
+            ..AgentsConfig::default()
+        };
+        let agents = Agents::in_memory(config, Arc::new(Fixed(1_000)));
+        for id in ["a", "b", "c", "d", "d"] {
+            let r = request(id);
+            let e = agents.enrich(&r);
+            agents.observe(&r, &e, Outcome::Deny);
+        }
+        let calls = |id: &str| agents.enrich(&request(id)).history.calls_last_minute;
+        assert_eq!((calls("a"), calls("b")), (1, 1));
+        // c and d are counted together, and a newcomer sees their calls.
+        assert_eq!((calls("c"), calls("d"), calls("e")), (3, 3, 3));
+        let ids: Vec<String> = agents.report(None).into_iter().map(|r| r.agent).collect();
+        assert_eq!(ids, ["*", "a", "b"]);
+    }
+
+    #[test]
+    fn a_suspension_needs_an_agent_and_a_reason_and_resume_needs_a_suspension() {
+        let agents = Agents::in_memory(AgentsConfig::default(), Arc::new(Fixed(0)));
+        assert!(matches!(
+            agents.suspend("", "r", "me"),
+            Err(AgentError::Empty(_))
+        ));
+        assert!(matches!(
+            agents.suspend("a", " ", "me"),
+            Err(AgentError::Empty(_))
+        ));
+        assert!(matches!(
+            agents.resume("a", "me"),
+            Err(AgentError::NotSuspended(_))
+        ));
+        agents.suspend("a", "why", "me").expect("suspends");
+        assert!(matches!(
+            agents.enrich(&request("a")).gate,
+            Gate::Suspended(_)
+        ));
+        agents.resume("a", "me").expect("resumes");
+        assert_eq!(agents.enrich(&request("a")).gate, Gate::Open);
+    }
+}
