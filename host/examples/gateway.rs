@@ -128,6 +128,7 @@ async fn handle(
         }
     };
     let request = Request {
+        approval_id: None,
         action: Action {
             kind: "tool".into(),
             name: tool.clone(),

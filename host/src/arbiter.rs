@@ -18,6 +18,7 @@ use std::time::{Instant, SystemTime};
 use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
 
+use crate::approvals::Approvals;
 use crate::config::SafeMode;
 use crate::config::{Config, RolloutConfig};
 use crate::decision::{Decision, Outcome, PolicyReport, Request};
@@ -231,6 +232,9 @@ pub struct Arbiter {
     /// The host's state of each agent; without it, a request's `history`
     /// is taken as given (the CLI, the case runner).
     agents: Option<Arc<Agents>>,
+    /// Where require-approval waits for a person; without it, the caller
+    /// gets require-approval and nothing to ask again with.
+    approvals: Option<Arc<Approvals>>,
 }
 
 /// What modes and candidates keep beside the decisions.
@@ -279,7 +283,21 @@ impl Arbiter {
             metrics: None,
             rollout: Arc::new(RolloutState::new(RolloutConfig::default())),
             agents: None,
+            approvals: None,
         }
+    }
+
+    /// This arbiter, keeping each require-approval as an approval in
+    /// `approvals` and answering requests that come back with one.
+    #[must_use]
+    pub fn with_approvals(mut self, approvals: Arc<Approvals>) -> Self {
+        self.approvals = Some(approvals);
+        self
+    }
+
+    /// The approvals, when kept.
+    pub fn approvals(&self) -> Option<&Arc<Approvals>> {
+        self.approvals.as_ref()
     }
 
     /// This arbiter, filling each request's history from `agents` and
@@ -435,8 +453,10 @@ impl Arbiter {
         self.agents.as_ref().map(|a| a.enrich(request))
     }
 
-    /// The stages after the policies: the decision is answered only once
-    /// the log holds it; then shadow jobs are queued and a monitored
+    /// The stages after the policies: a require-approval becomes an
+    /// approval (or is answered by the one it came back with); the
+    /// decision is answered only once the log holds it; the agent's
+    /// counters take it; then shadow jobs are queued and a monitored
     /// action feeds the baseline, neither making the caller wait.
     fn after(&self, request: &Request, enriched: Option<&Enriched>, decided: Decided) -> Decision {
         let Decided {
@@ -445,6 +465,10 @@ impl Arbiter {
             monitored,
         } = decided;
         let history = enriched.map_or(&request.history, |e| &e.history);
+        let decision = match &self.approvals {
+            Some(a) => a.apply(request, decision),
+            None => decision,
+        };
         let decision = match &self.log {
             Some(log) => match log.record(request, history, &decision) {
                 Ok(_) => decision,
@@ -601,6 +625,7 @@ impl Arbiter {
             ),
         };
         let decision = Decision {
+            approval: None,
             decision_id: new_id(),
             outcome: folded.outcome,
             decided: folded.decided,
@@ -744,6 +769,7 @@ fn missing(name: &str, load_error: Option<&LoadError>) -> PolicyReport {
 fn unrouted(request: &Request, start: Instant) -> Decision {
     let a = &request.action;
     Decision {
+        approval: None,
         decision_id: new_id(),
         outcome: Outcome::Deny,
         decided: Outcome::Deny,
@@ -778,6 +804,7 @@ fn unrecorded(decision: Decision, e: &Unrecorded) -> Decision {
 /// A deny by the host before any policy ran.
 fn gated(rule: &str, reason: String, start: Instant) -> Decision {
     Decision {
+        approval: None,
         decision_id: new_id(),
         outcome: Outcome::Deny,
         decided: Outcome::Deny,
@@ -794,6 +821,7 @@ fn gated(rule: &str, reason: String, start: Instant) -> Decision {
 
 fn host_failure(detail: &str) -> Decision {
     Decision {
+        approval: None,
         decision_id: new_id(),
         outcome: Outcome::Deny,
         decided: Outcome::Deny,

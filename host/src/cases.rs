@@ -108,6 +108,7 @@ fn run_one(engine: &Engine, policies: &BTreeMap<String, LoadedPolicy>, case: &Ca
     };
     let arbiter = Arbiter::with_chain(engine.clone(), vec![policy]);
     let decision = arbiter.decide(&Request {
+        approval_id: None,
         action: case.action.clone(),
         context: case.context.clone(),
         history: case.history,

@@ -64,9 +64,39 @@ pub struct Config {
     /// Per-agent state: history windows, the circuit breaker.
     #[serde(default)]
     pub agents: AgentsConfig,
-    /// Where the host's durable state (suspensions, open breakers) lives.
+    /// Where the host's durable state (suspensions, open breakers,
+    /// approvals) lives.
     #[serde(default)]
     pub state: StateConfig,
+    /// Approvals.
+    #[serde(default)]
+    pub approvals: ApprovalsConfig,
+}
+
+/// `[approvals]`: how long approvals wait and are kept
+/// ([`crate::approvals`]).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApprovalsConfig {
+    /// Seconds a person has to answer, and a granted approval to be used,
+    /// before it expires (a deny). Default: 3600.
+    pub ttl_s: u64,
+    /// Seconds answered, used and expired approvals are kept. Default:
+    /// 604800 (a week).
+    pub keep_s: u64,
+    /// The longest a caller may long-poll an approval, in seconds.
+    /// Default: 120.
+    pub max_wait_s: u64,
+}
+
+impl Default for ApprovalsConfig {
+    fn default() -> Self {
+        ApprovalsConfig {
+            ttl_s: 3600,
+            keep_s: 604_800,
+            max_wait_s: 120,
+        }
+    }
 }
 
 /// `[agents]`: what the host keeps per agent ([`crate::enrich`]).
@@ -673,6 +703,9 @@ impl Config {
         {
             return Err("`agents.max_agents` must be at least 1, and with `agents.breaker_denials` set, `agents.breaker_window_s` and `agents.breaker_cooldown_s` too".into());
         }
+        if self.approvals.ttl_s == 0 || self.approvals.max_wait_s == 0 {
+            return Err("`approvals.ttl_s` and `approvals.max_wait_s` must be at least 1".into());
+        }
         let r = &self.rollout;
         if r.shadow_queue == 0 || r.shadow_workers == 0 || r.baseline_max_actions == 0 {
             return Err("`rollout.shadow_queue`, `rollout.shadow_workers` and `rollout.baseline_max_actions` must be at least 1".into());
@@ -798,6 +831,9 @@ impl Config {
         }
         if self.state != new.state {
             changed.push("state");
+        }
+        if self.approvals != new.approvals {
+            changed.push("approvals");
         }
         changed
     }

@@ -91,6 +91,9 @@ pub struct Request {
     /// host's own state) fill it.
     #[serde(default)]
     pub history: History,
+    /// The approval this request asks again with, after a require-approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
 }
 
 /// What a policy, or the whole chain, decided.
@@ -202,6 +205,9 @@ pub struct Decision {
     /// action must run with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub params: Option<Value>,
+    /// With require-approval, and when asked again with one: the approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<crate::approvals::ApprovalRef>,
     /// Every policy that ran, in chain order.
     pub policies: Vec<PolicyReport>,
     /// Wall-clock time of the whole decision, in microseconds.

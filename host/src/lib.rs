@@ -16,6 +16,7 @@
 //! | fold a chain | [`combine`] |
 //! | how much each answer binds: monitor, soft-enforce, enforce, canaries | [`mode`] |
 //! | candidates beside the serving version, divergence, replay | [`shadow`] |
+//! | require-approval answered by a person, bound to the action | [`approvals`] |
 //! | bring a policy into service | [`load`] |
 //! | change what serves, at run time | [`reload`] |
 //! | what a decision leaves behind | [`evidence`] |
@@ -27,6 +28,7 @@
 //! configuration; [`cases`] runs conformance case files.
 #![deny(missing_docs)]
 
+pub mod approvals;
 pub mod arbiter;
 pub mod cases;
 pub mod cli;

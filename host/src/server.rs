@@ -22,6 +22,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -31,6 +32,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::approvals::Approvals;
 use crate::arbiter::{open_cache, specs_from_config};
 use crate::config::{Config, Overrides};
 use crate::engine::Engine;
@@ -278,12 +280,26 @@ pub async fn bind(
     let clock = options
         .clock
         .map_or_else(|| Arc::new(SystemClock) as Arc<dyn Clock>, |c| c.0);
-    let mut agents = Agents::durable(config.agents.clone(), clock, Store::open(&state_dir)?)?
-        .with_metrics(Arc::clone(&metrics));
+    let store = Arc::new(Store::open(&state_dir)?);
+    let mut agents = Agents::durable(
+        config.agents.clone(),
+        Arc::clone(&clock),
+        Arc::clone(&store),
+    )?
+    .with_metrics(Arc::clone(&metrics));
+    let mut approvals = Approvals::open(
+        Some(store),
+        clock,
+        Duration::from_secs(config.approvals.ttl_s),
+        Duration::from_secs(config.approvals.keep_s),
+    )?;
     if let Some(log) = &log {
         agents = agents.with_log(Arc::clone(log));
+        approvals = approvals.with_log(Arc::clone(log));
     }
     let agents = Arc::new(agents);
+    let approvals = Arc::new(approvals);
+    let approvals_for_sweep = Arc::clone(&approvals);
     let addr = config.server.listen;
     let listener = TcpListener::bind(addr)
         .await
@@ -327,7 +343,8 @@ pub async fn bind(
                     Some(log) => registry.with_log(log),
                     None => registry,
                 }
-                .with_agents(agents);
+                .with_agents(agents)
+                .with_approvals(approvals);
                 let registry = Arc::new(
                     registry
                         .with_metrics(Arc::clone(&loader_state.metrics))
@@ -358,6 +375,21 @@ pub async fn bind(
         let _ = ready_tx.send(Some(result));
     });
 
+    // Approvals nobody answered expire on time, and wake their waiters.
+    let sweeper = Arc::clone(&approvals_for_sweep);
+    let mut sweep_stop = stop.subscribe();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let a = Arc::clone(&sweeper);
+                    let _ = tokio::task::spawn_blocking(move || a.expire_due()).await;
+                }
+                () = stopped(&mut sweep_stop) => break,
+            }
+        }
+    });
     let serve = tokio::spawn(accept_loop(listener, Arc::clone(&state), stop_rx));
     tracing::info!(%addr, "listening");
     Ok(Bound {
@@ -390,7 +422,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<AppState>, mut stop: watc
                 Err(e) => {
                     // Out of file descriptors and the like: back off, go on.
                     tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },

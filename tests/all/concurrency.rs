@@ -30,6 +30,7 @@ async fn concurrent_decisions_from_tokio_tasks_are_all_correct() {
             let case = case.clone();
             tasks.push(tokio::spawn(async move {
                 let request = Request {
+                    approval_id: None,
                     action: case.action.clone(),
                     context: case.context.clone(),
                     history: case.history,

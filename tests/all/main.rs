@@ -2,6 +2,7 @@
 //! policies and hostile ones, all built from source.
 
 mod agents;
+mod approvals;
 mod chain;
 mod concurrency;
 mod hostile;

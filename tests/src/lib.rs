@@ -72,6 +72,7 @@ pub fn arbiter(policies: Vec<LoadedPolicy>) -> Arbiter {
 /// A request from the procurement agent in prod.
 pub fn request(kind: &str, name: &str, params: serde_json::Value) -> Request {
     Request {
+        approval_id: None,
         action: Action {
             kind: kind.into(),
             name: name.into(),

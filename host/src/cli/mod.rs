@@ -22,6 +22,7 @@ use crate::signing::{KeyPair, PublicKey, SignatureFile, signature_path};
 use crate::{Arbiter, examples};
 
 mod agents;
+mod approvals;
 mod log;
 mod rollout;
 
@@ -118,6 +119,9 @@ enum Command {
     /// On a running server: the agents it knows, and its kill switch.
     #[command(subcommand)]
     Agents(agents::AgentsCommand),
+    /// On a running server: approvals waiting for a person, and answers.
+    #[command(subcommand)]
+    Approvals(approvals::ApprovalsCommand),
 }
 
 #[derive(Debug, Args)]
@@ -282,6 +286,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ab(command) => rollout::ab(&command),
         Command::Replay(args) => rollout::replay(&args, open_cache(&global)?.as_ref()),
         Command::Agents(command) => agents::run(&command),
+        Command::Approvals(command) => approvals::run(&command),
     }
 }
 

@@ -143,7 +143,7 @@ pub struct Agents {
     hasher: std::collections::hash_map::RandomState,
     tracked: AtomicUsize,
     suspended: RwLock<BTreeMap<String, Suspension>>,
-    store: Option<Store>,
+    store: Option<Arc<Store>>,
     log: Option<Arc<DecisionLog>>,
     metrics: Option<Arc<Metrics>>,
 }
@@ -199,7 +199,7 @@ impl Agents {
     pub fn durable(
         config: AgentsConfig,
         clock: Arc<dyn Clock>,
-        store: Store,
+        store: Arc<Store>,
     ) -> Result<Self, StoreError> {
         let mut agents = Agents::in_memory(config, clock);
         let suspended: Vec<(String, Suspension)> = store.all(SUSPENSIONS)?;
@@ -557,6 +557,7 @@ mod tests {
 
     fn request(agent: &str) -> Request {
         Request {
+            approval_id: None,
             action: Action {
                 kind: "tool".into(),
                 name: "x".into(),

@@ -1,4 +1,5 @@
-//! The host's durable state on local disk: an embedded redb database in
+//! The host's durable state on local disk (suspensions, open breakers,
+//! approvals): an embedded redb database in
 //! the state directory. Every write is a committed transaction (synced
 //! before it returns), so what a change reported survives a crash or a
 //! restart. Values are JSON, so a newer Arbiter reads what an older one
@@ -20,6 +21,8 @@ pub type Table = TableDefinition<'static, &'static str, &'static str>;
 pub const SUSPENSIONS: Table = TableDefinition::new("suspensions");
 /// Open circuit breakers, by agent id.
 pub const BREAKERS: Table = TableDefinition::new("breakers");
+/// Approvals, by id.
+pub const APPROVALS: Table = TableDefinition::new("approvals");
 
 /// The durable store.
 pub struct Store {
@@ -63,7 +66,7 @@ impl Store {
         let store = Store { db, path };
         // Tables exist from the first start, so reads never meet a missing one.
         store.write(|w| {
-            for table in [SUSPENSIONS, BREAKERS] {
+            for table in [SUSPENSIONS, BREAKERS, APPROVALS] {
                 w.open_table(table)?;
             }
             Ok(())

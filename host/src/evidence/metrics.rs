@@ -582,6 +582,7 @@ mod tests {
 
     fn decision(micros: u64, failure: Option<&str>) -> Decision {
         Decision {
+            approval: None,
             decision_id: "d".into(),
             outcome: Outcome::Deny,
             reason: String::new(),

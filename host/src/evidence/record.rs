@@ -240,6 +240,9 @@ impl ParamsRule {
 #[derive(Serialize)]
 pub struct DecisionData<'a> {
     action: ActionData<'a>,
+    /// The approval created, or asked again with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approval: Option<&'a str>,
     context: ContextData<'a>,
     /// What the policies decided.
     decided: Outcome,
@@ -324,6 +327,7 @@ impl<'a> DecisionData<'a> {
                 name: &a.name,
                 target: &a.target,
             },
+            approval: decision.approval.as_ref().map(|a| a.id.as_str()),
             context: ContextData {
                 agent: &c.agent,
                 attributes: &c.attributes,
@@ -436,6 +440,7 @@ mod tests {
 
     fn request() -> Request {
         Request {
+            approval_id: None,
             action: Action {
                 kind: "tool".into(),
                 name: "send_email".into(),
@@ -465,6 +470,7 @@ mod tests {
 
     fn decision() -> Decision {
         Decision {
+            approval: None,
             decision_id: "d-1".into(),
             outcome: Outcome::Modify,
             decided: Outcome::Modify,

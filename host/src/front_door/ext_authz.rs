@@ -85,6 +85,7 @@ pub fn request_from(
         })
     };
     Request {
+        approval_id: None,
         action: Action {
             kind: "http".into(),
             name: format!("{method} {path}"),

@@ -12,6 +12,9 @@
 //! | GET | `/v1/ab/{name}` | divergence between the policy's serving version and each candidate |
 //! | GET | `/v1/baseline` | what monitor mode observed, per agent and action (`?agent=ID` for one) |
 //! | GET | `/v1/agents` | each agent's counters, suspension and breaker (`?agent=ID` for one) |
+//! | GET | `/v1/approvals` | admin: every approval, or `?status=pending` |
+//! | GET | `/v1/approvals/{id}` | one approval; `?wait=30s` waits for an answer |
+//! | POST | `/v1/approvals/{id}/approve`, `/decline` | admin: `{"reason": ..., "by": ...}` |
 //! | POST | `/v1/agents/{id}/suspend` | admin: `{"reason": ..., "by": ...}`: deny every action of the agent until resumed |
 //! | POST | `/v1/agents/{id}/resume` | admin: `{"by": ...}` (optional): lift the suspension |
 //! | GET | `/healthz` | alive |
@@ -39,6 +42,7 @@ use tokio::sync::Semaphore;
 use super::auth::Tokens;
 use super::error::FrontDoorError;
 use super::{ext_authz, wire};
+use crate::approvals::ApprovalError;
 use crate::arbiter::Arbiter;
 use crate::config::Config;
 use crate::decision::{Context, Decision, History, Outcome, Request};
@@ -215,6 +219,41 @@ async fn route(
             "baseline",
             read(service, &req, || baseline(state, req.uri().query())),
         ),
+        "/v1/approvals" => match service.tokens.check_admin(req.headers()) {
+            Ok(()) => (
+                "approvals",
+                read(service, &req, || approvals_list(state, req.uri().query())),
+            ),
+            Err(e) => ("approvals", Err(e)),
+        },
+        p if p.starts_with("/v1/approvals/") => {
+            let rest = &p["/v1/approvals/".len()..];
+            match rest.split_once('/') {
+                Some((id, verb @ ("approve" | "decline"))) if method == Method::POST => {
+                    let (id, granted) = (id.to_owned(), verb == "approve");
+                    (
+                        "approvals",
+                        approval_answer(state, service, req, id, granted).await,
+                    )
+                }
+                Some((_, "approve" | "decline")) => (
+                    "approvals",
+                    Err(FrontDoorError::MethodNotAllowed { allow: "POST" }),
+                ),
+                None if method == Method::GET || method == Method::HEAD => (
+                    "approvals",
+                    approval_get(state, service, req, rest.to_owned()).await,
+                ),
+                None => (
+                    "approvals",
+                    Err(FrontDoorError::MethodNotAllowed { allow: "GET" }),
+                ),
+                _ => (
+                    "other",
+                    Err(FrontDoorError::NotFound(p.chars().take(200).collect())),
+                ),
+            }
+        }
         "/v1/agents" => (
             "agents",
             read(service, &req, || agents(state, req.uri().query())),
@@ -281,6 +320,8 @@ struct DecideBody {
     context: Context,
     #[serde(default)]
     history: Option<History>,
+    #[serde(default)]
+    approval_id: Option<String>,
 }
 
 async fn decide(
@@ -302,6 +343,7 @@ async fn decide(
         action: body.action,
         context: body.context,
         history: body.history.unwrap_or_default(),
+        approval_id: body.approval_id,
     };
     let decision = run(state, service, request).await?;
     let mut r = json_response(StatusCode::OK, &decision);
@@ -537,6 +579,138 @@ fn agents(state: &AppState, query: Option<&str>) -> Result<Response<Body>, Front
         .map(|a| a.report(agent.as_deref()))
         .unwrap_or_default();
     Ok(json_response(StatusCode::OK, &json!({ "agents": list })))
+}
+
+fn approvals_of(state: &AppState) -> Result<&Arc<crate::approvals::Approvals>, FrontDoorError> {
+    state
+        .arbiter()
+        .ok_or(FrontDoorError::NotReady)?
+        .approvals()
+        .ok_or_else(|| FrontDoorError::Unavailable("this server keeps no approvals".into()))
+}
+
+fn query_error(message: String) -> FrontDoorError {
+    FrontDoorError::BadRequest(wire::WireError {
+        path: String::new(),
+        message,
+        line: 1,
+        column: 1,
+    })
+}
+
+fn approvals_list(state: &AppState, query: Option<&str>) -> Result<Response<Body>, FrontDoorError> {
+    let mut status = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        status = Some(match pair {
+            "status=pending" => crate::approvals::Status::Pending,
+            "status=approved" => crate::approvals::Status::Approved,
+            "status=declined" => crate::approvals::Status::Declined,
+            "status=expired" => crate::approvals::Status::Expired,
+            "status=used" => crate::approvals::Status::Used,
+            other => {
+                return Err(query_error(format!(
+                    "unknown query `{}`; use status=pending|approved|declined|expired|used",
+                    other.chars().take(100).collect::<String>()
+                )));
+            }
+        });
+    }
+    let list = approvals_of(state)?.list(status);
+    Ok(json_response(StatusCode::OK, &json!({ "approvals": list })))
+}
+
+async fn approval_get(
+    state: &AppState,
+    service: &Service,
+    req: HttpRequest<Incoming>,
+    id: String,
+) -> Result<Response<Body>, FrontDoorError> {
+    service.tokens.check_decide(req.headers(), true)?;
+    let approvals = approvals_of(state)?;
+    let max = Duration::from_secs(service.config.approvals.max_wait_s);
+    let mut wait = None;
+    for pair in req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair.split_once('=') {
+            Some(("wait", v)) => {
+                let d = humantime::parse_duration(v).map_err(|e| {
+                    query_error(format!(
+                        "`wait={}`: {e} (say 30s, 2m)",
+                        v.chars().take(40).collect::<String>()
+                    ))
+                })?;
+                if d > max {
+                    return Err(query_error(format!(
+                        "`wait` may be at most {}s",
+                        max.as_secs()
+                    )));
+                }
+                wait = Some(d);
+            }
+            _ => {
+                return Err(query_error(format!(
+                    "unknown query parameter `{}`; the one known is `wait`",
+                    pair.chars().take(100).collect::<String>()
+                )));
+            }
+        }
+    }
+    let id = percent_decode(&id, false)?;
+    let found = match wait {
+        Some(d) => approvals.wait(&id, d).await,
+        None => approvals.get(&id),
+    };
+    match found {
+        Some(a) => Ok(json_response(StatusCode::OK, &a)),
+        None => Err(FrontDoorError::UnknownPolicy(format!(
+            "no approval `{}`",
+            id.chars().take(80).collect::<String>()
+        ))),
+    }
+}
+
+/// The body of an approval's answer.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AnswerBody {
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    by: Option<String>,
+}
+
+async fn approval_answer(
+    state: &AppState,
+    service: &Service,
+    req: HttpRequest<Incoming>,
+    id: String,
+    granted: bool,
+) -> Result<Response<Body>, FrontDoorError> {
+    let body: AnswerBody = required(
+        admin_body(service, req).await?,
+        r#"{"reason": "PO 1182 checked with finance", "by": "alice"}"#,
+    )?;
+    let approvals = Arc::clone(approvals_of(state)?);
+    let id = percent_decode(&id, false)?;
+    let by = body.by.unwrap_or_else(|| "admin token".to_owned());
+    let reason = body.reason.unwrap_or_default();
+    let done = tokio::task::spawn_blocking(move || approvals.answer(&id, granted, &by, &reason))
+        .await
+        .map_err(|e| FrontDoorError::Unavailable(format!("the task failed: {e}")))?
+        .map_err(|e| match e {
+            ApprovalError::Unknown(_) => FrontDoorError::UnknownPolicy(e.to_string()),
+            ApprovalError::NotPending { .. } => FrontDoorError::Conflict(e.to_string()),
+            ApprovalError::NoReason => query_error(e.to_string()),
+            ApprovalError::Store(_) | ApprovalError::Unrecorded(_) => {
+                FrontDoorError::Unavailable(e.to_string())
+            }
+        })?;
+    Ok(json_response(StatusCode::OK, &done))
 }
 
 /// The body of a suspension or resumption.

@@ -446,6 +446,14 @@ impl Registry {
         self
     }
 
+    /// Keeps require-approvals in `approvals` (see
+    /// [`Arbiter::with_approvals`]).
+    #[must_use]
+    pub fn with_approvals(mut self, approvals: Arc<crate::approvals::Approvals>) -> Self {
+        self.arbiter = self.arbiter.with_approvals(approvals);
+        self
+    }
+
     /// Counts reloads, failures, rollbacks and shadow evaluations in
     /// `metrics`.
     #[must_use]

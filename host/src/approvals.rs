@@ -1,0 +1,596 @@
+//! Approvals: a require-approval that a person answers.
+//!
+//! When the binding outcome is require-approval, a pending [`Approval`] is
+//! created, bound to a digest of the exact action and context asked about
+//! and to the versions of the policies that asked, and stored durably
+//! before the caller hears of it. A person approves or declines it with a
+//! reason; the caller then asks again with `approval_id`: if the approval
+//! was granted, is unexpired, unused, and the action's digest and the
+//! asking policies' versions match, the answer is allow, once. Anything
+//! else is a deny that says why. A pending approval past its time expires.
+//!
+//! Every change is stored (a committed redb transaction) and written to
+//! the decision log (`approval` records) before it is reported; a change
+//! either cannot take is not made. Changes are serialized under one lock,
+//! so two callers racing with one granted approval cannot both use it.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::decision::{Decision, Outcome, Request};
+use crate::enrich::Clock;
+use crate::enrich::store::{APPROVALS, Store, StoreError};
+use crate::evidence::log::DecisionLog;
+use crate::evidence::record::value_sha256;
+
+/// Where an approval stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    /// Waiting for a person.
+    Pending,
+    /// Granted; not used yet.
+    Approved,
+    /// Refused by a person.
+    Declined,
+    /// Nobody answered in time.
+    Expired,
+    /// Granted and used by a decision.
+    Used,
+}
+
+impl Status {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Approved => "approved",
+            Status::Declined => "declined",
+            Status::Expired => "expired",
+            Status::Used => "used",
+        }
+    }
+}
+
+/// One approval, as stored and shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Approval {
+    /// Its id (UUIDv7).
+    pub id: String,
+    /// Where it stands.
+    pub status: Status,
+    /// `sha256:` of the canonical action and context it was asked about.
+    pub digest: String,
+    /// The policies that asked for it, with their versions.
+    pub policies: BTreeMap<String, String>,
+    /// The action and context, for the person deciding.
+    pub request: Value,
+    /// The asking policy's rule and reason.
+    pub rule: String,
+    /// Why the policy asked.
+    pub reason: String,
+    /// Its risk.
+    pub risk: u8,
+    /// The decision that asked.
+    pub decision_id: String,
+    /// When it was asked for (ms since the epoch).
+    pub created_ms: u64,
+    /// When it expires if nobody answers.
+    pub expires_ms: u64,
+    /// Who answered, when and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<Answer>,
+    /// The decision that used it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_by: Option<String>,
+}
+
+/// A person's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answer {
+    /// Who.
+    pub by: String,
+    /// Why.
+    pub reason: String,
+    /// When (ms since the epoch).
+    pub at_ms: u64,
+}
+
+/// What a decision says of its approval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalRef {
+    /// The approval's id: ask again with it as `approval_id`.
+    pub id: String,
+    /// Where it stands.
+    pub status: Status,
+    /// When it expires if nobody answers (RFC 3339).
+    pub expires_at: String,
+}
+
+/// Why an answer was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum ApprovalError {
+    /// No such approval.
+    #[error("no approval `{0}`")]
+    Unknown(String),
+    /// It is not pending any more.
+    #[error("approval `{id}` is {status}, not pending")]
+    NotPending {
+        /// The approval.
+        id: String,
+        /// Where it stands.
+        status: &'static str,
+    },
+    /// A reason is required.
+    #[error("a reason is required")]
+    NoReason,
+    /// The store could not take it.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The decision log could not take it.
+    #[error("the change could not be recorded in the decision log, so it was not made: {0}")]
+    Unrecorded(String),
+}
+
+/// The approvals of one server.
+pub struct Approvals {
+    inner: Mutex<BTreeMap<String, Approval>>,
+    store: Option<Arc<Store>>,
+    clock: Arc<dyn Clock>,
+    ttl_ms: u64,
+    keep_ms: u64,
+    log: Option<Arc<DecisionLog>>,
+    /// Bumped on every change, for long-polling callers.
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for Approvals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Approvals")
+            .field("count", &self.lock().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Approvals {
+    /// Approvals kept in `store` (read back now), expiring `ttl` after they
+    /// are asked for and forgotten `keep` after they are answered.
+    ///
+    /// # Errors
+    /// A [`StoreError`] when the store cannot be read.
+    pub fn open(
+        store: Option<Arc<Store>>,
+        clock: Arc<dyn Clock>,
+        ttl: Duration,
+        keep: Duration,
+    ) -> Result<Self, StoreError> {
+        let all = match &store {
+            Some(s) => s.all::<Approval>(APPROVALS)?.into_iter().collect(),
+            None => BTreeMap::new(),
+        };
+        Ok(Approvals {
+            inner: Mutex::new(all),
+            store,
+            clock,
+            ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+            keep_ms: u64::try_from(keep.as_millis()).unwrap_or(u64::MAX),
+            log: None,
+            changed: tokio::sync::watch::channel(0).0,
+        })
+    }
+
+    /// Writes every answer, expiry and use to `log`.
+    #[must_use]
+    pub fn with_log(mut self, log: Arc<DecisionLog>) -> Self {
+        self.log = Some(log);
+        self
+    }
+
+    /// The second pass of a decision: a require-approval asked with an
+    /// approval id is answered from it; one asked without creates a
+    /// pending approval. Other outcomes pass unchanged. A failure to
+    /// store fails closed.
+    pub fn apply(&self, request: &Request, mut decision: Decision) -> Decision {
+        if decision.outcome != Outcome::RequireApproval {
+            return decision;
+        }
+        let digest = digest(request);
+        let asking = asking(&decision);
+        let now = self.clock.now_ms();
+        let mut all = self.lock();
+        if let Some(id) = &request.approval_id {
+            return match self.redeem(&mut all, id, &digest, &asking, &decision, now) {
+                Redeemed::Allowed(a) => {
+                    let answer = a.answer.clone().unwrap_or(Answer {
+                        by: "?".into(),
+                        reason: String::new(),
+                        at_ms: 0,
+                    });
+                    decision.outcome = Outcome::Allow;
+                    decision.rule = "approval.granted".into();
+                    decision.reason = format!(
+                        "Approved by {} at {}: {}; allowed this once.",
+                        answer.by,
+                        ms_time(answer.at_ms),
+                        answer.reason
+                    );
+                    decision.approval = Some(reference(&a));
+                    decision
+                }
+                Redeemed::StillPending(a) => {
+                    decision.approval = Some(a);
+                    decision
+                }
+                Redeemed::Refused {
+                    rule,
+                    reason,
+                    approval,
+                } => {
+                    let mut d = deny(decision, rule, reason);
+                    d.approval = approval;
+                    d
+                }
+            };
+        }
+        let approval = Approval {
+            id: uuid::Uuid::now_v7().to_string(),
+            status: Status::Pending,
+            digest,
+            policies: asking,
+            request: json!({"action": request.action, "context": request.context}),
+            rule: decision.rule.clone(),
+            reason: decision.reason.clone(),
+            risk: decision.risk,
+            decision_id: decision.decision_id.clone(),
+            created_ms: now,
+            expires_ms: now.saturating_add(self.ttl_ms),
+            answer: None,
+            used_by: None,
+        };
+        if let Err(e) = self.persist(&approval) {
+            let reason = format!(
+                "Arbiter could not keep the approval this action needs: {e}; failing closed."
+            );
+            return deny(decision, "failure.approvals", reason);
+        }
+        decision.approval = Some(reference(&approval));
+        all.insert(approval.id.clone(), approval);
+        self.bump();
+        decision
+    }
+
+    fn redeem(
+        &self,
+        all: &mut BTreeMap<String, Approval>,
+        id: &str,
+        digest: &str,
+        asking: &BTreeMap<String, String>,
+        decision: &Decision,
+        now: u64,
+    ) -> Redeemed {
+        let Some(a) = all.get_mut(id) else {
+            return Redeemed::Refused {
+                rule: "approval.unknown",
+                reason: format!("There is no approval `{}`; failing closed.", truncate(id)),
+                approval: None,
+            };
+        };
+        self.expire_if_due(a, now);
+        let refuse = |rule, reason: String, a: &Approval| Redeemed::Refused {
+            rule,
+            reason,
+            approval: Some(reference(a)),
+        };
+        if a.digest != digest {
+            return refuse(
+                "approval.action-changed",
+                format!(
+                    "Approval `{id}` was given for another action or context than this one; ask again."
+                ),
+                a,
+            );
+        }
+        if &a.policies != asking {
+            return refuse(
+                "approval.policy-changed",
+                format!(
+                    "Approval `{id}` was asked for by other policy versions than those deciding now; ask again."
+                ),
+                a,
+            );
+        }
+        match a.status {
+            Status::Pending => Redeemed::StillPending(reference(a)),
+            Status::Declined => {
+                let why = a
+                    .answer
+                    .as_ref()
+                    .map_or(String::new(), |x| format!(" by {}: {}", x.by, x.reason));
+                refuse(
+                    "approval.declined",
+                    format!("Approval `{id}` was declined{why}."),
+                    a,
+                )
+            }
+            Status::Expired => refuse(
+                "approval.expired",
+                format!(
+                    "Approval `{id}` expired at {}, {}.",
+                    ms_time(a.expires_ms),
+                    if a.answer.is_some() {
+                        "granted but not used"
+                    } else {
+                        "unanswered"
+                    }
+                ),
+                a,
+            ),
+            Status::Used => refuse(
+                "approval.used",
+                format!(
+                    "Approval `{id}` was already used by decision {}; an approval allows once.",
+                    a.used_by.as_deref().unwrap_or("?")
+                ),
+                a,
+            ),
+            Status::Approved => {
+                let mut used = a.clone();
+                used.status = Status::Used;
+                used.used_by = Some(decision.decision_id.clone());
+                if let Err(e) = self.persist(&used) {
+                    return refuse(
+                        "failure.approvals",
+                        format!(
+                            "Arbiter could not mark approval `{id}` used: {e}; failing closed."
+                        ),
+                        a,
+                    );
+                }
+                self.event(&used, "used", None);
+                *a = used;
+                self.bump();
+                Redeemed::Allowed(Box::new(a.clone()))
+            }
+        }
+    }
+
+    /// Approves (`granted`) or declines a pending approval.
+    ///
+    /// # Errors
+    /// [`ApprovalError`]: unknown, not pending, no reason, or the store or
+    /// the log cannot take it.
+    pub fn answer(
+        &self,
+        id: &str,
+        granted: bool,
+        by: &str,
+        reason: &str,
+    ) -> Result<Approval, ApprovalError> {
+        if reason.trim().is_empty() {
+            return Err(ApprovalError::NoReason);
+        }
+        let now = self.clock.now_ms();
+        let mut all = self.lock();
+        let a = all
+            .get_mut(id)
+            .ok_or_else(|| ApprovalError::Unknown(id.to_owned()))?;
+        self.expire_if_due(a, now);
+        if a.status != Status::Pending {
+            return Err(ApprovalError::NotPending {
+                id: id.to_owned(),
+                status: a.status.as_str(),
+            });
+        }
+        let mut next = a.clone();
+        next.status = if granted {
+            Status::Approved
+        } else {
+            Status::Declined
+        };
+        next.answer = Some(Answer {
+            by: by.to_owned(),
+            reason: reason.to_owned(),
+            at_ms: now,
+        });
+        // The log first: an answer an auditor cannot see is not given.
+        if let Some(log) = &self.log {
+            log.record_event(
+                "approval",
+                &event_data(&next, next.status.as_str(), next.answer.as_ref()),
+            )
+            .map_err(|e| ApprovalError::Unrecorded(e.to_string()))?;
+        }
+        self.persist(&next)?;
+        *a = next.clone();
+        self.bump();
+        tracing::info!(
+            approval = id,
+            status = next.status.as_str(),
+            by,
+            "approval answered"
+        );
+        Ok(next)
+    }
+
+    /// One approval, expired first if its time is up.
+    pub fn get(&self, id: &str) -> Option<Approval> {
+        let now = self.clock.now_ms();
+        let mut all = self.lock();
+        let a = all.get_mut(id)?;
+        self.expire_if_due(a, now);
+        Some(a.clone())
+    }
+
+    /// Every approval, or those with `status`, oldest first.
+    pub fn list(&self, status: Option<Status>) -> Vec<Approval> {
+        self.expire_due();
+        self.lock()
+            .values()
+            .filter(|a| status.is_none_or(|s| a.status == s))
+            .cloned()
+            .collect()
+    }
+
+    /// Expires every pending approval whose time is up, and forgets
+    /// answered ones older than the retention; the server calls it every
+    /// second.
+    pub fn expire_due(&self) {
+        let now = self.clock.now_ms();
+        let mut all = self.lock();
+        for a in all.values_mut() {
+            self.expire_if_due(a, now);
+        }
+        let old: Vec<String> = all
+            .values()
+            .filter(|a| a.status != Status::Pending && a.status != Status::Approved)
+            .filter(|a| {
+                a.expires_ms
+                    .max(a.answer.as_ref().map_or(0, |x| x.at_ms))
+                    .saturating_add(self.keep_ms)
+                    <= now
+            })
+            .map(|a| a.id.clone())
+            .collect();
+        for id in old {
+            if let Some(s) = &self.store
+                && let Err(e) = s.remove(APPROVALS, &id)
+            {
+                tracing::warn!(approval = %id, error = %e, "an old approval could not be removed");
+                continue;
+            }
+            all.remove(&id);
+        }
+    }
+
+    /// Waits until approval `id` changes or `wait` passes, and returns it.
+    pub async fn wait(&self, id: &str, wait: Duration) -> Option<Approval> {
+        let mut rx = self.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let a = self.get(id)?;
+            if a.status != Status::Pending {
+                return Some(a);
+            }
+            let changed = tokio::time::timeout_at(deadline, rx.changed()).await;
+            if !matches!(changed, Ok(Ok(()))) {
+                return self.get(id);
+            }
+        }
+    }
+
+    /// A pending approval unanswered, or a granted one unused, by its
+    /// time expires.
+    fn expire_if_due(&self, a: &mut Approval, now: u64) {
+        if !matches!(a.status, Status::Pending | Status::Approved) || now < a.expires_ms {
+            return;
+        }
+        let mut next = a.clone();
+        next.status = Status::Expired;
+        if let Err(e) = self.persist(&next) {
+            // Still treated as expired in memory: an unanswered approval
+            // never turns into an allow.
+            tracing::error!(approval = %a.id, error = %e, "the expiry could not be stored");
+        }
+        self.event(&next, "expired", None);
+        *a = next;
+        self.bump();
+    }
+
+    fn persist(&self, a: &Approval) -> Result<(), StoreError> {
+        match &self.store {
+            Some(s) => s.put(APPROVALS, &a.id, a),
+            None => Ok(()),
+        }
+    }
+
+    /// Best effort, for changes made by the host itself (expiry, use),
+    /// whose decisions have their own records.
+    fn event(&self, a: &Approval, change: &str, answer: Option<&Answer>) {
+        if let Some(log) = &self.log
+            && let Err(e) = log.record_event("approval", &event_data(a, change, answer))
+        {
+            tracing::warn!(approval = %a.id, error = %e, "approval change not recorded in the decision log");
+        }
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Approval>> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// What an approval a request came back with does to it.
+enum Redeemed {
+    /// Granted: allow, once.
+    Allowed(Box<Approval>),
+    /// Not answered yet: require-approval again, with the same approval.
+    StillPending(ApprovalRef),
+    /// A deny, with its rule and reason.
+    Refused {
+        rule: &'static str,
+        reason: String,
+        approval: Option<ApprovalRef>,
+    },
+}
+
+fn event_data(a: &Approval, change: &str, answer: Option<&Answer>) -> Value {
+    json!({
+        "approval": a.id,
+        "by": answer.map(|x| x.by.as_str()),
+        "change": change,
+        "decision_id": a.used_by.as_deref().unwrap_or(&a.decision_id),
+        "digest": a.digest,
+        "reason": answer.map(|x| x.reason.as_str()),
+    })
+}
+
+/// The digest an approval is bound to: the canonical action (params
+/// included) and context.
+pub fn digest(request: &Request) -> String {
+    value_sha256(&json!({"action": request.action, "context": request.context}))
+}
+
+/// The policies whose answer was require-approval, with their versions.
+fn asking(decision: &Decision) -> BTreeMap<String, String> {
+    decision
+        .policies
+        .iter()
+        .filter(|p| p.outcome == Outcome::RequireApproval)
+        .map(|p| (p.name.clone(), p.version.clone()))
+        .collect()
+}
+
+fn reference(a: &Approval) -> ApprovalRef {
+    ApprovalRef {
+        id: a.id.clone(),
+        status: a.status,
+        expires_at: ms_time(a.expires_ms),
+    }
+}
+
+fn deny(decision: Decision, rule: &str, reason: String) -> Decision {
+    Decision {
+        outcome: Outcome::Deny,
+        rule: rule.to_owned(),
+        reason,
+        risk: decision.risk.max(50),
+        params: None,
+        ..decision
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(80).collect()
+}
+
+/// RFC 3339 of `ms` since the epoch.
+pub fn ms_time(ms: u64) -> String {
+    crate::reload::timestamp(UNIX_EPOCH + Duration::from_millis(ms))
+}
