@@ -308,6 +308,16 @@ impl Arbiter {
         self
     }
 
+    /// This arbiter deciding on each request's own `history`, as the CLI
+    /// and the case runner do.
+    #[must_use]
+    pub fn without_agents(&self) -> Self {
+        Arbiter {
+            agents: None,
+            ..self.clone()
+        }
+    }
+
     /// The host's state of each agent, when it keeps one.
     pub fn agents(&self) -> Option<&Arc<Agents>> {
         self.agents.as_ref()

@@ -312,6 +312,19 @@ mod serve {
         );
     }
 
+    /// Runs `arbiter ARGS --server` against `addr` with the admin token
+    /// `s3cret`: the exit code, stdout and stderr.
+    fn remote_cli(addr: &str, args: &[&str]) -> (Option<i32>, String, String) {
+        let o = Command::new(env!("CARGO_BIN_EXE_arbiter"))
+            .args(args)
+            .args(["--server", &format!("http://{addr}")])
+            .env("ARBITER_ADMIN_TOKEN", "s3cret")
+            .output()
+            .expect("run");
+        let (out, err) = super::text(&o);
+        (o.status.code(), out, err)
+    }
+
     /// Decides `body` on the server at `addr`.
     fn decide(addr: &str, body: &str) -> serde_json::Value {
         let reply = http(
@@ -331,6 +344,85 @@ mod serve {
             .as_str()
             .unwrap_or_default()
             .to_owned()
+    }
+
+    #[test]
+    fn approvals_and_agents_commands_drive_a_running_server() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("arbiter.toml");
+        std::fs::write(
+            &config,
+            "[auth]\nadmin_token = \"s3cret\"\n[[policies]]\nname = \"p\"\nexample = \"procurement\"\n\
+             [[routes]]\nchain = [\"p\"]\n",
+        )
+        .expect("write");
+        let (child, addr, _rx) = serve(
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--config",
+                config.to_str().expect("utf-8"),
+            ],
+            dir.path(),
+        );
+        wait_ready(&addr);
+        let transfer = |approval: &str| {
+            format!(
+                r#"{{"action": {{"kind": "tool", "name": "payments.transfer", "params": {{"amount": 6000}}}}, "context": {{"agent": {{"id": "bot"}}}}{approval}}}"#
+            )
+        };
+        let d = decide(&addr, &transfer(""));
+        let id = d["approval"]["id"]
+            .as_str()
+            .expect("an approval")
+            .to_owned();
+        let cli = |args: &[&str]| remote_cli(&addr, args);
+        let (code, out, err) = cli(&["approvals", "list"]);
+        assert_eq!(code, Some(0), "{out}{err}");
+        assert!(
+            out.contains(&id) && out.contains("payments.transfer"),
+            "{out}"
+        );
+        let (code, out, err) = cli(&[
+            "approvals",
+            "approve",
+            &id,
+            "--reason",
+            "PO checked",
+            "--by",
+            "carol",
+        ]);
+        assert_eq!(code, Some(0), "{out}{err}");
+        assert!(out.contains(&format!("approval {id} approved")), "{out}");
+        let (code, _, err) = cli(&["approvals", "decline", &id, "--reason", "no"]);
+        assert_eq!(code, Some(2));
+        assert!(
+            err.contains("(409)") && err.contains("not pending"),
+            "{err}"
+        );
+        let again = decide(&addr, &transfer(&format!(r#", "approval_id": "{id}""#)));
+        assert_eq!(again["rule"], "approval.granted", "{again}");
+
+        let (code, out, err) = cli(&[
+            "agents", "suspend", "bot", "--reason", "runaway", "--by", "dave",
+        ]);
+        assert_eq!(code, Some(0), "{out}{err}");
+        assert_eq!(decide(&addr, &transfer(""))["rule"], "agent.suspended");
+        let (code, out, err) = cli(&["agents", "list"]);
+        assert_eq!(code, Some(0), "{out}{err}");
+        assert!(
+            out.contains("SUSPENDED by dave") && out.contains("runaway"),
+            "{out}"
+        );
+        let (code, out, err) = cli(&["agents", "resume", "bot"]);
+        assert_eq!(code, Some(0), "{out}{err}");
+        assert!(out.contains("resumed"), "{out}");
+        let (code, _, err) = cli(&["agents", "resume", "bot"]);
+        assert_eq!(code, Some(2));
+        assert!(err.contains("not suspended"), "{err}");
+        sigterm(&child);
+        let mut child = child;
+        assert_eq!(child.wait().expect("wait").code(), Some(0));
     }
 
     #[test]
@@ -363,17 +455,7 @@ mod serve {
         for amount in [100, 4500, 4600] {
             assert_eq!(decide(&addr, &transfer(amount))["mode"], "enforce");
         }
-        let url = format!("http://{addr}");
-        let cli = |args: &[&str]| {
-            let o = Command::new(env!("CARGO_BIN_EXE_arbiter"))
-                .args(args)
-                .args(["--server", &url])
-                .env("ARBITER_ADMIN_TOKEN", "s3cret")
-                .output()
-                .expect("run");
-            let (out, err) = super::text(&o);
-            (o.status.code(), out, err)
-        };
+        let cli = |args: &[&str]| remote_cli(&addr, args);
 
         let (code, _, err) = cli(&["mode", "p", "sometimes"]);
         assert_eq!(code, Some(2));
@@ -684,7 +766,22 @@ mod serve {
         let o = super::arbiter(&["log", "stats", log_arg, "--json"], &cache);
         let stats: serde_json::Value = serde_json::from_slice(&o.stdout).expect("stats json");
         assert_eq!(stats["decisions"], logged.len());
-        assert_eq!(stats["by_outcome"]["allow"], logged.len());
+        // rate-guard sees the host's real counters: past 60 calls a minute
+        // the agent is denied, and those decisions are logged too.
+        let by_outcome: u64 = stats["by_outcome"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, n)| n.as_u64())
+            .sum();
+        assert_eq!(by_outcome, logged.len() as u64);
+        assert!(
+            stats["by_policy"]["rate-guard"]["deny"]
+                .as_u64()
+                .unwrap_or(0)
+                > 0,
+            "{stats}"
+        );
     }
 }
 

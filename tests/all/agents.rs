@@ -444,23 +444,11 @@ fn the_kill_switch_and_the_circuit_breaker_hold_across_a_restart() {
     drop(conn);
     server.stop().expect("clean stop");
 
-    let changes: Vec<String> = arbiter::evidence::log::segments(log.path())
-        .expect("segments")
+    let changes: Vec<String> = arbiter_tests::log_records(log.path(), "agent")
         .iter()
-        .flat_map(|s| {
-            std::fs::read_to_string(s)
-                .expect("segment")
-                .lines()
-                .filter_map(|l| arbiter::evidence::record::Parsed::from_line(l.as_bytes()))
-                .filter(|p| p.kind == "agent")
-                .map(|p| {
-                    format!(
-                        "{} {}",
-                        p.data()["agent"].as_str().unwrap_or(""),
-                        p.data()["change"].as_str().unwrap_or("")
-                    )
-                })
-                .collect::<Vec<_>>()
+        .map(|d| {
+            let s = |k: &str| d[k].as_str().unwrap_or("").to_owned();
+            format!("{} {}", s("agent"), s("change"))
         })
         .collect();
     assert_eq!(

@@ -12,7 +12,7 @@ use arbiter::config::{Config, Secret};
 use arbiter::enrich::Clock;
 use arbiter::server::{ClockHandle, ServeOptions};
 use arbiter_tests::http::{self, Conn, get};
-use arbiter_tests::{Server, server_config, wait_for};
+use arbiter_tests::{Server, log_records, server_config, wait_for};
 use serde_json::{Value, json};
 
 const ADMIN: &str = "admin-secret";
@@ -253,7 +253,7 @@ fn an_approval_is_used_once_and_every_other_answer_is_a_deny_that_says_why() {
     server.stop().expect("clean stop");
 
     // The log holds who answered, when and why, and each use and expiry.
-    let changes: Vec<(String, String, String)> = records(log.path(), "approval")
+    let changes: Vec<(String, String, String)> = log_records(log.path(), "approval")
         .iter()
         .map(|d| {
             let s = |k: &str| d[k].as_str().unwrap_or("").to_owned();
@@ -269,7 +269,7 @@ fn an_approval_is_used_once_and_every_other_answer_is_a_deny_that_says_why() {
             (expired, "expired".into(), String::new()),
         ]
     );
-    let asked: Vec<Value> = records(log.path(), "decision")
+    let asked: Vec<Value> = log_records(log.path(), "decision")
         .into_iter()
         .filter(|d| d["approval"] == json!(id))
         .map(|d| d["rule"].clone())
@@ -284,22 +284,6 @@ fn an_approval_is_used_once_and_every_other_answer_is_a_deny_that_says_why() {
             json!("approval.used"),
         ]
     );
-}
-
-fn records(dir: &Path, kind: &str) -> Vec<Value> {
-    arbiter::evidence::log::segments(dir)
-        .expect("segments")
-        .iter()
-        .flat_map(|s| {
-            std::fs::read_to_string(s)
-                .expect("segment")
-                .lines()
-                .filter_map(|l| arbiter::evidence::record::Parsed::from_line(l.as_bytes()))
-                .filter(|p| p.kind == kind)
-                .map(|p| p.data().clone())
-                .collect::<Vec<_>>()
-        })
-        .collect()
 }
 
 #[test]

@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use arbiter::config::{CandidateConfig, CandidateRole, Config, Secret};
 use arbiter::evidence::audit::Filter;
-use arbiter::evidence::log::segments;
-use arbiter::evidence::record::Parsed;
 use arbiter::server::ServeOptions;
 use arbiter_tests::http::{self, Conn, get, post_json};
-use arbiter_tests::{CASES, Server, artifacts, engine, load_file, server_config, wait_for};
+use arbiter_tests::{
+    CASES, Server, artifacts, engine, load_file, log_records, server_config, wait_for,
+};
 use serde_json::{Value, json};
 
 const ADMIN: &str = "admin-secret";
@@ -131,16 +131,6 @@ fn promote(addr: std::net::SocketAddr, candidate: &str) -> http::Reply {
     admin(addr, "POST", "/v1/policies/procurement/promote", &body)
 }
 
-/// Every record of a log directory, in order.
-fn all_records(dir: &Path) -> Vec<Parsed> {
-    let mut out = Vec::new();
-    for seg in segments(dir).expect("segments") {
-        let text = std::fs::read_to_string(&seg).expect("segment");
-        out.extend(text.lines().filter_map(|l| Parsed::from_line(l.as_bytes())));
-    }
-    out
-}
-
 #[test]
 fn the_public_cases_in_shadow_give_the_confusion_matrix_the_cases_imply() {
     let log = tempfile::tempdir().expect("log dir");
@@ -217,11 +207,7 @@ fn the_public_cases_in_shadow_give_the_confusion_matrix_the_cases_imply() {
     server.stop().expect("clean stop");
 
     // Each divergence is in the log, naming the decision it came from.
-    let shadow: Vec<Value> = all_records(log.path())
-        .into_iter()
-        .filter(|p| p.kind == "shadow")
-        .map(|p| p.data().clone())
-        .collect();
+    let shadow = log_records(log.path(), "shadow");
     let mut logged: Vec<String> = shadow
         .iter()
         .map(|d| d["decision_id"].as_str().expect("id").to_owned())
@@ -519,14 +505,12 @@ fn a_mode_switch_under_load_holds_from_the_next_decision_and_monitor_builds_a_ba
     server.stop().expect("clean stop");
 
     // The log holds each change and the mode of every decision.
-    let records = all_records(log.path());
-    let changes: Vec<(String, String)> = records
+    let changes: Vec<(String, String)> = log_records(log.path(), "admin")
         .iter()
-        .filter(|p| p.kind == "admin")
-        .map(|p| {
+        .map(|d| {
             (
-                p.data()["from"].as_str().unwrap_or("").into(),
-                p.data()["to"].as_str().unwrap_or("").into(),
+                d["from"].as_str().unwrap_or("").into(),
+                d["to"].as_str().unwrap_or("").into(),
             )
         })
         .collect();
@@ -539,14 +523,14 @@ fn a_mode_switch_under_load_holds_from_the_next_decision_and_monitor_builds_a_ba
             pairs("soft-enforce", "enforce")
         ]
     );
-    let soft: Vec<&Parsed> = records
-        .iter()
-        .filter(|p| p.kind == "decision" && p.data()["mode"] == "soft-enforce")
+    let soft: Vec<Value> = log_records(log.path(), "decision")
+        .into_iter()
+        .filter(|d| d["mode"] == "soft-enforce")
         .collect();
     assert_eq!(soft.len(), 5);
-    assert!(soft.iter().all(|p| p.data()["outcome"] == "allow"
-        && p.data()["decided"] == "deny"
-        && p.data()["policies"][0]["mode"] == "soft-enforce"));
+    assert!(soft.iter().all(|d| d["outcome"] == "allow"
+        && d["decided"] == "deny"
+        && d["policies"][0]["mode"] == "soft-enforce"));
 }
 
 #[test]

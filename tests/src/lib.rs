@@ -120,6 +120,22 @@ pub fn replace_by_rename(path: &Path, bytes: &[u8]) {
     std::fs::rename(&tmp, path).expect("rename");
 }
 
+/// The `data` of every record of type `kind` in the log directory `dir`,
+/// in order.
+pub fn log_records(dir: &Path, kind: &str) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for segment in arbiter::evidence::log::segments(dir).expect("segments") {
+        let text = std::fs::read_to_string(&segment).expect("segment");
+        out.extend(
+            text.lines()
+                .filter_map(|l| arbiter::evidence::record::Parsed::from_line(l.as_bytes()))
+                .filter(|p| p.kind == kind)
+                .map(|p| p.data().clone()),
+        );
+    }
+    out
+}
+
 /// Polls `done` every 5 ms; fails the test after 20 s.
 pub fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let start = std::time::Instant::now();

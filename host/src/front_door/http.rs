@@ -339,13 +339,14 @@ async fn decide(
     if body.context.agent.id.is_empty() {
         return Err(FrontDoorError::Required("context.agent.id"));
     }
+    let caller_history = body.history.is_some();
     let request = Request {
         action: body.action,
         context: body.context,
         history: body.history.unwrap_or_default(),
         approval_id: body.approval_id,
     };
-    let decision = run(state, service, request).await?;
+    let decision = run(state, service, request, caller_history).await?;
     let mut r = json_response(StatusCode::OK, &decision);
     set_decision_id(&mut r, &decision);
     Ok(r)
@@ -364,7 +365,7 @@ async fn authz(
         req.uri(),
         req.headers(),
     );
-    let decision = run(state, service, request).await?;
+    let decision = run(state, service, request, false).await?;
     let (status, reason) = match decision.outcome {
         Outcome::Allow => (StatusCode::OK, decision.reason.clone()),
         Outcome::Deny => (StatusCode::FORBIDDEN, decision.reason.clone()),
@@ -397,11 +398,13 @@ async fn authz(
     Ok(r)
 }
 
-/// Waits for a place (or refuses with 503), then decides off the reactor.
+/// Waits for a place (or refuses with 503), then decides off the reactor;
+/// with `caller_history` (tests only), on the history the caller gave.
 async fn run(
     state: &AppState,
     service: &Service,
     request: Request,
+    caller_history: bool,
 ) -> Result<Decision, FrontDoorError> {
     let Some(arbiter) = state.arbiter() else {
         return Err(FrontDoorError::NotReady);
@@ -410,7 +413,11 @@ async fn run(
         .pending
         .try_acquire()
         .map_err(|_| FrontDoorError::Saturated(service.config.server.max_pending_decisions))?;
-    let decision = arbiter.decide_async(request).await;
+    let decision = if caller_history {
+        arbiter.without_agents().decide_async(request).await
+    } else {
+        arbiter.decide_async(request).await
+    };
     state.metrics.record_decision(&decision);
     tracing::debug!(
         decision_id = %decision.decision_id,

@@ -97,7 +97,7 @@ mod tests {
             ),
             (
                 br#"{"action": {"kind": "a", "name": "x"}, "contxt": {}}"#,
-                "at `contxt`: unknown field `contxt`, expected one of `action`, `context`, `history` (line 1, column 47)",
+                "at `contxt`: unknown field `contxt`, expected one of `action`, `context`, `history`, `approval_id` (line 1, column 47)",
             ),
             (
                 b"{\"action\": ",
