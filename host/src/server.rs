@@ -205,11 +205,16 @@ impl Bound {
         // Stop following files: the worker finishes a reload under way.
         let worker = reloader.lock().take();
         drop(worker);
-        // Shadow comparisons queued finish, and log their divergences.
+        // Shadow comparisons queued finish, and log their divergences; the
+        // day's spend is saved for the next start.
         if let Some(registry) = registry {
             let _ = tokio::task::spawn_blocking(move || {
-                if let Some(shadow) = registry.arbiter().shadow_if_started() {
+                let arbiter = registry.arbiter();
+                if let Some(shadow) = arbiter.shadow_if_started() {
                     shadow.close();
+                }
+                if let Some(Err(e)) = arbiter.agents().map(|a| a.save_spend()) {
+                    tracing::error!(error = %e, "the day's spend could not be saved");
                 }
             })
             .await;
@@ -300,6 +305,7 @@ pub async fn bind(
     let agents = Arc::new(agents);
     let approvals = Arc::new(approvals);
     let approvals_for_sweep = Arc::clone(&approvals);
+    let agents_for_save = Arc::clone(&agents);
     let addr = config.server.listen;
     let listener = TcpListener::bind(addr)
         .await
@@ -375,16 +381,24 @@ pub async fn bind(
         let _ = ready_tx.send(Some(result));
     });
 
-    // Approvals nobody answered expire on time, and wake their waiters.
+    // Every second: approvals nobody answered expire on time (and wake
+    // their waiters), and the day's spend is saved if it changed.
     let sweeper = Arc::clone(&approvals_for_sweep);
+    let spender = Arc::clone(&agents_for_save);
     let mut sweep_stop = stop.subscribe();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    let a = Arc::clone(&sweeper);
-                    let _ = tokio::task::spawn_blocking(move || a.expire_due()).await;
+                    let (a, g) = (Arc::clone(&sweeper), Arc::clone(&spender));
+                    let _ = tokio::task::spawn_blocking(move || {
+                        a.expire_due();
+                        if let Err(e) = g.save_spend() {
+                            tracing::warn!(error = %e, "the day's spend could not be saved; retrying");
+                        }
+                    })
+                    .await;
                 }
                 () = stopped(&mut sweep_stop) => break,
             }

@@ -397,6 +397,15 @@ fn the_kill_switch_and_the_circuit_breaker_hold_across_a_restart() {
         rule(call(&mut conn, "bot", "db", "db.read", json!({}))),
         "verdict.allow"
     );
+    // Spend of the day is kept across the restart too.
+    let d = call(
+        &mut conn,
+        "payer",
+        "tool",
+        "payments.transfer",
+        json!({"amount": 30.0}),
+    );
+    assert_eq!(rule(d), "verdict.allow");
     let metrics = get(addr, "/metrics").body;
     assert!(
         metrics.contains("arbiter_agent_breaker_changes_total{change=\"open\"} 1"),
@@ -419,6 +428,8 @@ fn the_kill_switch_and_the_circuit_breaker_hold_across_a_restart() {
         rule(call(&mut conn, "bot", "tool", "good.send", json!({}))),
         "agent.circuit-open"
     );
+    let payer = get(addr, "/v1/agents?agent=payer").json();
+    assert_eq!(payer["agents"][0]["spend_today_cents"], 3000, "{payer}");
     let agents = get(addr, "/v1/agents").json();
     let rogue = agents["agents"]
         .as_array()

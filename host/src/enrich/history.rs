@@ -41,7 +41,7 @@ impl Window {
 }
 
 /// Spend of the current UTC day, in cents.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct DaySpend {
     day: u64,
     cents: u64,

@@ -14,7 +14,9 @@
 //!   the policies. Open breakers are stored durably too.
 //!
 //! Entering and leaving either state is written to the decision log
-//! (`agent` records) and counted.
+//! (`agent` records) and counted. The day's spend is saved to the store
+//! every second it changed and at shutdown, so a restart does not reset a
+//! budget; the other windows start empty.
 
 pub mod history;
 pub mod store;
@@ -32,7 +34,7 @@ use crate::decision::{History, Outcome, Request};
 use crate::evidence::log::DecisionLog;
 use crate::evidence::metrics::Metrics;
 use history::{DaySpend, Window, amount_cents};
-use store::{BREAKERS, SUSPENSIONS, Store, StoreError};
+use store::{BREAKERS, SPEND, SUSPENSIONS, Store, StoreError};
 
 const MINUTE_MS: u64 = 60_000;
 const HOUR_MS: u64 = 3_600_000;
@@ -142,6 +144,8 @@ pub struct Agents {
     shards: Vec<Mutex<HashMap<String, Agent>>>,
     hasher: std::collections::hash_map::RandomState,
     tracked: AtomicUsize,
+    /// Spend changed since it was last saved.
+    spend_dirty: std::sync::atomic::AtomicBool,
     suspended: RwLock<BTreeMap<String, Suspension>>,
     store: Option<Arc<Store>>,
     log: Option<Arc<DecisionLog>>,
@@ -184,6 +188,7 @@ impl Agents {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             hasher: Default::default(),
             tracked: AtomicUsize::new(0),
+            spend_dirty: std::sync::atomic::AtomicBool::new(false),
             suspended: RwLock::default(),
             store: None,
             log: None,
@@ -210,6 +215,10 @@ impl Agents {
             .unwrap_or_else(PoisonError::into_inner) = suspended.into_iter().collect();
         for (agent, breaker) in breakers {
             agents.with_agent(&agent, |a| a.breaker = Some(breaker));
+        }
+        let spend: Vec<(String, DaySpend)> = store.all(SPEND)?;
+        for (agent, day) in spend {
+            agents.with_agent(&agent, |a| a.spend = day);
         }
         agents.store = Some(store);
         Ok(agents)
@@ -301,6 +310,7 @@ impl Agents {
                 Outcome::Allow | Outcome::Modify => {
                     if let Some(cents) = amount_cents(&request.action.params) {
                         a.spend.add(now, cents);
+                        self.spend_dirty.store(true, Ordering::Release);
                     }
                 }
                 Outcome::RequireApproval => {}
@@ -323,6 +333,34 @@ impl Agents {
         if let Some(b) = opened {
             self.breaker_opened(agent, &b);
         }
+    }
+
+    /// Saves each agent's spend of the day, if it changed since the last
+    /// save: the server calls it every second and at shutdown.
+    ///
+    /// # Errors
+    /// A [`StoreError`]; the spend is saved at the next call instead.
+    pub fn save_spend(&self) -> Result<(), StoreError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        if !self.spend_dirty.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let now = self.clock.now_ms();
+        let mut spend = Vec::new();
+        for shard in &self.shards {
+            let agents = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            spend.extend(
+                agents
+                    .iter()
+                    .filter(|(_, a)| a.spend.today(now) > 0)
+                    .map(|(id, a)| (id.clone(), a.spend)),
+            );
+        }
+        store.put_all(SPEND, &spend).inspect_err(|_| {
+            self.spend_dirty.store(true, Ordering::Release);
+        })
     }
 
     fn window_ms(&self) -> u64 {

@@ -23,6 +23,8 @@ pub const SUSPENSIONS: Table = TableDefinition::new("suspensions");
 pub const BREAKERS: Table = TableDefinition::new("breakers");
 /// Approvals, by id.
 pub const APPROVALS: Table = TableDefinition::new("approvals");
+/// Each agent's spend of the day, by agent id.
+pub const SPEND: Table = TableDefinition::new("spend");
 
 /// The durable store.
 pub struct Store {
@@ -66,7 +68,7 @@ impl Store {
         let store = Store { db, path };
         // Tables exist from the first start, so reads never meet a missing one.
         store.write(|w| {
-            for table in [SUSPENSIONS, BREAKERS, APPROVALS] {
+            for table in [SUSPENSIONS, BREAKERS, APPROVALS, SPEND] {
                 w.open_table(table)?;
             }
             Ok(())
@@ -111,6 +113,30 @@ impl Store {
         let json = serde_json::to_string(value).map_err(|e| self.fail(e))?;
         self.write(|w| {
             w.open_table(table)?.insert(key, json.as_str())?;
+            Ok(())
+        })
+    }
+
+    /// Sets every `(key, value)` of `entries` in `table`, in one committed
+    /// transaction.
+    ///
+    /// # Errors
+    /// A [`StoreError`] when the transaction cannot commit.
+    pub fn put_all<T: Serialize>(
+        &self,
+        table: Table,
+        entries: &[(String, T)],
+    ) -> Result<(), StoreError> {
+        let encoded = entries
+            .iter()
+            .map(|(k, v)| Ok((k.as_str(), serde_json::to_string(v)?)))
+            .collect::<Result<Vec<_>, serde_json::Error>>()
+            .map_err(|e| self.fail(e))?;
+        self.write(|w| {
+            let mut t = w.open_table(table)?;
+            for (k, v) in &encoded {
+                t.insert(*k, v.as_str())?;
+            }
             Ok(())
         })
     }
