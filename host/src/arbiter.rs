@@ -525,7 +525,7 @@ impl Arbiter {
         let start = Instant::now();
         let history = enriched.map_or(&request.history, |e| &e.history);
         if let Some(Gate::Suspended(s)) = enriched.map(|e| &e.gate) {
-            return gated(
+            return host_deny(
                 "agent.suspended",
                 format!(
                     "Agent `{}` is suspended: {} (by {} at {}); every action is denied until it is resumed.",
@@ -551,7 +551,7 @@ impl Arbiter {
                 SafeMode::DenyAll => "every action is denied",
                 SafeMode::ReadOnly => "only read-only actions are allowed",
             };
-            return gated(
+            return host_deny(
                 "agent.circuit-open",
                 format!(
                     "Agent `{}` tripped its circuit breaker ({} denials); {allowed} until {}.",
@@ -778,23 +778,14 @@ fn missing(name: &str, load_error: Option<&LoadError>) -> PolicyReport {
 
 fn unrouted(request: &Request, start: Instant) -> Decision {
     let a = &request.action;
-    Decision {
-        approval: None,
-        decision_id: new_id(),
-        outcome: Outcome::Deny,
-        decided: Outcome::Deny,
-        mode: Mode::Enforce,
-        warnings: Vec::new(),
-        reason: format!(
+    host_deny(
+        "route.unmatched",
+        format!(
             "No policy route matches agent `{}`, action kind `{}`, name `{}`; failing closed.",
             request.context.agent.id, a.kind, a.name
         ),
-        rule: "route.unmatched".into(),
-        risk: 100,
-        params: None,
-        policies: Vec::new(),
-        micros: micros_since(start),
-    }
+        start,
+    )
 }
 
 /// A decision the log could not take: deny, keeping what the policies said.
@@ -812,7 +803,7 @@ fn unrecorded(decision: Decision, e: &Unrecorded) -> Decision {
 }
 
 /// A deny by the host before any policy ran.
-fn gated(rule: &str, reason: String, start: Instant) -> Decision {
+fn host_deny(rule: &str, reason: String, start: Instant) -> Decision {
     Decision {
         approval: None,
         decision_id: new_id(),
@@ -830,20 +821,11 @@ fn gated(rule: &str, reason: String, start: Instant) -> Decision {
 }
 
 fn host_failure(detail: &str) -> Decision {
-    Decision {
-        approval: None,
-        decision_id: new_id(),
-        outcome: Outcome::Deny,
-        decided: Outcome::Deny,
-        mode: Mode::Enforce,
-        warnings: Vec::new(),
-        reason: format!("Arbiter could not decide: {detail}; failing closed."),
-        rule: "failure.host".into(),
-        risk: 100,
-        params: None,
-        policies: Vec::new(),
-        micros: 0,
-    }
+    host_deny(
+        "failure.host",
+        format!("Arbiter could not decide: {detail}; failing closed."),
+        Instant::now(),
+    )
 }
 
 fn new_id() -> String {

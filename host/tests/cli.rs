@@ -312,6 +312,24 @@ mod serve {
         );
     }
 
+    /// Writes `config` to DIR/arbiter.toml and serves it on a free port
+    /// until ready; returns the child and its address.
+    fn serve_config(dir: &std::path::Path, config: &str) -> (Child, String) {
+        let path = dir.join("arbiter.toml");
+        std::fs::write(&path, config).expect("write");
+        let (child, addr, _rx) = serve(
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--config",
+                path.to_str().expect("utf-8"),
+            ],
+            dir,
+        );
+        wait_ready(&addr);
+        (child, addr)
+    }
+
     /// Runs `arbiter ARGS --server` against `addr` with the admin token
     /// `s3cret`: the exit code, stdout and stderr.
     fn remote_cli(addr: &str, args: &[&str]) -> (Option<i32>, String, String) {
@@ -349,23 +367,11 @@ mod serve {
     #[test]
     fn approvals_and_agents_commands_drive_a_running_server() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = dir.path().join("arbiter.toml");
-        std::fs::write(
-            &config,
+        let (child, addr) = serve_config(
+            dir.path(),
             "[auth]\nadmin_token = \"s3cret\"\n[[policies]]\nname = \"p\"\nexample = \"procurement\"\n\
              [[routes]]\nchain = [\"p\"]\n",
-        )
-        .expect("write");
-        let (child, addr, _rx) = serve(
-            &[
-                "--listen",
-                "127.0.0.1:0",
-                "--config",
-                config.to_str().expect("utf-8"),
-            ],
-            dir.path(),
         );
-        wait_ready(&addr);
         let transfer = |approval: &str| {
             format!(
                 r#"{{"action": {{"kind": "tool", "name": "payments.transfer", "params": {{"amount": 6000}}}}, "context": {{"agent": {{"id": "bot"}}}}{approval}}}"#
@@ -429,24 +435,12 @@ mod serve {
     fn mode_baseline_ab_promote_and_replay_as_a_rollout_would_run_them() {
         let dir = tempfile::tempdir().expect("tempdir");
         let policy = super::example_file(dir.path(), "procurement");
-        let config = dir.path().join("arbiter.toml");
-        std::fs::write(
-            &config,
+        let (child, addr) = serve_config(
+            dir.path(),
             "[auth]\nadmin_token = \"s3cret\"\n[[policies]]\nname = \"p\"\nfile = \"procurement.wasm\"\n\
              [[policies.candidates]]\nid = \"strict\"\nrole = \"shadow\"\nsettings = { approval_over = 4000 }\n\
              [[routes]]\nchain = [\"p\"]\n",
-        )
-        .expect("write");
-        let (child, addr, _rx) = serve(
-            &[
-                "--listen",
-                "127.0.0.1:0",
-                "--config",
-                config.to_str().expect("utf-8"),
-            ],
-            dir.path(),
         );
-        wait_ready(&addr);
         let transfer = |amount: u32| {
             format!(
                 r#"{{"action": {{"kind": "tool", "name": "payments.transfer", "params": {{"amount": {amount}}}}}, "context": {{"agent": {{"id": "bot"}}}}}}"#

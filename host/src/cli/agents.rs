@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
-use super::{RemoteArgs, call, remote};
+use super::{RemoteArgs, call, read_state, remote};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum AgentsCommand {
@@ -74,16 +74,10 @@ pub(super) fn run(command: &AgentsCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn list(args: &ListArgs) -> anyhow::Result<ExitCode> {
-    let server = remote(&args.remote, false)?;
-    let path = match &args.agent {
-        Some(a) => format!("/v1/agents?agent={}", super::rollout::percent_encode(a)),
-        None => "/v1/agents".to_owned(),
-    };
-    let body = call(&server, hyper::Method::GET, &path, None)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&body)?);
+    let Some(body) = read_state(&args.remote, "/v1/agents", args.agent.as_deref(), args.json)?
+    else {
         return Ok(ExitCode::SUCCESS);
-    }
+    };
     println!(
         "{:<24} {:>10} {:>12} {:>14}  state",
         "agent", "calls/min", "denials/h", "spend today"

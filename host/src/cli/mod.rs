@@ -457,6 +457,27 @@ pub(super) fn call(
     Ok(body)
 }
 
+/// `GET path[?agent=AGENT]` on a server; with `json`, prints the body and
+/// returns `None`, so the caller prints its own summary only otherwise.
+pub(super) fn read_state(
+    args: &RemoteArgs,
+    path: &str,
+    agent: Option<&str>,
+    json: bool,
+) -> anyhow::Result<Option<serde_json::Value>> {
+    let server = remote(args, false)?;
+    let path = match agent {
+        Some(a) => format!("{path}?agent={}", rollout::percent_encode(a)),
+        None => path.to_owned(),
+    };
+    let body = call(&server, hyper::Method::GET, &path, None)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(None);
+    }
+    Ok(Some(body))
+}
+
 fn rollback(args: &RollbackArgs) -> anyhow::Result<ExitCode> {
     let server = remote(&args.remote, true)?;
     let body = serde_json::json!({ "version": args.to });

@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use serde_json::Value;
 
 use super::log::{existing_dir, time};
-use super::{LimitArgs, RemoteArgs, call, engine, policy_name, remote};
+use super::{LimitArgs, RemoteArgs, call, engine, policy_name, read_state, remote};
 use crate::evidence::audit::Filter;
 use crate::load::{self, CompileCache, PolicySpec, Source};
 use crate::mode::Mode;
@@ -132,16 +132,15 @@ pub(super) fn promote(args: &PromoteArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub(super) fn baseline(args: &BaselineArgs) -> anyhow::Result<ExitCode> {
-    let server = remote(&args.remote, false)?;
-    let path = match &args.agent {
-        Some(a) => format!("/v1/baseline?agent={}", percent_encode(a)),
-        None => "/v1/baseline".to_owned(),
-    };
-    let body = call(&server, hyper::Method::GET, &path, None)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&body)?);
+    let Some(body) = read_state(
+        &args.remote,
+        "/v1/baseline",
+        args.agent.as_deref(),
+        args.json,
+    )?
+    else {
         return Ok(ExitCode::SUCCESS);
-    }
+    };
     println!(
         "{} decisions observed in monitor mode ({} past the action cap, untracked)",
         body["observed"], body["untracked"]

@@ -12,11 +12,11 @@
 //! | GET | `/v1/ab/{name}` | divergence between the policy's serving version and each candidate |
 //! | GET | `/v1/baseline` | what monitor mode observed, per agent and action (`?agent=ID` for one) |
 //! | GET | `/v1/agents` | each agent's counters, suspension and breaker (`?agent=ID` for one) |
+//! | POST | `/v1/agents/{id}/suspend` | admin: `{"reason": ..., "by": ...}`: deny every action of the agent until resumed |
+//! | POST | `/v1/agents/{id}/resume` | admin: `{"by": ...}` (optional): lift the suspension |
 //! | GET | `/v1/approvals` | admin: every approval, or `?status=pending` |
 //! | GET | `/v1/approvals/{id}` | one approval; `?wait=30s` waits for an answer |
 //! | POST | `/v1/approvals/{id}/approve`, `/decline` | admin: `{"reason": ..., "by": ...}` |
-//! | POST | `/v1/agents/{id}/suspend` | admin: `{"reason": ..., "by": ...}`: deny every action of the agent until resumed |
-//! | POST | `/v1/agents/{id}/resume` | admin: `{"by": ...}` (optional): lift the suspension |
 //! | GET | `/healthz` | alive |
 //! | GET | `/readyz` | 200 once every configured policy has loaded, else 503 |
 //! | GET | `/metrics` | Prometheus text format |
