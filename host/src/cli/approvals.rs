@@ -4,9 +4,8 @@
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use serde_json::Value;
 
-use super::rollout::percent_encode;
+use super::rollout::{percent_encode, text};
 use super::{RemoteArgs, call, remote};
 
 #[derive(Debug, Subcommand)]
@@ -113,8 +112,4 @@ fn answer(args: &AnswerArgs, verb: &str) -> anyhow::Result<ExitCode> {
     let a = call(&server, hyper::Method::POST, &path, Some(&body))?;
     println!("approval {} {}", text(&a["id"]), text(&a["status"]));
     Ok(ExitCode::SUCCESS)
-}
-
-fn text(v: &Value) -> String {
-    v.as_str().map_or_else(|| v.to_string(), str::to_owned)
 }

@@ -107,6 +107,8 @@ pub struct Enriched {
     pub history: History,
     /// What stops the agent, if anything.
     pub gate: Gate,
+    /// The action's key in the agent's windows, made once per decision.
+    action: String,
 }
 
 /// One agent's state, for `GET /v1/agents`.
@@ -244,14 +246,15 @@ impl Agents {
     pub fn enrich(&self, request: &Request) -> Enriched {
         let now = self.clock.now_ms();
         let agent = &request.context.agent.id;
+        let action = action_key(&request.action.kind, &request.action.name);
         if let Some(s) = self.read_suspended().get(agent.as_str()) {
             return Enriched {
                 now_ms: now,
                 history: History::default(),
                 gate: Gate::Suspended(s.clone()),
+                action,
             };
         }
-        let action = action_key(&request.action.kind, &request.action.name);
         let mut closed = None;
         let (history, breaker) = self.with_agent(agent, |a| {
             if let Some(b) = &a.breaker
@@ -281,6 +284,7 @@ impl Agents {
             now_ms: now,
             history,
             gate,
+            action,
         }
     }
 
@@ -292,18 +296,20 @@ impl Agents {
         }
         let now = enriched.now_ms;
         let agent = &request.context.agent.id;
-        let action = action_key(&request.action.kind, &request.action.name);
+        let action = &enriched.action;
         let threshold = self.config.breaker_denials;
         let window = self.window_ms();
         let opened = self.with_agent(agent, |a| {
             a.calls.add(now);
-            if a.actions.len() < MAX_ACTIONS_PER_AGENT || a.actions.contains_key(&action) {
-                a.actions.entry(action).or_default().add(now);
+            // Keys are allocated only for an action first seen.
+            let key = if a.actions.contains_key(action) || a.actions.len() < MAX_ACTIONS_PER_AGENT {
+                action.as_str()
             } else {
-                a.actions
-                    .entry(OVERFLOW_AGENT.to_owned())
-                    .or_default()
-                    .add(now);
+                OVERFLOW_AGENT
+            };
+            match a.actions.get_mut(key) {
+                Some(w) => w.add(now),
+                None => a.actions.entry(key.to_owned()).or_default().add(now),
             }
             match outcome {
                 Outcome::Deny => a.denials.add(now),
