@@ -28,6 +28,7 @@ use crate::evaluate::{self, FailureKind, Input, PolicyFailure};
 use crate::evidence::log::{DecisionLog, Unrecorded};
 use crate::evidence::metrics::Metrics;
 use crate::load::{self, CompileCache, LoadError, LoadedPolicy, PolicySpec, Source};
+use crate::mcp::pins::Pins;
 use crate::mode::baseline::Baseline;
 use crate::mode::{self, MONITOR_RULE, Mode, Rollout, load_rollout, rollout_specs_from_config};
 use crate::route::{RouteSpec, RouteTable};
@@ -235,6 +236,9 @@ pub struct Arbiter {
     /// Where require-approval waits for a person; without it, the caller
     /// gets require-approval and nothing to ask again with.
     approvals: Option<Arc<Approvals>>,
+    /// Pinned MCP tool definitions; a call to a changed tool is denied
+    /// before any policy.
+    pins: Option<Arc<Pins>>,
 }
 
 /// What modes and candidates keep beside the decisions.
@@ -284,7 +288,21 @@ impl Arbiter {
             rollout: Arc::new(RolloutState::new(RolloutConfig::default())),
             agents: None,
             approvals: None,
+            pins: None,
         }
+    }
+
+    /// This arbiter, denying calls of kind `mcp` to a tool whose pinned
+    /// definition changed (see [`crate::mcp::pins`]).
+    #[must_use]
+    pub fn with_pins(mut self, pins: Arc<Pins>) -> Self {
+        self.pins = Some(pins);
+        self
+    }
+
+    /// The pinned MCP tools, when kept.
+    pub fn pins(&self) -> Option<&Arc<Pins>> {
+        self.pins.as_ref()
     }
 
     /// This arbiter, keeping each require-approval as an approval in
@@ -535,9 +553,17 @@ impl Arbiter {
             )
             .into();
         }
+        let action = &request.action;
+        if action.kind == crate::mcp::KIND
+            && let Some(why) = self
+                .pins
+                .as_ref()
+                .and_then(|p| p.blocked(&action.target, &action.name))
+        {
+            return host_deny(crate::mcp::pins::CHANGED_RULE, why, start).into();
+        }
         // One snapshot for the whole decision.
         let set = self.set.load_full();
-        let action = &request.action;
         let Some(route) = set
             .routes
             .route(&request.context.agent.id, &action.kind, &action.name)

@@ -71,6 +71,88 @@ pub struct Config {
     /// Approvals.
     #[serde(default)]
     pub approvals: ApprovalsConfig,
+    /// The MCP gateway: servers Arbiter stands in front of.
+    #[serde(default)]
+    pub mcp: McpConfig,
+}
+
+/// `[mcp]`: the MCP servers the gateway governs ([`crate::mcp`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct McpConfig {
+    /// One entry per server, `[[mcp.servers]]`.
+    pub servers: Vec<McpServerConfig>,
+}
+
+impl McpConfig {
+    /// The entry named `name`.
+    pub fn server(&self, name: &str) -> Option<&McpServerConfig> {
+        self.servers.iter().find(|s| s.name == name)
+    }
+}
+
+/// `[[mcp.servers]]`: one MCP server behind the gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct McpServerConfig {
+    /// The server's name: the target of its actions, and the path
+    /// `/mcp/{name}` that `arbiter serve` proxies it on.
+    pub name: String,
+    /// The Streamable HTTP endpoint (`http://host:port/path`) that
+    /// `arbiter serve` proxies; none for a server reached over stdio.
+    pub upstream: Option<String>,
+    /// The agent id of every call; default: the agent header
+    /// (`authorizer.agent_header`), else the client's `initialize` name.
+    pub agent: Option<String>,
+    /// The agent's roles, with `agent`.
+    pub agent_roles: Vec<String>,
+    /// The user the agent acts for; default: the user header, if any.
+    pub user: Option<String>,
+    /// The environment; default: the environment header, else "".
+    pub environment: Option<String>,
+    /// What a require-approval does to the call: `error` answers at once
+    /// with the approval's id; `hold` keeps the call until a person answers
+    /// or `hold_timeout_s` passes. Default: `error`.
+    pub on_approval: OnApproval,
+    /// The longest a held call waits, in seconds. Default: 300.
+    pub hold_timeout_s: u64,
+    /// Route each tool result through the policies as an action of kind
+    /// `mcp.result` before the client sees it. Default: false.
+    pub govern_results: bool,
+    /// The largest JSON-RPC message taken from either side, in bytes.
+    /// Default: 4 MiB.
+    pub max_message_bytes: usize,
+    /// How long the upstream has to start answering an HTTP request, in
+    /// seconds. Default: 300.
+    pub upstream_timeout_s: u64,
+}
+
+impl Default for McpServerConfig {
+    fn default() -> Self {
+        McpServerConfig {
+            name: String::new(),
+            upstream: None,
+            agent: None,
+            agent_roles: Vec::new(),
+            user: None,
+            environment: None,
+            on_approval: OnApproval::Error,
+            hold_timeout_s: 300,
+            govern_results: false,
+            max_message_bytes: 4 << 20,
+            upstream_timeout_s: 300,
+        }
+    }
+}
+
+/// What the MCP gateway does with a call that needs approval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnApproval {
+    /// Answer with an error carrying the approval id.
+    Error,
+    /// Hold the call until the approval is answered or the hold times out.
+    Hold,
 }
 
 /// `[approvals]`: how long approvals wait and are kept
@@ -660,6 +742,7 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), String> {
+        check_mcp(&self.mcp)?;
         let s = &self.server;
         for (key, value) in [
             ("server.max_body_bytes", s.max_body_bytes as u64),
@@ -752,6 +835,44 @@ impl Config {
         }
         Ok(())
     }
+}
+
+fn check_mcp(mcp: &McpConfig) -> Result<(), String> {
+    let mut names = BTreeSet::new();
+    for s in &mcp.servers {
+        let safe = !s.name.is_empty()
+            && s.name.len() <= 64
+            && s.name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !safe {
+            return Err(format!(
+                "`mcp.servers`: name `{}` must be 1 to 64 letters, digits, `-`, `_` or `.`",
+                s.name
+            ));
+        }
+        if !names.insert(s.name.as_str()) {
+            return Err(format!("`mcp.servers`: `{}` is listed twice", s.name));
+        }
+        if let Some(u) = &s.upstream {
+            let ok = u
+                .parse::<hyper::Uri>()
+                .is_ok_and(|u| u.scheme_str() == Some("http") && u.authority().is_some());
+            if !ok {
+                return Err(format!(
+                    "`mcp.servers` `{}`: upstream `{u}` must be an http:// URL with a host",
+                    s.name
+                ));
+            }
+        }
+        if s.max_message_bytes < 1024 || s.hold_timeout_s == 0 || s.upstream_timeout_s == 0 {
+            return Err(format!(
+                "`mcp.servers` `{}`: `max_message_bytes` must be at least 1024, `hold_timeout_s` and `upstream_timeout_s` at least 1",
+                s.name
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_candidates(p: &PolicyConfig) -> Result<(), String> {

@@ -21,7 +21,8 @@
 //! | change what serves, at run time | [`reload`] |
 //! | what a decision leaves behind | [`evidence`] |
 //!
-//! [`server`] runs the HTTP decision service around them.
+//! [`server`] runs the HTTP decision service around them; [`mcp`] puts
+//! Arbiter in front of MCP servers, over stdio and Streamable HTTP.
 //!
 //! [`arbiter::Arbiter::decide`] writes the order out; [`engine`] holds the
 //! one wasmtime engine; [`decision`] the shared types; [`config`] the
@@ -44,6 +45,7 @@ pub mod examples;
 pub mod front_door;
 mod hex;
 pub mod load;
+pub mod mcp;
 pub mod mode;
 pub mod reload;
 pub mod route;

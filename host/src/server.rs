@@ -42,6 +42,7 @@ use crate::evidence::log::{DecisionLog, LogError};
 use crate::evidence::metrics::Metrics;
 use crate::front_door::http::{self, AppState, HttpOptions, LoadState, Service};
 use crate::load::LoadError;
+use crate::mcp::pins::Pins;
 use crate::reload::Registry;
 use crate::reload::watch::Watcher;
 
@@ -293,7 +294,7 @@ pub async fn bind(
     )?
     .with_metrics(Arc::clone(&metrics));
     let mut approvals = Approvals::open(
-        Some(store),
+        Some(Arc::clone(&store)),
         clock,
         Duration::from_secs(config.approvals.ttl_s),
         Duration::from_secs(config.approvals.keep_s),
@@ -302,6 +303,11 @@ pub async fn bind(
         agents = agents.with_log(Arc::clone(log));
         approvals = approvals.with_log(Arc::clone(log));
     }
+    let mut pins = Pins::open(Some(Arc::clone(&store)))?;
+    if let Some(log) = &log {
+        pins = pins.with_log(Arc::clone(log));
+    }
+    let pins = Arc::new(pins);
     let agents = Arc::new(agents);
     let approvals = Arc::new(approvals);
     let approvals_for_sweep = Arc::clone(&approvals);
@@ -350,7 +356,8 @@ pub async fn bind(
                     None => registry,
                 }
                 .with_agents(agents)
-                .with_approvals(approvals);
+                .with_approvals(approvals)
+                .with_pins(pins);
                 let registry = Arc::new(
                     registry
                         .with_metrics(Arc::clone(&loader_state.metrics))
@@ -451,7 +458,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<AppState>, mut stop: watc
             .keep_alive(true)
             .serve_connection(
                 TokioIo::new(stream),
-                service_fn(move |req| http::handle(Arc::clone(&state), req)),
+                service_fn(move |req| http::serve(Arc::clone(&state), req)),
             );
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

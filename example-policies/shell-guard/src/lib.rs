@@ -1,5 +1,7 @@
 //! The coding agent's policy: no blocked commands, no piping into a shell,
-//! no recursive deletes and no file access outside the allowed paths.
+//! no recursive deletes and no file access outside the allowed paths,
+//! whether asked as an `fs` action or as an MCP tool call (kind `mcp`)
+//! whose arguments name paths.
 
 use arbiter_sdk::{Action, Context, Decision, Policy, export_policy};
 use serde::Deserialize;
@@ -12,6 +14,9 @@ pub struct Settings {
     pub allowed_paths: Vec<String>,
     /// Commands that may never run.
     pub blocked_commands: Vec<String>,
+    /// For kind `mcp`: the top-level arguments that hold a path (a string)
+    /// or paths (a list of strings); each must be under an allowed path.
+    pub mcp_path_params: Vec<String>,
 }
 
 impl Default for Settings {
@@ -19,6 +24,9 @@ impl Default for Settings {
         Settings {
             allowed_paths: vec!["/workspace".to_owned()],
             blocked_commands: ["sudo", "su", "mkfs", "dd", "shutdown", "reboot"]
+                .map(String::from)
+                .to_vec(),
+            mcp_path_params: ["path", "paths", "source", "destination"]
                 .map(String::from)
                 .to_vec(),
         }
@@ -41,6 +49,7 @@ impl Policy for ShellGuard {
                     .unwrap_or(""),
             ),
             "fs" => fs(s, action),
+            "mcp" => mcp(s, action),
             _ => Decision::allow("shell.not-applicable", "Not a shell or file action."),
         }
     }
@@ -98,6 +107,35 @@ fn shell(s: &Settings, line: &str) -> Decision {
         }
     }
     Decision::allow_with_risk("shell.ok", "No shell rule forbids this command.", 10)
+}
+
+fn mcp(s: &Settings, action: &Action) -> Decision {
+    let mut paths = Vec::new();
+    for key in &s.mcp_path_params {
+        match action.param(key) {
+            Some(serde_json::Value::String(p)) => paths.push(p.as_str()),
+            Some(serde_json::Value::Array(items)) => {
+                paths.extend(items.iter().filter_map(|i| i.as_str()));
+            }
+            _ => {}
+        }
+    }
+    if paths.is_empty() {
+        return Decision::allow("shell.not-applicable", "The tool call names no path.");
+    }
+    if let Some(p) = paths.iter().find(|p| !under_allowed(s, p)) {
+        return Decision::deny(
+            "fs.path-outside-allowed",
+            format!(
+                "`{}` ({} of `{}`) is outside the allowed paths.",
+                normalize(p, base(s)),
+                action.name,
+                action.target
+            ),
+            80,
+        );
+    }
+    Decision::allow("fs.ok", "Every path the tool call names is allowed.")
 }
 
 fn fs(s: &Settings, action: &Action) -> Decision {
@@ -261,5 +299,40 @@ mod tests {
             "shell.recursive-delete-outside"
         );
         assert_eq!(rule("rm -f1 /tmp"), "shell.ok");
+    }
+}
+
+#[cfg(test)]
+mod mcp_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn call(params: serde_json::Value) -> Decision {
+        let action = Action {
+            kind: "mcp".into(),
+            name: "write_file".into(),
+            target: "filesystem".into(),
+            params,
+        };
+        mcp(&Settings::default(), &action)
+    }
+
+    #[test]
+    fn mcp_calls_are_held_to_the_allowed_paths() {
+        assert_eq!(call(json!({"path": "/workspace/a.txt"})).rule, "fs.ok");
+        assert_eq!(
+            call(json!({"path": "/workspace/../etc/passwd"})).rule,
+            "fs.path-outside-allowed"
+        );
+        assert_eq!(
+            call(json!({"paths": ["/workspace/a", "/etc/shadow"]})).rule,
+            "fs.path-outside-allowed"
+        );
+        assert_eq!(
+            call(json!({"source": "/workspace/a", "destination": "/tmp/a"})).rule,
+            "fs.path-outside-allowed"
+        );
+        assert_eq!(call(json!({"query": "/etc"})).rule, "shell.not-applicable");
+        assert_eq!(call(json!({"path": 7})).rule, "shell.not-applicable");
     }
 }

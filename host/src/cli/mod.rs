@@ -24,6 +24,7 @@ use crate::{Arbiter, examples};
 mod agents;
 mod approvals;
 mod log;
+mod mcp;
 mod rollout;
 
 /// Exit code for a run that worked but found failures (`arbiter test`).
@@ -122,6 +123,10 @@ enum Command {
     /// On a running server: approvals waiting for a person, and answers.
     #[command(subcommand)]
     Approvals(approvals::ApprovalsCommand),
+    /// The MCP gateway: Arbiter in front of an MCP server (stdio or
+    /// Streamable HTTP), and the tool definitions it pinned.
+    #[command(subcommand)]
+    Mcp(mcp::McpCommand),
 }
 
 #[derive(Debug, Args)]
@@ -287,6 +292,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Replay(args) => rollout::replay(&args, open_cache(&global)?.as_ref()),
         Command::Agents(command) => agents::run(&command),
         Command::Approvals(command) => approvals::run(&command),
+        Command::Mcp(command) => mcp::run(command, &global),
     }
 }
 
@@ -543,6 +549,19 @@ fn serve(args: ServeArgs, global: &Global) -> anyhow::Result<ExitCode> {
         Some(path) => Config::from_file(path)?.0,
         None => Config::default_config()?,
     };
+    let overrides = overrides(global, args.listen, &args.log_dir, &args.state_dir);
+    serve_config(config, args.config.clone(), overrides, |addr| {
+        eprintln!("arbiter: listening on http://{addr}");
+    })
+}
+
+/// What the command line changes in the configuration.
+fn overrides(
+    global: &Global,
+    listen: Option<std::net::SocketAddr>,
+    log_dir: &Option<PathBuf>,
+    state_dir: &Option<PathBuf>,
+) -> Overrides {
     let cache = if global.no_cache {
         Some(CacheConfig {
             enabled: false,
@@ -554,24 +573,39 @@ fn serve(args: ServeArgs, global: &Global) -> anyhow::Result<ExitCode> {
             dir: Some(dir.clone()),
         })
     };
-    let overrides = Overrides {
-        listen: args.listen,
+    Overrides {
+        listen,
         cache,
-        log_dir: args.log_dir.clone(),
-        state_dir: args.state_dir.clone(),
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+        log_dir: log_dir.clone(),
+        state_dir: state_dir.clone(),
+    }
+}
+
+/// The async runtime every long-running command runs on.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("arbiter")
         .build()
-        .context("cannot start the async runtime")?;
+        .context("cannot start the async runtime")
+}
+
+/// Runs the server for `config` until SIGTERM or SIGINT, reloading on
+/// SIGHUP; `banner` is told the address once it is bound.
+fn serve_config(
+    config: Config,
+    config_path: Option<PathBuf>,
+    overrides: Overrides,
+    banner: impl FnOnce(std::net::SocketAddr),
+) -> anyhow::Result<ExitCode> {
+    let runtime = runtime()?;
     runtime.block_on(async {
         let options = crate::server::ServeOptions {
             overrides,
             ..Default::default()
         };
-        let bound = crate::server::bind(config, args.config.clone(), options).await?;
-        eprintln!("arbiter: listening on http://{}", bound.local_addr());
+        let bound = crate::server::bind(config, config_path, options).await?;
+        banner(bound.local_addr());
         let hangup = tokio::spawn(reload_on_hangup(bound.reload_handle()));
         let shutdown = async {
             signal().await;

@@ -25,6 +25,8 @@ pub const BREAKERS: Table = TableDefinition::new("breakers");
 pub const APPROVALS: Table = TableDefinition::new("approvals");
 /// Each agent's spend of the day, by agent id.
 pub const SPEND: Table = TableDefinition::new("spend");
+/// MCP tool definitions pinned by the gateway, by server and tool.
+pub const MCP_TOOLS: Table = TableDefinition::new("mcp_tools");
 
 /// The durable store.
 pub struct Store {
@@ -68,7 +70,7 @@ impl Store {
         let store = Store { db, path };
         // Tables exist from the first start, so reads never meet a missing one.
         store.write(|w| {
-            for table in [SUSPENSIONS, BREAKERS, APPROVALS, SPEND] {
+            for table in [SUSPENSIONS, BREAKERS, APPROVALS, SPEND, MCP_TOOLS] {
                 w.open_table(table)?;
             }
             Ok(())

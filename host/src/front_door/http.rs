@@ -17,6 +17,9 @@
 //! | GET | `/v1/approvals` | admin: every approval, or `?status=pending` |
 //! | GET | `/v1/approvals/{id}` | one approval; `?wait=30s` waits for an answer |
 //! | POST | `/v1/approvals/{id}/approve`, `/decline` | admin: `{"reason": ..., "by": ...}` |
+//! | GET | `/v1/mcp/tools` | every pinned MCP tool definition, and the changes waiting |
+//! | POST | `/v1/mcp/tools/{server}/{tool}/accept` | admin: `{"by": ...}` (optional): accept a changed tool's new definition |
+//! | POST, GET, DELETE | `/mcp/{server}` | the MCP gateway: Streamable HTTP proxied to the server's `upstream` ([`crate::mcp::http`]) |
 //! | GET | `/healthz` | alive |
 //! | GET | `/readyz` | 200 once every configured policy has loaded, else 503 |
 //! | GET | `/metrics` | Prometheus text format |
@@ -48,6 +51,7 @@ use crate::config::Config;
 use crate::decision::{Context, Decision, History, Outcome, Request};
 use crate::enrich::AgentError;
 use crate::evidence::metrics::Metrics;
+use crate::mcp::pins::PinError;
 use crate::mode::Mode;
 use crate::reload::{Registry, RollbackError, RolloutError};
 
@@ -104,6 +108,8 @@ pub struct AppState {
     pub(crate) service: Arc<ArcSwap<Service>>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) options: HttpOptions,
+    /// The MCP gateway's sessions and upstream connections.
+    pub(crate) mcp: crate::mcp::http::Proxies,
 }
 
 impl AppState {
@@ -114,6 +120,7 @@ impl AppState {
             service: Arc::new(ArcSwap::from_pointee(Service::new(config, None))),
             metrics,
             options,
+            mcp: crate::mcp::http::Proxies::default(),
         }
     }
 
@@ -130,6 +137,75 @@ impl AppState {
 }
 
 type Body = Full<Bytes>;
+
+/// Handles one request, the MCP gateway's streams included. Never fails:
+/// every problem is a response.
+pub async fn serve(
+    state: Arc<AppState>,
+    req: HttpRequest<Incoming>,
+) -> Result<Response<crate::mcp::http::Body>, Infallible> {
+    let Some(rest) = req.uri().path().strip_prefix("/mcp/") else {
+        let r = handle(state, req).await?;
+        return Ok(r.map(|b| b.map_err(|never| match never {}).boxed()));
+    };
+    let name = rest.split('/').next().unwrap_or_default().to_owned();
+    let service = state.service.load_full();
+    let response = match mcp(&state, &service, req, &name).await {
+        Ok(r) => r,
+        Err(e) => error_response(e).map(|b| b.map_err(|never| match never {}).boxed()),
+    };
+    state
+        .metrics
+        .record_response("mcp", response.status().as_u16());
+    Ok(response)
+}
+
+async fn mcp(
+    state: &AppState,
+    service: &Service,
+    req: HttpRequest<Incoming>,
+    name: &str,
+) -> Result<Response<crate::mcp::http::Body>, FrontDoorError> {
+    // `Authorization` belongs to the upstream server: only Arbiter's own
+    // header carries Arbiter's token here.
+    service.tokens.check_decide(req.headers(), false)?;
+    let server = service
+        .config
+        .mcp
+        .server(name)
+        .filter(|s| s.upstream.is_some())
+        .ok_or_else(|| {
+            FrontDoorError::NotFound(format!(
+                "/mcp/{}",
+                name.chars().take(64).collect::<String>()
+            ))
+        })?;
+    let arbiter = state.arbiter().ok_or(FrontDoorError::NotReady)?;
+    let a = &service.config.authorizer;
+    let text = |h: &str| {
+        req.headers()
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    };
+    let caller = crate::mcp::Caller {
+        agent: text(&a.agent_header),
+        roles: text(&a.agent_roles_header)
+            .map(|r| {
+                r.split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default(),
+        user: text(&a.user_header),
+        environment: text(&a.environment_header),
+    };
+    let gateway = crate::mcp::Gateway::new(arbiter.clone(), Arc::new(server.clone()));
+    Ok(state.mcp.handle(gateway, caller, req).await)
+}
 
 /// Handles one request. Never fails: every problem is a response.
 pub async fn handle(
@@ -271,6 +347,35 @@ async fn route(
                 }
                 Some((_, "suspend" | "resume")) => (
                     "agents",
+                    Err(FrontDoorError::MethodNotAllowed { allow: "POST" }),
+                ),
+                _ => (
+                    "other",
+                    Err(FrontDoorError::NotFound(p.chars().take(200).collect())),
+                ),
+            }
+        }
+        "/v1/mcp/tools" => (
+            "mcp-tools",
+            read(service, &req, || {
+                let arbiter = state.arbiter().ok_or(FrontDoorError::NotReady)?;
+                let pins = arbiter.pins().map(|p| p.list()).unwrap_or_default();
+                Ok(json_response(StatusCode::OK, &json!({ "tools": pins })))
+            }),
+        ),
+        p if p.starts_with("/v1/mcp/tools/") => {
+            let rest = &p["/v1/mcp/tools/".len()..];
+            let parts: Vec<&str> = rest.split('/').collect();
+            match parts.as_slice() {
+                [server, tool, "accept"] if method == Method::POST => {
+                    let (server, tool) = ((*server).to_owned(), (*tool).to_owned());
+                    (
+                        "mcp-tools",
+                        accept_tool(state, service, req, server, tool).await,
+                    )
+                }
+                [_, _, "accept"] => (
+                    "mcp-tools",
                     Err(FrontDoorError::MethodNotAllowed { allow: "POST" }),
                 ),
                 _ => (
@@ -718,6 +823,41 @@ async fn approval_answer(
             }
         })?;
     Ok(json_response(StatusCode::OK, &done))
+}
+
+async fn accept_tool(
+    state: &AppState,
+    service: &Service,
+    req: HttpRequest<Incoming>,
+    server: String,
+    tool: String,
+) -> Result<Response<Body>, FrontDoorError> {
+    let body: AgentChangeBody = admin_body(service, req).await?.unwrap_or_default();
+    if body.reason.is_some() {
+        return Err(query_error("an acceptance takes only `by`".into()));
+    }
+    let pins = state
+        .arbiter()
+        .ok_or(FrontDoorError::NotReady)?
+        .pins()
+        .cloned()
+        .ok_or_else(|| FrontDoorError::Unavailable("this server keeps no MCP tool pins".into()))?;
+    let (server, tool) = (
+        percent_decode(&server, false)?,
+        percent_decode(&tool, false)?,
+    );
+    let by = body.by.unwrap_or_else(|| "admin token".to_owned());
+    let pin = tokio::task::spawn_blocking(move || pins.accept(&server, &tool, &by))
+        .await
+        .map_err(|e| FrontDoorError::Unavailable(format!("the task failed: {e}")))?
+        .map_err(|e| match e {
+            PinError::Unknown { .. } => FrontDoorError::UnknownPolicy(e.to_string()),
+            PinError::Unchanged { .. } => FrontDoorError::Conflict(e.to_string()),
+            PinError::Store(_) | PinError::Unrecorded(_) => {
+                FrontDoorError::Unavailable(e.to_string())
+            }
+        })?;
+    Ok(json_response(StatusCode::OK, &pin))
 }
 
 /// The body of a suspension or resumption.

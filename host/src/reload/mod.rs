@@ -454,6 +454,13 @@ impl Registry {
         self
     }
 
+    /// Denies calls to changed MCP tools (see [`Arbiter::with_pins`]).
+    #[must_use]
+    pub fn with_pins(mut self, pins: Arc<crate::mcp::pins::Pins>) -> Self {
+        self.arbiter = self.arbiter.with_pins(pins);
+        self
+    }
+
     /// Counts reloads, failures, rollbacks and shadow evaluations in
     /// `metrics`.
     #[must_use]

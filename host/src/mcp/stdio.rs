@@ -1,0 +1,308 @@
+//! The stdio transport: Arbiter spawns the MCP server, speaks
+//! newline-delimited JSON-RPC to it on its stdin and stdout, and the same
+//! to the client that launched Arbiter on Arbiter's own stdin and stdout.
+//! The server's stderr is Arbiter's (the client's log). Each direction has
+//! one writer, so messages never interleave; a governed call is decided on
+//! its own task, so a call held for approval holds nothing else.
+//!
+//! Hostile input never wedges the proxy: a line that is not JSON, not
+//! JSON-RPC or over `max_message_bytes` from the client is answered with
+//! an error and not forwarded; from the server it is dropped and the
+//! client told with a logging notification. When the server exits, every
+//! request still waiting gets an error naming the exit, and the proxy
+//! exits with the server's status.
+
+use std::ffi::OsString;
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+use tokio::sync::mpsc;
+
+use super::{Caller, FromClient, Gateway, Session, jsonrpc};
+
+/// Why the stdio proxy stopped before the server did.
+#[derive(Debug, thiserror::Error)]
+pub enum StdioError {
+    /// The command could not be started.
+    #[error("cannot start the MCP server `{command}`: {problem}")]
+    Spawn {
+        /// The command.
+        command: String,
+        /// The OS error.
+        problem: String,
+    },
+    /// No command was given.
+    #[error("no MCP server command given: `arbiter mcp stdio -- COMMAND ARGS...`")]
+    NoCommand,
+}
+
+/// One line read with a bound.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
+    /// A whole line, without its newline.
+    Text(Vec<u8>),
+    /// A line over the bound, skipped through its newline; its length.
+    TooLong(usize),
+    /// End of input.
+    End,
+}
+
+/// Reads one line of at most `max` bytes; a longer one is consumed and
+/// reported, never held in memory whole.
+///
+/// # Errors
+/// The reader's I/O error.
+pub async fn read_line(r: &mut (impl AsyncBufRead + Unpin), max: usize) -> std::io::Result<Line> {
+    let mut line = Vec::new();
+    let mut skipped = 0usize;
+    loop {
+        let buf = r.fill_buf().await?;
+        if buf.is_empty() {
+            return Ok(match (skipped, line.is_empty()) {
+                (0, true) => Line::End,
+                (0, false) => Line::Text(line),
+                (n, _) => Line::TooLong(n),
+            });
+        }
+        let (chunk, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (&buf[..i], Some(i + 1)),
+            None => (buf, None),
+        };
+        if skipped > 0 || line.len() + chunk.len() > max {
+            skipped += line.len() + chunk.len();
+            line = Vec::new();
+        } else {
+            line.extend_from_slice(chunk);
+        }
+        let used = done.unwrap_or(buf.len());
+        r.consume(used);
+        if done.is_some() {
+            if skipped > 0 {
+                return Ok(Line::TooLong(skipped));
+            }
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            return Ok(Line::Text(line));
+        }
+    }
+}
+
+/// Runs `command` as the MCP server behind `gateway`, with the client on
+/// `client_in` and `client_out`, until either side ends; returns the
+/// server's exit status.
+///
+/// # Errors
+/// A [`StdioError`] when the server cannot be started.
+pub async fn run(
+    gateway: Gateway,
+    command: &[OsString],
+    client_in: impl AsyncRead + Unpin + Send + 'static,
+    client_out: impl AsyncWrite + Unpin + Send + 'static,
+) -> Result<ExitStatus, StdioError> {
+    let (program, args) = command.split_first().ok_or(StdioError::NoCommand)?;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| StdioError::Spawn {
+            command: program.to_string_lossy().into_owned(),
+            problem: e.to_string(),
+        })?;
+    let (Some(child_in), Some(child_out)) = (child.stdin.take(), child.stdout.take()) else {
+        return Err(StdioError::Spawn {
+            command: program.to_string_lossy().into_owned(),
+            problem: "no pipes to the child".into(),
+        });
+    };
+    let gateway = Arc::new(gateway);
+    let session = Arc::new(Session::new(uuid::Uuid::now_v7().to_string()));
+    let max = gateway.server().max_message_bytes;
+    let name = gateway.server().name.clone();
+    let (to_client, client_rx) = mpsc::channel::<Value>(256);
+    let (to_server, server_rx) = mpsc::channel::<Value>(256);
+    let client_writer = tokio::spawn(write_all(client_out, client_rx));
+    let server_writer = tokio::spawn(write_all(child_in, server_rx));
+
+    // Client → server.
+    let upstream = {
+        let (gateway, session, to_client) = (
+            Arc::clone(&gateway),
+            Arc::clone(&session),
+            to_client.clone(),
+        );
+        tokio::spawn(async move {
+            let mut input = BufReader::new(client_in);
+            let caller = Caller::default();
+            loop {
+                let msg = match read_line(&mut input, max).await {
+                    Ok(Line::End) | Err(_) => break,
+                    Ok(Line::TooLong(n)) => {
+                        let _ = to_client.send(too_long(n, max)).await;
+                        continue;
+                    }
+                    Ok(Line::Text(t)) if t.iter().all(u8::is_ascii_whitespace) => continue,
+                    Ok(Line::Text(t)) => match serde_json::from_slice::<Value>(&t) {
+                        Ok(v) => v,
+                        Err(e) => {
+                            let _ = to_client.send(not_json(&e)).await;
+                            continue;
+                        }
+                    },
+                };
+                let governed = matches!(
+                    jsonrpc::kind(&msg),
+                    jsonrpc::Kind::Request {
+                        method: "tools/call",
+                        ..
+                    }
+                );
+                let (gateway, session, caller) =
+                    (Arc::clone(&gateway), Arc::clone(&session), caller.clone());
+                let (to_client, to_server) = (to_client.clone(), to_server.clone());
+                let step = async move {
+                    match gateway.from_client(&session, &caller, msg).await {
+                        FromClient::Forward(m) => {
+                            let _ = to_server.send(m).await;
+                        }
+                        FromClient::Reply(m) => {
+                            let _ = to_client.send(m).await;
+                        }
+                    }
+                };
+                if governed {
+                    tokio::spawn(step);
+                } else {
+                    step.await;
+                }
+            }
+            // The client hung up: closing the server's stdin asks it to exit.
+            drop(to_server);
+        })
+    };
+
+    // Server → client, until the server closes its stdout.
+    let mut output = BufReader::new(child_out);
+    loop {
+        let msg = match read_line(&mut output, max).await {
+            Ok(Line::End) | Err(_) => break,
+            Ok(Line::TooLong(n)) => {
+                tracing::error!(server = %name, bytes = n, "the MCP server sent a message over the limit; dropped");
+                let _ = to_client
+                    .send(jsonrpc::log_notification(
+                        &name,
+                        &format!("a message of {n} bytes, over the limit of {max}, was dropped"),
+                    ))
+                    .await;
+                continue;
+            }
+            Ok(Line::Text(t)) if t.iter().all(u8::is_ascii_whitespace) => continue,
+            Ok(Line::Text(t)) => match serde_json::from_slice::<Value>(&t) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::error!(server = %name, error = %e, "the MCP server sent a line that is not JSON; dropped");
+                    let _ = to_client
+                        .send(jsonrpc::log_notification(
+                            &name,
+                            &format!("a line that is not JSON was dropped ({e})"),
+                        ))
+                        .await;
+                    continue;
+                }
+            },
+        };
+        let out = gateway.from_server(&session, msg).await;
+        if to_client.send(out).await.is_err() {
+            break;
+        }
+    }
+    // The server closed its output: it is gone or going.
+    let status = match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
+        Ok(Ok(s)) => s,
+        _ => {
+            let _ = child.kill().await;
+            child.wait().await.map_err(|e| StdioError::Spawn {
+                command: program.to_string_lossy().into_owned(),
+                problem: e.to_string(),
+            })?
+        }
+    };
+    for m in session.fail_pending(
+        &name,
+        &format!("the server exited ({status}) before answering"),
+        None,
+    ) {
+        let _ = to_client.send(m).await;
+    }
+    upstream.abort();
+    drop(to_client);
+    let _ = client_writer.await;
+    server_writer.abort();
+    Ok(status)
+}
+
+fn too_long(n: usize, max: usize) -> Value {
+    jsonrpc::error(
+        Value::Null,
+        jsonrpc::INVALID_REQUEST,
+        format!(
+            "Arbiter: a message of {n} bytes is over the limit of {max} (`max_message_bytes`); refused"
+        ),
+        None,
+    )
+}
+
+fn not_json(e: &serde_json::Error) -> Value {
+    jsonrpc::error(
+        Value::Null,
+        jsonrpc::PARSE_ERROR,
+        format!("Arbiter: the message is not JSON: {e}"),
+        None,
+    )
+}
+
+/// Writes each message as one line, flushing after each.
+async fn write_all(mut out: impl AsyncWrite + Unpin, mut rx: mpsc::Receiver<Value>) {
+    while let Some(m) = rx.recv().await {
+        let mut line = match serde_json::to_vec(&m) {
+            Ok(l) => l,
+            Err(_) => continue,
+        };
+        line.push(b'\n');
+        if out.write_all(&line).await.is_err() || out.flush().await.is_err() {
+            break;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lines_are_bounded_and_a_long_one_is_skipped_whole() {
+        let input = b"{\"a\":1}\r\n0123456789abcdef\nok\nlast".to_vec();
+        let mut r = BufReader::with_capacity(4, &input[..]);
+        assert_eq!(
+            read_line(&mut r, 10).await.expect("ok"),
+            Line::Text(b"{\"a\":1}".to_vec())
+        );
+        assert_eq!(read_line(&mut r, 10).await.expect("ok"), Line::TooLong(16));
+        assert_eq!(
+            read_line(&mut r, 10).await.expect("ok"),
+            Line::Text(b"ok".to_vec())
+        );
+        assert_eq!(
+            read_line(&mut r, 10).await.expect("ok"),
+            Line::Text(b"last".to_vec())
+        );
+        assert_eq!(read_line(&mut r, 10).await.expect("ok"), Line::End);
+    }
+}
