@@ -23,3 +23,26 @@ ensure_debian_package() {
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$package" >/dev/null
 }
+
+# The MCP gateway's real peers, pinned: the official MCP Python SDK (client
+# and a test server) in a virtualenv, and the reference servers from npm.
+# Installed once into $ARBITER_MCP_PEERS (default target/mcp-peers); pip's
+# and npm's own caches keep the downloads between runs.
+MCP_PY_VERSION=2.3.0
+MCP_SERVERS_VERSION=2026.8.31
+ensure_mcp_peers() {
+    local dir=${ARBITER_MCP_PEERS:-$PWD/target/mcp-peers}
+    local stamp="$dir/.installed-$MCP_PY_VERSION-$MCP_SERVERS_VERSION"
+    if [ -f "$stamp" ]; then
+        return
+    fi
+    echo "installing the MCP peers into $dir (once)" >&2
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    python3 -m venv "$dir/venv"
+    "$dir/venv/bin/pip" install -q --disable-pip-version-check "mcp==$MCP_PY_VERSION"
+    (cd "$dir" && npm install -q --no-audit --no-fund --no-save \
+        "@modelcontextprotocol/server-everything@$MCP_SERVERS_VERSION" \
+        "@modelcontextprotocol/server-filesystem@$MCP_SERVERS_VERSION" >/dev/null)
+    touch "$stamp"
+}

@@ -92,7 +92,8 @@ pub(super) struct ListArgs {
 #[derive(Debug, Args)]
 pub(super) struct AcceptArgs {
     /// The MCP server's name.
-    server: String,
+    #[arg(value_name = "SERVER")]
+    mcp_server: String,
     /// The tool.
     tool: String,
     /// Who accepts it [default: the admin token].
@@ -263,7 +264,7 @@ fn accept(args: &AcceptArgs) -> anyhow::Result<ExitCode> {
     let server = remote(&args.remote, true)?;
     let path = format!(
         "/v1/mcp/tools/{}/{}/accept",
-        super::rollout::percent_encode(&args.server),
+        super::rollout::percent_encode(&args.mcp_server),
         super::rollout::percent_encode(&args.tool)
     );
     let pin = call(
@@ -275,7 +276,7 @@ fn accept(args: &AcceptArgs) -> anyhow::Result<ExitCode> {
     println!(
         "tool `{}` of `{}` accepted at {}: its calls are decided by the policies again",
         args.tool,
-        args.server,
+        args.mcp_server,
         pin["digest"].as_str().unwrap_or("?")
     );
     Ok(ExitCode::SUCCESS)

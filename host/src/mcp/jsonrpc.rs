@@ -98,6 +98,40 @@ pub fn id_of(msg: &Value) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// The id of a message too big to parse, from its first and last bytes,
+/// where JSON-RPC libraries put it (`{"jsonrpc":"2.0","id":7,...` or
+/// `...,"jsonrpc":"2.0","id":7}`); `None` when neither end says.
+pub fn id_hint(head: &[u8], tail: &[u8]) -> Option<Value> {
+    let head = String::from_utf8_lossy(head);
+    let tail = String::from_utf8_lossy(tail);
+    let compact = |s: &str| s.split_whitespace().collect::<String>();
+    let (head, tail) = (compact(&head), compact(&tail));
+    let from_head = ["{\"jsonrpc\":\"2.0\",\"id\":", "{\"id\":"]
+        .iter()
+        .find_map(|p| head.strip_prefix(p))
+        .and_then(leading_id);
+    from_head.or_else(|| {
+        let body = tail.strip_suffix('}')?;
+        let at = body.rfind("\"id\":")?;
+        let v: Value = serde_json::from_str(&body[at + 5..]).ok()?;
+        valid_id(&v).then_some(v)
+    })
+}
+
+/// A JSON string or number at the start of `s`.
+fn leading_id(s: &str) -> Option<Value> {
+    let mut stream = serde_json::Deserializer::from_str(s).into_iter::<Value>();
+    match stream.next() {
+        Some(Ok(v)) if valid_id(&v) => Some(v),
+        // A number runs on into `,`: the stream reports the trailing text.
+        _ => {
+            let end = s.find(',')?;
+            let v: Value = serde_json::from_str(&s[..end]).ok()?;
+            valid_id(&v).then_some(v)
+        }
+    }
+}
+
 /// An error response.
 pub fn error(id: Value, code: i64, message: impl Into<String>, data: Option<Value>) -> Value {
     let mut error = json!({"code": code, "message": message.into()});
@@ -189,5 +223,27 @@ mod tests {
         assert_eq!(id_key(&json!(1)), "1");
         assert_ne!(id_key(&json!(1)), id_key(&json!("1")));
         assert_eq!(id_of(&json!({"id": [1]})), Value::Null);
+    }
+
+    #[test]
+    fn the_id_of_a_message_too_big_to_read_is_found_at_either_end() {
+        let hint = |h: &str, t: &str| id_hint(h.as_bytes(), t.as_bytes());
+        assert_eq!(
+            hint(r#"{"jsonrpc":"2.0","id":17,"result":{"con"#, "xx\"}]}}"),
+            Some(json!(17))
+        );
+        assert_eq!(
+            hint(r#"{"jsonrpc": "2.0", "id": "a-1", "res"#, ""),
+            Some(json!("a-1"))
+        );
+        assert_eq!(
+            hint(
+                r#"{"result":{"content":[{"te"#,
+                r#"xt"}]},"jsonrpc":"2.0","id":5}"#
+            ),
+            Some(json!(5))
+        );
+        assert_eq!(hint(r#"{"result":{"id":3,"x"#, r#"aaaa"}]}}"#), None);
+        assert_eq!(hint("garbage", "garbage"), None);
     }
 }

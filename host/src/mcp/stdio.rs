@@ -45,11 +45,22 @@ pub enum StdioError {
 pub enum Line {
     /// A whole line, without its newline.
     Text(Vec<u8>),
-    /// A line over the bound, skipped through its newline; its length.
-    TooLong(usize),
+    /// A line over the bound, skipped through its newline: its length and
+    /// its first and last bytes (up to [`KEEP`] each), where an id may be.
+    TooLong {
+        /// Bytes in the line.
+        len: usize,
+        /// Its first bytes.
+        head: Vec<u8>,
+        /// Its last bytes.
+        tail: Vec<u8>,
+    },
     /// End of input.
     End,
 }
+
+/// How many bytes of each end of an over-long line are kept.
+pub const KEEP: usize = 256;
 
 /// Reads one line of at most `max` bytes; a longer one is consumed and
 /// reported, never held in memory whole.
@@ -58,31 +69,42 @@ pub enum Line {
 /// The reader's I/O error.
 pub async fn read_line(r: &mut (impl AsyncBufRead + Unpin), max: usize) -> std::io::Result<Line> {
     let mut line = Vec::new();
-    let mut skipped = 0usize;
+    // Once over the bound: the bytes seen, the first and the last ones.
+    let mut over: Option<(usize, Vec<u8>, Vec<u8>)> = None;
     loop {
         let buf = r.fill_buf().await?;
         if buf.is_empty() {
-            return Ok(match (skipped, line.is_empty()) {
-                (0, true) => Line::End,
-                (0, false) => Line::Text(line),
-                (n, _) => Line::TooLong(n),
+            return Ok(match over {
+                Some((len, head, tail)) => Line::TooLong { len, head, tail },
+                None if line.is_empty() => Line::End,
+                None => Line::Text(line),
             });
         }
         let (chunk, done) = match buf.iter().position(|&b| b == b'\n') {
             Some(i) => (&buf[..i], Some(i + 1)),
             None => (buf, None),
         };
-        if skipped > 0 || line.len() + chunk.len() > max {
-            skipped += line.len() + chunk.len();
-            line = Vec::new();
-        } else {
-            line.extend_from_slice(chunk);
+        if over.is_none() && line.len() + chunk.len() > max {
+            let head = line.iter().take(KEEP).copied().collect();
+            over = Some((line.len(), head, std::mem::take(&mut line)));
+        }
+        match &mut over {
+            Some((len, head, tail)) => {
+                *len += chunk.len();
+                if head.len() < KEEP {
+                    head.extend(chunk.iter().take(KEEP - head.len()));
+                }
+                tail.extend_from_slice(chunk);
+                let cut = tail.len().saturating_sub(KEEP);
+                tail.drain(..cut);
+            }
+            None => line.extend_from_slice(chunk),
         }
         let used = done.unwrap_or(buf.len());
         r.consume(used);
         if done.is_some() {
-            if skipped > 0 {
-                return Ok(Line::TooLong(skipped));
+            if let Some((len, head, tail)) = over {
+                return Ok(Line::TooLong { len, head, tail });
             }
             if line.last() == Some(&b'\r') {
                 line.pop();
@@ -144,8 +166,8 @@ pub async fn run(
             loop {
                 let msg = match read_line(&mut input, max).await {
                     Ok(Line::End) | Err(_) => break,
-                    Ok(Line::TooLong(n)) => {
-                        let _ = to_client.send(too_long(n, max)).await;
+                    Ok(Line::TooLong { len, .. }) => {
+                        let _ = to_client.send(too_long(len, max)).await;
                         continue;
                     }
                     Ok(Line::Text(t)) if t.iter().all(u8::is_ascii_whitespace) => continue,
@@ -193,14 +215,25 @@ pub async fn run(
     loop {
         let msg = match read_line(&mut output, max).await {
             Ok(Line::End) | Err(_) => break,
-            Ok(Line::TooLong(n)) => {
-                tracing::error!(server = %name, bytes = n, "the MCP server sent a message over the limit; dropped");
-                let _ = to_client
-                    .send(jsonrpc::log_notification(
+            Ok(Line::TooLong { len, head, tail }) => {
+                tracing::error!(server = %name, bytes = len, "the MCP server sent a message over the limit; dropped");
+                let problem = format!(
+                    "it sent a message of {len} bytes, over the limit of {max} (`max_message_bytes`)"
+                );
+                // An answer too big to read still answers its request.
+                let answered = jsonrpc::id_hint(&head, &tail)
+                    .filter(|id| session.is_pending(id))
+                    .map(|id| session.fail_pending(&name, &problem, Some(&[id])));
+                let out = match answered {
+                    Some(errors) => errors,
+                    None => vec![jsonrpc::log_notification(
                         &name,
-                        &format!("a message of {n} bytes, over the limit of {max}, was dropped"),
-                    ))
-                    .await;
+                        &format!("{problem}; dropped"),
+                    )],
+                };
+                for m in out {
+                    let _ = to_client.send(m).await;
+                }
                 continue;
             }
             Ok(Line::Text(t)) if t.iter().all(u8::is_ascii_whitespace) => continue,
@@ -294,7 +327,14 @@ mod tests {
             read_line(&mut r, 10).await.expect("ok"),
             Line::Text(b"{\"a\":1}".to_vec())
         );
-        assert_eq!(read_line(&mut r, 10).await.expect("ok"), Line::TooLong(16));
+        assert_eq!(
+            read_line(&mut r, 10).await.expect("ok"),
+            Line::TooLong {
+                len: 16,
+                head: b"0123456789abcdef".to_vec(),
+                tail: b"0123456789abcdef".to_vec()
+            }
+        );
         assert_eq!(
             read_line(&mut r, 10).await.expect("ok"),
             Line::Text(b"ok".to_vec())
