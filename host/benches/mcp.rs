@@ -255,9 +255,11 @@ fn start(argv: &[String], env: &[(&str, String)], ready: &str) -> (Child, String
         });
     }
     loop {
-        let l = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("{argv:?} never said `{ready}`"));
+        let Ok(l) = rx.recv_timeout(Duration::from_secs(60)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{argv:?} never said `{ready}`");
+        };
         if l.contains(ready) {
             std::thread::spawn(move || while rx.recv().is_ok() {});
             return (child, l);

@@ -300,6 +300,11 @@ impl Arbiter {
         self
     }
 
+    /// The metrics registry, when counted.
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.metrics.as_ref()
+    }
+
     /// The pinned MCP tools, when kept.
     pub fn pins(&self) -> Option<&Arc<Pins>> {
         self.pins.as_ref()

@@ -9,6 +9,7 @@
 //! | `arbiter_canary_decisions_total` | counter | `policy`, `candidate` |
 //! | `arbiter_shadow_evaluations_total` | counter | `policy`, `candidate`, `result` (`agree`, `diverge`) |
 //! | `arbiter_shadow_dropped_total` | counter | `policy` |
+//! | `arbiter_mcp_messages_total` | counter | `server`, `event` (`call-forwarded`, `call-denied`, `call-needs-approval`, `result-allowed`, `result-changed`, `result-withheld`, `tool-changed`, `client-invalid`, `server-invalid`, `upstream-failed`) |
 //! | `arbiter_shadow_queue_depth` | gauge | |
 //! | `arbiter_agent_breaker_changes_total` | counter | `change` (`open`, `closed`) |
 //! | `arbiter_agents_suspended` | gauge | |
@@ -86,6 +87,7 @@ struct Counters {
     /// By policy, candidate and whether they diverged.
     shadow: BTreeMap<(String, String, bool), u64>,
     shadow_dropped: BTreeMap<String, u64>,
+    mcp: BTreeMap<(String, &'static str), u64>,
 }
 
 #[derive(Debug, Default)]
@@ -161,6 +163,15 @@ impl Metrics {
             .lock()
             .shadow_dropped
             .entry(policy.to_owned())
+            .or_default() += 1;
+    }
+
+    /// Counts one MCP gateway `event` for `server`.
+    pub fn record_mcp(&self, server: &str, event: &'static str) {
+        *self
+            .lock()
+            .mcp
+            .entry((server.to_owned(), event))
             .or_default() += 1;
     }
 
@@ -331,6 +342,19 @@ impl Metrics {
                 out,
                 "arbiter_shadow_dropped_total{{policy=\"{}\"}} {n}",
                 escape(policy)
+            );
+        }
+        header(
+            &mut out,
+            "arbiter_mcp_messages_total",
+            "counter",
+            "MCP gateway events, by server.",
+        );
+        for ((server, event), n) in &c.mcp {
+            let _ = writeln!(
+                out,
+                "arbiter_mcp_messages_total{{server=\"{}\",event=\"{event}\"}} {n}",
+                escape(server)
             );
         }
         header(

@@ -129,11 +129,15 @@ impl Proxies {
         let payload = if method == Method::POST {
             let bytes = match read_limited(body, &parts.headers, max).await {
                 Ok(b) => b,
-                Err(r) => return r,
+                Err(r) => {
+                    gateway.count("client-invalid", 1);
+                    return r;
+                }
             };
             let msg: Value = match serde_json::from_slice(&bytes) {
                 Ok(v) => v,
                 Err(e) => {
+                    gateway.count("client-invalid", 1);
                     return json_rpc_response(
                         StatusCode::BAD_REQUEST,
                         &jsonrpc::error(
@@ -168,26 +172,21 @@ impl Proxies {
             }
         }
         let Ok(up) = up.body(Full::new(payload)) else {
-            return self.failed(
-                &server.name,
-                &session,
-                &ids,
-                "the request could not be built",
-            );
+            return Self::failed(&gateway, &session, &ids, "the request could not be built");
         };
         let timeout = Duration::from_secs(server.upstream_timeout_s);
         let response = match tokio::time::timeout(timeout, self.client.request(up)).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 let problem = format!("cannot reach {upstream}: {}", source_chain(&e));
-                return self.failed(&server.name, &session, &ids, &problem);
+                return Self::failed(&gateway, &session, &ids, &problem);
             }
             Err(_) => {
                 let problem = format!(
                     "no answer from {upstream} within {}s",
                     server.upstream_timeout_s
                 );
-                return self.failed(&server.name, &session, &ids, &problem);
+                return Self::failed(&gateway, &session, &ids, &problem);
             }
         };
         let (mut parts, body) = response.into_parts();
@@ -224,8 +223,8 @@ impl Proxies {
                 let bytes = match read_limited(body, &parts.headers, max).await {
                     Ok(b) => b,
                     Err(_) => {
-                        return self.failed(
-                            &server.name,
+                        return Self::failed(
+                            &gateway,
                             &session,
                             &ids,
                             "its answer is over `max_message_bytes` or broke off",
@@ -233,7 +232,7 @@ impl Proxies {
                     }
                 };
                 let Ok(msg) = serde_json::from_slice::<Value>(&bytes) else {
-                    return self.failed(&server.name, &session, &ids, "its answer is not JSON");
+                    return Self::failed(&gateway, &session, &ids, "its answer is not JSON");
                 };
                 let out = match msg {
                     Value::Array(ms) => {
@@ -263,13 +262,14 @@ impl Proxies {
 
     /// The answer when the upstream cannot be asked or did not answer.
     fn failed(
-        &self,
-        server: &str,
+        gateway: &Gateway,
         session: &Session,
         ids: &[Value],
         problem: &str,
     ) -> Response<Body> {
+        let server = gateway.server().name.as_str();
         tracing::warn!(server, problem, "MCP upstream failed");
+        gateway.count("upstream-failed", 1);
         let mut errors = session.fail_pending(server, problem, Some(ids));
         let msg = match errors.len() {
             0 => jsonrpc::upstream_failed(Value::Null, server, problem),
@@ -420,7 +420,9 @@ fn stream_events(
             }
         };
         if answers_post {
-            for m in session.fail_pending(&name, &problem, Some(&ids)) {
+            let unanswered = session.fail_pending(&name, &problem, Some(&ids));
+            gateway.count("upstream-failed", unanswered.len());
+            for m in unanswered {
                 let event = sse::Event::default().encode(Some(&m.to_string()));
                 let _ = tx.send(Bytes::from(event)).await;
             }
@@ -446,6 +448,7 @@ async fn rewrite(gateway: &Gateway, session: &Session, name: &str, event: sse::E
         Ok(m) => gateway.from_server(session, m).await,
         Err(e) => {
             tracing::error!(server = name, error = %e, "the MCP server sent an event that is not JSON; dropped");
+            gateway.count("server-invalid", 1);
             jsonrpc::log_notification(
                 name,
                 &format!("an event that is not JSON was dropped ({e})"),

@@ -162,8 +162,30 @@ impl Gateway {
         &self.server
     }
 
+    /// Counts `event` in `arbiter_mcp_messages_total`, `n` times.
+    pub fn count(&self, event: &'static str, n: usize) {
+        if let Some(m) = self.arbiter.metrics() {
+            for _ in 0..n {
+                m.record_mcp(&self.server.name, event);
+            }
+        }
+    }
+
     /// Decides what becomes of `msg` from the client.
     pub async fn from_client(&self, session: &Session, caller: &Caller, msg: Value) -> FromClient {
+        let verdict = self.judge_client(session, caller, msg).await;
+        if let FromClient::Reply(m) = &verdict {
+            let event = match m.pointer("/error/code").and_then(Value::as_i64) {
+                Some(jsonrpc::DENIED) => "call-denied",
+                Some(jsonrpc::APPROVAL_REQUIRED) => "call-needs-approval",
+                _ => "client-invalid",
+            };
+            self.count(event, 1);
+        }
+        verdict
+    }
+
+    async fn judge_client(&self, session: &Session, caller: &Caller, msg: Value) -> FromClient {
         if let Value::Array(batch) = &msg {
             // Batches carry no governed call: each `tools/call` must be
             // answered on its own, and a batch cannot be half forwarded.
@@ -300,6 +322,7 @@ impl Gateway {
                         request: Box::new(request),
                     },
                 );
+                self.count("call-forwarded", 1);
                 FromClient::Forward(msg)
             }
             Outcome::RequireApproval => FromClient::Reply(jsonrpc::refused(
@@ -381,6 +404,11 @@ impl Gateway {
         };
         match pins.observe(&self.server.name, tools) {
             Ok(seen) => {
+                let changed = seen
+                    .iter()
+                    .filter(|(s, _)| *s == pins::Seen::Changed)
+                    .count();
+                self.count("tool-changed", changed);
                 msg["result"]["tools"] = Value::Array(seen.into_iter().map(|(_, t)| t).collect());
                 msg
             }
@@ -410,6 +438,16 @@ impl Gateway {
             approval_id: None,
         };
         let decision: Decision = self.arbiter.decide_async(request).await;
+        self.count(
+            match decision.outcome {
+                Outcome::Allow => "result-allowed",
+                Outcome::Modify if decision.params.as_ref().is_some_and(Value::is_object) => {
+                    "result-changed"
+                }
+                _ => "result-withheld",
+            },
+            1,
+        );
         match decision.outcome {
             Outcome::Allow => msg,
             Outcome::Modify => match decision.params {

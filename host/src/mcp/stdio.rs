@@ -167,6 +167,7 @@ pub async fn run(
                 let msg = match read_line(&mut input, max).await {
                     Ok(Line::End) | Err(_) => break,
                     Ok(Line::TooLong { len, .. }) => {
+                        gateway.count("client-invalid", 1);
                         let _ = to_client.send(too_long(len, max)).await;
                         continue;
                     }
@@ -174,6 +175,7 @@ pub async fn run(
                     Ok(Line::Text(t)) => match serde_json::from_slice::<Value>(&t) {
                         Ok(v) => v,
                         Err(e) => {
+                            gateway.count("client-invalid", 1);
                             let _ = to_client.send(not_json(&e)).await;
                             continue;
                         }
@@ -217,6 +219,7 @@ pub async fn run(
             Ok(Line::End) | Err(_) => break,
             Ok(Line::TooLong { len, head, tail }) => {
                 tracing::error!(server = %name, bytes = len, "the MCP server sent a message over the limit; dropped");
+                gateway.count("server-invalid", 1);
                 let problem = format!(
                     "it sent a message of {len} bytes, over the limit of {max} (`max_message_bytes`)"
                 );
@@ -241,6 +244,7 @@ pub async fn run(
                 Ok(v) => v,
                 Err(e) => {
                     tracing::error!(server = %name, error = %e, "the MCP server sent a line that is not JSON; dropped");
+                    gateway.count("server-invalid", 1);
                     let _ = to_client
                         .send(jsonrpc::log_notification(
                             &name,
@@ -267,11 +271,13 @@ pub async fn run(
             })?
         }
     };
-    for m in session.fail_pending(
+    let unanswered = session.fail_pending(
         &name,
         &format!("the server exited ({status}) before answering"),
         None,
-    ) {
+    );
+    gateway.count("upstream-failed", unanswered.len());
+    for m in unanswered {
         let _ = to_client.send(m).await;
     }
     upstream.abort();
