@@ -38,6 +38,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body of every response the server sends.
 pub type Body = BoxBody<Bytes, BoxError>;
 
+/// Sessions kept at most, over every proxied server.
+pub const MAX_SESSIONS: usize = 10_000;
+
 /// The header that names an MCP session.
 pub const SESSION_HEADER: &str = "mcp-session-id";
 
@@ -86,12 +89,30 @@ impl Proxies {
         let Some(id) = id else {
             return Arc::new(Session::new(""));
         };
+        let key = (server.to_owned(), id.to_owned());
+        if let Some(s) = super::lock(&self.sessions).get(&key) {
+            return Arc::clone(s);
+        }
+        // A session this process has not seen (Arbiter restarted, or the
+        // upstream will refuse it): kept from now on.
+        let session = Arc::new(Session::new(id));
+        self.keep(key, Arc::clone(&session));
+        session
+    }
+
+    /// Keeps `session`; past [`MAX_SESSIONS`], the one used longest ago
+    /// is forgotten (a client that never sends DELETE cannot grow the map).
+    fn keep(&self, key: (String, String), session: Arc<Session>) {
         let mut sessions = super::lock(&self.sessions);
-        Arc::clone(
-            sessions
-                .entry((server.to_owned(), id.to_owned()))
-                .or_insert_with(|| Arc::new(Session::new(id))),
-        )
+        if sessions.len() >= MAX_SESSIONS
+            && let Some(oldest) = sessions
+                .iter()
+                .min_by_key(|(_, s)| s.last_used())
+                .map(|(k, _)| k.clone())
+        {
+            sessions.remove(&oldest);
+        }
+        sessions.insert(key, session);
     }
 
     /// Proxies one request for `gateway`'s server. Never fails: every
@@ -194,8 +215,7 @@ impl Proxies {
             && sid.as_deref() != Some(new)
         {
             session.set_id(new);
-            super::lock(&self.sessions)
-                .insert((server.name.clone(), new.to_owned()), Arc::clone(&session));
+            self.keep((server.name.clone(), new.to_owned()), Arc::clone(&session));
         }
         if method == Method::DELETE
             && parts.status.is_success()

@@ -141,8 +141,9 @@ impl Pins {
     /// gateway then withholds the listing.
     pub fn observe(&self, server: &str, tools: &[Value]) -> Result<Vec<(Seen, Value)>, PinError> {
         let now = crate::reload::timestamp(SystemTime::now());
-        let mut out = Vec::with_capacity(tools.len());
         let mut pins = self.pins.write().unwrap_or_else(|e| e.into_inner());
+        let mut seen = Vec::with_capacity(tools.len());
+        let mut updates: BTreeMap<(String, String), (Pin, &'static str)> = BTreeMap::new();
         for tool in tools {
             let definition = definition(tool);
             let name = tool
@@ -152,62 +153,76 @@ impl Pins {
                 .to_owned();
             let digest = value_sha256(&definition);
             let key = (server.to_owned(), name.clone());
-            let (seen, next) = match pins.get(&key) {
+            let current = updates.get(&key).map(|(p, _)| p).or_else(|| pins.get(&key));
+            let (state, next) = match current {
                 None => (
                     Seen::Pinned,
-                    Some(Pin {
-                        server: server.to_owned(),
-                        tool: name.clone(),
-                        digest: digest.clone(),
-                        definition: definition.clone(),
-                        pinned_at: now.clone(),
-                        accepted_by: None,
-                        changed: None,
+                    Some((
+                        Pin {
+                            server: server.to_owned(),
+                            tool: name,
+                            digest,
+                            definition,
+                            pinned_at: now.clone(),
+                            accepted_by: None,
+                            changed: None,
+                        },
+                        "pinned",
+                    )),
+                ),
+                // A server that went back to what was accepted is no longer
+                // changed.
+                Some(pin) if pin.digest == digest => (
+                    Seen::Same,
+                    pin.changed.is_some().then(|| {
+                        let restored = Pin {
+                            changed: None,
+                            ..pin.clone()
+                        };
+                        (restored, "restored")
                     }),
                 ),
-                Some(pin) if pin.digest == digest => {
-                    // A server that went back to what was accepted is no
-                    // longer changed.
-                    let next = pin.changed.is_some().then(|| Pin {
-                        changed: None,
-                        ..pin.clone()
-                    });
-                    (Seen::Same, next)
-                }
-                Some(pin) => {
-                    let next =
-                        (pin.changed.as_ref().map(|c| &c.digest) != Some(&digest)).then(|| Pin {
+                Some(pin) => (
+                    Seen::Changed,
+                    (pin.changed.as_ref().map(|c| &c.digest) != Some(&digest)).then(|| {
+                        tracing::warn!(server, tool = %name, accepted = %pin.digest, now = %digest, "an MCP tool changed its definition; calls are denied until it is accepted");
+                        let changed = Pin {
                             changed: Some(Change {
-                                digest: digest.clone(),
-                                definition: definition.clone(),
+                                digest,
+                                definition,
                                 seen_at: now.clone(),
                             }),
                             ..pin.clone()
-                        });
-                    (Seen::Changed, next)
-                }
+                        };
+                        (changed, "changed")
+                    }),
+                ),
             };
-            if let Some(next) = next {
-                let event = match (seen, &next.changed) {
-                    (Seen::Pinned, _) => "pinned",
-                    (_, Some(_)) => "changed",
-                    (_, None) => "restored",
-                };
-                self.persist(&next, event, None)?;
-                if event == "changed" {
-                    tracing::warn!(server, tool = %name, pinned = %next.digest, now = %digest, "an MCP tool changed its definition; calls are denied until it is accepted");
-                }
-                pins.insert(key.clone(), next);
+            if let Some(update) = next {
+                updates.insert(key.clone(), update);
             }
-            let shown = match seen {
-                Seen::Changed => pins
-                    .get(&key)
-                    .map_or_else(|| tool.clone(), |p| shown(tool, &p.definition)),
-                _ => tool.clone(),
-            };
-            out.push((seen, shown));
+            seen.push((state, key));
         }
-        Ok(out)
+        // Recorded, then stored in one transaction, then in force.
+        for (pin, event) in updates.values() {
+            self.record(pin, event, None)?;
+        }
+        if let Some(store) = &self.store {
+            let entries: Vec<(String, &Pin)> =
+                updates.values().map(|(p, _)| (store_key(p), p)).collect();
+            store.put_all(MCP_TOOLS, &entries)?;
+        }
+        for (key, (pin, _)) in updates {
+            pins.insert(key, pin);
+        }
+        Ok(tools
+            .iter()
+            .zip(seen)
+            .map(|(tool, (state, key))| match (state, pins.get(&key)) {
+                (Seen::Changed, Some(p)) => (state, shown(tool, &p.definition)),
+                _ => (state, tool.clone()),
+            })
+            .collect())
     }
 
     /// Why a call to `tool` of `server` must be denied, if it must.
@@ -258,6 +273,15 @@ impl Pins {
 
     /// Records, then stores, one pin's new state.
     fn persist(&self, pin: &Pin, event: &str, by: Option<&str>) -> Result<(), PinError> {
+        self.record(pin, event, by)?;
+        if let Some(store) = &self.store {
+            store.put(MCP_TOOLS, &store_key(pin), pin)?;
+        }
+        Ok(())
+    }
+
+    /// Writes an `mcp` record of a pin's new state.
+    fn record(&self, pin: &Pin, event: &str, by: Option<&str>) -> Result<(), PinError> {
         if let Some(log) = &self.log {
             let data = json!({
                 "event": event,
@@ -270,11 +294,12 @@ impl Pins {
             log.record_event("mcp", &data)
                 .map_err(|e| PinError::Unrecorded(e.to_string()))?;
         }
-        if let Some(store) = &self.store {
-            store.put(MCP_TOOLS, &format!("{}\u{0}{}", pin.server, pin.tool), pin)?;
-        }
         Ok(())
     }
+}
+
+fn store_key(pin: &Pin) -> String {
+    format!("{}\u{0}{}", pin.server, pin.tool)
 }
 
 /// What of a listed tool is pinned: what the agent reads and what it may
