@@ -1103,3 +1103,89 @@ upstream = "http://127.0.0.1:{down}/mcp"
     }));
     assert_eq!(text_of(&out[0]), "definition of star");
 }
+
+/// An upstream no SDK would be: it answers each request with `body` under
+/// `content_type`, whatever was asked.
+fn hostile_upstream(content_type: &'static str, body: &'static str) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 65536];
+            let _ = s.read(&mut buf);
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(reply.as_bytes());
+        }
+    });
+    port
+}
+
+#[test]
+fn a_hostile_http_upstream_cannot_smuggle_or_wedge_anything() {
+    let garbled_stream = hostile_upstream(
+        "text/event-stream",
+        "event: message\ndata: this is not json\n\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"ok\"}]}}\n\n",
+    );
+    let garbled_json = hostile_upstream(
+        "application/json",
+        "{\"jsonrpc\": \"2.0\", \"id\": 1, \"res",
+    );
+    let setup = Setup::new(&format!(
+        "{RATE_GUARDED}
+[[mcp.servers]]
+name = \"stream\"
+upstream = \"http://127.0.0.1:{garbled_stream}/mcp\"
+[[mcp.servers]]
+name = \"json\"
+upstream = \"http://127.0.0.1:{garbled_json}/mcp\"
+"
+    ));
+    let (_gateway, addr) = serve(&[arbiter(), "serve".into(), "--config".into(), setup.config()]);
+    let call = call(1, "lookup", &json!({"word": "sun"}));
+    let (status, body) = http(
+        addr,
+        "POST",
+        "/mcp/stream",
+        &[
+            ("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream"),
+        ],
+        call.as_bytes(),
+    );
+    assert_eq!(status, 200);
+    let text = String::from_utf8_lossy(&body);
+    let data: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).expect("every event the client gets is JSON"))
+        .collect();
+    assert_eq!(data.len(), 2, "{text}");
+    assert_eq!(data[0]["method"], "notifications/message", "{text}");
+    assert!(
+        data[0]["params"]["data"]
+            .as_str()
+            .expect("data")
+            .contains("not JSON")
+    );
+    assert_eq!(data[1]["result"]["content"][0]["text"], "ok");
+    let (status, v) = post_mcp(addr, "/mcp/json", call.as_bytes());
+    assert_eq!(status, 502, "{v}");
+    assert_eq!(
+        (v["id"].as_i64(), v["error"]["code"].as_i64()),
+        (Some(1), Some(-32012)),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .expect("m")
+            .contains("not JSON"),
+        "{v}"
+    );
+    // The proxy still serves.
+    assert_eq!(http(addr, "GET", "/healthz", &[], b"").0, 200);
+}

@@ -186,6 +186,8 @@ impl Proxies {
             .uri(upstream.clone());
         if let Some(h) = up.headers_mut() {
             copy_headers(&parts.headers, h);
+            // Arbiter reads every answer: ask for it uncompressed.
+            h.remove(hyper::header::ACCEPT_ENCODING);
             if let Some(a) = upstream.authority()
                 && let Ok(v) = HeaderValue::from_str(a.as_str())
             {
@@ -229,6 +231,16 @@ impl Proxies {
         }
         let mut headers = HeaderMap::new();
         copy_headers(&parts.headers, &mut headers);
+        let encoded = header(&parts.headers, hyper::header::CONTENT_ENCODING.as_str())
+            .is_some_and(|e| !e.eq_ignore_ascii_case("identity"));
+        if encoded {
+            return Self::failed(
+                &gateway,
+                &session,
+                &ids,
+                "it answered compressed although asked not to",
+            );
+        }
         let content_type = header(&parts.headers, CONTENT_TYPE.as_str())
             .map(|c| {
                 c.split(';')
