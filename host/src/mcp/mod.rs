@@ -348,6 +348,17 @@ impl Gateway {
             decision = self.arbiter.decide_async(request.clone()).await;
         }
         match decision.outcome {
+            Outcome::Modify if !decision.params.as_ref().is_some_and(Value::is_object) => {
+                let refused = Decision {
+                    outcome: Outcome::Deny,
+                    reason: format!(
+                        "{} But the replacement arguments are not an object; failing closed.",
+                        decision.reason
+                    ),
+                    ..decision
+                };
+                FromClient::Reply(jsonrpc::refused(id, &tool, &refused, jsonrpc::DENIED))
+            }
             Outcome::Allow | Outcome::Modify => {
                 if let Some(p) = decision
                     .params
@@ -356,13 +367,16 @@ impl Gateway {
                     msg["params"]["arguments"] = p.clone();
                     request.action.params = p;
                 }
-                session.track(
-                    &id,
+                // Only a result that will be governed needs the call kept.
+                let pending = if self.server.govern_results {
                     Pending::Call {
                         tool,
                         request: Box::new(request),
-                    },
-                );
+                    }
+                } else {
+                    Pending::Other
+                };
+                session.track(&id, pending);
                 self.count("call-forwarded", 1);
                 FromClient::Forward(msg)
             }
@@ -429,7 +443,7 @@ impl Gateway {
         let id = id.clone();
         match session.take(&id) {
             Some(Pending::List) => self.pin(id, msg),
-            Some(Pending::Call { tool, request }) if self.server.govern_results => {
+            Some(Pending::Call { tool, request }) => {
                 self.govern_result(id, tool, *request, msg).await
             }
             _ => msg,
