@@ -834,7 +834,7 @@ fn unrecorded(decision: Decision, e: &Unrecorded) -> Decision {
 }
 
 /// A deny by the host before any policy ran.
-fn host_deny(rule: &str, reason: String, start: Instant) -> Decision {
+pub(crate) fn host_deny(rule: &str, reason: String, start: Instant) -> Decision {
     Decision {
         approval: None,
         decision_id: new_id(),

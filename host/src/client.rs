@@ -93,3 +93,16 @@ pub fn error_message(body: &serde_json::Value) -> String {
         .as_str()
         .map_or_else(|| body.to_string(), str::to_owned)
 }
+
+/// Percent-encodes everything but unreserved characters, for a query value.
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

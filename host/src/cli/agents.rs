@@ -125,7 +125,7 @@ fn change(
     let server = remote(remote_args, true)?;
     let path = format!(
         "/v1/agents/{}/{change}",
-        super::rollout::percent_encode(agent)
+        crate::client::percent_encode(agent)
     );
     let done = call(&server, hyper::Method::POST, &path, Some(body))?;
     let s = &done["suspension"];

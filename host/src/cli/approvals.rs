@@ -5,8 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use super::rollout::{percent_encode, text};
+use super::rollout::text;
 use super::{RemoteArgs, call, remote};
+use crate::client::percent_encode;
 
 #[derive(Debug, Subcommand)]
 pub(super) enum ApprovalsCommand {

@@ -13,6 +13,7 @@ use clap::{Args, Subcommand};
 use serde_json::Value;
 
 use super::{Global, RemoteArgs, call, overrides, read_state, remote, runtime, serve_config};
+use crate::client::ServerAddress;
 use crate::config::{Config, McpServerConfig};
 use crate::mcp::Gateway;
 
@@ -57,6 +58,12 @@ pub(super) struct GatewayArgs {
 pub(super) struct StdioArgs {
     #[command(flatten)]
     gateway: GatewayArgs,
+    /// Ask this running decision service (`arbiter serve`) instead of
+    /// loading policies here: its policies, log, approvals and tool pins
+    /// serve every gateway that names it (token from $ARBITER_TOKEN). Only
+    /// the `[[mcp.servers]]` entry of `--config` is read.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["listen", "log_dir", "state_dir"])]
+    server: Option<String>,
     /// The MCP server to run, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<OsString>,
@@ -133,6 +140,9 @@ fn configured(args: &GatewayArgs) -> anyhow::Result<Config> {
 fn stdio(args: StdioArgs, global: &Global) -> anyhow::Result<ExitCode> {
     let g = &args.gateway;
     let config = configured(g)?;
+    if let Some(url) = &args.server {
+        return stdio_remote(&args, url, &config);
+    }
     let listen = g.listen.or_else(|| {
         g.config
             .is_none()
@@ -177,15 +187,51 @@ fn stdio(args: StdioArgs, global: &Global) -> anyhow::Result<ExitCode> {
         bound.wait().await?;
         let status = status?;
         eprintln!("arbiter: the MCP server exited ({status})");
-        Ok::<_, anyhow::Error>(match status.code() {
-            Some(0) => ExitCode::SUCCESS,
-            Some(c) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
-            None => ExitCode::from(1),
-        })
+        Ok::<_, anyhow::Error>(exit_code(status))
     });
     // A read of stdin may still be parked on a thread; do not wait for it.
     runtime.shutdown_timeout(Duration::from_millis(200));
     result
+}
+
+/// The stdio gateway asking a running decision service.
+fn stdio_remote(args: &StdioArgs, url: &str, config: &Config) -> anyhow::Result<ExitCode> {
+    let g = &args.gateway;
+    let address = ServerAddress::new(url, std::env::var("ARBITER_TOKEN").ok())?;
+    let server = config.mcp.server(&g.name).cloned().unwrap_or_default();
+    let runtime = runtime()?;
+    let result = runtime.block_on(async {
+        match address.call(hyper::Method::GET, "/readyz", None).await {
+            Ok((200, _)) => {}
+            Ok((status, v)) => bail!("the decision service at {url} is not ready ({status}): {v}"),
+            Err(e) => return Err(e.context(format!("the decision service at {url}"))),
+        }
+        eprintln!("arbiter: MCP gateway for `{}`, deciding at {url}", g.name);
+        let gateway = Gateway::with_decider(
+            crate::mcp::decider::Decider::Remote(Arc::new(address)),
+            Arc::new(server),
+        );
+        let status = crate::mcp::stdio::run(
+            gateway,
+            &args.command,
+            tokio::io::stdin(),
+            tokio::io::stdout(),
+        )
+        .await?;
+        eprintln!("arbiter: the MCP server exited ({status})");
+        Ok(exit_code(status))
+    });
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    result
+}
+
+/// Arbiter's exit code for the server's exit status.
+fn exit_code(status: std::process::ExitStatus) -> ExitCode {
+    match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(c) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
+        None => ExitCode::from(1),
+    }
 }
 
 fn http(args: HttpArgs, global: &Global) -> anyhow::Result<ExitCode> {
@@ -264,8 +310,8 @@ fn accept(args: &AcceptArgs) -> anyhow::Result<ExitCode> {
     let server = remote(&args.remote, true)?;
     let path = format!(
         "/v1/mcp/tools/{}/{}/accept",
-        super::rollout::percent_encode(&args.mcp_server),
-        super::rollout::percent_encode(&args.tool)
+        crate::client::percent_encode(&args.mcp_server),
+        crate::client::percent_encode(&args.tool)
     );
     let pin = call(
         &server,

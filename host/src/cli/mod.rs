@@ -473,7 +473,7 @@ pub(super) fn read_state(
 ) -> anyhow::Result<Option<serde_json::Value>> {
     let server = remote(args, false)?;
     let path = match agent {
-        Some(a) => format!("{path}?agent={}", rollout::percent_encode(a)),
+        Some(a) => format!("{path}?agent={}", crate::client::percent_encode(a)),
         None => path.to_owned(),
     };
     let body = call(&server, hyper::Method::GET, &path, None)?;

@@ -18,6 +18,7 @@
 //! | GET | `/v1/approvals/{id}` | one approval; `?wait=30s` waits for an answer |
 //! | POST | `/v1/approvals/{id}/approve`, `/decline` | admin: `{"reason": ..., "by": ...}` |
 //! | GET | `/v1/mcp/tools` | every pinned MCP tool definition, and the changes waiting |
+//! | POST | `/v1/mcp/tools/{server}/observe` | `{"tools": [...]}` from a remote gateway's listing: pins them, answers the definitions to show |
 //! | POST | `/v1/mcp/tools/{server}/{tool}/accept` | admin: `{"by": ...}` (optional): accept a changed tool's new definition |
 //! | POST, GET, DELETE | `/mcp/{server}` | the MCP gateway: Streamable HTTP proxied to the server's `upstream` ([`crate::mcp::http`]) |
 //! | GET | `/healthz` | alive |
@@ -375,6 +376,17 @@ async fn route(
                     )
                 }
                 [_, _, "accept"] => (
+                    "mcp-tools",
+                    Err(FrontDoorError::MethodNotAllowed { allow: "POST" }),
+                ),
+                [server, "observe"] if method == Method::POST => {
+                    let server = (*server).to_owned();
+                    (
+                        "mcp-tools",
+                        observe_tools(state, service, req, server).await,
+                    )
+                }
+                [_, "observe"] => (
                     "mcp-tools",
                     Err(FrontDoorError::MethodNotAllowed { allow: "POST" }),
                 ),
@@ -823,6 +835,43 @@ async fn approval_answer(
             }
         })?;
     Ok(json_response(StatusCode::OK, &done))
+}
+
+/// The body of `POST /v1/mcp/tools/{server}/observe`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ObserveBody {
+    tools: Vec<Value>,
+}
+
+/// A remote gateway's listing: pinned here, as a local gateway's would be.
+async fn observe_tools(
+    state: &AppState,
+    service: &Service,
+    req: HttpRequest<Incoming>,
+    server: String,
+) -> Result<Response<Body>, FrontDoorError> {
+    service.tokens.check_decide(req.headers(), true)?;
+    check_json(req.headers())?;
+    let bytes = read_body(req, &service.config.server).await?;
+    let body: ObserveBody = wire::parse(&bytes).map_err(FrontDoorError::BadRequest)?;
+    let pins = state
+        .arbiter()
+        .ok_or(FrontDoorError::NotReady)?
+        .pins()
+        .cloned()
+        .ok_or_else(|| FrontDoorError::Unavailable("this server keeps no MCP tool pins".into()))?;
+    let server = percent_decode(&server, false)?;
+    let seen = tokio::task::spawn_blocking(move || pins.observe(&server, &body.tools))
+        .await
+        .map_err(|e| FrontDoorError::Unavailable(format!("the task failed: {e}")))?
+        .map_err(|e| FrontDoorError::Unavailable(e.to_string()))?;
+    let names: Vec<&str> = seen.iter().map(|(s, _)| s.as_str()).collect();
+    let shown: Vec<Value> = seen.into_iter().map(|(_, t)| t).collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"tools": shown, "seen": names}),
+    ))
 }
 
 async fn accept_tool(

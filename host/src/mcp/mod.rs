@@ -18,6 +18,7 @@
 //! sides; [`http`] proxies the Streamable HTTP transport for
 //! `arbiter serve`, with [`sse`] reading and rewriting event streams.
 
+pub mod decider;
 pub mod http;
 pub mod jsonrpc;
 pub mod pins;
@@ -34,6 +35,7 @@ use serde_json::{Value, json};
 use crate::arbiter::Arbiter;
 use crate::config::{McpServerConfig, OnApproval};
 use crate::decision::{Action, Context, Decision, Outcome, Principal, Request};
+use decider::Decider;
 use jsonrpc::Kind;
 
 /// The action kind of a tool call.
@@ -166,14 +168,19 @@ pub enum FromClient {
 /// The shared core of both transports for one configured server.
 #[derive(Clone)]
 pub struct Gateway {
-    arbiter: Arbiter,
+    decider: Decider,
     server: Arc<McpServerConfig>,
 }
 
 impl Gateway {
     /// A gateway deciding with `arbiter` for `server`.
     pub fn new(arbiter: Arbiter, server: Arc<McpServerConfig>) -> Self {
-        Gateway { arbiter, server }
+        Self::with_decider(Decider::Local(arbiter), server)
+    }
+
+    /// A gateway deciding with `decider` for `server`.
+    pub fn with_decider(decider: Decider, server: Arc<McpServerConfig>) -> Self {
+        Gateway { decider, server }
     }
 
     /// The server's configuration.
@@ -183,7 +190,7 @@ impl Gateway {
 
     /// Counts `event` in `arbiter_mcp_messages_total`, `n` times.
     pub fn count(&self, event: &'static str, n: usize) {
-        if let Some(m) = self.arbiter.metrics() {
+        if let Some(m) = self.decider.local().and_then(Arbiter::metrics) {
             for _ in 0..n {
                 m.record_mcp(&self.server.name, event);
             }
@@ -336,16 +343,17 @@ impl Gateway {
             history: Default::default(),
             approval_id,
         };
-        let mut decision = self.arbiter.decide_async(request.clone()).await;
+        let mut decision = self.decider.decide(request.clone()).await;
         if decision.outcome == Outcome::RequireApproval
             && self.server.on_approval == OnApproval::Hold
-            && let (Some(a), Some(approvals)) = (&decision.approval, self.arbiter.approvals())
+            && self.decider.keeps_approvals()
+            && let Some(a) = &decision.approval
         {
             let wait = Duration::from_secs(self.server.hold_timeout_s);
             tracing::info!(server = %self.server.name, tool = %tool, approval = %a.id, "holding the call for approval");
-            approvals.wait(&a.id, wait).await;
+            self.decider.wait(&a.id, wait).await;
             request.approval_id = Some(a.id.clone());
-            decision = self.arbiter.decide_async(request.clone()).await;
+            decision = self.decider.decide(request.clone()).await;
         }
         match decision.outcome {
             Outcome::Modify if !decision.params.as_ref().is_some_and(Value::is_object) => {
@@ -442,7 +450,7 @@ impl Gateway {
         };
         let id = id.clone();
         match session.take(&id) {
-            Some(Pending::List) => self.pin(id, msg),
+            Some(Pending::List) => self.pin(id, msg).await,
             Some(Pending::Call { tool, request }) => {
                 self.govern_result(id, tool, *request, msg).await
             }
@@ -450,14 +458,11 @@ impl Gateway {
         }
     }
 
-    fn pin(&self, id: Value, mut msg: Value) -> Value {
-        let (Some(pins), Some(tools)) = (
-            self.arbiter.pins(),
-            msg.pointer("/result/tools").and_then(Value::as_array),
-        ) else {
+    async fn pin(&self, id: Value, mut msg: Value) -> Value {
+        let Some(tools) = msg.pointer("/result/tools").and_then(Value::as_array) else {
             return msg;
         };
-        match pins.observe(&self.server.name, tools) {
+        match self.decider.observe(&self.server.name, tools).await {
             Ok(seen) => {
                 let changed = seen
                     .iter()
@@ -492,7 +497,7 @@ impl Gateway {
             history: Default::default(),
             approval_id: None,
         };
-        let decision: Decision = self.arbiter.decide_async(request).await;
+        let decision: Decision = self.decider.decide(request).await;
         self.count(
             match decision.outcome {
                 Outcome::Allow => "result-allowed",
@@ -641,8 +646,8 @@ mod tests {
         assert_eq!(e["error"]["code"], jsonrpc::DENIED);
         assert_eq!(e["error"]["data"]["rule"], pins::CHANGED_RULE);
         // A call to another server's tool of that name is not affected.
-        let other = Gateway::new(
-            g.arbiter.clone(),
+        let other = Gateway::with_decider(
+            g.decider.clone(),
             Arc::new(McpServerConfig {
                 name: "other".into(),
                 ..McpServerConfig::default()

@@ -64,6 +64,24 @@ pub enum Seen {
     Changed,
 }
 
+impl Seen {
+    /// The wire name: `pinned`, `same`, `changed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Seen::Pinned => "pinned",
+            Seen::Same => "same",
+            Seen::Changed => "changed",
+        }
+    }
+
+    /// The value of a wire name, `None` for another.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Seen::Pinned, Seen::Same, Seen::Changed]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+    }
+}
+
 /// Why an acceptance was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
