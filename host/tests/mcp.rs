@@ -382,6 +382,19 @@ kind = "mcp"
 chain = ["rate-guard"]
 "#;
 
+/// Calls of kind `mcp` judged by procurement, with an admin token to
+/// answer approvals.
+const PROCUREMENT: &str = r#"
+[auth]
+admin_token = "adm1n-t0ken"
+[[policies]]
+name = "procurement"
+example = "procurement"
+[[routes]]
+kind = "mcp"
+chain = ["procurement"]
+"#;
+
 const REDACTING: &str = r#"
 [[policies]]
 name = "pii-redact"
@@ -757,22 +770,9 @@ fn a_tool_whose_description_changed_is_denied_until_an_admin_accepts_it() {
 
 #[test]
 fn a_call_needing_approval_is_held_until_approved_or_answered_with_the_approval() {
-    let setup = Setup::new(
-        r#"
-[auth]
-admin_token = "adm1n-t0ken"
-[[policies]]
-name = "procurement"
-example = "procurement"
-[[routes]]
-kind = "mcp"
-chain = ["procurement"]
-[[mcp.servers]]
-name = "bank"
-on_approval = "hold"
-hold_timeout_s = 60
-"#,
-    );
+    let setup = Setup::new(&format!(
+        "{PROCUREMENT}\n[[mcp.servers]]\nname = \"bank\"\non_approval = \"hold\"\nhold_timeout_s = 60\n"
+    ));
     let port = free_port();
     let mut argv = setup.stdio(
         "bank",
@@ -782,40 +782,7 @@ hold_timeout_s = 60
     argv.insert(3, "--listen".into());
     let admin: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     // A person approves whatever waits, once it waits.
-    let approver = std::thread::spawn(move || {
-        let start = Instant::now();
-        loop {
-            let (status, body) = http(
-                admin,
-                "GET",
-                "/v1/approvals?status=pending",
-                &[("authorization", "Bearer adm1n-t0ken")],
-                b"",
-            );
-            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            if status == 200
-                && let Some(id) = v["approvals"][0]["id"].as_str()
-            {
-                let body = json!({"reason": "invoice 7 checked", "by": "bob"}).to_string();
-                let (s, _) = http(
-                    admin,
-                    "POST",
-                    &format!("/v1/approvals/{id}/approve"),
-                    &[
-                        ("authorization", "Bearer adm1n-t0ken"),
-                        ("content-type", "application/json"),
-                    ],
-                    body.as_bytes(),
-                );
-                return (s, start.elapsed());
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "no approval appeared"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    });
+    let approver = approve_when_pending(admin, "bob");
     let held = client(&json!({
         "transport": "stdio",
         "command": argv,
@@ -824,8 +791,7 @@ hold_timeout_s = 60
             {"op": "call", "tool": "payments.transfer", "args": {"amount": 6000, "to": "acme"}},
         ],
     }));
-    let (approved, _) = approver.join().expect("approver");
-    assert_eq!(approved, 200);
+    assert_eq!(approver.join().expect("approver"), 200);
     assert_eq!(text_of(&held[0]), "sent 120.0 to acme");
     assert_eq!(
         text_of(&held[1]),
@@ -877,6 +843,30 @@ hold_timeout_s = 60
     assert_eq!(text_of(&out[2]), "sent 7000.0 to acme");
     let e = error_of(&out[3]);
     assert_eq!(e["data"]["rule"], "approval.used", "{e}");
+}
+
+/// A person who approves the first approval that waits at `admin`, as
+/// `by`; the thread answers the status of the approval.
+fn approve_when_pending(admin: SocketAddr, by: &'static str) -> std::thread::JoinHandle<u16> {
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        let auth = ("authorization", "Bearer adm1n-t0ken");
+        loop {
+            let (_, body) = http(admin, "GET", "/v1/approvals?status=pending", &[auth], b"");
+            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            if let Some(id) = v["approvals"][0]["id"].as_str() {
+                let body = json!({"reason": "invoice checked", "by": by}).to_string();
+                let path = format!("/v1/approvals/{id}/approve");
+                let headers = [auth, ("content-type", "application/json")];
+                return http(admin, "POST", &path, &headers, body.as_bytes()).0;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "no approval appeared"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
 }
 
 /// A raw stdio client: writes lines, reads lines.
@@ -1192,18 +1182,7 @@ upstream = \"http://127.0.0.1:{garbled_json}/mcp\"
 
 #[test]
 fn stdio_gateways_can_share_one_running_decision_service_and_fail_closed_without_it() {
-    let service = Setup::new(
-        r#"
-[auth]
-admin_token = "adm1n-t0ken"
-[[policies]]
-name = "procurement"
-example = "procurement"
-[[routes]]
-kind = "mcp"
-chain = ["procurement"]
-"#,
-    );
+    let service = Setup::new(PROCUREMENT);
     let (mut served, addr) = serve(&[
         arbiter(),
         "serve".into(),
@@ -1238,28 +1217,7 @@ chain = ["procurement"]
         ];
         (argv, json!({"PEER_DESCRIPTION": description}))
     };
-    let approver = std::thread::spawn(move || {
-        let start = Instant::now();
-        loop {
-            let auth = [("authorization", "Bearer adm1n-t0ken")];
-            let (_, body) = http(addr, "GET", "/v1/approvals?status=pending", &auth, b"");
-            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            if let Some(id) = v["approvals"][0]["id"].as_str() {
-                let body = json!({"reason": "invoice 9", "by": "dana"}).to_string();
-                let auth = [
-                    ("authorization", "Bearer adm1n-t0ken"),
-                    ("content-type", "application/json"),
-                ];
-                let path = format!("/v1/approvals/{id}/approve");
-                return http(addr, "POST", &path, &auth, body.as_bytes()).0;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "no approval appeared"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    });
+    let approver = approve_when_pending(addr, "dana");
     let (argv, env) = gateway("Looks up a word.");
     let first = client(&json!({
         "transport": "stdio", "command": argv, "env": env,

@@ -837,6 +837,15 @@ async fn approval_answer(
     Ok(json_response(StatusCode::OK, &done))
 }
 
+fn pins_of(state: &AppState) -> Result<Arc<crate::mcp::pins::Pins>, FrontDoorError> {
+    state
+        .arbiter()
+        .ok_or(FrontDoorError::NotReady)?
+        .pins()
+        .cloned()
+        .ok_or_else(|| FrontDoorError::Unavailable("this server keeps no MCP tool pins".into()))
+}
+
 /// The body of `POST /v1/mcp/tools/{server}/observe`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -855,12 +864,7 @@ async fn observe_tools(
     check_json(req.headers())?;
     let bytes = read_body(req, &service.config.server).await?;
     let body: ObserveBody = wire::parse(&bytes).map_err(FrontDoorError::BadRequest)?;
-    let pins = state
-        .arbiter()
-        .ok_or(FrontDoorError::NotReady)?
-        .pins()
-        .cloned()
-        .ok_or_else(|| FrontDoorError::Unavailable("this server keeps no MCP tool pins".into()))?;
+    let pins = pins_of(state)?;
     let server = percent_decode(&server, false)?;
     let seen = tokio::task::spawn_blocking(move || pins.observe(&server, &body.tools))
         .await
@@ -885,12 +889,7 @@ async fn accept_tool(
     if body.reason.is_some() {
         return Err(query_error("an acceptance takes only `by`".into()));
     }
-    let pins = state
-        .arbiter()
-        .ok_or(FrontDoorError::NotReady)?
-        .pins()
-        .cloned()
-        .ok_or_else(|| FrontDoorError::Unavailable("this server keeps no MCP tool pins".into()))?;
+    let pins = pins_of(state)?;
     let (server, tool) = (
         percent_decode(&server, false)?,
         percent_decode(&tool, false)?,

@@ -85,19 +85,17 @@ pub fn json_rpc_response(status: StatusCode, msg: &Value) -> Response<Body> {
 }
 
 impl Proxies {
-    fn session(&self, server: &str, id: Option<&str>) -> Arc<Session> {
+    /// The session a request names, and whether this process knew it.
+    fn session(&self, server: &str, id: Option<&str>) -> (Arc<Session>, bool) {
         let Some(id) = id else {
-            return Arc::new(Session::new(""));
+            return (Arc::new(Session::new("")), false);
         };
-        let key = (server.to_owned(), id.to_owned());
-        if let Some(s) = super::lock(&self.sessions).get(&key) {
-            return Arc::clone(s);
+        match super::lock(&self.sessions).get(&(server.to_owned(), id.to_owned())) {
+            Some(s) => (Arc::clone(s), true),
+            // Arbiter restarted, or a made-up id: kept only once the
+            // upstream accepts it, so made-up ids cannot crowd out real ones.
+            None => (Arc::new(Session::new(id)), false),
         }
-        // A session this process has not seen (Arbiter restarted, or the
-        // upstream will refuse it): kept from now on.
-        let session = Arc::new(Session::new(id));
-        self.keep(key, Arc::clone(&session));
-        session
     }
 
     /// Keeps `session`; past [`MAX_SESSIONS`], the one used longest ago
@@ -141,7 +139,7 @@ impl Proxies {
         };
         let max = server.max_message_bytes;
         let sid = header(req.headers(), SESSION_HEADER).map(str::to_owned);
-        let session = self.session(&server.name, sid.as_deref());
+        let (session, known) = self.session(&server.name, sid.as_deref());
         let method = req.method().clone();
         let (parts, body) = req.into_parts();
 
@@ -218,6 +216,12 @@ impl Proxies {
         {
             session.set_id(new);
             self.keep((server.name.clone(), new.to_owned()), Arc::clone(&session));
+        } else if let Some(s) = &sid
+            && !known
+            && parts.status.is_success()
+            && method != Method::DELETE
+        {
+            self.keep((server.name.clone(), s.clone()), Arc::clone(&session));
         }
         if method == Method::DELETE
             && parts.status.is_success()

@@ -282,7 +282,9 @@ pub async fn run(
     }
     upstream.abort();
     drop(to_client);
-    let _ = client_writer.await;
+    // What was sent is written; a call still held for approval keeps a
+    // sender, and is not waited for.
+    let _ = tokio::time::timeout(Duration::from_secs(2), client_writer).await;
     server_writer.abort();
     Ok(status)
 }
