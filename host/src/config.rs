@@ -837,7 +837,12 @@ impl Config {
     }
 }
 
-fn check_mcp(mcp: &McpConfig) -> Result<(), String> {
+/// Checks `[[mcp.servers]]`: names path-safe and unique, upstreams
+/// `http://` URLs with a host, bounds at least 1.
+///
+/// # Errors
+/// The first problem, naming the key.
+pub fn check_mcp(mcp: &McpConfig) -> Result<(), String> {
     let mut names = BTreeSet::new();
     for s in &mcp.servers {
         let safe = !s.name.is_empty()

@@ -177,22 +177,17 @@ impl Setup {
     }
 }
 
+/// Every record of type `kind` in the log directory `dir`, whole, in order.
 fn records(dir: &Path, kind: &str) -> Vec<Value> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    files.sort();
-    for f in files {
-        let text = std::fs::read_to_string(&f).unwrap_or_default();
-        for line in text.lines() {
-            if let Ok(v) = serde_json::from_str::<Value>(line)
-                && v["type"] == kind
-            {
-                out.push(v);
-            }
-        }
+    for segment in arbiter::evidence::log::segments(dir).unwrap_or_default() {
+        let text = std::fs::read_to_string(&segment).expect("segment");
+        out.extend(
+            text.lines()
+                .filter_map(|l| arbiter::evidence::record::Parsed::from_line(l.as_bytes()))
+                .filter(|p| p.kind == kind)
+                .map(|p| p.value),
+        );
     }
     out
 }

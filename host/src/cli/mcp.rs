@@ -132,8 +132,7 @@ fn configured(args: &GatewayArgs) -> anyhow::Result<Config> {
         });
     }
     // The name must pass the same checks as a configured one.
-    let text = format!("[[mcp.servers]]\nname = {:?}\n", args.name);
-    Config::parse(&text, "--name")?;
+    crate::config::check_mcp(&config.mcp).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
     Ok(config)
 }
 
@@ -252,13 +251,7 @@ fn http(args: HttpArgs, global: &Global) -> anyhow::Result<ExitCode> {
         );
     };
     // The upstream given on the command line passes the configuration's checks.
-    Config::parse(
-        &format!(
-            "[[mcp.servers]]\nname = {:?}\nupstream = {:?}\n",
-            g.name, upstream
-        ),
-        "--upstream",
-    )?;
+    crate::config::check_mcp(&config.mcp).map_err(|e| anyhow::anyhow!("--upstream: {e}"))?;
     let overrides = overrides(global, g.listen, &g.log_dir, &g.state_dir);
     let name = g.name.clone();
     serve_config(config, g.config.clone(), overrides, move |addr| {

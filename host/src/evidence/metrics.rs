@@ -166,13 +166,13 @@ impl Metrics {
             .or_default() += 1;
     }
 
-    /// Counts one MCP gateway `event` for `server`.
-    pub fn record_mcp(&self, server: &str, event: &'static str) {
+    /// Counts `n` MCP gateway `event`s for `server`.
+    pub fn record_mcp(&self, server: &str, event: &'static str, n: u64) {
         *self
             .lock()
             .mcp
             .entry((server.to_owned(), event))
-            .or_default() += 1;
+            .or_default() += n;
     }
 
     /// Counts one circuit breaker opening (`true`) or closing.

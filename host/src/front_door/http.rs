@@ -28,6 +28,7 @@
 //! Bad input is refused with a JSON body naming the problem
 //! ([`FrontDoorError`]); nothing a client sends can panic the handler.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
 
@@ -48,7 +49,7 @@ use super::error::FrontDoorError;
 use super::{ext_authz, wire};
 use crate::approvals::ApprovalError;
 use crate::arbiter::Arbiter;
-use crate::config::Config;
+use crate::config::{Config, McpServerConfig};
 use crate::decision::{Context, Decision, History, Outcome, Request};
 use crate::enrich::AgentError;
 use crate::evidence::metrics::Metrics;
@@ -82,6 +83,8 @@ pub struct Service {
     pub(crate) config: Arc<Config>,
     pub(crate) tokens: Tokens,
     pub(crate) pending: Arc<Semaphore>,
+    /// The MCP servers proxied on `/mcp/{name}`: those with an upstream.
+    pub(crate) mcp: BTreeMap<String, Arc<McpServerConfig>>,
 }
 
 impl Service {
@@ -94,10 +97,18 @@ impl Service {
             Some(p) if p.config.server.max_pending_decisions == limit => Arc::clone(&p.pending),
             _ => Arc::new(Semaphore::new(limit)),
         };
+        let mcp = config
+            .mcp
+            .servers
+            .iter()
+            .filter(|s| s.upstream.is_some())
+            .map(|s| (s.name.clone(), Arc::new(s.clone())))
+            .collect();
         Service {
             tokens: Tokens::from_config(&config.auth),
             config,
             pending,
+            mcp,
         }
     }
 }
@@ -170,17 +181,12 @@ async fn mcp(
     // `Authorization` belongs to the upstream server: only Arbiter's own
     // header carries Arbiter's token here.
     service.tokens.check_decide(req.headers(), false)?;
-    let server = service
-        .config
-        .mcp
-        .server(name)
-        .filter(|s| s.upstream.is_some())
-        .ok_or_else(|| {
-            FrontDoorError::NotFound(format!(
-                "/mcp/{}",
-                name.chars().take(64).collect::<String>()
-            ))
-        })?;
+    let server = service.mcp.get(name).ok_or_else(|| {
+        FrontDoorError::NotFound(format!(
+            "/mcp/{}",
+            name.chars().take(64).collect::<String>()
+        ))
+    })?;
     let arbiter = state.arbiter().ok_or(FrontDoorError::NotReady)?;
     let a = &service.config.authorizer;
     let text = |h: &str| {
@@ -204,7 +210,7 @@ async fn mcp(
         user: text(&a.user_header),
         environment: text(&a.environment_header),
     };
-    let gateway = crate::mcp::Gateway::new(arbiter.clone(), Arc::new(server.clone()));
+    let gateway = crate::mcp::Gateway::new(arbiter.clone(), Arc::clone(server));
     Ok(state.mcp.handle(gateway, caller, req).await)
 }
 

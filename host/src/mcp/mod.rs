@@ -190,10 +190,10 @@ impl Gateway {
 
     /// Counts `event` in `arbiter_mcp_messages_total`, `n` times.
     pub fn count(&self, event: &'static str, n: usize) {
-        if let Some(m) = self.decider.local().and_then(Arbiter::metrics) {
-            for _ in 0..n {
-                m.record_mcp(&self.server.name, event);
-            }
+        if n > 0
+            && let Some(m) = self.decider.local().and_then(Arbiter::metrics)
+        {
+            m.record_mcp(&self.server.name, event, n as u64);
         }
     }
 
