@@ -14,6 +14,7 @@ const HOSTILE: &[&str] = &[
     "misbehave",
     "fs-import",
     "clock-import",
+    "net-import",
     "verdict-allow",
     "verdict-deny",
     "other-world",

@@ -96,6 +96,7 @@ fn main() {
                     &policy.limits,
                     &policy.settings,
                     &mut input,
+                    None,
                 );
                 black_box(e);
             }),
@@ -111,6 +112,7 @@ fn main() {
                     &policy.limits,
                     &policy.settings,
                     &mut input,
+                    None,
                 ));
                 black_box(e);
             }),

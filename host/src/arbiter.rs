@@ -624,10 +624,19 @@ impl Arbiter {
                     let (engine, limits, settings) =
                         (&self.engine, &policy.limits, &policy.settings);
                     let eval = if yielding {
-                        evaluate::evaluate_async(engine, &policy.pre, limits, settings, &mut input)
-                            .await
+                        let pool = Some(policy.instances());
+                        evaluate::evaluate_async(
+                            engine,
+                            &policy.pre,
+                            limits,
+                            settings,
+                            &mut input,
+                            pool,
+                        )
+                        .await
                     } else {
-                        evaluate::evaluate(engine, &policy.pre, limits, settings, &mut input)
+                        let pool = Some(policy.instances());
+                        evaluate::evaluate(engine, &policy.pre, limits, settings, &mut input, pool)
                     };
                     let mut report = report(policy, eval);
                     report.candidate = canary.map(|(_, c)| c.id.clone());

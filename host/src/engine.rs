@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::evaluate::IdleCount;
 use serde::Deserialize;
 use wasmtime::{Enabled, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
 
@@ -24,9 +25,15 @@ pub struct EngineConfig {
     /// How many policy instances may be alive at once. Each evaluation holds
     /// one for its duration; callers beyond this wait. Default: 128.
     pub max_instances: u32,
+    /// How many idle instances policies with `limits.reuse` may keep, in
+    /// all, on top of `max_instances`. Default: 16.
+    pub idle_instances: u32,
     /// The largest linear memory any policy may be given, in bytes; each
     /// policy's own `max_memory_bytes` must fit under it. Default: 64 MiB.
     pub max_memory_bytes: usize,
+    /// The most elements any policy's table may hold; each policy's own
+    /// `max_table_elements` must fit under it. Default: 20,000.
+    pub max_table_elements: usize,
     /// Bytes of each memory slot kept resident and reset with `memset` after
     /// use instead of being returned to the kernel, so the next instance in
     /// that slot takes no page faults. Default: 1 MiB.
@@ -44,7 +51,9 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             max_instances: 128,
+            idle_instances: 16,
             max_memory_bytes: 64 << 20,
+            max_table_elements: 20_000,
             keep_resident_bytes: 1 << 20,
             epoch_tick_ms: 1,
             pooling: true,
@@ -74,8 +83,10 @@ pub struct Engine {
     inner: wasmtime::Engine,
     tick: Duration,
     max_memory_bytes: usize,
+    max_table_elements: usize,
     max_instances: u32,
     pooling: bool,
+    idle: Arc<IdleCount>,
     _ticker: Arc<EpochTicker>,
 }
 
@@ -124,8 +135,10 @@ impl Engine {
             inner,
             tick,
             max_memory_bytes: config.max_memory_bytes,
+            max_table_elements: config.max_table_elements,
             max_instances: config.max_instances,
             pooling,
+            idle: Arc::new(IdleCount::new(config.idle_instances)),
             _ticker: Arc::new(ticker),
         })
     }
@@ -146,6 +159,16 @@ impl Engine {
     /// The largest memory any policy may be given, in bytes.
     pub fn max_memory_bytes(&self) -> usize {
         self.max_memory_bytes
+    }
+
+    /// The most elements any policy's table may hold.
+    pub fn max_table_elements(&self) -> usize {
+        self.max_table_elements
+    }
+
+    /// The engine-wide bound on instances kept idle for reuse.
+    pub(crate) fn idle_slots(&self) -> &Arc<IdleCount> {
+        &self.idle
     }
 
     /// How many instances may be alive at once.
@@ -186,12 +209,17 @@ fn wasmtime_config(config: &EngineConfig, pooling: bool) -> wasmtime::Config {
         .parallel_compilation(true);
     if pooling {
         let mut pool = PoolingAllocationConfig::new();
-        // A policy component holds one or two core instances (the guest and
-        // its adapter shims) and one memory and table each.
-        pool.total_component_instances(config.max_instances)
-            .total_core_instances(config.max_instances.saturating_mul(4))
-            .total_memories(config.max_instances)
-            .total_tables(config.max_instances.saturating_mul(2))
+        let slots = config.max_instances.saturating_add(config.idle_instances);
+        // A Rust policy holds one or two core instances (the guest and its
+        // adapter shims); a Python one, linked from libpython and its
+        // libraries, a dozen sharing one memory; the preview-1 adapter a
+        // memory of its own. Core instance and table slots cost address
+        // space only until used.
+        pool.total_component_instances(slots)
+            .total_core_instances(slots.saturating_mul(16))
+            .total_memories(slots.saturating_mul(2))
+            .total_tables(slots.saturating_mul(4))
+            .table_elements(config.max_table_elements)
             .max_memory_size(config.max_memory_bytes)
             .linear_memory_keep_resident(config.keep_resident_bytes)
             .table_keep_resident(64 * 1024)

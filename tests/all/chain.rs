@@ -50,7 +50,7 @@ fn deny_overrides_a_modify_and_drops_its_params() {
 fn reports_carry_version_fuel_and_time() {
     let p = load_example("procurement");
     let bytes = arbiter::examples::bytes("procurement").expect("embedded");
-    let expected = arbiter::load::inspect(&engine(), bytes)
+    let expected = arbiter::load::inspect(&engine(), bytes, &Default::default())
         .expect("inspect")
         .version;
     assert!(expected.starts_with("sha256:") && expected.len() == 7 + 64);

@@ -1,11 +1,11 @@
 //! The load pipeline: every refusal names its step and its cause, and the
 //! compile cache spares a restart from recompiling.
 
-use arbiter::evaluate::Limits;
+use arbiter::evaluate::{Limits, WasiGrants};
 use arbiter::load::{self, CacheStatus, CompileCache, LoadProblem, LoadStep, PolicySpec, Source};
 use arbiter::route::RouteTable;
 use arbiter::{Outcome, PolicySet};
-use arbiter_tests::{artifacts, engine, load_file, request, route_all};
+use arbiter_tests::{arbiter, artifacts, engine, load_file, request, route_all};
 use serde_json::json;
 
 fn load_err(path: &str, settings: serde_json::Value, limits: Limits) -> load::LoadError {
@@ -13,27 +13,82 @@ fn load_err(path: &str, settings: serde_json::Value, limits: Limits) -> load::Lo
 }
 
 #[test]
-fn forbidden_imports_are_refused_by_name() {
-    for (path, import) in [
-        (artifacts::FS_IMPORT, "wasi:filesystem/"),
-        (artifacts::CLOCK_IMPORT, "wasi:clocks/"),
+fn forbidden_imports_are_refused_by_name_and_why() {
+    for (path, import, why) in [
+        (artifacts::NET_IMPORT, "wasi:sockets/tcp@", "never provided"),
+        (
+            artifacts::CLOCK_IMPORT,
+            "wasi:clocks/",
+            "`wasi.clocks = true`",
+        ),
+        // Rust's std links the wall clock with the filesystem.
+        (
+            artifacts::FS_IMPORT,
+            "wasi:clocks/wall-clock",
+            "`wasi.clocks = true`",
+        ),
     ] {
         let e = load_err(path, json!({}), Limits::default());
         assert_eq!(e.step, LoadStep::CheckImports);
         let LoadProblem::ForbiddenImports(imports) = &e.problem else {
             panic!("wrong problem: {e}");
         };
-        assert!(imports.iter().any(|i| i.starts_with(import)), "{imports:?}");
+        assert!(
+            imports
+                .iter()
+                .any(|(i, reason)| i.starts_with(import) && reason.contains(why)),
+            "{imports:?}"
+        );
         assert!(e.to_string().contains(import), "{e}");
         assert!(e.to_string().contains("at step check-imports"), "{e}");
     }
+    // Granting clocks does not grant the network.
+    let granted = Limits {
+        wasi: WasiGrants {
+            clocks: true,
+            random: true,
+        },
+        ..Limits::default()
+    };
+    let e = load_err(artifacts::NET_IMPORT, json!({}), granted);
+    assert!(e.to_string().contains("wasi:sockets/tcp@"), "{e}");
+    assert!(!e.to_string().contains("wasi:clocks"), "{e}");
+}
+
+#[test]
+fn granted_clocks_read_the_time_but_never_wait_and_the_filesystem_is_empty() {
+    let clocks = Limits {
+        wasi: WasiGrants {
+            clocks: true,
+            random: false,
+        },
+        ..Limits::default()
+    };
+    // The policy sleeps ten seconds; its pollables are ready at once, so
+    // it answers well inside the 100 ms deadline instead of being cut off.
+    let sleeper = load_file("sleeper", artifacts::CLOCK_IMPORT, json!({}), clocks).expect("loads");
+    let d = arbiter(vec![sleeper]).decide(&request("tool", "x", json!({})));
+    assert_eq!(
+        (d.outcome, d.rule.as_str()),
+        (Outcome::Allow, "clock.sleep"),
+        "{}",
+        d.reason
+    );
+    // The filesystem is linked with no directory in it: reading
+    // /etc/passwd finds nothing.
+    let reader = load_file("reader", artifacts::FS_IMPORT, json!({}), clocks).expect("loads");
+    let d = arbiter(vec![reader]).decide(&request("tool", "x", json!({})));
+    assert_eq!(
+        (d.outcome, d.reason.as_str()),
+        (Outcome::Allow, "read 0 bytes")
+    );
 }
 
 #[test]
 fn a_route_to_a_policy_that_failed_to_load_denies_naming_the_failure() {
     let spec = PolicySpec {
         name: "reader".into(),
-        source: Source::File(artifacts::FS_IMPORT.into()),
+        source: Source::File(artifacts::NET_IMPORT.into()),
         settings: json!({}),
         limits: Limits::default(),
         smoke: Vec::new(),
@@ -51,7 +106,7 @@ fn a_route_to_a_policy_that_failed_to_load_denies_naming_the_failure() {
         (d.outcome, d.rule.as_str()),
         (Outcome::Deny, "failure.missing")
     );
-    assert!(d.reason.contains("wasi:filesystem/"), "{}", d.reason);
+    assert!(d.reason.contains("wasi:sockets/"), "{}", d.reason);
 }
 
 #[test]

@@ -253,12 +253,12 @@ fn a_component_of_another_world_is_refused_at_link() {
 }
 
 #[test]
-fn a_component_asking_for_files_is_refused_at_check_imports() {
+fn a_component_asking_for_the_network_is_refused_at_check_imports() {
     let d = Deployment::new(artifacts::VERDICT_ALLOW, "", "");
-    let fs = std::fs::read(artifacts::FS_IMPORT).expect("read");
-    let (_, status) = refused_at(&d, &fs, "check-imports");
+    let net = std::fs::read(artifacts::NET_IMPORT).expect("read");
+    let (_, status) = refused_at(&d, &net, "check-imports");
     let message = status["last_error"]["message"].as_str().unwrap_or_default();
-    assert!(message.contains("wasi:filesystem"), "{message}");
+    assert!(message.contains("wasi:sockets"), "{message}");
 }
 
 #[test]

@@ -356,7 +356,7 @@ fn readiness_flips_only_when_policies_have_loaded() {
 
 #[test]
 fn a_policy_failing_its_first_load_stops_the_server_naming_it() {
-    let file = format!("file:{}", artifacts::FS_IMPORT);
+    let file = format!("file:{}", artifacts::NET_IMPORT);
     let server = Server::bind(
         server_config(&[("reader", file.as_str(), json!({}))]),
         ServeOptions::default(),
@@ -367,7 +367,7 @@ fn a_policy_failing_its_first_load_stops_the_server_naming_it() {
         "{e}"
     );
     assert!(
-        e.to_string().contains("policy `reader`") && e.to_string().contains("wasi:filesystem/"),
+        e.to_string().contains("policy `reader`") && e.to_string().contains("wasi:sockets/"),
         "{e}"
     );
     let r = get(server.addr, "/readyz");

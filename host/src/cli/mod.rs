@@ -15,7 +15,7 @@ use crate::client::{ServerAddress, error_message};
 use crate::config::Config;
 use crate::config::{CacheConfig, Overrides, TrustConfig, TrustedKey};
 use crate::engine::{Engine, EngineConfig};
-use crate::evaluate::Limits;
+use crate::evaluate::{Limits, WasiGrants};
 use crate::front_door::wire;
 use crate::load::{self, CompileCache, PolicySpec, Source};
 use crate::signing::{KeyPair, PublicKey, SignatureFile, signature_path};
@@ -85,6 +85,10 @@ enum Command {
     Inspect {
         /// The component (.wasm).
         file: PathBuf,
+        /// Inspect it as loaded with this WASI capability granted:
+        /// `clocks` or `random`.
+        #[arg(long = "grant", value_name = "CAPABILITY", value_parser = ["clocks", "random"])]
+        grants: Vec<String>,
     },
     /// Write a new Ed25519 key pair: ID.key (owner-only) and ID.pub.
     Keygen(KeygenArgs),
@@ -234,6 +238,10 @@ pub(super) struct LimitArgs {
     /// Linear-memory cap, in bytes [default: 16 MiB].
     #[arg(long)]
     max_memory_bytes: Option<usize>,
+    /// Grant a WASI capability the policy imports: `clocks` or `random`
+    /// (a Go policy needs both) [default: none].
+    #[arg(long = "grant", value_name = "CAPABILITY", value_parser = ["clocks", "random"])]
+    grants: Vec<String>,
 }
 
 impl LimitArgs {
@@ -243,7 +251,16 @@ impl LimitArgs {
             fuel: self.fuel.unwrap_or(d.fuel),
             deadline_ms: self.deadline_ms.unwrap_or(d.deadline_ms),
             max_memory_bytes: self.max_memory_bytes.unwrap_or(d.max_memory_bytes),
+            wasi: self.wasi(),
             ..d
+        }
+    }
+
+    fn wasi(&self) -> WasiGrants {
+        let granted = |c: &str| self.grants.iter().any(|g| g == c);
+        WasiGrants {
+            clocks: granted("clocks"),
+            random: granted("random"),
         }
     }
 }
@@ -254,6 +271,9 @@ struct TestArgs {
     /// example policies embedded in this binary.
     #[arg(long = "policy", value_name = "NAME=FILE", value_parser = parse_policy_arg)]
     policies: Vec<(String, PathBuf)>,
+    /// Limits for the policies given with --policy.
+    #[command(flatten)]
+    limits: LimitArgs,
     /// The case file (a JSON list of cases).
     cases: PathBuf,
 }
@@ -278,7 +298,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve(args, &global),
         Command::Eval(args) => eval(args, open_cache(&global)?.as_ref()),
         Command::Test(args) => test(args, open_cache(&global)?.as_ref()),
-        Command::Inspect { file } => inspect(&file),
+        Command::Inspect { file, grants } => inspect(&file, &grants),
         Command::Keygen(args) => keygen(&args),
         Command::Sign(args) => sign(&args),
         Command::Verify(args) => verify(&args),
@@ -746,10 +766,10 @@ fn test(args: TestArgs, cache: Option<&CompileCache>) -> anyhow::Result<ExitCode
         if policies.contains_key(name) {
             continue;
         }
-        let source = match given.get(name) {
-            Some(file) => Source::File(file.clone()),
+        let (source, limits) = match given.get(name) {
+            Some(file) => (Source::File(file.clone()), args.limits.limits()),
             None => match examples::source(name) {
-                Some(s) => s,
+                Some(s) => (s, Limits::default()),
                 None => bail!(
                     "a case names policy `{name}`: give it with --policy {name}=FILE \
                      (embedded examples: {})",
@@ -761,7 +781,7 @@ fn test(args: TestArgs, cache: Option<&CompileCache>) -> anyhow::Result<ExitCode
             name: name.to_owned(),
             source,
             settings: serde_json::json!({}),
-            limits: Limits::default(),
+            limits,
             smoke: Vec::new(),
             trust: Default::default(),
         };
@@ -786,10 +806,17 @@ fn test(args: TestArgs, cache: Option<&CompileCache>) -> anyhow::Result<ExitCode
     })
 }
 
-fn inspect(file: &Path) -> anyhow::Result<ExitCode> {
+fn inspect(file: &Path, grants: &[String]) -> anyhow::Result<ExitCode> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read `{}`", file.display()))?;
     let engine = engine()?;
-    let report = load::inspect(&engine, &bytes)
+    let grants = LimitArgs {
+        fuel: None,
+        deadline_ms: None,
+        max_memory_bytes: None,
+        grants: grants.to_vec(),
+    }
+    .wasi();
+    let report = load::inspect(&engine, &bytes, &grants)
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("`{}` is not a WebAssembly component", file.display()))?;
     println!("file:    {}", file.display());
@@ -805,12 +832,10 @@ fn inspect(file: &Path) -> anyhow::Result<ExitCode> {
     }
     println!("imports:");
     for i in &report.imports {
-        let status = if i.provided {
-            "provided (inert)"
-        } else {
-            "REFUSED"
-        };
-        println!("    {:<40} {status}", i.name);
+        match &i.refusal {
+            None => println!("    {:<40} provided", i.name),
+            Some(why) => println!("    {:<40} REFUSED: {why}", i.name),
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -8,19 +8,25 @@
 //! turns it into a deny.
 
 mod failure;
+mod reuse;
 mod sandbox;
 mod stdio;
+mod wasi;
 
 use std::time::Instant;
 
 use serde_json::Value;
-use wasmtime::component::{Component, ComponentExportIndex, Linker, TypedFunc};
+use wasmtime::component::{Component, ComponentExportIndex, Func, Linker, TypedFunc};
 use wasmtime::{Store, UpdateDeadline};
 
 pub use failure::{FailureKind, PolicyFailure};
+pub(crate) use reuse::IdleCount;
+pub use reuse::InstancePool;
 pub(crate) use sandbox::StoreState;
-pub use sandbox::{Limits, MemoryCapExceeded, PolicyExited};
+pub use sandbox::{Limits, MemoryCapExceeded, PolicyExited, Reuse};
 pub(crate) use stdio::LINKED_INTERFACES;
+pub use wasi::WasiGrants;
+pub(crate) use wasi::refusal as import_refusal;
 
 use crate::decision::{Context, History, Outcome};
 use crate::engine::Engine;
@@ -54,16 +60,22 @@ pub struct PolicyPre {
 }
 
 impl PolicyPre {
-    /// Links `component` with the host's (inert) imports and checks that it
-    /// exports the contract's functions with the contract's types.
+    /// Links `component` with the host's inert imports and the WASI
+    /// capabilities `grants` allows, and checks that it exports the
+    /// contract's functions with the contract's types.
     ///
     /// # Errors
     /// The linker's or type checker's message, naming what does not fit.
-    pub(crate) fn new(engine: &Engine, component: &Component) -> wasmtime::Result<Self> {
+    pub(crate) fn new(
+        engine: &Engine,
+        component: &Component,
+        grants: &WasiGrants,
+    ) -> wasmtime::Result<Self> {
         let mut linker = Linker::<StoreState>::new(engine.wasmtime());
         stdio::add_to_linker(&mut linker)?;
         // The types interface has no functions; an empty instance satisfies it.
         linker.instance(&format!("{TYPES_INTERFACE}@0.1.0"))?;
+        wasi::add_to_linker(&mut linker, engine.wasmtime(), grants, component)?;
         let pre = linker.instantiate_pre(component)?;
         let inner = bindings::PolicyPre::new(pre)?;
         let evaluate = component
@@ -189,20 +201,35 @@ impl Input {
     }
 }
 
-/// Runs `evaluate` on a fresh instance of `pre`, with `settings` and under
-/// `limits`.
+/// Runs `evaluate` on an instance of `pre`, with `settings` and under
+/// `limits`: a fresh instance, or one `pool` kept for this agent.
 pub fn evaluate(
     engine: &Engine,
     pre: &PolicyPre,
     limits: &Limits,
     settings: &str,
     input: &mut Input,
+    pool: Option<&InstancePool>,
 ) -> Evaluation {
     input.set_settings(settings);
-    run(engine, pre, limits, |policy, store| {
-        policy.call_evaluate(store, &input.action, &input.context)
-    })
-    .map_result(check_output)
+    let start = Instant::now();
+    let (mut store, func, uses) = match reused_or_fresh(engine, pre, limits, pool, input) {
+        Ok(ready) => ready,
+        Err(failure) => return failed(failure, start),
+    };
+    if let Err(e) = arm(&mut store, engine, limits) {
+        return store_failure(&e, start).map_result(check_output);
+    }
+    let result = {
+        let typed = typed_evaluate(func);
+        typed
+            .call(&mut store, (&input.action, &input.context))
+            .map(|(d,)| d)
+            .map_err(|e| PolicyFailure::classify(&e, store.data(), &limits.describe()))
+    };
+    finish_kept(
+        engine, store, func, uses, result, limits, start, pool, input,
+    )
 }
 
 /// [`evaluate`] for async callers: the instance runs on the calling task
@@ -215,46 +242,135 @@ pub async fn evaluate_async(
     limits: &Limits,
     settings: &str,
     input: &mut Input,
+    pool: Option<&InstancePool>,
 ) -> Evaluation {
     input.set_settings(settings);
     let start = Instant::now();
-    let mut store = match sandbox::new_store(engine, limits) {
-        Ok(store) => store,
-        Err(e) => return store_failure(&e, start).map_result(check_output),
-    };
     let deadline = start + limits.deadline();
-    store.epoch_deadline_callback(move |_| {
-        Ok(if Instant::now() >= deadline {
-            UpdateDeadline::Interrupt
-        } else {
-            UpdateDeadline::Yield(1)
-        })
-    });
-    store.set_epoch_deadline(1);
-    let result = match pre.inner.instance_pre().instantiate_async(&mut store).await {
-        Ok(instance) => match instance.get_func(&mut store, pre.evaluate) {
-            Some(func) => {
-                // SAFETY: `PolicyPre::new` type-checked `evaluate` against
-                // the contract's signature, which is exactly this one.
-                let typed = unsafe {
-                    TypedFunc::<(&wit::Action, &wit::Context), (wit::Decision,)>::new_unchecked(
-                        func,
-                    )
-                };
-                typed
-                    .call_async(&mut store, (&input.action, &input.context))
-                    .await
-                    .map(|(d,)| d)
-                    .map_err(|e| PolicyFailure::classify(&e, store.data(), &limits.describe()))
-            }
-            None => Err(PolicyFailure::new(
-                FailureKind::Instantiate,
-                "no export `evaluate`",
-            )),
-        },
-        Err(e) => Err(instantiate_failure(&e, store.data(), limits)),
+    let yielding = move |store: &mut Store<StoreState>| {
+        store.epoch_deadline_callback(move |_| {
+            Ok(if Instant::now() >= deadline {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Yield(1)
+            })
+        });
+        store.set_epoch_deadline(1);
     };
-    finish(store, result, limits, start).map_result(check_output)
+    let kept = pool.and_then(|p| p.take(&input.context.agent.id));
+    let (mut store, func, uses) = match kept {
+        Some(k) => (k.store, k.evaluate, k.uses),
+        None => {
+            let mut store = match sandbox::new_store(engine, limits) {
+                Ok(store) => store,
+                Err(e) => return store_failure(&e, start).map_result(check_output),
+            };
+            yielding(&mut store);
+            match pre.inner.instance_pre().instantiate_async(&mut store).await {
+                Ok(instance) => match instance.get_func(&mut store, pre.evaluate) {
+                    Some(func) => (store, func, 0),
+                    None => return failed(no_evaluate(), start),
+                },
+                Err(e) => return failed(instantiate_failure(&e, store.data(), limits), start),
+            }
+        }
+    };
+    if let Err(e) = arm(&mut store, engine, limits) {
+        return store_failure(&e, start).map_result(check_output);
+    }
+    yielding(&mut store);
+    let result = typed_evaluate(func)
+        .call_async(&mut store, (&input.action, &input.context))
+        .await
+        .map(|(d,)| d)
+        .map_err(|e| PolicyFailure::classify(&e, store.data(), &limits.describe()));
+    finish_kept(
+        engine, store, func, uses, result, limits, start, pool, input,
+    )
+}
+
+/// `evaluate` as a typed function.
+fn typed_evaluate<'a>(
+    func: Func,
+) -> TypedFunc<(&'a wit::Action, &'a wit::Context), (wit::Decision,)> {
+    // SAFETY: `PolicyPre::new` type-checked `evaluate` against the
+    // contract's signature, which is exactly this one.
+    unsafe { TypedFunc::new_unchecked(func) }
+}
+
+/// A kept instance for this agent, or a fresh one; with the decisions the
+/// instance has made.
+fn reused_or_fresh(
+    engine: &Engine,
+    pre: &PolicyPre,
+    limits: &Limits,
+    pool: Option<&InstancePool>,
+    input: &Input,
+) -> Result<(Store<StoreState>, Func, u32), PolicyFailure> {
+    if let Some(k) = pool.and_then(|p| p.take(&input.context.agent.id)) {
+        return Ok((k.store, k.evaluate, k.uses));
+    }
+    let mut store = sandbox::new_store(engine, limits)
+        .map_err(|e| PolicyFailure::new(FailureKind::Instantiate, format!("{e:#}")))?;
+    let instance = pre
+        .inner
+        .instance_pre()
+        .instantiate(&mut store)
+        .map_err(|e| instantiate_failure(&e, store.data(), limits))?;
+    let func = instance
+        .get_func(&mut store, pre.evaluate)
+        .ok_or_else(no_evaluate)?;
+    Ok((store, func, 0))
+}
+
+fn no_evaluate() -> PolicyFailure {
+    PolicyFailure::new(FailureKind::Instantiate, "no export `evaluate`")
+}
+
+/// Gives the call its own fuel, deadline and stderr, whether the instance
+/// is fresh or kept.
+fn arm(store: &mut Store<StoreState>, engine: &Engine, limits: &Limits) -> wasmtime::Result<()> {
+    store.set_fuel(limits.fuel)?;
+    store.set_epoch_deadline(engine.deadline_ticks(limits.deadline()));
+    store.data_mut().stdio = stdio::Captured::default();
+    Ok(())
+}
+
+fn failed(failure: PolicyFailure, start: Instant) -> Evaluation {
+    Evaluation {
+        result: Err(failure),
+        fuel: 0,
+        micros: micros_since(start),
+    }
+}
+
+/// Measures the call, checks its output, and keeps the instance for
+/// another decision when reuse allows and nothing went wrong.
+#[allow(clippy::too_many_arguments)]
+fn finish_kept(
+    engine: &Engine,
+    store: Store<StoreState>,
+    func: Func,
+    uses: u32,
+    result: Result<wit::Decision, PolicyFailure>,
+    limits: &Limits,
+    start: Instant,
+    pool: Option<&InstancePool>,
+    input: &Input,
+) -> Evaluation {
+    let fuel = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+    let result = result.and_then(check_output);
+    match pool {
+        Some(pool) if result.is_ok() && pool.enabled() => {
+            pool.give_back(engine, store, func, uses + 1, &input.context.agent.id);
+        }
+        _ => drop(store),
+    }
+    Evaluation {
+        result,
+        fuel,
+        micros: micros_since(start),
+    }
 }
 
 /// Calls `validate-settings` on a fresh instance: `Ok(Err(message))` when

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use wasmtime::{ResourceLimiter, Store};
 
 use super::stdio::Captured;
+use super::wasi::WasiGrants;
 use crate::engine::Engine;
 
 /// The limits one policy runs under; `[policies.limits]` in configuration.
@@ -26,6 +27,47 @@ pub struct Limits {
     pub max_memory_bytes: usize,
     /// Cap on each table's elements. Default: 20,000.
     pub max_table_elements: usize,
+    /// The WASI capabilities granted (`wasi = { clocks = true }`). Default:
+    /// none.
+    pub wasi: WasiGrants,
+    /// Keeping instances for more than one decision (`reuse = { decisions
+    /// = 100 }`). Default: off, a fresh instance for every decision.
+    pub reuse: Reuse,
+}
+
+/// Bounded instance reuse, `[policies.limits.reuse]`: an instance that
+/// decided successfully may decide again, up to `decisions` times, for the
+/// same agent unless `across_agents`. It trades isolation between
+/// decisions (a policy's memory survives from one to the next) for the
+/// instantiation cost, which is most of a decision for interpreted
+/// languages. An instance that failed in any way is never reused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Reuse {
+    /// At most this many decisions per instance; 0 or 1 turns reuse off.
+    /// Default: 0.
+    pub decisions: u32,
+    /// Let one instance decide for different agents. Default: false, so
+    /// nothing one agent's actions leave in memory reaches another's.
+    pub across_agents: bool,
+    /// At most this many idle instances kept for the policy; each holds a
+    /// slot of the engine's `max_instances`. Default (0): 4.
+    pub idle: u32,
+}
+
+impl Reuse {
+    /// Whether instances are reused at all.
+    pub fn enabled(&self) -> bool {
+        self.decisions > 1
+    }
+
+    /// How many idle instances may be kept.
+    pub fn max_idle(&self) -> usize {
+        match self.idle {
+            0 => 4,
+            n => n as usize,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -35,6 +77,8 @@ impl Default for Limits {
             deadline_ms: 100,
             max_memory_bytes: 16 << 20,
             max_table_elements: 20_000,
+            wasi: WasiGrants::default(),
+            reuse: Reuse::default(),
         }
     }
 }

@@ -6,16 +6,15 @@
 //! Nothing here reaches the host: stdout and stderr write into a small
 //! per-call buffer (so a panic message can be reported), stdin is closed,
 //! the environment and arguments are empty, there is no terminal, and
-//! `exit` ends the call as a failure. Every other WASI interface, such as
-//! `wasi:filesystem`, `wasi:sockets`, `wasi:random` or `wasi:clocks`, is not
-//! linked at all, so a component importing one is refused at load.
+//! `exit` ends the call as a failure. The filesystem (with nothing in it),
+//! clocks and randomness are in [`super::wasi`]; anything else is refused
+//! at load.
 
 use wasmtime::component::{ComponentType, Lift, Linker, Lower, Resource, ResourceType};
 
 use super::sandbox::{PolicyExited, StoreState};
 
-/// The interfaces this module links, by name without version. The load stage
-/// refuses a component that imports anything else.
+/// The interfaces this module links, by name without version.
 pub const LINKED_INTERFACES: &[&str] = &[
     "wasi:io/error",
     "wasi:io/poll",
@@ -34,7 +33,7 @@ pub const LINKED_INTERFACES: &[&str] = &[
 
 /// The WASI version the definitions carry. wasmtime's linker also matches
 /// imports of any earlier compatible 0.2.x version to them.
-const VERSION: &str = "0.2.6";
+pub(super) const VERSION: &str = "0.2.6";
 
 /// At most this much of a policy's stdout and stderr is kept per call. It
 /// bounds what a hostile policy can make the host hold, and is plenty for a
@@ -86,10 +85,10 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
-struct InputStream;
-struct OutputStream;
-struct IoError;
-struct Pollable;
+pub(super) struct InputStream;
+pub(super) struct OutputStream;
+pub(super) struct IoError;
+pub(super) struct Pollable;
 struct TerminalInput;
 struct TerminalOutput;
 

@@ -4,8 +4,9 @@
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
-use super::pipeline::{check_imports, import_allowed, link};
+use super::pipeline::{check_imports, import_refusal, link};
 use crate::engine::Engine;
+use crate::evaluate::WasiGrants;
 
 /// A component's identity, imports, exports and whether it fits the
 /// `arbiter:policy` world.
@@ -31,28 +32,34 @@ pub struct Import {
     pub name: String,
     /// Whether the host links it (inertly, for WASI).
     pub provided: bool,
+    /// Why not, when it does not.
+    pub refusal: Option<String>,
 }
 
-/// Inspects component `bytes`.
+/// Inspects component `bytes`, as it would load with `grants`.
 ///
 /// # Errors
 /// The compiler's message when the bytes are not a component.
-pub fn inspect(engine: &Engine, bytes: &[u8]) -> Result<Inspection, String> {
+pub fn inspect(engine: &Engine, bytes: &[u8], grants: &WasiGrants) -> Result<Inspection, String> {
     let component = Component::new(engine.wasmtime(), bytes).map_err(|e| format!("{e:#}"))?;
     let ty = component.component_type();
     let imports = ty
         .imports(engine.wasmtime())
-        .map(|(name, _)| Import {
-            name: name.to_owned(),
-            provided: import_allowed(name),
+        .map(|(name, _)| {
+            let refusal = import_refusal(name, grants);
+            Import {
+                name: name.to_owned(),
+                provided: refusal.is_none(),
+                refusal,
+            }
         })
         .collect();
     let exports = ty
         .exports(engine.wasmtime())
         .map(|(name, _)| name.to_owned())
         .collect();
-    let conforms = check_imports(engine, &component)
-        .and_then(|()| link(engine, &component).map(|_| ()))
+    let conforms = check_imports(engine, &component, grants)
+        .and_then(|()| link(engine, &component, grants).map(|_| ()))
         .map_err(|p| p.to_string());
     Ok(Inspection {
         version: format!("sha256:{}", crate::hex::encode(&Sha256::digest(bytes))),

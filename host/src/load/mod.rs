@@ -25,7 +25,7 @@ pub use pipeline::{load, load_if_changed, load_with_settings, verify_signature, 
 pub use verify::{SignatureProblem, Signer};
 
 use crate::config::{SmokeSample, TrustConfig};
-use crate::evaluate::{Limits, PolicyFailure, PolicyPre};
+use crate::evaluate::{InstancePool, Limits, PolicyFailure, PolicyPre};
 
 /// Where a policy's component bytes come from.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,6 +89,8 @@ pub struct LoadedPolicy {
     /// Who signed it, when it is signed.
     pub signer: Option<Signer>,
     pub(crate) pre: PolicyPre,
+    /// Its idle instances, when its limits turn reuse on.
+    pub(crate) instances: Arc<InstancePool>,
 }
 
 impl LoadedPolicy {
@@ -96,6 +98,11 @@ impl LoadedPolicy {
     /// directly.
     pub fn pre(&self) -> &PolicyPre {
         &self.pre
+    }
+
+    /// Its idle instances, for [`crate::evaluate::evaluate`] with reuse.
+    pub fn instances(&self) -> &InstancePool {
+        &self.instances
     }
 
     /// Whether `other` is the same component with the same settings and
@@ -185,12 +192,13 @@ pub enum LoadProblem {
     /// The bytes are not a valid component.
     #[error("not a valid WebAssembly component: {0}")]
     Compile(String),
-    /// The component imports interfaces the host does not provide.
+    /// The component imports interfaces the host does not link for it:
+    /// each import, and why.
     #[error(
-        "it imports {}, which Arbiter does not provide: policies get no filesystem, network, clock, randomness or environment",
-        .0.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", ")
+        "it imports what Arbiter refuses: {}",
+        .0.iter().map(|(i, why)| format!("`{i}` ({why})")).collect::<Vec<_>>().join(", ")
     )]
-    ForbiddenImports(Vec<String>),
+    ForbiddenImports(Vec<(String, String)>),
     /// The component does not fit the `arbiter:policy` world.
     #[error("it does not implement the arbiter:policy world: {0}")]
     Link(String),

@@ -11,7 +11,7 @@ use super::verify::{self, Signer};
 use super::{LoadError, LoadProblem, LoadStep, LoadedPolicy, PolicySpec, Source};
 use crate::config::SmokeSample;
 use crate::engine::Engine;
-use crate::evaluate::{self, Input, LINKED_INTERFACES, Limits, PolicyPre, TYPES_INTERFACE};
+use crate::evaluate::{self, Input, InstancePool, Limits, PolicyPre, TYPES_INTERFACE, WasiGrants};
 
 /// Runs every load step for `spec`.
 ///
@@ -107,8 +107,9 @@ fn compile_onwards(
 ) -> Result<LoadedPolicy, LoadError> {
     let (component, cache_status) =
         compile(engine, cache, &bytes, &digest).map_err(|p| fail(spec, LoadStep::Compile, p))?;
-    check_imports(engine, &component).map_err(|p| fail(spec, LoadStep::CheckImports, p))?;
-    let pre = link(engine, &component).map_err(|p| fail(spec, LoadStep::Link, p))?;
+    let grants = &spec.limits.wasi;
+    check_imports(engine, &component, grants).map_err(|p| fail(spec, LoadStep::CheckImports, p))?;
+    let pre = link(engine, &component, grants).map_err(|p| fail(spec, LoadStep::Link, p))?;
     check_limits(engine, &spec.limits).map_err(|p| fail(spec, LoadStep::CheckLimits, p))?;
     let loaded = LoadedPolicy {
         name: spec.name.clone(),
@@ -121,6 +122,7 @@ fn compile_onwards(
         loaded_at: SystemTime::now(),
         signer,
         pre,
+        instances: Arc::new(InstancePool::new(spec.limits.reuse)),
     };
     let loaded = load_with_settings(engine, &loaded, &spec.settings)?;
     smoke(engine, &loaded, &spec.smoke).map_err(|p| fail(spec, LoadStep::Smoke, p))?;
@@ -158,6 +160,8 @@ pub fn load_with_settings(
     })?;
     Ok(LoadedPolicy {
         settings,
+        // Kept instances may hold what they parsed from the old settings.
+        instances: Arc::new(InstancePool::new(policy.limits.reuse)),
         ..policy.clone()
     })
 }
@@ -191,40 +195,55 @@ fn compile(
     compiled.map_err(|e| LoadProblem::Compile(format!("{e:#}")))
 }
 
-/// Refuses every import but the contract's types and the inert stdio
-/// surface, naming each one.
-pub(super) fn check_imports(engine: &Engine, component: &Component) -> Result<(), LoadProblem> {
-    let forbidden: Vec<String> = component
+/// Refuses every import the host does not link for this policy, naming
+/// each one and why.
+pub(super) fn check_imports(
+    engine: &Engine,
+    component: &Component,
+    grants: &WasiGrants,
+) -> Result<(), LoadProblem> {
+    let refused: Vec<(String, String)> = component
         .component_type()
         .imports(engine.wasmtime())
-        .map(|(name, _)| name)
-        .filter(|name| !import_allowed(name))
-        .map(str::to_owned)
+        .filter_map(|(name, _)| import_refusal(name, grants).map(|why| (name.to_owned(), why)))
         .collect();
-    if forbidden.is_empty() {
+    if refused.is_empty() {
         Ok(())
     } else {
-        Err(LoadProblem::ForbiddenImports(forbidden))
+        Err(LoadProblem::ForbiddenImports(refused))
     }
 }
 
-/// Whether the host provides the interface `name` (with or without its
-/// version).
-pub(super) fn import_allowed(name: &str) -> bool {
+/// Why the host does not link the interface `name` (with or without its
+/// version) for a policy granted `grants`; `None` when it does.
+pub(super) fn import_refusal(name: &str, grants: &WasiGrants) -> Option<String> {
     let unversioned = name.split('@').next().unwrap_or(name);
-    unversioned == TYPES_INTERFACE || LINKED_INTERFACES.contains(&unversioned)
+    if unversioned == TYPES_INTERFACE {
+        return None;
+    }
+    evaluate::import_refusal(unversioned, grants)
 }
 
-pub(super) fn link(engine: &Engine, component: &Component) -> Result<PolicyPre, LoadProblem> {
-    PolicyPre::new(engine, component).map_err(|e| LoadProblem::Link(format!("{e:#}")))
+pub(super) fn link(
+    engine: &Engine,
+    component: &Component,
+    grants: &WasiGrants,
+) -> Result<PolicyPre, LoadProblem> {
+    PolicyPre::new(engine, component, grants).map_err(|e| LoadProblem::Link(format!("{e:#}")))
 }
-
 fn check_limits(engine: &Engine, limits: &Limits) -> Result<(), LoadProblem> {
     if limits.max_memory_bytes > engine.max_memory_bytes() {
         return Err(LoadProblem::Limits(format!(
             "max_memory_bytes {} is over the engine's max_memory_bytes {}",
             limits.max_memory_bytes,
             engine.max_memory_bytes()
+        )));
+    }
+    if limits.max_table_elements > engine.max_table_elements() {
+        return Err(LoadProblem::Limits(format!(
+            "max_table_elements {} is over the engine's max_table_elements {}",
+            limits.max_table_elements,
+            engine.max_table_elements()
         )));
     }
     if limits.fuel == 0 || limits.deadline_ms == 0 {
@@ -251,6 +270,7 @@ fn smoke(
             &policy.limits,
             &policy.settings,
             &mut input,
+            None,
         );
         let problem = match eval.result {
             Err(f) => Some(format!("the policy failed: {f}")),

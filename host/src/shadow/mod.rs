@@ -309,6 +309,7 @@ impl Worker {
             &policy.limits,
             &policy.settings,
             input,
+            Some(policy.instances()),
         );
         side(&report(policy, eval))
     }

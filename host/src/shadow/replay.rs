@@ -92,6 +92,7 @@ pub fn replay(
             &candidate.limits,
             &candidate.settings,
             &mut input,
+            None,
         );
         let candidate_side = super::side(&report(candidate, eval));
         let pair = PairOf {

@@ -1,0 +1,172 @@
+//! Bounded instance reuse: the idle instances one loaded policy keeps, so a
+//! decision can skip instantiation (most of its cost for an interpreted
+//! language). Off unless a policy's `limits.reuse` turns it on.
+//!
+//! The bounds: an instance decides at most `decisions` times; only one
+//! whose every call succeeded goes back; it decides again only for the
+//! agent it last decided for, unless `across_agents`; each policy keeps at
+//! most `idle` of them, and the engine at most its `idle_instances` in all,
+//! so kept instances never take the slots decisions in flight need.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use wasmtime::Store;
+use wasmtime::component::Func;
+
+use super::sandbox::{Reuse, StoreState};
+use crate::engine::Engine;
+
+/// An instance with its store, ready to decide again.
+pub(super) struct Kept {
+    pub(super) store: Store<StoreState>,
+    pub(super) evaluate: Func,
+    /// Decisions it has made.
+    pub(super) uses: u32,
+    agent: String,
+    _slot: IdleSlot,
+}
+
+/// The idle instances of one loaded policy (one version, with one set of
+/// settings: a policy may keep what it parsed from them).
+pub struct InstancePool {
+    reuse: Reuse,
+    kept: Mutex<VecDeque<Kept>>,
+}
+
+impl std::fmt::Debug for InstancePool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstancePool")
+            .field("reuse", &self.reuse)
+            .field("idle", &self.idle())
+            .finish()
+    }
+}
+
+impl InstancePool {
+    /// An empty pool that keeps instances as `reuse` says.
+    pub fn new(reuse: Reuse) -> Self {
+        InstancePool {
+            reuse,
+            kept: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// How many instances are idle now.
+    pub fn idle(&self) -> usize {
+        self.kept.lock().map_or(0, |k| k.len())
+    }
+
+    /// Whether this pool keeps instances at all.
+    pub(super) fn enabled(&self) -> bool {
+        self.reuse.enabled()
+    }
+
+    /// An idle instance that may decide for `agent`, most recently used
+    /// first.
+    pub(super) fn take(&self, agent: &str) -> Option<Kept> {
+        let mut kept = self.kept.lock().ok()?;
+        let i = kept
+            .iter()
+            .rposition(|k| self.reuse.across_agents || k.agent == agent)?;
+        kept.remove(i)
+    }
+
+    /// Keeps an instance that just decided successfully for `agent`, unless
+    /// it has made its `decisions`, or there is no idle slot left: then it
+    /// is dropped. The oldest idle instance makes way when this pool is
+    /// full.
+    pub(super) fn give_back(
+        &self,
+        engine: &Engine,
+        store: Store<StoreState>,
+        evaluate: Func,
+        uses: u32,
+        agent: &str,
+    ) {
+        if !self.reuse.enabled() || uses >= self.reuse.decisions {
+            return;
+        }
+        let Ok(mut kept) = self.kept.lock() else {
+            return;
+        };
+        if kept.len() >= self.reuse.max_idle() {
+            kept.pop_front();
+        }
+        let Some(slot) = IdleSlot::acquire(engine.idle_slots()) else {
+            return;
+        };
+        kept.push_back(Kept {
+            store,
+            evaluate,
+            uses,
+            agent: agent.to_owned(),
+            _slot: slot,
+        });
+    }
+}
+
+/// One of the engine's idle-instance slots, given back on drop.
+struct IdleSlot(std::sync::Arc<IdleCount>);
+
+/// The engine-wide count of idle instances and its bound.
+#[derive(Debug)]
+pub(crate) struct IdleCount {
+    count: AtomicU32,
+    max: u32,
+}
+
+impl IdleCount {
+    /// A count bounded by `max`.
+    pub(crate) fn new(max: u32) -> Self {
+        IdleCount {
+            count: AtomicU32::new(0),
+            max,
+        }
+    }
+}
+
+impl IdleSlot {
+    fn acquire(idle: &std::sync::Arc<IdleCount>) -> Option<Self> {
+        idle.count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < idle.max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| IdleSlot(std::sync::Arc::clone(idle)))
+    }
+}
+
+impl Drop for IdleSlot {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn idle_slots_are_bounded_and_given_back() {
+        let idle = Arc::new(IdleCount::new(2));
+        let a = IdleSlot::acquire(&idle).expect("first");
+        let _b = IdleSlot::acquire(&idle).expect("second");
+        assert!(IdleSlot::acquire(&idle).is_none());
+        drop(a);
+        assert!(IdleSlot::acquire(&idle).is_some());
+    }
+
+    #[test]
+    fn reuse_is_off_by_default_and_needs_two_decisions() {
+        assert!(!Reuse::default().enabled());
+        let one = Reuse {
+            decisions: 1,
+            ..Reuse::default()
+        };
+        assert!(!one.enabled());
+        assert_eq!(Reuse::default().max_idle(), 4);
+    }
+}
