@@ -6,6 +6,7 @@ mod approvals;
 mod chain;
 mod concurrency;
 mod hostile;
+mod languages;
 mod load;
 mod log;
 mod nginx;

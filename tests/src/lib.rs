@@ -93,6 +93,7 @@ pub fn request(kind: &str, name: &str, params: serde_json::Value) -> Request {
 }
 
 pub mod http;
+pub mod languages;
 
 /// The body of a plain tool call by agent `bot`, for servers whose every
 /// route takes it.
