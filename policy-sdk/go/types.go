@@ -9,6 +9,8 @@
 //	func main() {}
 package arbiter
 
+import "encoding/json"
+
 // Action is what an agent asks to do, as seen at an interception point.
 type Action struct {
 	// Kind is the interception point: "tool", "mcp", "http", "db", "shell", ...
@@ -122,4 +124,14 @@ func RequireApproval(rule, reason string, risk uint8) Decision {
 // to JSON by the SDK).
 func Modify(rule, reason string, risk uint8, params any) Decision {
 	return Decision{Outcome: OutcomeModify, Rule: rule, Reason: reason, Risk: risk, Params: params}
+}
+
+// ParamsOf decodes params JSON; params that are not a JSON object count
+// as empty.
+func ParamsOf(text string) Params {
+	var p Params
+	if json.Unmarshal([]byte(text), &p) != nil || p == nil {
+		return Params{}
+	}
+	return p
 }
