@@ -1,7 +1,7 @@
 //! The load pipeline: every refusal names its step and its cause, and the
 //! compile cache spares a restart from recompiling.
 
-use arbiter::evaluate::{Limits, WasiGrants};
+use arbiter::evaluate::{Limits, Reuse, WasiGrants};
 use arbiter::load::{self, CacheStatus, CompileCache, LoadProblem, LoadStep, PolicySpec, Source};
 use arbiter::route::RouteTable;
 use arbiter::{Outcome, PolicySet};
@@ -210,6 +210,31 @@ fn limits_over_the_engine_are_refused() {
     };
     let e = load_err(artifacts::MISBEHAVE, json!({}), limits);
     assert_eq!(e.step, LoadStep::CheckLimits);
+    let tables = Limits {
+        max_table_elements: 1 << 20,
+        ..Limits::default()
+    };
+    let e = load_err(artifacts::MISBEHAVE, json!({}), tables);
+    assert_eq!(e.step, LoadStep::CheckLimits);
+    assert!(
+        e.to_string()
+            .contains("max_table_elements 1048576 is over the engine's max_table_elements 20000"),
+        "{e}"
+    );
+    // Reuse asked for with nowhere to keep an instance is a mistake, not off.
+    let nowhere = Limits {
+        reuse: Reuse {
+            decisions: 10,
+            across_agents: false,
+            idle: 0,
+        },
+        ..Limits::default()
+    };
+    let e = load_err(artifacts::MISBEHAVE, json!({}), nowhere);
+    assert!(
+        e.to_string().contains("reuse.idle must be at least 1"),
+        "{e}"
+    );
 }
 
 #[test]

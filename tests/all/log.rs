@@ -344,8 +344,11 @@ fn segments_rotate_by_size_and_age_and_the_chain_runs_across_them() {
         max_segment_age_s: 1,
         ..config(aged.path())
     };
+    // Loaded before the log opens: on a busy machine compiling can take
+    // longer than the segment's whole age.
+    let procurement = load_example("procurement");
     let opened = Arc::new(DecisionLog::open(&log, Path::new(""), None).expect("open"));
-    let a = arbiter(vec![load_example("procurement")]).with_log(Arc::clone(&opened));
+    let a = arbiter(vec![procurement]).with_log(Arc::clone(&opened));
     a.decide(&requests(1)[0]);
     std::thread::sleep(Duration::from_millis(1100));
     a.decide(&requests(1)[0]);

@@ -331,6 +331,9 @@ fn no_evaluate() -> PolicyFailure {
 /// is fresh or kept.
 fn arm(store: &mut Store<StoreState>, engine: &Engine, limits: &Limits) -> wasmtime::Result<()> {
     store.set_fuel(limits.fuel)?;
+    // A kept instance may have run async, with a yielding callback; the
+    // async path installs its own again after this.
+    store.epoch_deadline_trap();
     store.set_epoch_deadline(engine.deadline_ticks(limits.deadline()));
     store.data_mut().stdio = stdio::Captured::default();
     Ok(())

@@ -91,7 +91,7 @@ impl InstancePool {
         let Ok(mut kept) = self.kept.lock() else {
             return;
         };
-        if kept.len() >= self.reuse.max_idle() {
+        if kept.len() >= self.reuse.idle as usize {
             kept.pop_front();
         }
         let Some(slot) = IdleSlot::acquire(engine.idle_slots()) else {
@@ -167,6 +167,12 @@ mod tests {
             ..Reuse::default()
         };
         assert!(!one.enabled());
-        assert_eq!(Reuse::default().max_idle(), 4);
+        let none_idle = Reuse {
+            decisions: 10,
+            idle: 0,
+            ..Reuse::default()
+        };
+        assert!(!none_idle.enabled());
+        assert_eq!(Reuse::default().idle, 4);
     }
 }

@@ -41,7 +41,7 @@ pub struct Limits {
 /// decisions (a policy's memory survives from one to the next) for the
 /// instantiation cost, which is most of a decision for interpreted
 /// languages. An instance that failed in any way is never reused.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Reuse {
     /// At most this many decisions per instance; 0 or 1 turns reuse off.
@@ -50,23 +50,25 @@ pub struct Reuse {
     /// Let one instance decide for different agents. Default: false, so
     /// nothing one agent's actions leave in memory reaches another's.
     pub across_agents: bool,
-    /// At most this many idle instances kept for the policy; each holds a
-    /// slot of the engine's `max_instances`. Default (0): 4.
+    /// At most this many idle instances kept for the policy, out of the
+    /// engine's `idle_instances`. Default: 4.
     pub idle: u32,
+}
+
+impl Default for Reuse {
+    fn default() -> Self {
+        Reuse {
+            decisions: 0,
+            across_agents: false,
+            idle: 4,
+        }
+    }
 }
 
 impl Reuse {
     /// Whether instances are reused at all.
     pub fn enabled(&self) -> bool {
-        self.decisions > 1
-    }
-
-    /// How many idle instances may be kept.
-    pub fn max_idle(&self) -> usize {
-        match self.idle {
-            0 => 4,
-            n => n as usize,
-        }
+        self.decisions > 1 && self.idle > 0
     }
 }
 

@@ -1031,10 +1031,18 @@ fn policies(state: &AppState, service: &Service) -> Response<Body> {
                     |r| json!({"kind": r.kind, "name": r.name, "agent": r.agent, "chain": r.chain}),
                 )
                 .collect();
+            let (l, wasi, reuse) = (&p.limits, &p.limits.wasi, &p.limits.reuse);
             let limits = json!({
-                "fuel": p.limits.fuel,
-                "deadline_ms": p.limits.deadline_ms,
-                "max_memory_bytes": p.limits.max_memory_bytes,
+                "fuel": l.fuel,
+                "deadline_ms": l.deadline_ms,
+                "max_memory_bytes": l.max_memory_bytes,
+                "max_table_elements": l.max_table_elements,
+                "wasi": {"clocks": wasi.clocks, "random": wasi.random},
+                "reuse": {
+                    "decisions": reuse.decisions,
+                    "across_agents": reuse.across_agents,
+                    "idle": reuse.idle,
+                },
             });
             let mut entry = json!({"name": p.name, "routes": on_routes, "limits": limits});
             let found = status

@@ -246,6 +246,11 @@ fn check_limits(engine: &Engine, limits: &Limits) -> Result<(), LoadProblem> {
             engine.max_table_elements()
         )));
     }
+    if limits.reuse.decisions > 1 && limits.reuse.idle == 0 {
+        return Err(LoadProblem::Limits(
+            "reuse.idle must be at least 1 when reuse.decisions is over 1".into(),
+        ));
+    }
     if limits.fuel == 0 || limits.deadline_ms == 0 {
         return Err(LoadProblem::Limits(
             "fuel and deadline_ms must be at least 1".into(),
