@@ -320,7 +320,7 @@ fn reuse_across_agents_only_when_configured_and_off_by_default() {
 }
 
 #[test]
-fn an_instance_that_failed_is_never_reused() {
+fn a_kept_instance_gets_fresh_limits_and_one_that_failed_is_never_reused() {
     let policy = load_file(
         "misbehave",
         artifacts::MISBEHAVE,
@@ -342,4 +342,56 @@ fn an_instance_that_failed_is_never_reused() {
     let d = a.decide(&request("tool", "risk", json!({})));
     assert_eq!(d.rule, "failure.invalid-output");
     assert_eq!(policy.instances().idle(), 0);
+    // A kept instance's call has the limits of any call: its own fuel and
+    // its own deadline, not what the earlier calls left. Five calls of
+    // this fuel budget, each using over a third of it, all succeed...
+    let fine = a.decide(&request("tool", "fine", json!({})));
+    let per_call = fine.policies[0].fuel;
+    let tight = Limits {
+        fuel: per_call * 5 / 2,
+        ..reusing(100, false)
+    };
+    let tight_policy =
+        load_file("misbehave", artifacts::MISBEHAVE, json!({}), tight).expect("loads");
+    let t = arbiter(vec![tight_policy.clone()]);
+    for _ in 0..5 {
+        assert_eq!(
+            t.decide(&request("tool", "fine", json!({}))).rule,
+            "misbehave.none"
+        );
+    }
+    // ...as does one after the first call's deadline has long passed.
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    assert_eq!(
+        t.decide(&request("tool", "fine", json!({}))).rule,
+        "misbehave.none"
+    );
+    assert_eq!(tight_policy.instances().idle(), 1);
+    a.decide(&request("tool", "fine", json!({})));
+    assert_eq!(policy.instances().idle(), 1);
+    let d = a.decide(&request("tool", "loop", json!({})));
+    assert_eq!(d.rule, "failure.fuel", "{}", d.reason);
+    assert_eq!(policy.instances().idle(), 0);
+    let timed = Limits {
+        fuel: 1 << 50,
+        ..reusing(100, false)
+    };
+    let policy = load_file("misbehave", artifacts::MISBEHAVE, json!({}), timed).expect("loads");
+    let a = arbiter(vec![policy.clone()]);
+    a.decide(&request("tool", "fine", json!({})));
+    let d = a.decide(&request("tool", "spin", json!({})));
+    assert_eq!(d.rule, "failure.deadline", "{}", d.reason);
+    assert_eq!(policy.instances().idle(), 0);
+    // The async path, as the server runs it, keeps and re-arms the same way.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        a.decide_async(request("tool", "fine", json!({}))).await;
+        assert_eq!(policy.instances().idle(), 1);
+        let d = a.decide_async(request("tool", "spin", json!({}))).await;
+        assert_eq!(d.rule, "failure.deadline", "{}", d.reason);
+        assert_eq!(policy.instances().idle(), 0);
+    });
 }

@@ -215,9 +215,13 @@ pub fn evaluate(
     let start = Instant::now();
     let (mut store, func, uses) = match reused_or_fresh(engine, pre, limits, pool, input) {
         Ok(ready) => ready,
-        Err(failure) => return failed(failure, start),
+        Err((failure, fuel)) => return failed(failure, fuel, start),
     };
-    if let Err(e) = arm(&mut store, engine, limits) {
+    // A fresh store was armed when it was made, so its instantiation
+    // counts against the call's fuel and deadline; a kept one is re-armed.
+    if uses > 0
+        && let Err(e) = arm(&mut store, engine, limits)
+    {
         return store_failure(&e, start).map_result(check_output);
     }
     let result = {
@@ -269,16 +273,21 @@ pub async fn evaluate_async(
             match pre.inner.instance_pre().instantiate_async(&mut store).await {
                 Ok(instance) => match instance.get_func(&mut store, pre.evaluate) {
                     Some(func) => (store, func, 0),
-                    None => return failed(no_evaluate(), start),
+                    None => return failed(no_evaluate(), fuel_used(&store, limits), start),
                 },
-                Err(e) => return failed(instantiate_failure(&e, store.data(), limits), start),
+                Err(e) => {
+                    let failure = instantiate_failure(&e, store.data(), limits);
+                    return failed(failure, fuel_used(&store, limits), start);
+                }
             }
         }
     };
-    if let Err(e) = arm(&mut store, engine, limits) {
-        return store_failure(&e, start).map_result(check_output);
+    if uses > 0 {
+        if let Err(e) = arm(&mut store, engine, limits) {
+            return store_failure(&e, start).map_result(check_output);
+        }
+        yielding(&mut store);
     }
-    yielding(&mut store);
     let result = typed_evaluate(func)
         .call_async(&mut store, (&input.action, &input.context))
         .await
@@ -299,36 +308,46 @@ fn typed_evaluate<'a>(
 }
 
 /// A kept instance for this agent, or a fresh one; with the decisions the
-/// instance has made.
+/// instance has made. A failure comes with the fuel its start used.
 fn reused_or_fresh(
     engine: &Engine,
     pre: &PolicyPre,
     limits: &Limits,
     pool: Option<&InstancePool>,
     input: &Input,
-) -> Result<(Store<StoreState>, Func, u32), PolicyFailure> {
+) -> Result<(Store<StoreState>, Func, u32), (PolicyFailure, u64)> {
     if let Some(k) = pool.and_then(|p| p.take(&input.context.agent.id)) {
         return Ok((k.store, k.evaluate, k.uses));
     }
-    let mut store = sandbox::new_store(engine, limits)
-        .map_err(|e| PolicyFailure::new(FailureKind::Instantiate, format!("{e:#}")))?;
-    let instance = pre
-        .inner
-        .instance_pre()
-        .instantiate(&mut store)
-        .map_err(|e| instantiate_failure(&e, store.data(), limits))?;
-    let func = instance
-        .get_func(&mut store, pre.evaluate)
-        .ok_or_else(no_evaluate)?;
-    Ok((store, func, 0))
+    let mut store = sandbox::new_store(engine, limits).map_err(|e| {
+        (
+            PolicyFailure::new(FailureKind::Instantiate, format!("{e:#}")),
+            0,
+        )
+    })?;
+    let instance = match pre.inner.instance_pre().instantiate(&mut store) {
+        Ok(instance) => instance,
+        Err(e) => {
+            let failure = instantiate_failure(&e, store.data(), limits);
+            return Err((failure, fuel_used(&store, limits)));
+        }
+    };
+    match instance.get_func(&mut store, pre.evaluate) {
+        Some(func) => Ok((store, func, 0)),
+        None => Err((no_evaluate(), fuel_used(&store, limits))),
+    }
+}
+
+/// The fuel a store has used of its call's budget.
+fn fuel_used(store: &Store<StoreState>, limits: &Limits) -> u64 {
+    limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0))
 }
 
 fn no_evaluate() -> PolicyFailure {
     PolicyFailure::new(FailureKind::Instantiate, "no export `evaluate`")
 }
 
-/// Gives the call its own fuel, deadline and stderr, whether the instance
-/// is fresh or kept.
+/// Gives a kept instance's call its own fuel, deadline and stderr.
 fn arm(store: &mut Store<StoreState>, engine: &Engine, limits: &Limits) -> wasmtime::Result<()> {
     store.set_fuel(limits.fuel)?;
     // A kept instance may have run async, with a yielding callback; the
@@ -339,10 +358,10 @@ fn arm(store: &mut Store<StoreState>, engine: &Engine, limits: &Limits) -> wasmt
     Ok(())
 }
 
-fn failed(failure: PolicyFailure, start: Instant) -> Evaluation {
+fn failed(failure: PolicyFailure, fuel: u64, start: Instant) -> Evaluation {
     Evaluation {
         result: Err(failure),
-        fuel: 0,
+        fuel,
         micros: micros_since(start),
     }
 }
@@ -361,7 +380,7 @@ fn finish_kept(
     pool: Option<&InstancePool>,
     input: &Input,
 ) -> Evaluation {
-    let fuel = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+    let fuel = fuel_used(&store, limits);
     let result = result.and_then(check_output);
     match pool {
         Some(pool) if result.is_ok() && pool.enabled() => {
@@ -436,7 +455,7 @@ fn finish<T>(
     limits: &Limits,
     start: Instant,
 ) -> Run<T> {
-    let fuel = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+    let fuel = fuel_used(&store, limits);
     drop(store);
     Run {
         result,
