@@ -623,8 +623,8 @@ impl Arbiter {
                     let policy = canary.map_or(primary, |(_, c)| &c.policy);
                     let (engine, limits, settings) =
                         (&self.engine, &policy.limits, &policy.settings);
+                    let pool = Some(policy.instances());
                     let eval = if yielding {
-                        let pool = Some(policy.instances());
                         evaluate::evaluate_async(
                             engine,
                             &policy.pre,
@@ -635,7 +635,6 @@ impl Arbiter {
                         )
                         .await
                     } else {
-                        let pool = Some(policy.instances());
                         evaluate::evaluate(engine, &policy.pre, limits, settings, &mut input, pool)
                     };
                     let mut report = report(policy, eval);

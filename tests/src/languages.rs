@@ -107,9 +107,9 @@ pub fn load_with(lang: Lang, limits: Limits) -> LoadedPolicy {
 /// The procurement policy in `lang` with its default limits, loaded once
 /// per test binary.
 pub fn procurement(lang: Lang) -> LoadedPolicy {
-    static LOADED: [OnceLock<LoadedPolicy>; 4] = [const { OnceLock::new() }; 4];
-    let i = Lang::ALL.iter().position(|l| *l == lang).unwrap_or(0);
-    LOADED[i]
+    static LOADED: [OnceLock<LoadedPolicy>; Lang::ALL.len()] =
+        [const { OnceLock::new() }; Lang::ALL.len()];
+    LOADED[lang as usize]
         .get_or_init(|| load_with(lang, lang.limits()))
         .clone()
 }

@@ -85,10 +85,9 @@ enum Command {
     Inspect {
         /// The component (.wasm).
         file: PathBuf,
-        /// Inspect it as loaded with this WASI capability granted:
-        /// `clocks` or `random`.
-        #[arg(long = "grant", value_name = "CAPABILITY", value_parser = ["clocks", "random"])]
-        grants: Vec<String>,
+        /// Inspect it as loaded with these WASI capabilities granted.
+        #[command(flatten)]
+        grants: GrantArgs,
     },
     /// Write a new Ed25519 key pair: ID.key (owner-only) and ID.pub.
     Keygen(KeygenArgs),
@@ -238,10 +237,26 @@ pub(super) struct LimitArgs {
     /// Linear-memory cap, in bytes [default: 16 MiB].
     #[arg(long)]
     max_memory_bytes: Option<usize>,
+    #[command(flatten)]
+    grants: GrantArgs,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct GrantArgs {
     /// Grant a WASI capability the policy imports: `clocks` or `random`
     /// (a Go policy needs both) [default: none].
     #[arg(long = "grant", value_name = "CAPABILITY", value_parser = ["clocks", "random"])]
     grants: Vec<String>,
+}
+
+impl GrantArgs {
+    fn wasi(&self) -> WasiGrants {
+        let granted = |c: &str| self.grants.iter().any(|g| g == c);
+        WasiGrants {
+            clocks: granted("clocks"),
+            random: granted("random"),
+        }
+    }
 }
 
 impl LimitArgs {
@@ -251,16 +266,8 @@ impl LimitArgs {
             fuel: self.fuel.unwrap_or(d.fuel),
             deadline_ms: self.deadline_ms.unwrap_or(d.deadline_ms),
             max_memory_bytes: self.max_memory_bytes.unwrap_or(d.max_memory_bytes),
-            wasi: self.wasi(),
+            wasi: self.grants.wasi(),
             ..d
-        }
-    }
-
-    fn wasi(&self) -> WasiGrants {
-        let granted = |c: &str| self.grants.iter().any(|g| g == c);
-        WasiGrants {
-            clocks: granted("clocks"),
-            random: granted("random"),
         }
     }
 }
@@ -298,7 +305,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve(args, &global),
         Command::Eval(args) => eval(args, open_cache(&global)?.as_ref()),
         Command::Test(args) => test(args, open_cache(&global)?.as_ref()),
-        Command::Inspect { file, grants } => inspect(&file, &grants),
+        Command::Inspect { file, grants } => inspect(&file, &grants.wasi()),
         Command::Keygen(args) => keygen(&args),
         Command::Sign(args) => sign(&args),
         Command::Verify(args) => verify(&args),
@@ -806,17 +813,10 @@ fn test(args: TestArgs, cache: Option<&CompileCache>) -> anyhow::Result<ExitCode
     })
 }
 
-fn inspect(file: &Path, grants: &[String]) -> anyhow::Result<ExitCode> {
+fn inspect(file: &Path, grants: &WasiGrants) -> anyhow::Result<ExitCode> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read `{}`", file.display()))?;
     let engine = engine()?;
-    let grants = LimitArgs {
-        fuel: None,
-        deadline_ms: None,
-        max_memory_bytes: None,
-        grants: grants.to_vec(),
-    }
-    .wasi();
-    let report = load::inspect(&engine, &bytes, &grants)
+    let report = load::inspect(&engine, &bytes, grants)
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("`{}` is not a WebAssembly component", file.display()))?;
     println!("file:    {}", file.display());

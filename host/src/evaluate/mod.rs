@@ -24,7 +24,6 @@ pub(crate) use reuse::IdleCount;
 pub use reuse::InstancePool;
 pub(crate) use sandbox::StoreState;
 pub use sandbox::{Limits, MemoryCapExceeded, PolicyExited, Reuse};
-pub(crate) use stdio::LINKED_INTERFACES;
 pub use wasi::WasiGrants;
 pub(crate) use wasi::refusal as import_refusal;
 

@@ -66,6 +66,10 @@ impl InstancePool {
     /// An idle instance that may decide for `agent`, most recently used
     /// first.
     pub(super) fn take(&self, agent: &str) -> Option<Kept> {
+        // Every decision asks; with reuse off it must not take the lock.
+        if !self.reuse.enabled() {
+            return None;
+        }
         let mut kept = self.kept.lock().ok()?;
         let i = kept
             .iter()

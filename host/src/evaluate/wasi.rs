@@ -20,7 +20,7 @@ use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, ComponentType, Lift, Linker, Lower, Resource, ResourceType};
 
 use super::sandbox::StoreState;
-use super::stdio::{InputStream, IoError, OutputStream, Pollable, VERSION};
+use super::stdio::{InputStream, IoError, LINKED_INTERFACES, OutputStream, Pollable, VERSION};
 
 /// The WASI capabilities a policy may be granted, `[policies.limits.wasi]`.
 /// Both default to off: a decision should depend on its inputs only.
@@ -35,7 +35,7 @@ pub struct WasiGrants {
     pub random: bool,
 }
 
-/// The interfaces linked for every policy, besides [`super::LINKED_INTERFACES`].
+/// The interfaces linked for every policy, besides [`LINKED_INTERFACES`].
 const FILESYSTEM: &[&str] = &["wasi:filesystem/types", "wasi:filesystem/preopens"];
 const CLOCKS: &[&str] = &["wasi:clocks/wall-clock", "wasi:clocks/monotonic-clock"];
 const RANDOM: &[&str] = &[
@@ -51,7 +51,7 @@ const MAX_RANDOM_BYTES: u64 = 1 << 16;
 /// Why an import is refused, in words for the load error; `None` when the
 /// host links `unversioned` (an interface name without its `@version`).
 pub(crate) fn refusal(unversioned: &str, grants: &WasiGrants) -> Option<String> {
-    if super::LINKED_INTERFACES.contains(&unversioned) || FILESYSTEM.contains(&unversioned) {
+    if LINKED_INTERFACES.contains(&unversioned) || FILESYSTEM.contains(&unversioned) {
         return None;
     }
     let grant = |granted: bool, key: &str| {
