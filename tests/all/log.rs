@@ -353,6 +353,13 @@ fn segments_rotate_by_size_and_age_and_the_chain_runs_across_them() {
     std::thread::sleep(Duration::from_millis(1100));
     a.decide(&requests(1)[0]);
     a.decide(&requests(1)[0]);
+    // The write that finds the segment aged asks the log's thread for a new
+    // one; closing before that thread ran would leave the rotation to the
+    // next open, so give it the time a busy machine may need.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while segments(aged.path()).expect("list").len() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     drop(a);
     opened.close();
     assert_eq!(segments(aged.path()).expect("list").len(), 2);
