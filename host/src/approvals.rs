@@ -16,100 +16,18 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+pub use crate::decision::{ApprovalRef, ApprovalStatus as Status};
+
 use crate::decision::{Decision, Outcome, Request};
-use crate::enrich::Clock;
-use crate::enrich::store::{APPROVALS, Store, StoreError};
 use crate::evidence::log::DecisionLog;
 use crate::evidence::record::value_sha256;
-
-/// Where an approval stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Status {
-    /// Waiting for a person.
-    Pending,
-    /// Granted; not used yet.
-    Approved,
-    /// Refused by a person.
-    Declined,
-    /// Nobody answered in time.
-    Expired,
-    /// Granted and used by a decision.
-    Used,
-}
-
-impl Status {
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Pending => "pending",
-            Status::Approved => "approved",
-            Status::Declined => "declined",
-            Status::Expired => "expired",
-            Status::Used => "used",
-        }
-    }
-}
-
-/// One approval, as stored and shown.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Approval {
-    /// Its id (UUIDv7).
-    pub id: String,
-    /// Where it stands.
-    pub status: Status,
-    /// `sha256:` of the canonical action and context it was asked about.
-    pub digest: String,
-    /// The policies that asked for it, with their versions.
-    pub policies: BTreeMap<String, String>,
-    /// The action and context, for the person deciding.
-    pub request: Value,
-    /// The asking policy's rule and reason.
-    pub rule: String,
-    /// Why the policy asked.
-    pub reason: String,
-    /// Its risk.
-    pub risk: u8,
-    /// The decision that asked.
-    pub decision_id: String,
-    /// When it was asked for (ms since the epoch).
-    pub created_ms: u64,
-    /// When it expires if nobody answers.
-    pub expires_ms: u64,
-    /// Who answered, when and why.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub answer: Option<Answer>,
-    /// The decision that used it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub used_by: Option<String>,
-}
-
-/// A person's answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Answer {
-    /// Who.
-    pub by: String,
-    /// Why.
-    pub reason: String,
-    /// When (ms since the epoch).
-    pub at_ms: u64,
-}
-
-/// What a decision says of its approval.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ApprovalRef {
-    /// The approval's id: ask again with it as `approval_id`.
-    pub id: String,
-    /// Where it stands.
-    pub status: Status,
-    /// When it expires if nobody answers (RFC 3339).
-    pub expires_at: String,
-}
+pub use crate::state::{Answer, Approval};
+use crate::state::{ApprovalStore, StoreError};
+use crate::time::{Clock, ms_time};
 
 /// Why an answer was not taken.
 #[derive(Debug, thiserror::Error)]
@@ -139,7 +57,7 @@ pub enum ApprovalError {
 /// The approvals of one server.
 pub struct Approvals {
     inner: Mutex<BTreeMap<String, Approval>>,
-    store: Option<Arc<Store>>,
+    store: Option<Arc<dyn ApprovalStore>>,
     clock: Arc<dyn Clock>,
     ttl_ms: u64,
     keep_ms: u64,
@@ -163,13 +81,17 @@ impl Approvals {
     /// # Errors
     /// A [`StoreError`] when the store cannot be read.
     pub fn open(
-        store: Option<Arc<Store>>,
+        store: Option<Arc<dyn ApprovalStore>>,
         clock: Arc<dyn Clock>,
         ttl: Duration,
         keep: Duration,
     ) -> Result<Self, StoreError> {
         let all = match &store {
-            Some(s) => s.all::<Approval>(APPROVALS)?.into_iter().collect(),
+            Some(s) => s
+                .approvals()?
+                .into_iter()
+                .map(|a| (a.id.clone(), a))
+                .collect(),
             None => BTreeMap::new(),
         };
         Ok(Approvals {
@@ -251,7 +173,7 @@ impl Approvals {
             answer: None,
             used_by: None,
         };
-        if let Err(e) = self.persist(&approval) {
+        if let Err(e) = self.create(&approval) {
             let reason = format!(
                 "Arbiter could not keep the approval this action needs: {e}; failing closed."
             );
@@ -341,14 +263,25 @@ impl Approvals {
                 let mut used = a.clone();
                 used.status = Status::Used;
                 used.used_by = Some(decision.decision_id.clone());
-                if let Err(e) = self.persist(&used) {
-                    return refuse(
-                        "failure.approvals",
-                        format!(
-                            "Arbiter could not mark approval `{id}` used: {e}; failing closed."
-                        ),
-                        a,
-                    );
+                match self.transition(Status::Approved, &used) {
+                    Ok(true) => {}
+                    // Another holder of the store used it first.
+                    Ok(false) => {
+                        return refuse(
+                            "approval.used",
+                            format!("Approval `{id}` was already used; an approval allows once."),
+                            a,
+                        );
+                    }
+                    Err(e) => {
+                        return refuse(
+                            "failure.approvals",
+                            format!(
+                                "Arbiter could not mark approval `{id}` used: {e}; failing closed."
+                            ),
+                            a,
+                        );
+                    }
                 }
                 self.event(&used, "used", None);
                 *a = used;
@@ -404,7 +337,12 @@ impl Approvals {
             )
             .map_err(|e| ApprovalError::Unrecorded(e.to_string()))?;
         }
-        self.persist(&next)?;
+        if !self.transition(Status::Pending, &next)? {
+            return Err(ApprovalError::NotPending {
+                id: id.to_owned(),
+                status: "changed elsewhere",
+            });
+        }
         *a = next.clone();
         self.bump();
         tracing::info!(
@@ -457,7 +395,7 @@ impl Approvals {
             .collect();
         for id in old {
             if let Some(s) = &self.store
-                && let Err(e) = s.remove(APPROVALS, &id)
+                && let Err(e) = s.remove(&id)
             {
                 tracing::warn!(approval = %id, error = %e, "an old approval could not be removed");
                 continue;
@@ -490,7 +428,7 @@ impl Approvals {
         }
         let mut next = a.clone();
         next.status = Status::Expired;
-        if let Err(e) = self.persist(&next) {
+        if let Err(e) = self.transition(a.status, &next) {
             // Still treated as expired in memory: an unanswered approval
             // never turns into an allow.
             tracing::error!(approval = %a.id, error = %e, "the expiry could not be stored");
@@ -500,10 +438,19 @@ impl Approvals {
         self.bump();
     }
 
-    fn persist(&self, a: &Approval) -> Result<(), StoreError> {
+    fn create(&self, a: &Approval) -> Result<(), StoreError> {
         match &self.store {
-            Some(s) => s.put(APPROVALS, &a.id, a),
+            Some(s) => s.create(a),
             None => Ok(()),
+        }
+    }
+
+    /// Moves `next` from status `from` in the store; `false` when the
+    /// stored approval is no longer in `from`. In memory only: always.
+    fn transition(&self, from: Status, next: &Approval) -> Result<bool, StoreError> {
+        match &self.store {
+            Some(s) => s.transition(from, next),
+            None => Ok(true),
         }
     }
 
@@ -588,9 +535,4 @@ fn deny(decision: Decision, rule: &str, reason: String) -> Decision {
 
 fn truncate(s: &str) -> String {
     s.chars().take(80).collect()
-}
-
-/// RFC 3339 of `ms` since the epoch.
-pub fn ms_time(ms: u64) -> String {
-    crate::reload::timestamp(UNIX_EPOCH + Duration::from_millis(ms))
 }

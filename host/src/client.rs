@@ -10,6 +10,11 @@ use hyper::{Method, Request, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+/// Header a gateway can use instead of `Authorization` to present its
+/// Arbiter token, since the external authorizer reads `Authorization` as
+/// part of the original request.
+pub const TOKEN_HEADER: &str = "x-arbiter-token";
+
 /// Where a server is and how to authenticate to it.
 #[derive(Debug, Clone)]
 pub struct ServerAddress {

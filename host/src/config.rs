@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::decision::Mode;
 use crate::decision::{Action, Context, History, Outcome};
 use crate::engine::EngineConfig;
 use crate::evaluate::Limits;
-use crate::mode::Mode;
 use crate::route::RouteSpec;
 
 /// The configuration Arbiter runs with when given none: the five example
@@ -996,14 +996,6 @@ impl Overrides {
             config.state.dir = Some(dir.clone());
         }
     }
-}
-
-/// The path in environment variable `name`, if it is set and not empty:
-/// for the default directories of the cache and the decision log.
-pub(crate) fn env_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os(name)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
 }
 
 /// A secret from the configuration: `env:NAME` reads the variable NAME;

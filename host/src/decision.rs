@@ -4,11 +4,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::str::FromStr;
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-
-use crate::mode::Mode;
 
 /// What an agent asks to do, as seen at an interception point.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -207,9 +207,129 @@ pub struct Decision {
     pub params: Option<Value>,
     /// With require-approval, and when asked again with one: the approval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub approval: Option<crate::approvals::ApprovalRef>,
+    pub approval: Option<ApprovalRef>,
     /// Every policy that ran, in chain order.
     pub policies: Vec<PolicyReport>,
     /// Wall-clock time of the whole decision, in microseconds.
     pub micros: u64,
+}
+/// How much a policy's answer binds.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// The policy does not run; the action is recorded and allowed.
+    Monitor,
+    /// The policy runs; its answer is reported, not enforced.
+    SoftEnforce,
+    /// The policy's answer binds.
+    #[default]
+    Enforce,
+}
+
+impl Mode {
+    /// The wire name: "monitor", "soft-enforce", "enforce".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Monitor => "monitor",
+            Mode::SoftEnforce => "soft-enforce",
+            Mode::Enforce => "enforce",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Mode {
+    type Err = UnknownMode;
+
+    fn from_str(s: &str) -> Result<Self, UnknownMode> {
+        match s {
+            "monitor" => Ok(Mode::Monitor),
+            "soft-enforce" => Ok(Mode::SoftEnforce),
+            "enforce" => Ok(Mode::Enforce),
+            other => Err(UnknownMode(other.chars().take(40).collect())),
+        }
+    }
+}
+
+/// A mode name that is none of the three.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown mode `{0}`: expected monitor, soft-enforce or enforce")]
+pub struct UnknownMode(pub String);
+
+/// Where an approval stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ApprovalStatus {
+    /// Waiting for a person.
+    Pending,
+    /// Granted; not used yet.
+    Approved,
+    /// Refused by a person.
+    Declined,
+    /// Nobody answered in time.
+    Expired,
+    /// Granted and used by a decision.
+    Used,
+}
+
+impl ApprovalStatus {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalStatus::Pending => "pending",
+            ApprovalStatus::Approved => "approved",
+            ApprovalStatus::Declined => "declined",
+            ApprovalStatus::Expired => "expired",
+            ApprovalStatus::Used => "used",
+        }
+    }
+}
+
+/// What a decision says of its approval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalRef {
+    /// The approval's id: ask again with it as `approval_id`.
+    pub id: String,
+    /// Where it stands.
+    pub status: ApprovalStatus,
+    /// When it expires if nobody answers (RFC 3339).
+    pub expires_at: String,
+}
+
+impl Decision {
+    /// A deny by the host itself, before or instead of any policy: a
+    /// gate, a route that matches nothing, a failure of the host.
+    pub fn host_deny(rule: &str, reason: String, start: Instant) -> Decision {
+        Decision {
+            approval: None,
+            decision_id: new_decision_id(),
+            outcome: Outcome::Deny,
+            decided: Outcome::Deny,
+            mode: Mode::Enforce,
+            warnings: Vec::new(),
+            reason,
+            rule: rule.to_owned(),
+            risk: 100,
+            params: None,
+            policies: Vec::new(),
+            micros: micros_since(start),
+        }
+    }
+}
+
+/// A fresh decision id: a UUIDv7, so ids sort by time.
+pub fn new_decision_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Microseconds since `start`, saturating.
+pub fn micros_since(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)
 }

@@ -7,11 +7,10 @@
 //! heap); interpreted-language policies need a larger `max_memory_bytes`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::evaluate::IdleCount;
 use serde::Deserialize;
 use wasmtime::{Enabled, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
 
@@ -273,9 +272,56 @@ impl Drop for EpochTicker {
     }
 }
 
+/// One of the engine's idle-instance slots, given back on drop.
+pub(crate) struct IdleSlot(Arc<IdleCount>);
+
+/// The engine-wide count of idle instances and its bound.
+#[derive(Debug)]
+pub(crate) struct IdleCount {
+    count: AtomicU32,
+    max: u32,
+}
+
+impl IdleCount {
+    /// A count bounded by `max`.
+    pub(crate) fn new(max: u32) -> Self {
+        IdleCount {
+            count: AtomicU32::new(0),
+            max,
+        }
+    }
+}
+
+impl IdleSlot {
+    pub(crate) fn acquire(idle: &Arc<IdleCount>) -> Option<Self> {
+        idle.count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < idle.max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| IdleSlot(Arc::clone(idle)))
+    }
+}
+
+impl Drop for IdleSlot {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idle_slots_are_bounded_and_given_back() {
+        let idle = Arc::new(IdleCount::new(2));
+        let a = IdleSlot::acquire(&idle).expect("first");
+        let _b = IdleSlot::acquire(&idle).expect("second");
+        assert!(IdleSlot::acquire(&idle).is_none());
+        drop(a);
+        assert!(IdleSlot::acquire(&idle).is_some());
+    }
 
     #[test]
     fn deadline_rounds_up_and_adds_one() {

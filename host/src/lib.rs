@@ -29,6 +29,7 @@
 //! configuration; [`cases`] runs conformance case files.
 #![deny(missing_docs)]
 
+pub mod admission;
 pub mod approvals;
 pub mod arbiter;
 pub mod cases;
@@ -43,15 +44,21 @@ pub mod evaluate;
 pub mod evidence;
 pub mod examples;
 pub mod front_door;
+pub mod glob;
 mod hex;
 pub mod load;
 pub mod mcp;
 pub mod mode;
+pub mod paths;
 pub mod reload;
 pub mod route;
 pub mod server;
+pub mod set;
 pub mod shadow;
 pub mod signing;
+pub mod state;
+pub mod time;
 
-pub use arbiter::{Arbiter, PolicySet};
+pub use arbiter::Arbiter;
 pub use decision::{Action, Context, Decision, History, Outcome, PolicyReport, Principal, Request};
+pub use set::PolicySet;

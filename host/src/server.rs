@@ -33,18 +33,19 @@ use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::approvals::Approvals;
-use crate::arbiter::{open_cache, specs_from_config};
 use crate::config::{Config, Overrides};
 use crate::engine::Engine;
-use crate::enrich::store::{self, Store, StoreError};
-use crate::enrich::{Agents, Clock, SystemClock};
+use crate::enrich::Agents;
+use crate::enrich::pins::Pins;
 use crate::evidence::log::{DecisionLog, LogError};
 use crate::evidence::metrics::Metrics;
 use crate::front_door::http::{self, AppState, HttpOptions, LoadState, Service};
 use crate::load::LoadError;
-use crate::mcp::pins::Pins;
 use crate::reload::Registry;
 use crate::reload::watch::Watcher;
+use crate::set::{open_cache, specs_from_config};
+use crate::state::{self, StoreError};
+use crate::time::{Clock, SystemClock};
 
 /// Why the service could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -278,23 +279,20 @@ pub async fn bind(
         .dir
         .as_ref()
         .map(|d| base.join(d))
-        .or_else(store::default_dir)
-        .ok_or_else(|| StoreError {
-            path: "state".into(),
-            problem: "no state directory: set `state.dir`, $ARBITER_STATE_DIR or $HOME".into(),
-        })?;
+        .or_else(state::default_dir)
+        .ok_or(StoreError::NoDirectory)?;
     let clock = options
         .clock
         .map_or_else(|| Arc::new(SystemClock) as Arc<dyn Clock>, |c| c.0);
-    let store = Arc::new(Store::open(&state_dir)?);
+    let store = state::open(&state_dir)?;
     let mut agents = Agents::durable(
         config.agents.clone(),
         Arc::clone(&clock),
-        Arc::clone(&store),
+        Arc::clone(&store.agents),
     )?
     .with_metrics(Arc::clone(&metrics));
     let mut approvals = Approvals::open(
-        Some(Arc::clone(&store)),
+        Some(Arc::clone(&store.approvals)),
         clock,
         Duration::from_secs(config.approvals.ttl_s),
         Duration::from_secs(config.approvals.keep_s),
@@ -303,7 +301,7 @@ pub async fn bind(
         agents = agents.with_log(Arc::clone(log));
         approvals = approvals.with_log(Arc::clone(log));
     }
-    let mut pins = Pins::open(Some(Arc::clone(&store)))?;
+    let mut pins = Pins::open(Some(Arc::clone(&store.pins)))?;
     if let Some(log) = &log {
         pins = pins.with_log(Arc::clone(log));
     }
@@ -363,9 +361,7 @@ pub async fn bind(
                         .with_metrics(Arc::clone(&loader_state.metrics))
                         .with_overrides(overrides)
                         .on_config(Box::new(move |config| {
-                            let previous = service.load();
-                            service
-                                .store(Arc::new(Service::new(Arc::clone(config), Some(&previous))));
+                            service.store(Arc::new(Service::new(Arc::clone(config))));
                         })),
                 );
                 let n = registry.arbiter().policy_set().policies().count();

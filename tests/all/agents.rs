@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arbiter::config::{Config, SafeMode, Secret};
-use arbiter::enrich::Clock;
 use arbiter::route::RouteSpec;
 use arbiter::server::{ClockHandle, ServeOptions};
+use arbiter::time::Clock;
 use arbiter_tests::http::{self, Conn, get};
 use arbiter_tests::{CASES, Server, artifacts, server_config};
 use serde_json::{Value, json};

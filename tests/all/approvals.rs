@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arbiter::config::{Config, Secret};
-use arbiter::enrich::Clock;
 use arbiter::server::{ClockHandle, ServeOptions};
+use arbiter::time::Clock;
 use arbiter_tests::http::{self, Conn, get};
 use arbiter_tests::{Server, log_records, server_config, wait_for};
 use serde_json::{Value, json};

@@ -2,7 +2,7 @@
 //! compile cache spares a restart from recompiling.
 
 use arbiter::evaluate::{Limits, Reuse, WasiGrants};
-use arbiter::load::{self, CacheStatus, CompileCache, LoadProblem, LoadStep, PolicySpec, Source};
+use arbiter::load::{self, CacheStatus, CompileCache, LoadProblem, LoadStep, PolicySpec};
 use arbiter::route::RouteTable;
 use arbiter::{Outcome, PolicySet};
 use arbiter_tests::{arbiter, artifacts, engine, load_file, request, route_all};
@@ -86,20 +86,18 @@ fn granted_clocks_read_the_time_but_never_wait_and_the_filesystem_is_empty() {
 
 #[test]
 fn a_route_to_a_policy_that_failed_to_load_denies_naming_the_failure() {
-    let spec = PolicySpec {
-        name: "reader".into(),
-        source: Source::File(artifacts::NET_IMPORT.into()),
-        settings: json!({}),
-        limits: Limits::default(),
-        smoke: Vec::new(),
-        trust: Default::default(),
-    };
-    let set = PolicySet::load(
-        &engine(),
-        None,
-        &[spec],
-        RouteTable::new(vec![route_all(&["reader"])]),
-    );
+    // The one assembler keeps a policy that fails as a failure of the set.
+    let config = arbiter::config::Config::parse(
+        &format!(
+            "[[policies]]\nname = \"reader\"\nfile = {:?}\n\n[[routes]]\nkind = \"*\"\nchain = [\"reader\"]\n",
+            artifacts::NET_IMPORT
+        ),
+        "test",
+    )
+    .expect("config");
+    let set = arbiter::set::assemble(&engine(), None, &config, std::path::Path::new("."))
+        .expect("assembled")
+        .set;
     assert!(set.failures().contains_key("reader"));
     let d = arbiter::Arbiter::new(engine(), set).decide(&request("tool", "x", json!({})));
     assert_eq!(

@@ -7,6 +7,7 @@ mod chain;
 mod concurrency;
 mod hostile;
 mod languages;
+mod layers;
 mod load;
 mod log;
 mod nginx;

@@ -10,16 +10,17 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 
+use crate::arbiter::Arbiter;
 use crate::cases::{self, Case};
 use crate::client::{ServerAddress, error_message};
 use crate::config::Config;
 use crate::config::{CacheConfig, Overrides, TrustConfig, TrustedKey};
 use crate::engine::{Engine, EngineConfig};
 use crate::evaluate::{Limits, WasiGrants};
+use crate::examples;
 use crate::front_door::wire;
 use crate::load::{self, CompileCache, PolicySpec, Source};
 use crate::signing::{KeyPair, PublicKey, SignatureFile, signature_path};
-use crate::{Arbiter, examples};
 
 mod agents;
 mod approvals;

@@ -40,36 +40,6 @@ impl Window {
     }
 }
 
-/// Spend of the current UTC day, in cents.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub(crate) struct DaySpend {
-    day: u64,
-    cents: u64,
-}
-
-/// Milliseconds in a day.
-const DAY_MS: u64 = 86_400_000;
-
-impl DaySpend {
-    /// Today's spend at `now` (ms since the Unix epoch).
-    pub(crate) fn today(&self, now: u64) -> u64 {
-        if self.day == now / DAY_MS {
-            self.cents
-        } else {
-            0
-        }
-    }
-
-    /// Adds `cents` to today's spend.
-    pub(crate) fn add(&mut self, now: u64, cents: u64) {
-        let day = now / DAY_MS;
-        if self.day != day {
-            *self = DaySpend { day, cents: 0 };
-        }
-        self.cents = self.cents.saturating_add(cents);
-    }
-}
-
 /// The amount of an action's params in cents: `params.amount` in dollars,
 /// when it is a positive finite number.
 pub(crate) fn amount_cents(params: &serde_json::Value) -> Option<u64> {
@@ -81,6 +51,7 @@ pub(crate) fn amount_cents(params: &serde_json::Value) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::{DAY_MS, DaySpend};
 
     #[test]
     fn window_edges_are_exact_to_the_millisecond() {

@@ -19,22 +19,24 @@
 //! budget; the other windows start empty.
 
 pub mod history;
-pub mod store;
+pub mod pins;
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::config::{AgentsConfig, SafeMode};
-use crate::decision::{History, Outcome, Request};
+use crate::decision::{Decision, History, Outcome, Request};
 use crate::evidence::log::DecisionLog;
 use crate::evidence::metrics::Metrics;
-use history::{DaySpend, Window, amount_cents};
-use store::{BREAKERS, SPEND, SUSPENSIONS, Store, StoreError};
+use crate::state::{AgentStore, DaySpend, StoreError};
+pub use crate::state::{Breaker, Suspension};
+use crate::time::{Clock, ms_time};
+use history::{Window, amount_cents};
 
 const MINUTE_MS: u64 = 60_000;
 const HOUR_MS: u64 = 3_600_000;
@@ -45,47 +47,6 @@ const MAX_ACTIONS_PER_AGENT: usize = 256;
 /// reason: a flood of new agent ids cannot reset anyone's counters.
 const OVERFLOW_AGENT: &str = "*";
 const SHARDS: usize = 16;
-
-/// The host's wall clock, in milliseconds since the Unix epoch; tests give
-/// their own.
-pub trait Clock: Send + Sync {
-    /// Now.
-    fn now_ms(&self) -> u64;
-}
-
-/// The system clock.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-    }
-}
-
-/// Why an agent is suspended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Suspension {
-    /// Why, as the person who did it said.
-    pub reason: String,
-    /// Who did it.
-    pub by: String,
-    /// When (RFC 3339).
-    pub at: String,
-}
-
-/// An open circuit breaker.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Breaker {
-    /// When it opened (ms since the epoch).
-    pub since_ms: u64,
-    /// When it closes again.
-    pub until_ms: u64,
-    /// Denials in the window when it opened.
-    pub denials: u32,
-}
 
 /// What stops an agent before any policy runs.
 #[derive(Debug, Clone, PartialEq)]
@@ -149,7 +110,7 @@ pub struct Agents {
     /// Spend changed since it was last saved.
     spend_dirty: std::sync::atomic::AtomicBool,
     suspended: RwLock<BTreeMap<String, Suspension>>,
-    store: Option<Arc<Store>>,
+    store: Option<Arc<dyn AgentStore>>,
     log: Option<Arc<DecisionLog>>,
     metrics: Option<Arc<Metrics>>,
 }
@@ -206,11 +167,11 @@ impl Agents {
     pub fn durable(
         config: AgentsConfig,
         clock: Arc<dyn Clock>,
-        store: Arc<Store>,
+        store: Arc<dyn AgentStore>,
     ) -> Result<Self, StoreError> {
         let mut agents = Agents::in_memory(config, clock);
-        let suspended: Vec<(String, Suspension)> = store.all(SUSPENSIONS)?;
-        let breakers: Vec<(String, Breaker)> = store.all(BREAKERS)?;
+        let suspended = store.suspensions()?;
+        let breakers = store.breakers()?;
         *agents
             .suspended
             .get_mut()
@@ -218,7 +179,7 @@ impl Agents {
         for (agent, breaker) in breakers {
             agents.with_agent(&agent, |a| a.breaker = Some(breaker));
         }
-        let spend: Vec<(String, DaySpend)> = store.all(SPEND)?;
+        let spend = store.spend()?;
         for (agent, day) in spend {
             agents.with_agent(&agent, |a| a.spend = day);
         }
@@ -364,7 +325,7 @@ impl Agents {
                     .map(|(id, a)| (id.clone(), a.spend)),
             );
         }
-        store.put_all(SPEND, &spend).inspect_err(|_| {
+        store.save_spend(&spend).inspect_err(|_| {
             self.spend_dirty.store(true, Ordering::Release);
         })
     }
@@ -376,7 +337,7 @@ impl Agents {
     fn breaker_opened(&self, agent: &str, b: &Breaker) {
         tracing::warn!(agent, denials = b.denials, until = %ms_time(b.until_ms), "circuit breaker opened");
         if let Some(s) = &self.store
-            && let Err(e) = s.put(BREAKERS, agent, b)
+            && let Err(e) = s.open_breaker(agent, b)
         {
             tracing::error!(agent, error = %e, "the open breaker is not stored; a restart would close it");
         }
@@ -395,7 +356,7 @@ impl Agents {
     fn breaker_closed(&self, agent: &str, b: &Breaker) {
         tracing::info!(agent, "circuit breaker closed");
         if let Some(s) = &self.store
-            && let Err(e) = s.remove(BREAKERS, agent)
+            && let Err(e) = s.close_breaker(agent)
         {
             tracing::error!(agent, error = %e, "the closed breaker is still stored; a restart would reopen it until its end");
         }
@@ -434,13 +395,13 @@ impl Agents {
         let s = Suspension {
             reason: reason.to_owned(),
             by: by.to_owned(),
-            at: crate::reload::timestamp(UNIX_EPOCH + Duration::from_millis(self.clock.now_ms())),
+            at: ms_time(self.clock.now_ms()),
         };
         self.record(
             serde_json::json!({"agent": agent, "by": by, "change": "suspend", "reason": reason}),
         )?;
         if let Some(store) = &self.store {
-            store.put(SUSPENSIONS, agent, &s)?;
+            store.suspend(agent, &s)?;
         }
         let n = {
             let mut all = self
@@ -468,7 +429,7 @@ impl Agents {
         };
         self.record(serde_json::json!({"agent": agent, "by": by, "change": "resume"}))?;
         if let Some(store) = &self.store {
-            store.remove(SUSPENSIONS, agent)?;
+            store.resume(agent)?;
         }
         let n = {
             let mut all = self
@@ -574,16 +535,61 @@ impl Agents {
     }
 }
 
+/// The gate: what stops an action before any policy runs, in this order:
+/// a suspended agent; an MCP call to a tool whose pinned definition
+/// changed; an open circuit breaker, for a routed action (`read_only` is
+/// the route's flag, `None` when no route matches, which the route stage
+/// then denies).
+pub fn gate(
+    request: &Request,
+    enriched: Option<&Enriched>,
+    pins: Option<&pins::Pins>,
+    read_only: Option<bool>,
+    start: Instant,
+) -> Option<Decision> {
+    let agent = &request.context.agent.id;
+    if let Some(Gate::Suspended(s)) = enriched.map(|e| &e.gate) {
+        return Some(Decision::host_deny(
+            "agent.suspended",
+            format!(
+                "Agent `{agent}` is suspended: {} (by {} at {}); every action is denied until it is resumed.",
+                s.reason, s.by, s.at
+            ),
+            start,
+        ));
+    }
+    let action = &request.action;
+    if action.kind == pins::KIND
+        && let Some(why) = pins.and_then(|p| p.blocked(&action.target, &action.name))
+    {
+        return Some(Decision::host_deny(pins::CHANGED_RULE, why, start));
+    }
+    if let (Some(Gate::Breaker(mode, b)), Some(read_only)) = (enriched.map(|e| &e.gate), read_only)
+        && (*mode == SafeMode::DenyAll || !read_only)
+    {
+        let allowed = match mode {
+            SafeMode::DenyAll => "every action is denied",
+            SafeMode::ReadOnly => "only read-only actions are allowed",
+        };
+        return Some(Decision::host_deny(
+            "agent.circuit-open",
+            format!(
+                "Agent `{agent}` tripped its circuit breaker ({} denials); {allowed} until {}.",
+                b.denials,
+                ms_time(b.until_ms)
+            ),
+            start,
+        ));
+    }
+    None
+}
+
 fn action_key(kind: &str, name: &str) -> String {
     let mut k = String::with_capacity(kind.len() + name.len() + 1);
     k.push_str(kind);
     k.push('\0');
     k.push_str(name);
     k
-}
-
-fn ms_time(ms: u64) -> String {
-    crate::reload::timestamp(UNIX_EPOCH + Duration::from_millis(ms))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::fmt;
 use wasmtime::Trap;
 
 use super::sandbox::{MemoryCapExceeded, PolicyExited, StoreState};
+use crate::decision::{Mode, Outcome, PolicyReport};
 
 /// The kinds of failure, each with a stable name used in reasons, rules
 /// (`failure.<name>`) and metrics.
@@ -116,5 +117,30 @@ impl PolicyFailure {
 impl fmt::Display for PolicyFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.kind, self.detail)
+    }
+}
+impl PolicyFailure {
+    /// This failure as policy `name`'s deny report: fail closed, the
+    /// reason naming the kind.
+    pub fn report(&self, name: &str, version: &str) -> PolicyReport {
+        PolicyReport {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            signer: None,
+            signed_version: None,
+            mode: Mode::Enforce,
+            candidate: None,
+            outcome: Outcome::Deny,
+            rule: format!("failure.{}", self.kind),
+            reason: format!(
+                "Policy `{name}` failed ({}): {}; failing closed.",
+                self.kind, self.detail
+            ),
+            risk: 100,
+            params: None,
+            fuel: 0,
+            micros: 0,
+            failure: Some(self.kind.to_string()),
+        }
     }
 }

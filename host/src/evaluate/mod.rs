@@ -13,6 +13,8 @@ mod sandbox;
 mod stdio;
 mod wasi;
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::Value;
@@ -20,7 +22,6 @@ use wasmtime::component::{Component, ComponentExportIndex, Func, Linker, TypedFu
 use wasmtime::{Store, UpdateDeadline};
 
 pub use failure::{FailureKind, PolicyFailure};
-pub(crate) use reuse::IdleCount;
 pub use reuse::InstancePool;
 pub(crate) use sandbox::StoreState;
 pub use sandbox::{Limits, MemoryCapExceeded, PolicyExited, Reuse};
@@ -544,9 +545,43 @@ fn check_output(d: wit::Decision) -> Result<Verdict, PolicyFailure> {
     })
 }
 
+/// Runs a future to completion on this thread, for the synchronous
+/// paths: they only ever wait for an instance permit, so parking until
+/// woken is all they need.
+pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let std::task::Poll::Ready(v) = future.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn block_on_waits_for_a_wake_from_another_thread() {
+        let permits = Arc::new(tokio::sync::Semaphore::new(1));
+        let held = Arc::clone(&permits).try_acquire_owned().expect("free");
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            drop(held);
+        });
+        let permit = block_on(permits.acquire());
+        assert!(permit.is_ok());
+        releaser.join().expect("join");
+    }
 
     fn decision(outcome: wit::Outcome, risk: u8, params: Option<&str>) -> wit::Decision {
         wit::Decision {

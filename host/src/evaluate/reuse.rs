@@ -10,13 +10,12 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use wasmtime::Store;
 use wasmtime::component::Func;
 
 use super::sandbox::{Reuse, StoreState};
-use crate::engine::Engine;
+use crate::engine::{Engine, IdleSlot};
 
 /// An instance with its store, ready to decide again.
 pub(super) struct Kept {
@@ -111,57 +110,9 @@ impl InstancePool {
     }
 }
 
-/// One of the engine's idle-instance slots, given back on drop.
-struct IdleSlot(std::sync::Arc<IdleCount>);
-
-/// The engine-wide count of idle instances and its bound.
-#[derive(Debug)]
-pub(crate) struct IdleCount {
-    count: AtomicU32,
-    max: u32,
-}
-
-impl IdleCount {
-    /// A count bounded by `max`.
-    pub(crate) fn new(max: u32) -> Self {
-        IdleCount {
-            count: AtomicU32::new(0),
-            max,
-        }
-    }
-}
-
-impl IdleSlot {
-    fn acquire(idle: &std::sync::Arc<IdleCount>) -> Option<Self> {
-        idle.count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < idle.max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| IdleSlot(std::sync::Arc::clone(idle)))
-    }
-}
-
-impl Drop for IdleSlot {
-    fn drop(&mut self) {
-        self.0.count.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
-
-    #[test]
-    fn idle_slots_are_bounded_and_given_back() {
-        let idle = Arc::new(IdleCount::new(2));
-        let a = IdleSlot::acquire(&idle).expect("first");
-        let _b = IdleSlot::acquire(&idle).expect("second");
-        assert!(IdleSlot::acquire(&idle).is_none());
-        drop(a);
-        assert!(IdleSlot::acquire(&idle).is_some());
-    }
 
     #[test]
     fn reuse_is_off_by_default_and_needs_two_decisions() {

@@ -151,10 +151,12 @@ impl std::fmt::Debug for DecisionLog {
 /// The directory used when `log.dir` is not set: `$ARBITER_LOG_DIR`,
 /// `$XDG_STATE_HOME/arbiter/decisions` or `~/.local/state/arbiter/decisions`.
 pub fn default_dir() -> Option<PathBuf> {
-    use crate::config::env_path as env;
-    env("ARBITER_LOG_DIR")
-        .or_else(|| env("XDG_STATE_HOME").map(|d| d.join("arbiter").join("decisions")))
-        .or_else(|| env("HOME").map(|d| d.join(".local/state/arbiter/decisions")))
+    crate::paths::default_dir(
+        "ARBITER_LOG_DIR",
+        "XDG_STATE_HOME",
+        ".local/state",
+        "decisions",
+    )
 }
 
 /// The segment files of `dir`, oldest first.
@@ -211,7 +213,7 @@ impl DecisionLog {
                 problem: e.to_string(),
             }
         };
-        crate::load::cache::create_private_dir(&dir).map_err(io(&dir))?;
+        crate::paths::create_private_dir(&dir).map_err(io(&dir))?;
         let lock_path = dir.join(".lock");
         let lock = OpenOptions::new()
             .create(true)

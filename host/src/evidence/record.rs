@@ -37,9 +37,9 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::config::ParamsStorage;
+use crate::decision::Mode;
 use crate::decision::{Decision, History, Outcome, PolicyReport, Principal, Request};
 use crate::hex;
-use crate::mode::Mode;
 
 /// The `prev_hash` of the first record of a log.
 pub const GENESIS: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";

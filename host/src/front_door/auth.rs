@@ -24,9 +24,7 @@ impl std::fmt::Debug for Tokens {
     }
 }
 
-/// Header a gateway can use instead of `Authorization`, which the external
-/// authorizer reads as part of the original request.
-pub const TOKEN_HEADER: &str = "x-arbiter-token";
+pub use crate::client::TOKEN_HEADER;
 
 impl Tokens {
     /// The tokens `auth` configures.

@@ -42,7 +42,6 @@ use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request as HttpRequest, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::Semaphore;
 
 use super::auth::Tokens;
 use super::error::FrontDoorError;
@@ -52,8 +51,8 @@ use crate::arbiter::Arbiter;
 use crate::config::{Config, McpServerConfig};
 use crate::decision::{Context, Decision, History, Outcome, Request};
 use crate::enrich::AgentError;
+use crate::enrich::pins::PinError;
 use crate::evidence::metrics::Metrics;
-use crate::mcp::pins::PinError;
 use crate::mode::Mode;
 use crate::reload::{Registry, RollbackError, RolloutError};
 
@@ -82,21 +81,13 @@ pub enum LoadState {
 pub struct Service {
     pub(crate) config: Arc<Config>,
     pub(crate) tokens: Tokens,
-    pub(crate) pending: Arc<Semaphore>,
     /// The MCP servers proxied on `/mcp/{name}`: those with an upstream.
     pub(crate) mcp: BTreeMap<String, Arc<McpServerConfig>>,
 }
 
 impl Service {
-    /// The front door's view of `config`. The bound on pending decisions
-    /// carries over from `previous` when it did not change, so a reload
-    /// does not forget the decisions in flight.
-    pub fn new(config: Arc<Config>, previous: Option<&Service>) -> Self {
-        let limit = config.server.max_pending_decisions;
-        let pending = match previous {
-            Some(p) if p.config.server.max_pending_decisions == limit => Arc::clone(&p.pending),
-            _ => Arc::new(Semaphore::new(limit)),
-        };
+    /// The front door's view of `config`.
+    pub fn new(config: Arc<Config>) -> Self {
         let mcp = config
             .mcp
             .servers
@@ -107,7 +98,6 @@ impl Service {
         Service {
             tokens: Tokens::from_config(&config.auth),
             config,
-            pending,
             mcp,
         }
     }
@@ -129,7 +119,7 @@ impl AppState {
     pub fn new(config: Arc<Config>, metrics: Arc<Metrics>, options: HttpOptions) -> Self {
         AppState {
             load: OnceLock::new(),
-            service: Arc::new(ArcSwap::from_pointee(Service::new(config, None))),
+            service: Arc::new(ArcSwap::from_pointee(Service::new(config))),
             metrics,
             options,
             mcp: crate::mcp::http::Proxies::default(),
@@ -469,7 +459,7 @@ async fn decide(
         history: body.history.unwrap_or_default(),
         approval_id: body.approval_id,
     };
-    let decision = run(state, service, request, caller_history).await?;
+    let decision = run(state, request, caller_history).await?;
     let mut r = json_response(StatusCode::OK, &decision);
     set_decision_id(&mut r, &decision);
     Ok(r)
@@ -488,7 +478,7 @@ async fn authz(
         req.uri(),
         req.headers(),
     );
-    let decision = run(state, service, request, false).await?;
+    let decision = run(state, request, false).await?;
     let (status, reason) = match decision.outcome {
         Outcome::Allow => (StatusCode::OK, decision.reason.clone()),
         Outcome::Deny => (StatusCode::FORBIDDEN, decision.reason.clone()),
@@ -521,35 +511,22 @@ async fn authz(
     Ok(r)
 }
 
-/// Waits for a place (or refuses with 503), then decides off the reactor;
-/// with `caller_history` (tests only), on the history the caller gave.
+/// Decides through the arbiter's one flow; a saturated arbiter is a 503.
+/// With `caller_history` (tests only), on the history the caller gave.
 async fn run(
     state: &AppState,
-    service: &Service,
     request: Request,
     caller_history: bool,
 ) -> Result<Decision, FrontDoorError> {
     let Some(arbiter) = state.arbiter() else {
         return Err(FrontDoorError::NotReady);
     };
-    let _permit = service
-        .pending
-        .try_acquire()
-        .map_err(|_| FrontDoorError::Saturated(service.config.server.max_pending_decisions))?;
-    let decision = if caller_history {
-        arbiter.without_agents().decide_async(request).await
+    let decided = if caller_history {
+        arbiter.without_agents().try_decide_async(request).await
     } else {
-        arbiter.decide_async(request).await
+        arbiter.try_decide_async(request).await
     };
-    state.metrics.record_decision(&decision);
-    tracing::debug!(
-        decision_id = %decision.decision_id,
-        outcome = %decision.outcome,
-        rule = %decision.rule,
-        micros = decision.micros,
-        "decided"
-    );
-    Ok(decision)
+    decided.map_err(|s| FrontDoorError::Saturated(s.limit))
 }
 
 /// The body of a rollback: which version, or the one before the serving.
@@ -843,7 +820,7 @@ async fn approval_answer(
     Ok(json_response(StatusCode::OK, &done))
 }
 
-fn pins_of(state: &AppState) -> Result<Arc<crate::mcp::pins::Pins>, FrontDoorError> {
+fn pins_of(state: &AppState) -> Result<Arc<crate::enrich::pins::Pins>, FrontDoorError> {
     state
         .arbiter()
         .ok_or(FrontDoorError::NotReady)?

@@ -46,7 +46,7 @@ impl CompileCache {
     /// or others may write to it: native code is loaded from there.
     pub fn open(dir: impl Into<PathBuf>) -> std::io::Result<Self> {
         let dir = dir.into();
-        create_private_dir(&dir)?;
+        crate::paths::create_private_dir(&dir)?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -68,10 +68,7 @@ impl CompileCache {
     /// The default location: `$ARBITER_CACHE_DIR`, else
     /// `$XDG_CACHE_HOME/arbiter`, else `$HOME/.cache/arbiter`.
     pub fn default_dir() -> Option<PathBuf> {
-        use crate::config::env_path as env;
-        env("ARBITER_CACHE_DIR")
-            .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("arbiter")))
-            .or_else(|| env("HOME").map(|d| d.join(".cache").join("arbiter")))
+        crate::paths::default_dir("ARBITER_CACHE_DIR", "XDG_CACHE_HOME", ".cache", "")
     }
 
     /// The directory.
@@ -122,7 +119,7 @@ fn store(engine_dir: &Path, path: &Path, component: &Component) -> std::io::Resu
     let serialized = component
         .serialize()
         .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
-    create_private_dir(engine_dir)?;
+    crate::paths::create_private_dir(engine_dir)?;
     let tmp = engine_dir.join(format!(
         ".{}.{}.tmp",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("entry"),
@@ -133,14 +130,6 @@ fn store(engine_dir: &Path, path: &Path, component: &Component) -> std::io::Resu
     f.sync_all()?;
     drop(f);
     fs::rename(&tmp, path)
-}
-
-pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir)
 }
 
 /// The engine's compatibility hash as 16 hex digits. SHA-256 rather than

@@ -25,7 +25,8 @@ pub use pipeline::{load, load_if_changed, load_with_settings, verify_signature, 
 pub use verify::{SignatureProblem, Signer};
 
 use crate::config::{SmokeSample, TrustConfig};
-use crate::evaluate::{InstancePool, Limits, PolicyFailure, PolicyPre};
+use crate::decision::{Mode, PolicyReport};
+use crate::evaluate::{Evaluation, InstancePool, Limits, PolicyFailure, PolicyPre};
 
 /// Where a policy's component bytes come from.
 #[derive(Debug, Clone, PartialEq)]
@@ -103,6 +104,37 @@ impl LoadedPolicy {
     /// Its idle instances, for [`crate::evaluate::evaluate`] with reuse.
     pub fn instances(&self) -> &InstancePool {
         &self.instances
+    }
+
+    /// One evaluation of this policy as its report, under enforce mode
+    /// until the flow says otherwise; a failure is a deny naming it.
+    pub fn report(&self, eval: Evaluation) -> PolicyReport {
+        let mut report = match eval.result {
+            Ok(v) => PolicyReport {
+                name: self.name.clone(),
+                version: self.version.clone(),
+                signer: None,
+                signed_version: None,
+                mode: Mode::Enforce,
+                candidate: None,
+                outcome: v.outcome,
+                rule: v.rule,
+                reason: v.reason,
+                risk: v.risk,
+                params: v.params,
+                fuel: 0,
+                micros: 0,
+                failure: None,
+            },
+            Err(f) => f.report(&self.name, &self.version),
+        };
+        if let Some(s) = &self.signer {
+            report.signer = Some(s.key_id.clone());
+            report.signed_version = Some(s.version.clone());
+        }
+        report.fuel = eval.fuel;
+        report.micros = eval.micros;
+        report
     }
 
     /// Whether `other` is the same component with the same settings and

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::{LoadProblem, Source};
 use crate::config::TrustConfig;
-use crate::route::glob;
+use crate::glob::glob;
 use crate::signing::{PublicKey, SignatureFile, SigningError, signature_path};
 
 /// Who signed a loaded policy, and as what.

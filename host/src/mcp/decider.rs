@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use hyper::Method;
 use serde_json::{Value, json};
 
-use super::pins::Seen;
 use crate::arbiter::Arbiter;
 use crate::client::{ServerAddress, error_message};
 use crate::decision::{Decision, Request};
+use crate::enrich::pins::Seen;
 
 /// The rule of a decision the remote service could not give.
 pub const UNREACHABLE_RULE: &str = "failure.decider";
@@ -55,7 +55,7 @@ impl Decider {
         // The service keeps the log: this deny is only in Arbiter's own log
         // output.
         tracing::error!(action = %request.action.name, problem = %problem, "the decision service could not decide; denied");
-        crate::arbiter::host_deny(
+        Decision::host_deny(
             UNREACHABLE_RULE,
             format!("The decision service could not decide: {problem}; failing closed."),
             start,

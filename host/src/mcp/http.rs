@@ -346,7 +346,7 @@ fn hop_by_hop(name: &HeaderName) -> bool {
             | "upgrade"
             | "host"
             | "content-length"
-            | crate::front_door::auth::TOKEN_HEADER
+            | crate::client::TOKEN_HEADER
     )
 }
 

@@ -21,7 +21,6 @@
 pub mod decider;
 pub mod http;
 pub mod jsonrpc;
-pub mod pins;
 pub mod sse;
 pub mod stdio;
 
@@ -39,7 +38,7 @@ use decider::Decider;
 use jsonrpc::Kind;
 
 /// The action kind of a tool call.
-pub const KIND: &str = "mcp";
+pub const KIND: &str = crate::enrich::pins::KIND;
 /// The action kind of a tool's result.
 pub const RESULT_KIND: &str = "mcp.result";
 /// Where in a call's `params._meta` a client puts the approval it asks
@@ -466,7 +465,7 @@ impl Gateway {
             Ok(seen) => {
                 let changed = seen
                     .iter()
-                    .filter(|(s, _)| *s == pins::Seen::Changed)
+                    .filter(|(s, _)| *s == crate::enrich::pins::Seen::Changed)
                     .count();
                 self.count("tool-changed", changed);
                 msg["result"]["tools"] = Value::Array(seen.into_iter().map(|(_, t)| t).collect());
@@ -549,7 +548,7 @@ mod tests {
             trust: Default::default(),
         };
         let policy = load::load(&engine, None, &spec).expect("loads");
-        let pins = Arc::new(pins::Pins::open(None).expect("pins"));
+        let pins = Arc::new(crate::enrich::pins::Pins::open(None).expect("pins"));
         let arbiter = Arbiter::with_chain(engine, vec![policy]).with_pins(pins);
         Gateway::new(arbiter, Arc::new(server))
     }
@@ -644,7 +643,10 @@ mod tests {
             panic!("denied")
         };
         assert_eq!(e["error"]["code"], jsonrpc::DENIED);
-        assert_eq!(e["error"]["data"]["rule"], pins::CHANGED_RULE);
+        assert_eq!(
+            e["error"]["data"]["rule"],
+            crate::enrich::pins::CHANGED_RULE
+        );
         // A call to another server's tool of that name is not affected.
         let other = Gateway::with_decider(
             g.decider.clone(),

@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use crate::config::RolloutConfig;
 use crate::decision::Request;
-use crate::reload::timestamp;
+use crate::time::timestamp;
 
 /// Strings longer than this are counted, not kept as values.
 const MAX_VALUE_CHARS: usize = 64;

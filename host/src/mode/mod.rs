@@ -12,7 +12,7 @@
 //! binds ([`crate::shadow`]); a `canary` answers instead of it for a
 //! stable share of sessions ([`Rollout::canary_for`]).
 //!
-//! [`rollout_specs_from_config`] reads modes and candidates from the
+//! [`crate::set::rollout_specs_from_config`] reads modes and candidates from the
 //! configuration, and [`load_rollout`] brings the candidates in through the
 //! load pipeline, as any policy version comes in.
 //!
@@ -22,69 +22,18 @@
 
 pub mod baseline;
 
-use std::collections::BTreeMap;
-use std::fmt;
-use std::path::Path;
-use std::str::FromStr;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+pub use crate::decision::{Mode, UnknownMode};
+
 use crate::combine::combine_where;
-use crate::config::{CandidateRole, Config};
 use crate::decision::{Outcome, PolicyReport};
 use crate::engine::Engine;
 use crate::load::{self, CompileCache, LoadError, LoadedPolicy, PolicySpec};
-
-/// How much a policy's answer binds.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum Mode {
-    /// The policy does not run; the action is recorded and allowed.
-    Monitor,
-    /// The policy runs; its answer is reported, not enforced.
-    SoftEnforce,
-    /// The policy's answer binds.
-    #[default]
-    Enforce,
-}
-
-impl Mode {
-    /// The wire name: "monitor", "soft-enforce", "enforce".
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Monitor => "monitor",
-            Mode::SoftEnforce => "soft-enforce",
-            Mode::Enforce => "enforce",
-        }
-    }
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Mode {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "monitor" => Ok(Mode::Monitor),
-            "soft-enforce" => Ok(Mode::SoftEnforce),
-            "enforce" => Ok(Mode::Enforce),
-            other => Err(format!(
-                "unknown mode `{}`: expected monitor, soft-enforce or enforce",
-                other.chars().take(40).collect::<String>()
-            )),
-        }
-    }
-}
 
 /// What a candidate version is for.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -176,53 +125,6 @@ pub struct CandidateSpec {
     pub role: Role,
     /// Its component, settings and limits, under the policy's name.
     pub spec: PolicySpec,
-}
-
-/// The rollout specs of `config`, by policy name, with candidates taking
-/// what they do not set from their policy's `spec`.
-///
-/// # Errors
-/// A [`LoadError`] at the read step for a missing example policy.
-pub fn rollout_specs_from_config(
-    config: &Config,
-    specs: &[PolicySpec],
-    base: &Path,
-) -> Result<BTreeMap<String, RolloutSpec>, LoadError> {
-    let mut out = BTreeMap::new();
-    for (p, spec) in config.policies.iter().zip(specs) {
-        let mut candidates = Vec::with_capacity(p.candidates.len());
-        for c in &p.candidates {
-            let source =
-                crate::arbiter::source_of(&p.name, c.file.as_deref(), c.example.as_deref(), base)?
-                    .unwrap_or_else(|| spec.source.clone());
-            candidates.push(CandidateSpec {
-                id: c.id.clone(),
-                role: match c.role {
-                    CandidateRole::Shadow => Role::Shadow,
-                    // `Config::parse` refuses a canary without a percent.
-                    CandidateRole::Canary => Role::Canary {
-                        percent: c.percent.unwrap_or(0.0),
-                    },
-                },
-                spec: PolicySpec {
-                    name: p.name.clone(),
-                    source,
-                    settings: c.settings.clone().unwrap_or_else(|| spec.settings.clone()),
-                    limits: c.limits.unwrap_or(spec.limits),
-                    smoke: Vec::new(),
-                    trust: Arc::clone(&spec.trust),
-                },
-            });
-        }
-        out.insert(
-            p.name.clone(),
-            RolloutSpec {
-                mode: p.mode,
-                candidates,
-            },
-        );
-    }
-    Ok(out)
 }
 
 /// Loads every candidate of `spec` through the load pipeline.

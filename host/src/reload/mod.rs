@@ -22,16 +22,15 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::arbiter::{Arbiter, PolicySet, specs_from_config};
+use crate::arbiter::Arbiter;
 use crate::config::{Config, ConfigError, Overrides};
 use crate::engine::Engine;
 use crate::evidence::log::DecisionLog;
 use crate::evidence::metrics::Metrics;
 use crate::load::{self, CompileCache, LoadError, LoadedPolicy, PolicySpec, Source};
-use crate::mode::{
-    Mode, Role, Rollout, RolloutSpec, load_candidate, load_rollout, rollout_specs_from_config,
-};
+use crate::mode::{Mode, Role, Rollout, RolloutSpec, load_candidate};
 use crate::route::RouteTable;
+use crate::set::{self, PolicySet, rollout_specs_from_config, specs_from_config};
 use crate::signing::signature_path;
 
 /// Called with the new configuration once it is in service, so the front
@@ -378,39 +377,22 @@ impl Registry {
         config_path: Option<PathBuf>,
         base: PathBuf,
     ) -> Result<Self, Vec<LoadError>> {
-        let specs = specs_from_config(&config, &base).map_err(|e| vec![e])?;
-        let mut rollout_specs =
-            rollout_specs_from_config(&config, &specs, &base).map_err(|e| vec![e])?;
-        let mut policies = BTreeMap::new();
-        let mut rollouts = BTreeMap::new();
+        let assembly =
+            set::assemble(&engine, cache.as_ref(), &config, &base).map_err(|e| vec![e])?;
+        if !assembly.set.failures().is_empty() {
+            return Err(assembly.set.failures().values().cloned().collect());
+        }
         let mut records = BTreeMap::new();
-        let mut errors = Vec::new();
-        for spec in specs {
-            let rollout_spec = rollout_specs.remove(&spec.name).unwrap_or_default();
-            let loaded = load::load(&engine, cache.as_ref(), &spec)
-                .and_then(|p| Ok((p, load_rollout(&engine, cache.as_ref(), &rollout_spec)?)));
-            match loaded {
-                Ok((p, rollout)) => {
-                    tracing::info!(policy = %p.name, version = %p.version, cache = ?p.cache, mode = %rollout.mode, "policy loaded");
-                    let p = Arc::new(p);
-                    policies.insert(spec.name.clone(), Arc::clone(&p));
-                    rollouts.insert(spec.name.clone(), Arc::new(rollout));
-                    records.insert(spec.name.clone(), Record::new(spec, rollout_spec, p));
-                }
-                Err(e) => {
-                    tracing::error!(policy = %spec.name, step = %e.step, error = %e, "policy failed to load");
-                    errors.push(e);
-                }
+        for (spec, rollout_spec) in assembly.specs {
+            if let Some(p) = assembly.set.policy(&spec.name) {
+                let p = Arc::clone(p);
+                records.insert(spec.name.clone(), Record::new(spec, rollout_spec, p));
             }
         }
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-        let set = PolicySet::new(policies, RouteTable::new(config.routes.clone()))
-            .with_rollouts(rollouts);
+        let set = assembly.set;
         Ok(Registry {
             config_path: config_path.clone(),
-            arbiter: Arbiter::new(engine, set).with_rollout_config(config.rollout.clone()),
+            arbiter: Arbiter::new(engine, set).configured(&config),
             cache,
             base,
             metrics: None,
@@ -456,7 +438,7 @@ impl Registry {
 
     /// Denies calls to changed MCP tools (see [`Arbiter::with_pins`]).
     #[must_use]
-    pub fn with_pins(mut self, pins: Arc<crate::mcp::pins::Pins>) -> Self {
+    pub fn with_pins(mut self, pins: Arc<crate::enrich::pins::Pins>) -> Self {
         self.arbiter = self.arbiter.with_pins(pins);
         self
     }
@@ -751,6 +733,9 @@ impl Registry {
         let set =
             PolicySet::new(serving, RouteTable::new(config.routes.clone())).with_rollouts(rollouts);
         self.arbiter.install(Arc::new(set));
+        self.arbiter
+            .admission()
+            .set_limit(config.server.max_pending_decisions);
         state.policies = records;
         state.config = Arc::clone(&config);
         if let Some(hook) = &self.on_config {

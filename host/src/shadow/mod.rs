@@ -29,7 +29,6 @@ use tokio::sync::Semaphore;
 
 pub use divergence::{Divergences, PairReport, Side, VersionRef};
 
-use crate::arbiter::{block_on, report};
 use crate::config::RolloutConfig;
 use crate::decision::PolicyReport;
 use crate::engine::Engine;
@@ -38,7 +37,7 @@ use crate::evidence::log::DecisionLog;
 use crate::evidence::metrics::Metrics;
 use crate::load::LoadedPolicy;
 use crate::mode::{Role, Rollout};
-use crate::reload::timestamp;
+use crate::time::timestamp;
 use divergence::{Compared, PairOf};
 
 /// One decision's evaluations to run in the background.
@@ -297,7 +296,7 @@ impl Worker {
     }
 
     fn evaluate(&self, policy: &LoadedPolicy, input: &mut Input) -> Side {
-        let Ok(_permit) = block_on(self.permits.acquire()) else {
+        let Ok(_permit) = evaluate::block_on(self.permits.acquire()) else {
             return Side {
                 outcome: "deny".into(),
                 rule: "failure.host".into(),
@@ -311,7 +310,7 @@ impl Worker {
             input,
             Some(policy.instances()),
         );
-        side(&report(policy, eval))
+        side(&policy.report(eval))
     }
 
     fn compare(&self, job: Job) {

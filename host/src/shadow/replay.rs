@@ -18,7 +18,6 @@ use serde_json::Value;
 
 use super::divergence::{Compared, Divergences, PairOf, PairReport, Side, VersionRef};
 use super::version_ref;
-use crate::arbiter::report;
 use crate::decision::{Action, Context, History, Principal};
 use crate::engine::Engine;
 use crate::evaluate::{self, Input};
@@ -94,7 +93,7 @@ pub fn replay(
             &mut input,
             None,
         );
-        let candidate_side = super::side(&report(candidate, eval));
+        let candidate_side = super::side(&candidate.report(eval));
         let pair = PairOf {
             policy,
             primary: &rebuilt.recorded,

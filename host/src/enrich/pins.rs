@@ -10,48 +10,18 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::enrich::store::{MCP_TOOLS, Store, StoreError};
 use crate::evidence::log::DecisionLog;
 use crate::evidence::record::value_sha256;
+pub use crate::state::{Pin, PinChange as Change};
+use crate::state::{PinStore, StoreError};
+
+/// The action kind of an MCP tool call, the calls pins apply to.
+pub const KIND: &str = "mcp";
 
 /// The rule of a call to a tool whose definition changed.
 pub const CHANGED_RULE: &str = "mcp.tool-changed";
-
-/// One tool's accepted definition, and the change waiting for an admin.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Pin {
-    /// The server's configured name (the action's target).
-    pub server: String,
-    /// The tool's name.
-    pub tool: String,
-    /// `sha256:` of the accepted definition.
-    pub digest: String,
-    /// The accepted definition: `name`, `description`, `inputSchema`.
-    pub definition: Value,
-    /// When it was first pinned.
-    pub pinned_at: String,
-    /// Who accepted the definition in force, when it is not the first seen.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub accepted_by: Option<String>,
-    /// The newest definition the server listed that differs from the
-    /// accepted one; calls are denied while it is set.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub changed: Option<Change>,
-}
-
-/// A definition the server listed that nobody has accepted yet.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Change {
-    /// `sha256:` of the new definition.
-    pub digest: String,
-    /// The new definition.
-    pub definition: Value,
-    /// When the gateway first saw it.
-    pub seen_at: String,
-}
 
 /// What a listing did to one tool's pin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,7 +82,7 @@ pub enum PinError {
 /// Every pin, in memory and in the store.
 pub struct Pins {
     pins: RwLock<BTreeMap<(String, String), Pin>>,
-    store: Option<Arc<Store>>,
+    store: Option<Arc<dyn PinStore>>,
     log: Option<Arc<DecisionLog>>,
 }
 
@@ -127,10 +97,10 @@ impl Pins {
     ///
     /// # Errors
     /// A [`StoreError`] when the store cannot be read.
-    pub fn open(store: Option<Arc<Store>>) -> Result<Self, StoreError> {
+    pub fn open(store: Option<Arc<dyn PinStore>>) -> Result<Self, StoreError> {
         let mut pins = BTreeMap::new();
         if let Some(s) = &store {
-            for (_, pin) in s.all::<Pin>(MCP_TOOLS)? {
+            for pin in s.pins()? {
                 pins.insert((pin.server.clone(), pin.tool.clone()), pin);
             }
         }
@@ -158,7 +128,7 @@ impl Pins {
     /// A [`PinError`] when a change cannot be stored or recorded; the
     /// gateway then withholds the listing.
     pub fn observe(&self, server: &str, tools: &[Value]) -> Result<Vec<(Seen, Value)>, PinError> {
-        let now = crate::reload::timestamp(SystemTime::now());
+        let now = crate::time::timestamp(SystemTime::now());
         let mut pins = self.pins.write().unwrap_or_else(|e| e.into_inner());
         let mut seen = Vec::with_capacity(tools.len());
         let mut updates: BTreeMap<(String, String), (Pin, &'static str)> = BTreeMap::new();
@@ -226,9 +196,8 @@ impl Pins {
             self.record(pin, event, None)?;
         }
         if let Some(store) = &self.store {
-            let entries: Vec<(String, &Pin)> =
-                updates.values().map(|(p, _)| (store_key(p), p)).collect();
-            store.put_all(MCP_TOOLS, &entries)?;
+            let changed: Vec<Pin> = updates.values().map(|(p, _)| p.clone()).collect();
+            store.save_pins(&changed)?;
         }
         for (key, (pin, _)) in updates {
             pins.insert(key, pin);
@@ -293,7 +262,7 @@ impl Pins {
     fn persist(&self, pin: &Pin, event: &str, by: Option<&str>) -> Result<(), PinError> {
         self.record(pin, event, by)?;
         if let Some(store) = &self.store {
-            store.put(MCP_TOOLS, &store_key(pin), pin)?;
+            store.save_pins(std::slice::from_ref(pin))?;
         }
         Ok(())
     }
@@ -314,10 +283,6 @@ impl Pins {
         }
         Ok(())
     }
-}
-
-fn store_key(pin: &Pin) -> String {
-    format!("{}\u{0}{}", pin.server, pin.tool)
 }
 
 /// What of a listed tool is pinned: what the agent reads and what it may
@@ -359,7 +324,7 @@ mod tests {
     #[test]
     fn a_changed_tool_is_blocked_until_accepted_and_survives_a_reopen() {
         let dir = tempfile::tempdir().expect("ok");
-        let store = Arc::new(Store::open(dir.path()).expect("ok"));
+        let store = crate::state::open(dir.path()).expect("ok").pins;
         let pins = Pins::open(Some(Arc::clone(&store))).expect("ok");
         let seen = pins
             .observe("srv", &[tool("Looks up a word.")])

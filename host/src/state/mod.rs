@@ -1,0 +1,362 @@
+//! Durable state: what makes a decision depend on more than its input,
+//! kept across restarts. Each kind is reached through a trait named for
+//! what it holds, so the stages never see how or where it is kept:
+//!
+//! | trait | holds | used by |
+//! |---|---|---|
+//! | [`AgentStore`] | suspensions, open circuit breakers, the day's spend | [`crate::enrich`] |
+//! | [`ApprovalStore`] | approvals, with an atomic single use | [`crate::approvals`] |
+//! | [`PinStore`] | pinned MCP tool definitions | [`crate::enrich::pins`] |
+//!
+//! [`redb`] is the default implementation: an embedded database in the
+//! state directory, for one node. A store shared by several replicas (a
+//! fleet) implements the same traits in a module of its own, and [`open`]
+//! is the one place that chooses: its atomic [`ApprovalStore::transition`]
+//! keeps single use fleet-wide, and [`State::subscribe`] carries the changes
+//! other replicas make.
+
+pub mod redb;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::decision::ApprovalStatus;
+
+/// The default state directory: `$ARBITER_STATE_DIR`,
+/// `$XDG_STATE_HOME/arbiter/state` or `~/.local/state/arbiter/state`.
+pub fn default_dir() -> Option<PathBuf> {
+    crate::paths::default_dir(
+        "ARBITER_STATE_DIR",
+        "XDG_STATE_HOME",
+        ".local/state",
+        "state",
+    )
+}
+
+/// The state could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No state directory is configured and none can be derived.
+    #[error("no state directory: set [state] dir, ARBITER_STATE_DIR or HOME")]
+    NoDirectory,
+    /// The state directory cannot be created.
+    #[error("state directory `{}` cannot be created", path.display())]
+    Directory {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database refused an operation.
+    #[error("state store `{}`: {what}", path.display())]
+    Database {
+        /// The database.
+        path: PathBuf,
+        /// What was being done.
+        what: &'static str,
+        /// The database's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A value could not be encoded.
+    #[error("state store `{}`: a {what} does not encode", path.display())]
+    Encode {
+        /// The database.
+        path: PathBuf,
+        /// What kind of value.
+        what: &'static str,
+        /// The encoder's error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Suspensions, open circuit breakers and the day's spend, by agent id.
+pub trait AgentStore: Send + Sync + fmt::Debug {
+    /// Every suspension.
+    ///
+    /// # Errors
+    /// A [`StoreError`] when the store cannot be read.
+    fn suspensions(&self) -> Result<Vec<(String, Suspension)>, StoreError>;
+    /// Suspends `agent`, committed before it returns.
+    ///
+    /// # Errors
+    /// A [`StoreError`]; then nothing changed.
+    fn suspend(&self, agent: &str, suspension: &Suspension) -> Result<(), StoreError>;
+    /// Lifts `agent`'s suspension, committed before it returns.
+    ///
+    /// # Errors
+    /// A [`StoreError`]; then nothing changed.
+    fn resume(&self, agent: &str) -> Result<(), StoreError>;
+    /// Every open breaker.
+    ///
+    /// # Errors
+    /// A [`StoreError`] when the store cannot be read.
+    fn breakers(&self) -> Result<Vec<(String, Breaker)>, StoreError>;
+    /// Opens `agent`'s breaker.
+    ///
+    /// # Errors
+    /// A [`StoreError`]; then nothing changed.
+    fn open_breaker(&self, agent: &str, breaker: &Breaker) -> Result<(), StoreError>;
+    /// Closes `agent`'s breaker.
+    ///
+    /// # Errors
+    /// A [`StoreError`]; then nothing changed.
+    fn close_breaker(&self, agent: &str) -> Result<(), StoreError>;
+    /// Every agent's spend of its last day.
+    ///
+    /// # Errors
+    /// A [`StoreError`] when the store cannot be read.
+    fn spend(&self) -> Result<Vec<(String, DaySpend)>, StoreError>;
+    /// Sets the spend of each agent of `spend`, in one commit.
+    ///
+    /// # Errors
+    /// A [`StoreError`]; then nothing changed.
+    fn save_spend(&self, spend: &[(String, DaySpend)]) -> Result<(), StoreError>;
+}
+
+/// Approvals, by id.
+pub trait ApprovalStore: Send + Sync + fmt::Debug {
+    /// Every approval.
+    ///
+    /// # Errors
+    /// A [`StoreError`] when the store cannot be read.
+    fn approvals(&self) -> Result<Vec<Approval>, StoreError>;
+    /// Stores a new approval, committed before it returns.
+    ///
+    /// # Errors
+    /// A [`StoreError`]; then nothing changed.
+    fn create(&self, approval: &Approval) -> Result<(), StoreError>;
+    /// Replaces approval `next.id` with `next` only if its stored status is
+    /// still `from`, in one atomic step; `false` when it is not (another
+    /// caller, or replica, changed it first). A granted approval is used
+    /// once because of this.
+    ///
+    /// # Errors
+    /// A [`StoreError`]; then nothing changed.
+    fn transition(&self, from: ApprovalStatus, next: &Approval) -> Result<bool, StoreError>;
+    /// Forgets approval `id`.
+    ///
+    /// # Errors
+    /// A [`StoreError`]; then nothing changed.
+    fn remove(&self, id: &str) -> Result<(), StoreError>;
+}
+
+/// Pinned MCP tool definitions, by server and tool.
+pub trait PinStore: Send + Sync + fmt::Debug {
+    /// Every pin.
+    ///
+    /// # Errors
+    /// A [`StoreError`] when the store cannot be read.
+    fn pins(&self) -> Result<Vec<Pin>, StoreError>;
+    /// Stores every pin of `pins` (new or changed), in one commit.
+    ///
+    /// # Errors
+    /// A [`StoreError`]; then nothing changed.
+    fn save_pins(&self, pins: &[Pin]) -> Result<(), StoreError>;
+}
+
+/// A change to the state, as every holder of a [`State`] hears of it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StateChange {
+    /// An agent was suspended.
+    Suspended(String),
+    /// An agent was resumed.
+    Resumed(String),
+    /// An agent's breaker opened.
+    BreakerOpened(String),
+    /// An agent's breaker closed.
+    BreakerClosed(String),
+    /// An approval changed (created, answered, used, expired, removed).
+    Approval(String),
+    /// Pins changed.
+    Pins,
+}
+
+/// The state of one Arbiter: each kind behind its trait, and the changes
+/// made to it.
+#[derive(Clone)]
+pub struct State {
+    /// Suspensions, breakers, spend.
+    pub agents: Arc<dyn AgentStore>,
+    /// Approvals.
+    pub approvals: Arc<dyn ApprovalStore>,
+    /// MCP tool pins.
+    pub pins: Arc<dyn PinStore>,
+    changes: tokio::sync::broadcast::Sender<StateChange>,
+}
+
+impl fmt::Debug for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("State")
+            .field("agents", &self.agents)
+            .finish_non_exhaustive()
+    }
+}
+
+impl State {
+    /// A state from its stores, and where their changes are announced.
+    pub fn new(
+        agents: Arc<dyn AgentStore>,
+        approvals: Arc<dyn ApprovalStore>,
+        pins: Arc<dyn PinStore>,
+        changes: tokio::sync::broadcast::Sender<StateChange>,
+    ) -> Self {
+        State {
+            agents,
+            approvals,
+            pins,
+            changes,
+        }
+    }
+
+    /// The changes made from now on: by this process and, with a shared
+    /// store, by the other replicas. A receiver that falls behind is told
+    /// it lagged, and must read the state again.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<StateChange> {
+        self.changes.subscribe()
+    }
+}
+
+/// Opens the state kept in `dir`: the one place a backend is chosen.
+///
+/// # Errors
+/// A [`StoreError`] naming the file or directory.
+pub fn open(dir: &Path) -> Result<State, StoreError> {
+    redb::RedbState::open(dir).map(redb::RedbState::into_state)
+}
+
+/// Why an agent is suspended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Suspension {
+    /// Why, as the person who did it said.
+    pub reason: String,
+    /// Who did it.
+    pub by: String,
+    /// When (RFC 3339).
+    pub at: String,
+}
+
+/// An open circuit breaker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Breaker {
+    /// When it opened (ms since the epoch).
+    pub since_ms: u64,
+    /// When it closes again.
+    pub until_ms: u64,
+    /// Denials in the window when it opened.
+    pub denials: u32,
+}
+
+/// Spend of the current UTC day, in cents.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaySpend {
+    day: u64,
+    cents: u64,
+}
+
+/// Milliseconds in a day.
+pub(crate) const DAY_MS: u64 = 86_400_000;
+
+impl DaySpend {
+    /// Today's spend at `now` (ms since the Unix epoch).
+    pub fn today(&self, now: u64) -> u64 {
+        if self.day == now / DAY_MS {
+            self.cents
+        } else {
+            0
+        }
+    }
+
+    /// Adds `cents` to today's spend.
+    pub fn add(&mut self, now: u64, cents: u64) {
+        let day = now / DAY_MS;
+        if self.day != day {
+            *self = DaySpend { day, cents: 0 };
+        }
+        self.cents = self.cents.saturating_add(cents);
+    }
+}
+
+/// One approval, as stored and shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Approval {
+    /// Its id (UUIDv7).
+    pub id: String,
+    /// Where it stands.
+    pub status: ApprovalStatus,
+    /// `sha256:` of the canonical action and context it was asked about.
+    pub digest: String,
+    /// The policies that asked for it, with their versions.
+    pub policies: BTreeMap<String, String>,
+    /// The action and context, for the person deciding.
+    pub request: Value,
+    /// The asking policy's rule and reason.
+    pub rule: String,
+    /// Why the policy asked.
+    pub reason: String,
+    /// Its risk.
+    pub risk: u8,
+    /// The decision that asked.
+    pub decision_id: String,
+    /// When it was asked for (ms since the epoch).
+    pub created_ms: u64,
+    /// When it expires if nobody answers.
+    pub expires_ms: u64,
+    /// Who answered, when and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<Answer>,
+    /// The decision that used it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_by: Option<String>,
+}
+
+/// A person's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answer {
+    /// Who.
+    pub by: String,
+    /// Why.
+    pub reason: String,
+    /// When (ms since the epoch).
+    pub at_ms: u64,
+}
+
+/// One tool's accepted definition, and the change waiting for an admin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pin {
+    /// The server's configured name (the action's target).
+    pub server: String,
+    /// The tool's name.
+    pub tool: String,
+    /// `sha256:` of the accepted definition.
+    pub digest: String,
+    /// The accepted definition: `name`, `description`, `inputSchema`.
+    pub definition: Value,
+    /// When it was first pinned.
+    pub pinned_at: String,
+    /// Who accepted the definition in force, when it is not the first seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted_by: Option<String>,
+    /// The newest definition the server listed that differs from the
+    /// accepted one; calls are denied while it is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed: Option<PinChange>,
+}
+
+/// A definition the server listed that nobody has accepted yet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PinChange {
+    /// `sha256:` of the new definition.
+    pub digest: String,
+    /// The new definition.
+    pub definition: Value,
+    /// When the gateway first saw it.
+    pub seen_at: String,
+}

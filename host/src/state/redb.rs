@@ -1,0 +1,434 @@
+//! The default state store: an embedded redb database, `state.redb` in the
+//! state directory, for one node. Every write is a committed transaction
+//! (synced before it returns), so what a change reported survives a crash
+//! or a restart. Values are JSON, so a newer Arbiter reads what an older
+//! one wrote and an operator can read a dump. One process holds the file
+//! at a time; the changes it announces are its own.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::broadcast;
+
+use super::{
+    AgentStore, Approval, ApprovalStore, Breaker, DaySpend, Pin, PinStore, State, StateChange,
+    StoreError, Suspension,
+};
+use crate::decision::ApprovalStatus;
+
+/// The file in the state directory.
+pub const STATE_FILE: &str = "state.redb";
+
+type Table = TableDefinition<'static, &'static str, &'static str>;
+
+const SUSPENSIONS: Table = TableDefinition::new("suspensions");
+const BREAKERS: Table = TableDefinition::new("breakers");
+const APPROVALS: Table = TableDefinition::new("approvals");
+const SPEND: Table = TableDefinition::new("spend");
+/// By `server` NUL `tool`.
+const MCP_TOOLS: Table = TableDefinition::new("mcp_tools");
+
+/// Changes announced at once that a slow subscriber may miss (it is then
+/// told it lagged).
+const CHANGES: usize = 1024;
+
+/// The state in one redb file.
+pub struct RedbState {
+    db: Database,
+    path: PathBuf,
+    changes: broadcast::Sender<StateChange>,
+}
+
+impl std::fmt::Debug for RedbState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbState")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedbState {
+    /// Opens (or creates) the store in `dir`, creating the directory
+    /// owner-only.
+    ///
+    /// # Errors
+    /// A [`StoreError`] naming the file: it cannot be created, is locked by
+    /// another process, or is not a database.
+    pub fn open(dir: &Path) -> Result<RedbState, StoreError> {
+        let path = dir.join(STATE_FILE);
+        crate::paths::create_private_dir(dir).map_err(|source| StoreError::Directory {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let db = Database::create(&path).map_err(|e| database(&path, "open", e))?;
+        let store = RedbState {
+            db,
+            path,
+            changes: broadcast::channel(CHANGES).0,
+        };
+        // Tables exist from the first start, so reads never meet a missing one.
+        store.write("create the tables", |w| {
+            for table in [SUSPENSIONS, BREAKERS, APPROVALS, SPEND, MCP_TOOLS] {
+                w.open_table(table)?;
+            }
+            Ok(())
+        })?;
+        Ok(store)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// This store behind every state trait.
+    pub fn into_state(self) -> State {
+        let changes = self.changes.clone();
+        let me = Arc::new(self);
+        State::new(Arc::clone(&me) as _, Arc::clone(&me) as _, me as _, changes)
+    }
+
+    /// Every entry of `table`, decoded; entries that do not decode are
+    /// skipped with a warning rather than stopping the start.
+    fn all<T: DeserializeOwned>(&self, table: Table) -> Result<Vec<(String, T)>, StoreError> {
+        let fail = |e: redb::Error| database(&self.path, "read", e);
+        let read = self.db.begin_read().map_err(|e| fail(e.into()))?;
+        let t = read.open_table(table).map_err(|e| fail(e.into()))?;
+        let mut out = Vec::new();
+        for entry in t.iter().map_err(|e| fail(e.into()))? {
+            let (k, v) = entry.map_err(|e| fail(e.into()))?;
+            match serde_json::from_str(v.value()) {
+                Ok(value) => out.push((k.value().to_owned(), value)),
+                Err(e) => tracing::warn!(
+                    table = table.name(),
+                    key = k.value(),
+                    error = %e,
+                    "a stored entry does not decode; skipped"
+                ),
+            }
+        }
+        Ok(out)
+    }
+
+    fn encode(&self, what: &'static str, value: &impl Serialize) -> Result<String, StoreError> {
+        serde_json::to_string(value).map_err(|source| StoreError::Encode {
+            path: self.path.clone(),
+            what,
+            source,
+        })
+    }
+
+    fn put(
+        &self,
+        table: Table,
+        key: &str,
+        json: &str,
+        change: StateChange,
+    ) -> Result<(), StoreError> {
+        self.write("write", |w| {
+            w.open_table(table)?.insert(key, json)?;
+            Ok(())
+        })?;
+        self.announce(change);
+        Ok(())
+    }
+
+    fn remove(&self, table: Table, key: &str, change: StateChange) -> Result<(), StoreError> {
+        self.write("remove", |w| {
+            w.open_table(table)?.remove(key)?;
+            Ok(())
+        })?;
+        self.announce(change);
+        Ok(())
+    }
+
+    fn write<T>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error>,
+    ) -> Result<T, StoreError> {
+        let fail = |e: redb::Error| database(&self.path, what, e);
+        let w = self.db.begin_write().map_err(|e| fail(e.into()))?;
+        let out = f(&w).map_err(fail)?;
+        w.commit().map_err(|e| fail(e.into()))?;
+        Ok(out)
+    }
+
+    fn announce(&self, change: StateChange) {
+        // Nobody listening is fine.
+        let _ = self.changes.send(change);
+    }
+}
+
+fn database(
+    path: &Path,
+    what: &'static str,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> StoreError {
+    StoreError::Database {
+        path: path.to_owned(),
+        what,
+        source: Box::new(e),
+    }
+}
+
+fn pin_key(server: &str, tool: &str) -> String {
+    format!("{server}\0{tool}")
+}
+
+impl AgentStore for RedbState {
+    fn suspensions(&self) -> Result<Vec<(String, Suspension)>, StoreError> {
+        self.all(SUSPENSIONS)
+    }
+
+    fn suspend(&self, agent: &str, suspension: &Suspension) -> Result<(), StoreError> {
+        let json = self.encode("suspension", suspension)?;
+        self.put(
+            SUSPENSIONS,
+            agent,
+            &json,
+            StateChange::Suspended(agent.to_owned()),
+        )
+    }
+
+    fn resume(&self, agent: &str) -> Result<(), StoreError> {
+        self.remove(SUSPENSIONS, agent, StateChange::Resumed(agent.to_owned()))
+    }
+
+    fn breakers(&self) -> Result<Vec<(String, Breaker)>, StoreError> {
+        self.all(BREAKERS)
+    }
+
+    fn open_breaker(&self, agent: &str, breaker: &Breaker) -> Result<(), StoreError> {
+        let json = self.encode("breaker", breaker)?;
+        self.put(
+            BREAKERS,
+            agent,
+            &json,
+            StateChange::BreakerOpened(agent.to_owned()),
+        )
+    }
+
+    fn close_breaker(&self, agent: &str) -> Result<(), StoreError> {
+        self.remove(
+            BREAKERS,
+            agent,
+            StateChange::BreakerClosed(agent.to_owned()),
+        )
+    }
+
+    fn spend(&self) -> Result<Vec<(String, DaySpend)>, StoreError> {
+        self.all(SPEND)
+    }
+
+    fn save_spend(&self, spend: &[(String, DaySpend)]) -> Result<(), StoreError> {
+        let encoded = spend
+            .iter()
+            .map(|(k, v)| Ok((k.as_str(), self.encode("spend", v)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        self.write("save the spend", |w| {
+            let mut t = w.open_table(SPEND)?;
+            for (k, v) in &encoded {
+                t.insert(*k, v.as_str())?;
+            }
+            Ok(())
+        })
+    }
+}
+
+impl ApprovalStore for RedbState {
+    fn approvals(&self) -> Result<Vec<Approval>, StoreError> {
+        Ok(self.all(APPROVALS)?.into_iter().map(|(_, a)| a).collect())
+    }
+
+    fn create(&self, approval: &Approval) -> Result<(), StoreError> {
+        let json = self.encode("approval", approval)?;
+        self.put(
+            APPROVALS,
+            &approval.id,
+            &json,
+            StateChange::Approval(approval.id.clone()),
+        )
+    }
+
+    fn transition(&self, from: ApprovalStatus, next: &Approval) -> Result<bool, StoreError> {
+        let json = self.encode("approval", next)?;
+        // Read and write in one write transaction: redb serializes them, so
+        // two callers cannot both see `from`.
+        let changed = self.write("change an approval", |w| {
+            let mut t = w.open_table(APPROVALS)?;
+            let current = t
+                .get(next.id.as_str())?
+                .and_then(|v| serde_json::from_str::<Approval>(v.value()).ok());
+            if current.is_none_or(|a| a.status != from) {
+                return Ok(false);
+            }
+            t.insert(next.id.as_str(), json.as_str())?;
+            Ok(true)
+        })?;
+        if changed {
+            self.announce(StateChange::Approval(next.id.clone()));
+        }
+        Ok(changed)
+    }
+
+    fn remove(&self, id: &str) -> Result<(), StoreError> {
+        RedbState::remove(self, APPROVALS, id, StateChange::Approval(id.to_owned()))
+    }
+}
+
+impl PinStore for RedbState {
+    fn pins(&self) -> Result<Vec<Pin>, StoreError> {
+        Ok(self.all(MCP_TOOLS)?.into_iter().map(|(_, p)| p).collect())
+    }
+
+    fn save_pins(&self, pins: &[Pin]) -> Result<(), StoreError> {
+        let encoded = pins
+            .iter()
+            .map(|p| Ok((pin_key(&p.server, &p.tool), self.encode("pin", p)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        self.write("save pins", |w| {
+            let mut t = w.open_table(MCP_TOOLS)?;
+            for (k, v) in &encoded {
+                t.insert(k.as_str(), v.as_str())?;
+            }
+            Ok(())
+        })?;
+        self.announce(StateChange::Pins);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn suspension(reason: &str) -> Suspension {
+        Suspension {
+            reason: reason.into(),
+            by: "ops".into(),
+            at: "2026-01-01T00:00:00Z".into(),
+        }
+    }
+
+    fn approval(id: &str, status: ApprovalStatus) -> Approval {
+        Approval {
+            id: id.into(),
+            status,
+            digest: "sha256:00".into(),
+            policies: Default::default(),
+            request: serde_json::json!({}),
+            rule: "r".into(),
+            reason: "why".into(),
+            risk: 50,
+            decision_id: "d".into(),
+            created_ms: 1,
+            expires_ms: 2,
+            answer: None,
+            used_by: None,
+        }
+    }
+
+    #[test]
+    fn what_is_written_is_read_after_a_reopen() {
+        let dir = tempfile::tempdir().expect("dir");
+        {
+            let s = RedbState::open(dir.path()).expect("open");
+            s.suspend("bot", &suspension("r")).expect("put");
+            s.suspend("gone", &suspension("x")).expect("put");
+            s.resume("gone").expect("remove");
+            s.save_spend(&[("bot".into(), DaySpend::default())])
+                .expect("spend");
+        }
+        let s = RedbState::open(dir.path()).expect("reopen");
+        assert_eq!(
+            s.suspensions().expect("read"),
+            [("bot".to_owned(), suspension("r"))]
+        );
+        assert!(s.breakers().expect("read").is_empty());
+        assert_eq!(s.spend().expect("read").len(), 1);
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_refused_by_name() {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(dir.path().join(STATE_FILE), b"not a database at all").expect("write");
+        let e = RedbState::open(dir.path()).expect_err("refused");
+        assert!(e.to_string().contains(STATE_FILE), "{e}");
+        assert!(std::error::Error::source(&e).is_some(), "the cause is kept");
+    }
+
+    #[test]
+    fn an_approval_moves_from_a_status_once() {
+        let dir = tempfile::tempdir().expect("dir");
+        let s = RedbState::open(dir.path()).expect("open");
+        s.create(&approval("a", ApprovalStatus::Approved))
+            .expect("create");
+        let used = approval("a", ApprovalStatus::Used);
+        assert!(
+            s.transition(ApprovalStatus::Approved, &used)
+                .expect("first")
+        );
+        assert!(
+            !s.transition(ApprovalStatus::Approved, &used)
+                .expect("second")
+        );
+        assert!(
+            !s.transition(
+                ApprovalStatus::Approved,
+                &approval("nope", ApprovalStatus::Used)
+            )
+            .expect("unknown")
+        );
+        assert_eq!(s.approvals().expect("read")[0].status, ApprovalStatus::Used);
+    }
+
+    #[test]
+    fn racing_uses_of_one_approval_succeed_once() {
+        let dir = tempfile::tempdir().expect("dir");
+        let s = Arc::new(RedbState::open(dir.path()).expect("open"));
+        s.create(&approval("a", ApprovalStatus::Approved))
+            .expect("create");
+        let wins: usize = (0..8)
+            .map(|_| {
+                let s = Arc::clone(&s);
+                std::thread::spawn(move || {
+                    s.transition(
+                        ApprovalStatus::Approved,
+                        &approval("a", ApprovalStatus::Used),
+                    )
+                    .expect("transition")
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| usize::from(t.join().expect("join")))
+            .sum();
+        assert_eq!(wins, 1);
+    }
+
+    #[test]
+    fn every_change_is_announced() {
+        let dir = tempfile::tempdir().expect("dir");
+        let state = RedbState::open(dir.path()).expect("open").into_state();
+        let mut rx = state.subscribe();
+        state
+            .agents
+            .suspend("bot", &suspension("r"))
+            .expect("suspend");
+        state
+            .approvals
+            .create(&approval("a", ApprovalStatus::Pending))
+            .expect("create");
+        state.pins.save_pins(&[]).expect("pins");
+        assert_eq!(
+            rx.try_recv().expect("1"),
+            StateChange::Suspended("bot".into())
+        );
+        assert_eq!(rx.try_recv().expect("2"), StateChange::Approval("a".into()));
+        assert_eq!(rx.try_recv().expect("3"), StateChange::Pins);
+    }
+}
