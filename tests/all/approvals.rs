@@ -240,7 +240,13 @@ fn an_approval_is_used_once_and_every_other_answer_is_a_deny_that_says_why() {
         ("deny".into(), "approval.unknown".into()),
         "{d}"
     );
-    assert_eq!(get(addr, "/v1/approvals/nope").status, 404);
+    let missing = get(addr, "/v1/approvals/nope");
+    assert_eq!(missing.status, 404);
+    assert!(
+        missing.body.contains("\"unknown_approval\""),
+        "a missing approval names its subject: {}",
+        missing.body
+    );
     assert_eq!(
         get(addr, &format!("/v1/approvals/{id}?wait=forever")).status,
         400

@@ -54,6 +54,12 @@ pub enum FrontDoorError {
     /// The request names a policy that is not configured.
     #[error("{0}")]
     UnknownPolicy(String),
+    /// The request names an approval this server does not have.
+    #[error("{0}")]
+    UnknownApproval(String),
+    /// The request names an MCP tool that is not pinned.
+    #[error("{0}")]
+    UnknownTool(String),
     /// The request cannot be carried out in the current state.
     #[error("{0}")]
     Conflict(String),
@@ -74,7 +80,10 @@ impl FrontDoorError {
             FrontDoorError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             FrontDoorError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             FrontDoorError::Body(_) => StatusCode::BAD_REQUEST,
-            FrontDoorError::NotFound(_) | FrontDoorError::UnknownPolicy(_) => StatusCode::NOT_FOUND,
+            FrontDoorError::NotFound(_)
+            | FrontDoorError::UnknownPolicy(_)
+            | FrontDoorError::UnknownApproval(_)
+            | FrontDoorError::UnknownTool(_) => StatusCode::NOT_FOUND,
             FrontDoorError::Conflict(_) => StatusCode::CONFLICT,
             FrontDoorError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             FrontDoorError::Saturated(_)
@@ -99,6 +108,8 @@ impl FrontDoorError {
             FrontDoorError::Saturated(_) => "saturated",
             FrontDoorError::NotReady => "not_ready",
             FrontDoorError::UnknownPolicy(_) => "unknown_policy",
+            FrontDoorError::UnknownApproval(_) => "unknown_approval",
+            FrontDoorError::UnknownTool(_) => "unknown_tool",
             FrontDoorError::Conflict(_) => "conflict",
             FrontDoorError::Unavailable(_) => "unavailable",
         }
@@ -130,5 +141,33 @@ impl FrontDoorError {
             FrontDoorError::Saturated(_) | FrontDoorError::NotReady => vec![("retry-after", "1")],
             _ => Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_not_found_names_its_subject() {
+        for (e, code) in [
+            (FrontDoorError::UnknownPolicy("p".into()), "unknown_policy"),
+            (FrontDoorError::UnknownApproval("a".into()), "unknown_approval"),
+            (FrontDoorError::UnknownTool("t".into()), "unknown_tool"),
+            (FrontDoorError::NotFound("/x".into()), "not_found"),
+        ] {
+            assert_eq!(e.status(), StatusCode::NOT_FOUND, "{e}");
+            assert_eq!(e.code(), code);
+            assert_eq!(e.body()["error"]["code"], code);
+        }
+    }
+
+    #[test]
+    fn saturation_and_loading_are_503() {
+        assert_eq!(
+            FrontDoorError::Saturated(4).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(FrontDoorError::NotReady.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 }

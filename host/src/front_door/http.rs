@@ -41,20 +41,16 @@ use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request as HttpRequest, Response, StatusCode};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::auth::Tokens;
 use super::error::FrontDoorError;
-use super::{ext_authz, wire};
-use crate::approvals::ApprovalError;
+use super::{admin, ext_authz, wire};
 use crate::arbiter::Arbiter;
 use crate::config::{Config, McpServerConfig};
 use crate::decision::{Context, Decision, History, Outcome, Request};
-use crate::enrich::AgentError;
-use crate::enrich::pins::PinError;
 use crate::evidence::metrics::Metrics;
-use crate::mode::Mode;
-use crate::reload::{Registry, RollbackError, RolloutError};
+use crate::reload::Registry;
 
 /// The header carrying the decision id on every decision response.
 pub const DECISION_ID_HEADER: &str = "x-arbiter-decision-id";
@@ -126,19 +122,19 @@ impl AppState {
         }
     }
 
-    fn registry(&self) -> Option<&Arc<Registry>> {
+    pub(crate) fn registry(&self) -> Option<&Arc<Registry>> {
         match self.load.get() {
             Some(LoadState::Ready(r)) => Some(r),
             _ => None,
         }
     }
 
-    fn arbiter(&self) -> Option<&Arbiter> {
+    pub(crate) fn arbiter(&self) -> Option<&Arbiter> {
         self.registry().map(|r| r.arbiter())
     }
 }
 
-type Body = Full<Bytes>;
+pub(crate) type Body = Full<Bytes>;
 
 /// Handles one request, the MCP gateway's streams included. Never fails:
 /// every problem is a response.
@@ -248,29 +244,32 @@ async fn route(
         }
         "/v1/policies" => (
             "policies",
-            read(service, &req, || Ok(policies(state, service))),
+            read(service, &req, || {
+                Ok(admin::policies::policies(state, service))
+            }),
         ),
         p if p.starts_with("/v1/policies/") => {
             let rest = &p["/v1/policies/".len()..];
             match rest.rsplit_once('/') {
                 Some((name, "rollback")) if method == Method::POST => (
                     "rollback",
-                    rollback(state, service, req, name.to_owned()).await,
+                    admin::policies::rollback(state, service, req, name.to_owned()).await,
                 ),
                 Some((_, "rollback")) => (
                     "rollback",
                     Err(FrontDoorError::MethodNotAllowed { allow: "POST" }),
                 ),
-                Some((name, "mode")) if method == Method::PUT => {
-                    ("mode", set_mode(state, service, req, name.to_owned()).await)
-                }
+                Some((name, "mode")) if method == Method::PUT => (
+                    "mode",
+                    admin::rollout::set_mode(state, service, req, name.to_owned()).await,
+                ),
                 Some((_, "mode")) => (
                     "mode",
                     Err(FrontDoorError::MethodNotAllowed { allow: "PUT" }),
                 ),
                 Some((name, "promote")) if method == Method::POST => (
                     "promote",
-                    promote(state, service, req, name.to_owned()).await,
+                    admin::rollout::promote(state, service, req, name.to_owned()).await,
                 ),
                 Some((_, "promote")) => (
                     "promote",
@@ -285,17 +284,21 @@ async fn route(
         p if p.starts_with("/v1/ab/") => (
             "ab",
             read(service, &req, || {
-                divergence(state, service, &p["/v1/ab/".len()..])
+                admin::rollout::divergence(state, service, &p["/v1/ab/".len()..])
             }),
         ),
         "/v1/baseline" => (
             "baseline",
-            read(service, &req, || baseline(state, req.uri().query())),
+            read(service, &req, || {
+                admin::rollout::baseline(state, req.uri().query())
+            }),
         ),
         "/v1/approvals" => match service.tokens.check_admin(req.headers()) {
             Ok(()) => (
                 "approvals",
-                read(service, &req, || approvals_list(state, req.uri().query())),
+                read(service, &req, || {
+                    admin::approvals::approvals_list(state, req.uri().query())
+                }),
             ),
             Err(e) => ("approvals", Err(e)),
         },
@@ -306,7 +309,7 @@ async fn route(
                     let (id, granted) = (id.to_owned(), verb == "approve");
                     (
                         "approvals",
-                        approval_answer(state, service, req, id, granted).await,
+                        admin::approvals::approval_answer(state, service, req, id, granted).await,
                     )
                 }
                 Some((_, "approve" | "decline")) => (
@@ -315,7 +318,7 @@ async fn route(
                 ),
                 None if method == Method::GET || method == Method::HEAD => (
                     "approvals",
-                    approval_get(state, service, req, rest.to_owned()).await,
+                    admin::approvals::approval_get(state, service, req, rest.to_owned()).await,
                 ),
                 None => (
                     "approvals",
@@ -329,7 +332,9 @@ async fn route(
         }
         "/v1/agents" => (
             "agents",
-            read(service, &req, || agents(state, req.uri().query())),
+            read(service, &req, || {
+                admin::agents::agents(state, req.uri().query())
+            }),
         ),
         p if p.starts_with("/v1/agents/") => {
             let rest = &p["/v1/agents/".len()..];
@@ -339,7 +344,7 @@ async fn route(
                     let suspend = change == "suspend";
                     (
                         "agents",
-                        agent_change(state, service, req, id, suspend).await,
+                        admin::agents::agent_change(state, service, req, id, suspend).await,
                     )
                 }
                 Some((_, "suspend" | "resume")) => (
@@ -352,14 +357,7 @@ async fn route(
                 ),
             }
         }
-        "/v1/mcp/tools" => (
-            "mcp-tools",
-            read(service, &req, || {
-                let arbiter = state.arbiter().ok_or(FrontDoorError::NotReady)?;
-                let pins = arbiter.pins().map(|p| p.list()).unwrap_or_default();
-                Ok(json_response(StatusCode::OK, &json!({ "tools": pins })))
-            }),
-        ),
+        "/v1/mcp/tools" => ("mcp-tools", read(service, &req, || admin::mcp::list(state))),
         p if p.starts_with("/v1/mcp/tools/") => {
             let rest = &p["/v1/mcp/tools/".len()..];
             let parts: Vec<&str> = rest.split('/').collect();
@@ -368,7 +366,7 @@ async fn route(
                     let (server, tool) = ((*server).to_owned(), (*tool).to_owned());
                     (
                         "mcp-tools",
-                        accept_tool(state, service, req, server, tool).await,
+                        admin::mcp::accept_tool(state, service, req, server, tool).await,
                     )
                 }
                 [_, _, "accept"] => (
@@ -379,7 +377,7 @@ async fn route(
                     let server = (*server).to_owned();
                     (
                         "mcp-tools",
-                        observe_tools(state, service, req, server).await,
+                        admin::mcp::observe_tools(state, service, req, server).await,
                     )
                 }
                 [_, "observe"] => (
@@ -529,547 +527,6 @@ async fn run(
     decided.map_err(|s| FrontDoorError::Saturated(s.limit))
 }
 
-/// The body of a rollback: which version, or the one before the serving.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RollbackBody {
-    #[serde(default)]
-    version: Option<String>,
-}
-
-/// Checks the admin token and reads an admin body: `None` when empty.
-async fn admin_body<T: serde::de::DeserializeOwned>(
-    service: &Service,
-    req: HttpRequest<Incoming>,
-) -> Result<Option<T>, FrontDoorError> {
-    service.tokens.check_admin(req.headers())?;
-    let has_type = req.headers().contains_key(CONTENT_TYPE);
-    if has_type {
-        check_json(req.headers())?;
-    }
-    let bytes = read_body(req, &service.config.server).await?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        Ok(None)
-    } else if has_type {
-        wire::parse(&bytes)
-            .map(Some)
-            .map_err(FrontDoorError::BadRequest)
-    } else {
-        Err(FrontDoorError::UnsupportedMediaType(String::new()))
-    }
-}
-
-/// A body an endpoint cannot do without.
-fn required<T>(body: Option<T>, example: &'static str) -> Result<T, FrontDoorError> {
-    body.ok_or_else(|| {
-        FrontDoorError::BadRequest(wire::WireError {
-            path: String::new(),
-            message: format!("a body is required: {example}"),
-            line: 1,
-            column: 1,
-        })
-    })
-}
-
-/// The body of `PUT /v1/policies/{name}/mode`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ModeBody {
-    mode: Mode,
-}
-
-async fn set_mode(
-    state: &AppState,
-    service: &Service,
-    req: HttpRequest<Incoming>,
-    name: String,
-) -> Result<Response<Body>, FrontDoorError> {
-    let body: ModeBody = required(admin_body(service, req).await?, r#"{"mode": "monitor"}"#)?;
-    let registry = state.registry().ok_or(FrontDoorError::NotReady)?;
-    let done = registry.set_mode(&name, body.mode).map_err(rollout_error)?;
-    Ok(json_response(StatusCode::OK, &done))
-}
-
-/// The body of `POST /v1/policies/{name}/promote`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PromoteBody {
-    candidate: String,
-}
-
-async fn promote(
-    state: &AppState,
-    service: &Service,
-    req: HttpRequest<Incoming>,
-    name: String,
-) -> Result<Response<Body>, FrontDoorError> {
-    let body: PromoteBody = required(admin_body(service, req).await?, r#"{"candidate": "v2"}"#)?;
-    let registry = Arc::clone(state.registry().ok_or(FrontDoorError::NotReady)?);
-    // A promotion compiles: off the reactor.
-    let done = tokio::task::spawn_blocking(move || registry.promote(&name, &body.candidate))
-        .await
-        .map_err(|e| FrontDoorError::Unavailable(format!("the promotion task failed: {e}")))?
-        .map_err(rollout_error)?;
-    Ok(json_response(StatusCode::OK, &done))
-}
-
-fn rollout_error(e: RolloutError) -> FrontDoorError {
-    match e {
-        RolloutError::UnknownPolicy(_) | RolloutError::UnknownCandidate { .. } => {
-            FrontDoorError::UnknownPolicy(e.to_string())
-        }
-        RolloutError::Unrecorded(_) => FrontDoorError::Unavailable(e.to_string()),
-        RolloutError::Load(_) | RolloutError::Superseded(_) => {
-            FrontDoorError::Conflict(e.to_string())
-        }
-    }
-}
-
-fn divergence(
-    state: &AppState,
-    service: &Service,
-    name: &str,
-) -> Result<Response<Body>, FrontDoorError> {
-    if !service.config.policies.iter().any(|p| p.name == name) {
-        return Err(FrontDoorError::UnknownPolicy(format!(
-            "no policy `{}` is configured",
-            name.chars().take(200).collect::<String>()
-        )));
-    }
-    let arbiter = state.arbiter().ok_or(FrontDoorError::NotReady)?;
-    let shadow = arbiter.shadow_if_started();
-    let body = json!({
-        "policy": name,
-        "mode": arbiter.policy_set().mode(name),
-        "queue": shadow.map(crate::shadow::Shadow::queue),
-        "pairs": shadow.map(|s| s.divergences().report(name)).unwrap_or_default(),
-    });
-    Ok(json_response(StatusCode::OK, &body))
-}
-
-fn baseline(state: &AppState, query: Option<&str>) -> Result<Response<Body>, FrontDoorError> {
-    let agent = agent_query(query)?;
-    let arbiter = state.arbiter().ok_or(FrontDoorError::NotReady)?;
-    Ok(json_response(
-        StatusCode::OK,
-        &arbiter.baseline().report(agent.as_deref()),
-    ))
-}
-
-/// The one query parameter the state reads take: `agent`.
-fn agent_query(query: Option<&str>) -> Result<Option<String>, FrontDoorError> {
-    let mut agent = None;
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            Some(("agent", v)) => agent = Some(percent_decode(v, true)?),
-            _ => {
-                return Err(FrontDoorError::BadRequest(wire::WireError {
-                    path: String::new(),
-                    message: format!(
-                        "unknown query parameter `{}`; the one known is `agent`",
-                        pair.chars().take(100).collect::<String>()
-                    ),
-                    line: 1,
-                    column: 1,
-                }));
-            }
-        }
-    }
-    Ok(agent)
-}
-
-fn agents(state: &AppState, query: Option<&str>) -> Result<Response<Body>, FrontDoorError> {
-    let agent = agent_query(query)?;
-    let arbiter = state.arbiter().ok_or(FrontDoorError::NotReady)?;
-    let list = arbiter
-        .agents()
-        .map(|a| a.report(agent.as_deref()))
-        .unwrap_or_default();
-    Ok(json_response(StatusCode::OK, &json!({ "agents": list })))
-}
-
-fn approvals_of(state: &AppState) -> Result<&Arc<crate::approvals::Approvals>, FrontDoorError> {
-    state
-        .arbiter()
-        .ok_or(FrontDoorError::NotReady)?
-        .approvals()
-        .ok_or_else(|| FrontDoorError::Unavailable("this server keeps no approvals".into()))
-}
-
-fn query_error(message: String) -> FrontDoorError {
-    FrontDoorError::BadRequest(wire::WireError {
-        path: String::new(),
-        message,
-        line: 1,
-        column: 1,
-    })
-}
-
-fn approvals_list(state: &AppState, query: Option<&str>) -> Result<Response<Body>, FrontDoorError> {
-    let mut status = None;
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        status = Some(match pair {
-            "status=pending" => crate::approvals::Status::Pending,
-            "status=approved" => crate::approvals::Status::Approved,
-            "status=declined" => crate::approvals::Status::Declined,
-            "status=expired" => crate::approvals::Status::Expired,
-            "status=used" => crate::approvals::Status::Used,
-            other => {
-                return Err(query_error(format!(
-                    "unknown query `{}`; use status=pending|approved|declined|expired|used",
-                    other.chars().take(100).collect::<String>()
-                )));
-            }
-        });
-    }
-    let list = approvals_of(state)?.list(status);
-    Ok(json_response(StatusCode::OK, &json!({ "approvals": list })))
-}
-
-async fn approval_get(
-    state: &AppState,
-    service: &Service,
-    req: HttpRequest<Incoming>,
-    id: String,
-) -> Result<Response<Body>, FrontDoorError> {
-    service.tokens.check_decide(req.headers(), true)?;
-    let approvals = approvals_of(state)?;
-    let max = Duration::from_secs(service.config.approvals.max_wait_s);
-    let mut wait = None;
-    for pair in req
-        .uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        match pair.split_once('=') {
-            Some(("wait", v)) => {
-                let d = humantime::parse_duration(v).map_err(|e| {
-                    query_error(format!(
-                        "`wait={}`: {e} (say 30s, 2m)",
-                        v.chars().take(40).collect::<String>()
-                    ))
-                })?;
-                if d > max {
-                    return Err(query_error(format!(
-                        "`wait` may be at most {}s",
-                        max.as_secs()
-                    )));
-                }
-                wait = Some(d);
-            }
-            _ => {
-                return Err(query_error(format!(
-                    "unknown query parameter `{}`; the one known is `wait`",
-                    pair.chars().take(100).collect::<String>()
-                )));
-            }
-        }
-    }
-    let id = percent_decode(&id, false)?;
-    let found = match wait {
-        Some(d) => approvals.wait(&id, d).await,
-        None => approvals.get(&id),
-    };
-    match found {
-        Some(a) => Ok(json_response(StatusCode::OK, &a)),
-        None => Err(FrontDoorError::UnknownPolicy(format!(
-            "no approval `{}`",
-            id.chars().take(80).collect::<String>()
-        ))),
-    }
-}
-
-/// The body of an approval's answer.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct AnswerBody {
-    #[serde(default)]
-    reason: Option<String>,
-    #[serde(default)]
-    by: Option<String>,
-}
-
-async fn approval_answer(
-    state: &AppState,
-    service: &Service,
-    req: HttpRequest<Incoming>,
-    id: String,
-    granted: bool,
-) -> Result<Response<Body>, FrontDoorError> {
-    let body: AnswerBody = required(
-        admin_body(service, req).await?,
-        r#"{"reason": "PO 1182 checked with finance", "by": "alice"}"#,
-    )?;
-    let approvals = Arc::clone(approvals_of(state)?);
-    let id = percent_decode(&id, false)?;
-    let by = body.by.unwrap_or_else(|| "admin token".to_owned());
-    let reason = body.reason.unwrap_or_default();
-    let done = tokio::task::spawn_blocking(move || approvals.answer(&id, granted, &by, &reason))
-        .await
-        .map_err(|e| FrontDoorError::Unavailable(format!("the task failed: {e}")))?
-        .map_err(|e| match e {
-            ApprovalError::Unknown(_) => FrontDoorError::UnknownPolicy(e.to_string()),
-            ApprovalError::NotPending { .. } => FrontDoorError::Conflict(e.to_string()),
-            ApprovalError::NoReason => query_error(e.to_string()),
-            ApprovalError::Store(_) | ApprovalError::Unrecorded(_) => {
-                FrontDoorError::Unavailable(e.to_string())
-            }
-        })?;
-    Ok(json_response(StatusCode::OK, &done))
-}
-
-fn pins_of(state: &AppState) -> Result<Arc<crate::enrich::pins::Pins>, FrontDoorError> {
-    state
-        .arbiter()
-        .ok_or(FrontDoorError::NotReady)?
-        .pins()
-        .cloned()
-        .ok_or_else(|| FrontDoorError::Unavailable("this server keeps no MCP tool pins".into()))
-}
-
-/// The body of `POST /v1/mcp/tools/{server}/observe`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ObserveBody {
-    tools: Vec<Value>,
-}
-
-/// A remote gateway's listing: pinned here, as a local gateway's would be.
-async fn observe_tools(
-    state: &AppState,
-    service: &Service,
-    req: HttpRequest<Incoming>,
-    server: String,
-) -> Result<Response<Body>, FrontDoorError> {
-    service.tokens.check_decide(req.headers(), true)?;
-    check_json(req.headers())?;
-    let bytes = read_body(req, &service.config.server).await?;
-    let body: ObserveBody = wire::parse(&bytes).map_err(FrontDoorError::BadRequest)?;
-    let pins = pins_of(state)?;
-    let server = percent_decode(&server, false)?;
-    let seen = tokio::task::spawn_blocking(move || pins.observe(&server, &body.tools))
-        .await
-        .map_err(|e| FrontDoorError::Unavailable(format!("the task failed: {e}")))?
-        .map_err(|e| FrontDoorError::Unavailable(e.to_string()))?;
-    let names: Vec<&str> = seen.iter().map(|(s, _)| s.as_str()).collect();
-    let shown: Vec<Value> = seen.into_iter().map(|(_, t)| t).collect();
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({"tools": shown, "seen": names}),
-    ))
-}
-
-async fn accept_tool(
-    state: &AppState,
-    service: &Service,
-    req: HttpRequest<Incoming>,
-    server: String,
-    tool: String,
-) -> Result<Response<Body>, FrontDoorError> {
-    let body: AgentChangeBody = admin_body(service, req).await?.unwrap_or_default();
-    if body.reason.is_some() {
-        return Err(query_error("an acceptance takes only `by`".into()));
-    }
-    let pins = pins_of(state)?;
-    let (server, tool) = (
-        percent_decode(&server, false)?,
-        percent_decode(&tool, false)?,
-    );
-    let by = body.by.unwrap_or_else(|| "admin token".to_owned());
-    let pin = tokio::task::spawn_blocking(move || pins.accept(&server, &tool, &by))
-        .await
-        .map_err(|e| FrontDoorError::Unavailable(format!("the task failed: {e}")))?
-        .map_err(|e| match e {
-            PinError::Unknown { .. } => FrontDoorError::UnknownPolicy(e.to_string()),
-            PinError::Unchanged { .. } => FrontDoorError::Conflict(e.to_string()),
-            PinError::Store(_) | PinError::Unrecorded(_) => {
-                FrontDoorError::Unavailable(e.to_string())
-            }
-        })?;
-    Ok(json_response(StatusCode::OK, &pin))
-}
-
-/// The body of a suspension or resumption.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct AgentChangeBody {
-    #[serde(default)]
-    reason: Option<String>,
-    #[serde(default)]
-    by: Option<String>,
-}
-
-async fn agent_change(
-    state: &AppState,
-    service: &Service,
-    req: HttpRequest<Incoming>,
-    id: String,
-    suspend: bool,
-) -> Result<Response<Body>, FrontDoorError> {
-    let body: AgentChangeBody = admin_body(service, req).await?.unwrap_or_default();
-    let id = percent_decode(&id, false)?;
-    let arbiter = state.arbiter().ok_or(FrontDoorError::NotReady)?;
-    let agents =
-        Arc::clone(arbiter.agents().ok_or_else(|| {
-            FrontDoorError::Unavailable("this server keeps no agent state".into())
-        })?);
-    let by = body.by.unwrap_or_else(|| "admin token".to_owned());
-    let result = if suspend {
-        let reason = required(body.reason, r#"{"reason": "leaking data", "by": "alice"}"#)?;
-        tokio::task::spawn_blocking(move || agents.suspend(&id, &reason, &by)).await
-    } else {
-        tokio::task::spawn_blocking(move || agents.resume(&id, &by)).await
-    };
-    let done = result
-        .map_err(|e| FrontDoorError::Unavailable(format!("the task failed: {e}")))?
-        .map_err(|e| match e {
-            AgentError::NotSuspended(_) => FrontDoorError::Conflict(e.to_string()),
-            AgentError::Empty(_) => FrontDoorError::BadRequest(wire::WireError {
-                path: "reason".into(),
-                message: e.to_string(),
-                line: 1,
-                column: 1,
-            }),
-            AgentError::Store(_) | AgentError::Unrecorded(_) => {
-                FrontDoorError::Unavailable(e.to_string())
-            }
-        })?;
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({"suspended": suspend, "suspension": done}),
-    ))
-}
-
-/// Decodes `%XX` escapes, and `+` as a space in a query value.
-fn percent_decode(v: &str, plus_is_space: bool) -> Result<String, FrontDoorError> {
-    let bad = || {
-        FrontDoorError::BadRequest(wire::WireError {
-            path: "agent".into(),
-            message: "the query value is not valid percent-encoded UTF-8".into(),
-            line: 1,
-            column: 1,
-        })
-    };
-    let bytes = v.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = bytes.get(i + 1..i + 3).ok_or_else(bad)?;
-                let hex = std::str::from_utf8(hex).map_err(|_| bad())?;
-                out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
-                i += 3;
-            }
-            b'+' if plus_is_space => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).map_err(|_| bad())
-}
-
-async fn rollback(
-    state: &AppState,
-    service: &Service,
-    req: HttpRequest<Incoming>,
-    name: String,
-) -> Result<Response<Body>, FrontDoorError> {
-    let body: RollbackBody = admin_body(service, req).await?.unwrap_or_default();
-    let registry = state.registry().ok_or(FrontDoorError::NotReady)?;
-    match registry.rollback(&name, body.version.as_deref()) {
-        Ok(done) => Ok(json_response(StatusCode::OK, &done)),
-        Err(e @ RollbackError::UnknownPolicy(_)) => {
-            Err(FrontDoorError::UnknownPolicy(e.to_string()))
-        }
-        Err(e) => Err(FrontDoorError::Conflict(e.to_string())),
-    }
-}
-
-fn policies(state: &AppState, service: &Service) -> Response<Body> {
-    let config = &service.config;
-    let status = state.registry().map(|r| r.status());
-    let list: Vec<Value> = config
-        .policies
-        .iter()
-        .map(|p| {
-            let on_routes: Vec<Value> = config
-                .routes
-                .iter()
-                .filter(|r| r.chain.contains(&p.name))
-                .map(
-                    |r| json!({"kind": r.kind, "name": r.name, "agent": r.agent, "chain": r.chain}),
-                )
-                .collect();
-            let (l, wasi, reuse) = (&p.limits, &p.limits.wasi, &p.limits.reuse);
-            let limits = json!({
-                "fuel": l.fuel,
-                "deadline_ms": l.deadline_ms,
-                "max_memory_bytes": l.max_memory_bytes,
-                "max_table_elements": l.max_table_elements,
-                "wasi": {"clocks": wasi.clocks, "random": wasi.random},
-                "reuse": {
-                    "decisions": reuse.decisions,
-                    "across_agents": reuse.across_agents,
-                    "idle": reuse.idle,
-                },
-            });
-            let mut entry = json!({"name": p.name, "routes": on_routes, "limits": limits});
-            let found = status
-                .as_ref()
-                .and_then(|s| s.policies.iter().find(|s| s.name == p.name));
-            match found {
-                Some(s) => {
-                    let serving = s.serving.as_ref();
-                    entry["state"] = json!(if serving.is_some() {
-                        "serving"
-                    } else {
-                        "failed"
-                    });
-                    entry["version"] = json!(serving.map(|v| &v.version));
-                    entry["loaded_at"] = json!(serving.map(|v| &v.loaded_at));
-                    entry["size_bytes"] = json!(serving.map(|v| v.size_bytes));
-                    entry["signer"] = json!(serving.and_then(|v| v.signer.as_ref()));
-                    entry["source"] = json!(s.source);
-                    entry["versions"] = json!(s.versions);
-                    entry["last_attempt"] = json!(s.last_attempt);
-                    entry["mode"] = json!(s.mode);
-                    entry["mode_source"] = json!(s.mode_source);
-                    entry["candidates"] = json!(s.candidates);
-                    entry["last_error"] = match &s.last_attempt.error {
-                        Some(message) => json!({
-                            "step": s.last_attempt.step,
-                            "message": message,
-                            "at": s.last_attempt.at,
-                        }),
-                        None => Value::Null,
-                    };
-                }
-                None => {
-                    entry["state"] = json!(match state.load.get() {
-                        Some(LoadState::Failed(_)) => "failed",
-                        _ => "loading",
-                    });
-                    entry["last_error"] = Value::Null;
-                }
-            }
-            entry
-        })
-        .collect();
-    let mut body = json!({ "policies": list });
-    if let Some(s) = status {
-        body["config"] = json!(s.config);
-    }
-    json_response(StatusCode::OK, &body)
-}
-
 fn readyz(state: &AppState, _: &Service) -> Response<Body> {
     match state.load.get() {
         Some(LoadState::Ready(r)) => json_response(
@@ -1087,7 +544,7 @@ fn readyz(state: &AppState, _: &Service) -> Response<Body> {
     }
 }
 
-fn check_json(headers: &hyper::HeaderMap) -> Result<(), FrontDoorError> {
+pub(crate) fn check_json(headers: &hyper::HeaderMap) -> Result<(), FrontDoorError> {
     let ct = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -1103,7 +560,7 @@ fn check_json(headers: &hyper::HeaderMap) -> Result<(), FrontDoorError> {
 }
 
 /// Reads the body within the size and time limits.
-async fn read_body(
+pub(crate) async fn read_body(
     req: HttpRequest<Incoming>,
     server: &crate::config::ServerConfig,
 ) -> Result<Bytes, FrontDoorError> {
@@ -1129,7 +586,7 @@ async fn read_body(
     }
 }
 
-fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response<Body> {
+pub(crate) fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response<Body> {
     // Serializing our own types cannot fail; if it ever did, say so.
     let bytes = serde_json::to_vec(body).unwrap_or_else(|e| {
         format!(r#"{{"error":{{"code":"internal","message":"cannot encode the response: {e}"}}}}"#)

@@ -1,8 +1,10 @@
 //! Front door: where requests come in. [`http`] is the hyper service (its
-//! doc lists every endpoint), [`ext_authz`] maps a gateway's original
+//! doc lists every endpoint) and keeps decide, authz and health, [`admin`]
+//! holds the admin handlers by subject, [`ext_authz`] maps a gateway's original
 //! request to an action, [`auth`] checks bearer tokens, [`wire`] converts
 //! the JSON wire format, and [`error`] maps every refusal to a 4xx/5xx.
 
+pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod ext_authz;

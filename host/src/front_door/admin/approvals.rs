@@ -1,0 +1,143 @@
+//! Approvals: the list and answers (admin), and one approval, long-polled (decide token).
+
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::{Request as HttpRequest, Response, StatusCode};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{admin_body, percent_decode, query_error, required};
+use crate::front_door::error::FrontDoorError;
+use crate::front_door::http::{AppState, Body, Service, json_response};
+use std::time::Duration;
+
+use crate::approvals::ApprovalError;
+
+pub(crate) fn approvals_of(
+    state: &AppState,
+) -> Result<&Arc<crate::approvals::Approvals>, FrontDoorError> {
+    state
+        .arbiter()
+        .ok_or(FrontDoorError::NotReady)?
+        .approvals()
+        .ok_or_else(|| FrontDoorError::Unavailable("this server keeps no approvals".into()))
+}
+
+pub(crate) fn approvals_list(
+    state: &AppState,
+    query: Option<&str>,
+) -> Result<Response<Body>, FrontDoorError> {
+    let mut status = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        status = Some(match pair {
+            "status=pending" => crate::approvals::Status::Pending,
+            "status=approved" => crate::approvals::Status::Approved,
+            "status=declined" => crate::approvals::Status::Declined,
+            "status=expired" => crate::approvals::Status::Expired,
+            "status=used" => crate::approvals::Status::Used,
+            other => {
+                return Err(query_error(format!(
+                    "unknown query `{}`; use status=pending|approved|declined|expired|used",
+                    other.chars().take(100).collect::<String>()
+                )));
+            }
+        });
+    }
+    let list = approvals_of(state)?.list(status);
+    Ok(json_response(StatusCode::OK, &json!({ "approvals": list })))
+}
+
+pub(crate) async fn approval_get(
+    state: &AppState,
+    service: &Service,
+    req: HttpRequest<Incoming>,
+    id: String,
+) -> Result<Response<Body>, FrontDoorError> {
+    service.tokens.check_decide(req.headers(), true)?;
+    let approvals = approvals_of(state)?;
+    let max = Duration::from_secs(service.config.approvals.max_wait_s);
+    let mut wait = None;
+    for pair in req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair.split_once('=') {
+            Some(("wait", v)) => {
+                let d = humantime::parse_duration(v).map_err(|e| {
+                    query_error(format!(
+                        "`wait={}`: {e} (say 30s, 2m)",
+                        v.chars().take(40).collect::<String>()
+                    ))
+                })?;
+                if d > max {
+                    return Err(query_error(format!(
+                        "`wait` may be at most {}s",
+                        max.as_secs()
+                    )));
+                }
+                wait = Some(d);
+            }
+            _ => {
+                return Err(query_error(format!(
+                    "unknown query parameter `{}`; the one known is `wait`",
+                    pair.chars().take(100).collect::<String>()
+                )));
+            }
+        }
+    }
+    let id = percent_decode(&id, false)?;
+    let found = match wait {
+        Some(d) => approvals.wait(&id, d).await,
+        None => approvals.get(&id),
+    };
+    match found {
+        Some(a) => Ok(json_response(StatusCode::OK, &a)),
+        None => Err(FrontDoorError::UnknownApproval(format!(
+            "no approval `{}`",
+            id.chars().take(80).collect::<String>()
+        ))),
+    }
+}
+
+/// The body of an approval's answer.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AnswerBody {
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    by: Option<String>,
+}
+
+pub(crate) async fn approval_answer(
+    state: &AppState,
+    service: &Service,
+    req: HttpRequest<Incoming>,
+    id: String,
+    granted: bool,
+) -> Result<Response<Body>, FrontDoorError> {
+    let body: AnswerBody = required(
+        admin_body(service, req).await?,
+        r#"{"reason": "PO 1182 checked with finance", "by": "alice"}"#,
+    )?;
+    let approvals = Arc::clone(approvals_of(state)?);
+    let id = percent_decode(&id, false)?;
+    let by = body.by.unwrap_or_else(|| "admin token".to_owned());
+    let reason = body.reason.unwrap_or_default();
+    let done = tokio::task::spawn_blocking(move || approvals.answer(&id, granted, &by, &reason))
+        .await
+        .map_err(|e| FrontDoorError::Unavailable(format!("the task failed: {e}")))?
+        .map_err(|e| match e {
+            ApprovalError::Unknown(_) => FrontDoorError::UnknownApproval(e.to_string()),
+            ApprovalError::NotPending { .. } => FrontDoorError::Conflict(e.to_string()),
+            ApprovalError::NoReason => query_error(e.to_string()),
+            ApprovalError::Store(_) | ApprovalError::Unrecorded(_) => {
+                FrontDoorError::Unavailable(e.to_string())
+            }
+        })?;
+    Ok(json_response(StatusCode::OK, &done))
+}
