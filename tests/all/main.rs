@@ -10,6 +10,7 @@ mod languages;
 mod layers;
 mod load;
 mod log;
+mod mcp;
 mod nginx;
 mod reload;
 mod rollout;

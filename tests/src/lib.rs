@@ -92,6 +92,7 @@ pub fn request(kind: &str, name: &str, params: serde_json::Value) -> Request {
     }
 }
 
+pub mod binary;
 pub mod http;
 pub mod languages;
 

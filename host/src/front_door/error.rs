@@ -152,7 +152,10 @@ mod tests {
     fn each_not_found_names_its_subject() {
         for (e, code) in [
             (FrontDoorError::UnknownPolicy("p".into()), "unknown_policy"),
-            (FrontDoorError::UnknownApproval("a".into()), "unknown_approval"),
+            (
+                FrontDoorError::UnknownApproval("a".into()),
+                "unknown_approval",
+            ),
             (FrontDoorError::UnknownTool("t".into()), "unknown_tool"),
             (FrontDoorError::NotFound("/x".into()), "not_found"),
         ] {
@@ -168,6 +171,9 @@ mod tests {
             FrontDoorError::Saturated(4).status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
-        assert_eq!(FrontDoorError::NotReady.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            FrontDoorError::NotReady.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 }

@@ -4,6 +4,8 @@
 //! `@modelcontextprotocol/server-everything` and `server-filesystem` from
 //! npm, over stdio and Streamable HTTP. `scripts/test` installs the peers
 //! (pinned, `scripts/mcp-peers`); a test run without them installs them.
+//! The gateways are the `arbiter` binary of this build
+//! ([`arbiter_tests::binary`]).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -48,7 +50,7 @@ fn npm_server(package: &str) -> String {
 }
 
 fn arbiter() -> String {
-    env!("CARGO_BIN_EXE_arbiter").to_owned()
+    arbiter_tests::binary::arbiter().display().to_string()
 }
 
 fn peer_server() -> String {
@@ -601,6 +603,16 @@ fn over_streamable_http_the_same_gateway_governs_server_everything() {
     ] {
         assert!(metrics.contains(line), "{line} not in\n{metrics}");
     }
+    // MCP decisions take the one decision flow: counted like any other.
+    let decided: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("arbiter_decisions_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        decided >= 10,
+        "5 calls and 5 results decided, {decided} counted\n{metrics}"
+    );
 }
 
 #[test]
