@@ -100,6 +100,49 @@ impl Rollout {
         None
     }
 
+    /// This rollout in `mode`, with the same candidates.
+    #[must_use]
+    pub fn with_mode(&self, mode: Mode) -> Rollout {
+        Rollout {
+            mode,
+            candidates: self.candidates.clone(),
+        }
+    }
+
+    /// This rollout without candidate `id` (promoted, or dropped).
+    #[must_use]
+    pub fn without_candidate(&self, id: &str) -> Rollout {
+        Rollout {
+            mode: self.mode,
+            candidates: self
+                .candidates
+                .iter()
+                .filter(|c| c.id != id)
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// This rollout with candidate `id` answered by `policy` (its file
+    /// reloaded); the other candidates unchanged.
+    #[must_use]
+    pub fn with_candidate_policy(&self, id: &str, policy: &Arc<LoadedPolicy>) -> Rollout {
+        Rollout {
+            mode: self.mode,
+            candidates: self
+                .candidates
+                .iter()
+                .map(|c| {
+                    let mut c = c.clone();
+                    if c.id == id {
+                        c.policy = Arc::clone(policy);
+                    }
+                    c
+                })
+                .collect(),
+        }
+    }
+
     /// Whether any candidate needs a shadow evaluation beside the version
     /// that answered.
     pub fn has_candidates(&self) -> bool {
@@ -338,6 +381,53 @@ mod tests {
         let mut enforced = soft;
         enforced.mode = Mode::Enforce;
         assert_eq!(fold(&[enforced]).params, Some(serde_json::json!({"a": 1})));
+    }
+
+    #[cfg(feature = "example-policies")]
+    #[test]
+    fn rollout_changes_keep_what_they_do_not_change() {
+        let engine = Engine::new(&crate::engine::EngineConfig::default()).expect("engine");
+        let load = |settings: Value| {
+            let spec = PolicySpec {
+                name: "p".into(),
+                source: crate::examples::source("procurement").expect("embedded"),
+                settings,
+                limits: Default::default(),
+                smoke: Vec::new(),
+                trust: Default::default(),
+            };
+            Arc::new(load::load(&engine, None, &spec).expect("loads"))
+        };
+        let (a, b, c) = (
+            load(serde_json::json!({})),
+            load(serde_json::json!({"deny_over": 10})),
+            load(serde_json::json!({"deny_over": 20})),
+        );
+        let candidate = |id: &str, policy: &Arc<LoadedPolicy>, role| Candidate {
+            id: id.into(),
+            role,
+            policy: Arc::clone(policy),
+        };
+        let rollout = Rollout {
+            mode: Mode::SoftEnforce,
+            candidates: vec![
+                candidate("v2", &a, Role::Shadow),
+                candidate("v3", &b, Role::Canary { percent: 10.0 }),
+            ],
+        };
+        let monitored = rollout.with_mode(Mode::Monitor);
+        assert_eq!(monitored.mode, Mode::Monitor);
+        assert_eq!(monitored.candidates.len(), 2);
+
+        let promoted = rollout.without_candidate("v2");
+        assert_eq!(promoted.mode, Mode::SoftEnforce);
+        let ids: Vec<&str> = promoted.candidates.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["v3"]);
+
+        let reloaded = rollout.with_candidate_policy("v3", &c);
+        assert!(Arc::ptr_eq(&reloaded.candidates[0].policy, &a));
+        assert!(Arc::ptr_eq(&reloaded.candidates[1].policy, &c));
+        assert_eq!(reloaded.candidates[1].role, Role::Canary { percent: 10.0 });
     }
 
     #[test]
