@@ -51,7 +51,7 @@ pub enum ApprovalError {
     Store(#[from] StoreError),
     /// The decision log could not take it.
     #[error("the change could not be recorded in the decision log, so it was not made: {0}")]
-    Unrecorded(String),
+    Unrecorded(#[source] crate::evidence::log::Unrecorded),
 }
 
 /// The approvals of one server.
@@ -335,7 +335,7 @@ impl Approvals {
                 "approval",
                 &event_data(&next, next.status.as_str(), next.answer.as_ref()),
             )
-            .map_err(|e| ApprovalError::Unrecorded(e.to_string()))?;
+            .map_err(ApprovalError::Unrecorded)?;
         }
         if !self.transition(Status::Pending, &next)? {
             return Err(ApprovalError::NotPending {

@@ -678,20 +678,22 @@ fn empty_settings() -> serde_json::Value {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read configuration `{path}`: {problem}")]
+    #[error("cannot read configuration `{}`: {source}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
         /// The I/O error.
-        problem: String,
+        #[source]
+        source: std::io::Error,
     },
     /// The TOML does not parse, or a key is unknown or of the wrong type.
-    #[error("configuration `{origin}`: {problem}")]
+    #[error("configuration `{origin}`: {}", source.to_string().trim_end())]
     Parse {
         /// The file, or `<embedded default>`.
         origin: String,
-        /// The parser's message, with line, column and key.
-        problem: String,
+        /// The parser's error, with line, column and key.
+        #[source]
+        source: toml::de::Error,
     },
     /// The configuration parses but does not hold together.
     #[error("configuration `{origin}`: {problem}")]
@@ -709,9 +711,9 @@ impl Config {
     /// # Errors
     /// A [`ConfigError`] naming the file and the problem.
     pub fn from_file(path: &Path) -> Result<(Self, PathBuf), ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
-            problem: e.to_string(),
+            source,
         })?;
         let base = path.parent().map(Path::to_owned).unwrap_or_default();
         Ok((Self::parse(&text, &path.display().to_string())?, base))
@@ -732,7 +734,7 @@ impl Config {
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             origin: origin.to_owned(),
-            problem: e.to_string().trim_end().to_owned(),
+            source: e,
         })?;
         config.check().map_err(|problem| ConfigError::Invalid {
             origin: origin.to_owned(),
@@ -1019,6 +1021,23 @@ pub fn resolve_secret(value: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_and_parse_errors_keep_their_causes() {
+        let e = Config::from_file(Path::new("/nonexistent/arbiter.toml")).expect_err("missing");
+        let cause = std::error::Error::source(&e).expect("a source");
+        let io = cause
+            .downcast_ref::<std::io::Error>()
+            .expect("the I/O error");
+        assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+        assert!(e.to_string().contains("/nonexistent/arbiter.toml"), "{e}");
+
+        let e = Config::parse("[server]\nlisten = 5\n", "t.toml").expect_err("bad type");
+        let cause = std::error::Error::source(&e).expect("a source");
+        assert!(cause.downcast_ref::<toml::de::Error>().is_some());
+        assert!(e.to_string().starts_with("configuration `t.toml`: "), "{e}");
+        assert!(e.to_string().contains("listen"), "{e}");
+    }
 
     #[test]
     fn embedded_default_parses() {

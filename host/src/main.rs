@@ -32,8 +32,23 @@ fn main() -> ExitCode {
     match arbiter::cli::run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("arbiter: {e:#}");
+            eprintln!("arbiter: {}", report(&e));
             ExitCode::from(EXIT_ERROR)
         }
     }
+}
+
+/// The error and its causes, for one line on stderr. Arbiter's errors say
+/// their cause in their own message and keep it as their source too, so a
+/// cause is added only where the line does not say it already.
+fn report(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line.push_str(": ");
+            line.push_str(&cause);
+        }
+    }
+    line
 }

@@ -63,12 +63,13 @@ pub enum ServeError {
     #[error(transparent)]
     State(#[from] StoreError),
     /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {problem}")]
+    #[error("cannot listen on {addr}: {source}")]
     Bind {
         /// The address.
         addr: SocketAddr,
         /// The OS error.
-        problem: String,
+        #[source]
+        source: std::io::Error,
     },
     /// Policies failed their first load; each error names policy and step.
     #[error("{} of the configured policies failed to load:\n  {}", .0.len(), .0.join("\n  "))]
@@ -313,14 +314,10 @@ pub async fn bind(
     let addr = config.server.listen;
     let listener = TcpListener::bind(addr)
         .await
-        .map_err(|e| ServeError::Bind {
-            addr,
-            problem: e.to_string(),
-        })?;
-    let addr = listener.local_addr().map_err(|e| ServeError::Bind {
-        addr,
-        problem: e.to_string(),
-    })?;
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind { addr, source })?;
     let config = Arc::new(config);
     let state = Arc::new(AppState::new(
         Arc::clone(&config),

@@ -218,10 +218,13 @@ fn source_of(
                     policy: policy.to_owned(),
                     source_desc: format!("embedded:{example}"),
                     step: load::LoadStep::Read,
-                    problem: load::LoadProblem::Read(format!(
-                        "no example policy `{example}` in this build (examples: {})",
-                        crate::examples::names().join(", ")
-                    )),
+                    problem: load::LoadProblem::NoExample {
+                        name: example.to_owned(),
+                        known: crate::examples::names()
+                            .iter()
+                            .map(|n| (*n).to_owned())
+                            .collect(),
+                    },
                 })
         }
         (None, None) => Ok(None),

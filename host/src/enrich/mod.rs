@@ -132,7 +132,7 @@ pub enum AgentError {
     Store(#[from] StoreError),
     /// The decision log could not take it.
     #[error("the change could not be recorded in the decision log, so it was not made: {0}")]
-    Unrecorded(String),
+    Unrecorded(#[source] crate::evidence::log::Unrecorded),
     /// The agent is not suspended.
     #[error("agent `{0}` is not suspended")]
     NotSuspended(String),
@@ -451,7 +451,7 @@ impl Agents {
             Some(log) => log
                 .record_event("agent", &data)
                 .map(|_| ())
-                .map_err(|e| AgentError::Unrecorded(e.to_string())),
+                .map_err(AgentError::Unrecorded),
             None => Ok(()),
         }
     }

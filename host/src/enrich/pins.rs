@@ -76,7 +76,7 @@ pub enum PinError {
     Store(#[from] StoreError),
     /// The change could not be recorded, so it was not made.
     #[error("the decision log refused the record: {0}")]
-    Unrecorded(String),
+    Unrecorded(#[source] crate::evidence::log::Unrecorded),
 }
 
 /// Every pin, in memory and in the store.
@@ -279,7 +279,7 @@ impl Pins {
                 "by": by,
             });
             log.record_event("mcp", &data)
-                .map_err(|e| PinError::Unrecorded(e.to_string()))?;
+                .map_err(PinError::Unrecorded)?;
         }
         Ok(())
     }

@@ -78,12 +78,13 @@ const SEGMENT_SUFFIX: &str = ".jsonl";
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     /// An I/O error on a named file or directory.
-    #[error("decision log `{}`: {problem}", path.display())]
+    #[error("decision log `{}`: {source}", path.display())]
     Io {
         /// The file or directory.
         path: PathBuf,
         /// What went wrong.
-        problem: String,
+        #[source]
+        source: std::io::Error,
     },
     /// Another process holds the directory.
     #[error("decision log `{}` is in use by another process (it holds `.lock`)", .0.display())]
@@ -101,12 +102,13 @@ pub enum LogError {
         problem: String,
     },
     /// The checkpoint key cannot be used.
-    #[error("decision log checkpoint key `{}`: {problem}", path.display())]
+    #[error("decision log checkpoint key `{}`: {source}", path.display())]
     Key {
         /// The key file.
         path: PathBuf,
         /// What is wrong.
-        problem: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// No directory was configured and none could be derived.
     #[error("no decision log directory: set `log.dir`, $ARBITER_LOG_DIR or $HOME")]
@@ -208,10 +210,7 @@ impl DecisionLog {
         };
         let io = |path: &Path| {
             let path = path.to_owned();
-            move |e: std::io::Error| LogError::Io {
-                path,
-                problem: e.to_string(),
-            }
+            move |source: std::io::Error| LogError::Io { path, source }
         };
         crate::paths::create_private_dir(&dir).map_err(io(&dir))?;
         let lock_path = dir.join(".lock");
@@ -400,17 +399,17 @@ fn checkpoint_key(config: &LogConfig, dir: &Path) -> Result<KeyPair, LogError> {
         .checkpoint_key
         .as_ref()
         .map_or_else(|| dir.join(CHECKPOINT_KEY_FILE), |p| dir.join(p));
-    let key_error = |problem: String| LogError::Key {
+    let key_error = |e: Box<dyn std::error::Error + Send + Sync>| LogError::Key {
         path: path.clone(),
-        problem,
+        source: e,
     };
     match fs::read_to_string(&path) {
-        Ok(text) => KeyPair::from_private_file(&text).map_err(|e| key_error(e.to_string())),
+        Ok(text) => KeyPair::from_private_file(&text).map_err(|e| key_error(e.into())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && config.checkpoint_key.is_none() => {
             let mut id = [0u8; 4];
-            getrandom::fill(&mut id).map_err(|e| key_error(e.to_string()))?;
+            getrandom::fill(&mut id).map_err(|e| key_error(e.to_string().into()))?;
             let pair = KeyPair::generate(&format!("log-{}", crate::hex::encode(&id)))
-                .map_err(|e| key_error(e.to_string()))?;
+                .map_err(|e| key_error(e.into()))?;
             let write = |p: &Path, text: String, mode: u32| -> std::io::Result<()> {
                 let mut options = OpenOptions::new();
                 options.write(true).create_new(true);
@@ -422,16 +421,16 @@ fn checkpoint_key(config: &LogConfig, dir: &Path) -> Result<KeyPair, LogError> {
                 f.write_all(text.as_bytes())?;
                 f.sync_all()
             };
-            write(&path, pair.private_file(), 0o600).map_err(|e| key_error(e.to_string()))?;
+            write(&path, pair.private_file(), 0o600).map_err(|e| key_error(e.into()))?;
             write(
                 &dir.join(CHECKPOINT_PUBLIC_KEY_FILE),
                 pair.public().file(),
                 0o644,
             )
-            .map_err(|e| key_error(e.to_string()))?;
+            .map_err(|e| key_error(e.into()))?;
             Ok(pair)
         }
-        Err(e) => Err(key_error(e.to_string())),
+        Err(e) => Err(key_error(e.into())),
     }
 }
 
@@ -449,9 +448,9 @@ struct Tail {
 /// Reads the newest segments back to their last whole record, cutting a
 /// torn last line.
 fn recover(dir: &Path) -> Result<Tail, LogError> {
-    let io = |path: &Path, e: std::io::Error| LogError::Io {
+    let io = |path: &Path, source: std::io::Error| LogError::Io {
         path: path.to_owned(),
-        problem: e.to_string(),
+        source,
     };
     let all = segments(dir).map_err(|e| io(dir, e))?;
     let mut torn = None;

@@ -220,7 +220,18 @@ pub struct LoadError {
 pub enum LoadProblem {
     /// The file could not be read.
     #[error("cannot read the file: {0}")]
-    Read(String),
+    Read(#[source] Arc<std::io::Error>),
+    /// The configuration names an example policy this build does not embed.
+    #[error("no example policy `{name}` in this build (examples: {})", known.join(", "))]
+    NoExample {
+        /// The name asked for.
+        name: String,
+        /// The examples this build has.
+        known: Vec<String>,
+    },
+    /// The serving version was replaced while a reload ran.
+    #[error("the serving version vanished during the reload")]
+    Vanished,
     /// The bytes are not a valid component.
     #[error("not a valid WebAssembly component: {0}")]
     Compile(String),

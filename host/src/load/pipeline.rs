@@ -170,7 +170,7 @@ fn read(source: &Source) -> Result<Arc<[u8]>, LoadProblem> {
     match source {
         Source::File(path) => std::fs::read(path)
             .map(Arc::from)
-            .map_err(|e| LoadProblem::Read(e.to_string())),
+            .map_err(|e| LoadProblem::Read(Arc::new(e))),
         Source::Bytes { bytes, .. } => Ok(Arc::clone(bytes)),
     }
 }

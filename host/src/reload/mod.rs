@@ -427,10 +427,10 @@ impl Registry {
             state.config_text = Some(text.clone());
         }
         let result = text
-            .map_err(|e| {
+            .map_err(|source| {
                 ConfigRefused::Invalid(ConfigError::Read {
                     path: path.clone(),
-                    problem: e.to_string(),
+                    source,
                 })
             })
             .and_then(|text| self.try_reload_config(path, &text));
@@ -723,7 +723,7 @@ fn vanished(spec: &PolicySpec) -> LoadError {
         policy: spec.name.clone(),
         source_desc: spec.source.to_string(),
         step: load::LoadStep::Read,
-        problem: load::LoadProblem::Read("the serving version vanished during the reload".into()),
+        problem: load::LoadProblem::Vanished,
     }
 }
 

@@ -63,7 +63,7 @@ pub enum RolloutError {
     /// The change could not be recorded in the decision log, so it was not
     /// made.
     #[error("the change could not be recorded in the decision log, so it was not made: {0}")]
-    Unrecorded(String),
+    Unrecorded(#[source] crate::evidence::log::Unrecorded),
 }
 
 impl Registry {
@@ -275,7 +275,7 @@ impl Registry {
             Some(log) => log
                 .record_event("admin", &data)
                 .map(|_| ())
-                .map_err(|e| RolloutError::Unrecorded(e.to_string())),
+                .map_err(RolloutError::Unrecorded),
             None => Ok(()),
         }
     }
