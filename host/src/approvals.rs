@@ -536,3 +536,174 @@ fn deny(decision: Decision, rule: &str, reason: String) -> Decision {
 fn truncate(s: &str) -> String {
     s.chars().take(80).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Instant;
+
+    use super::*;
+    use crate::decision::{Action, Context, Mode, PolicyReport, Principal};
+
+    struct Manual(AtomicU64);
+
+    impl Clock for Manual {
+        fn now_ms(&self) -> u64 {
+            self.0.load(Ordering::Relaxed)
+        }
+    }
+
+    fn clock() -> Arc<Manual> {
+        Arc::new(Manual(AtomicU64::new(1_000_000)))
+    }
+
+    fn request(amount: u64, approval_id: Option<&str>) -> Request {
+        Request {
+            action: Action {
+                kind: "tool".into(),
+                name: "payments.transfer".into(),
+                target: String::new(),
+                params: json!({"amount": amount}),
+            },
+            context: Context {
+                agent: Principal {
+                    id: "bot".into(),
+                    roles: Vec::new(),
+                },
+                ..Context::default()
+            },
+            history: Default::default(),
+            approval_id: approval_id.map(str::to_owned),
+        }
+    }
+
+    /// What the policies answered: require-approval from `version`.
+    fn asked(version: &str) -> Decision {
+        let mut d = Decision::host_deny("spend.approval", "Over $5000.".into(), Instant::now());
+        d.outcome = Outcome::RequireApproval;
+        d.decided = Outcome::RequireApproval;
+        d.policies = vec![PolicyReport {
+            name: "procurement".into(),
+            version: version.into(),
+            signer: None,
+            signed_version: None,
+            mode: Mode::Enforce,
+            candidate: None,
+            outcome: Outcome::RequireApproval,
+            rule: "spend.approval".into(),
+            reason: "Over $5000.".into(),
+            risk: 60,
+            params: None,
+            fuel: 0,
+            micros: 0,
+            failure: None,
+        }];
+        d
+    }
+
+    fn approvals(clock: Arc<Manual>, store: Option<Arc<dyn ApprovalStore>>) -> Approvals {
+        Approvals::open(
+            store,
+            clock,
+            Duration::from_secs(60),
+            Duration::from_secs(600),
+        )
+        .expect("open")
+    }
+
+    fn pending_id(a: &Approvals) -> String {
+        let d = a.apply(&request(9000, None), asked("sha256:v1"));
+        assert_eq!(d.outcome, Outcome::RequireApproval);
+        let r = d.approval.expect("an approval");
+        assert_eq!(r.status, Status::Pending);
+        r.id
+    }
+
+    #[test]
+    fn a_granted_approval_allows_exactly_once() {
+        let a = approvals(clock(), None);
+        let id = pending_id(&a);
+        let again = a.apply(&request(9000, Some(&id)), asked("sha256:v1"));
+        assert_eq!(again.outcome, Outcome::RequireApproval, "still pending");
+        a.answer(&id, true, "alice", "PO checked")
+            .expect("answered");
+        let used = a.apply(&request(9000, Some(&id)), asked("sha256:v1"));
+        assert_eq!(
+            (used.outcome, used.rule.as_str()),
+            (Outcome::Allow, "approval.granted")
+        );
+        assert!(used.reason.contains("alice"), "{}", used.reason);
+        let replay = a.apply(&request(9000, Some(&id)), asked("sha256:v1"));
+        assert_eq!(
+            (replay.outcome, replay.rule.as_str()),
+            (Outcome::Deny, "approval.used")
+        );
+    }
+
+    #[test]
+    fn an_approval_binds_the_action_and_the_asking_versions() {
+        let a = approvals(clock(), None);
+        let id = pending_id(&a);
+        a.answer(&id, true, "alice", "ok").expect("answered");
+        let other = a.apply(&request(90_000, Some(&id)), asked("sha256:v1"));
+        assert_eq!(other.rule, "approval.action-changed");
+        let newer = a.apply(&request(9000, Some(&id)), asked("sha256:v2"));
+        assert_eq!(newer.rule, "approval.policy-changed");
+        let made_up = a.apply(&request(9000, Some("nope")), asked("sha256:v1"));
+        assert_eq!(
+            (made_up.outcome, made_up.rule.as_str()),
+            (Outcome::Deny, "approval.unknown")
+        );
+    }
+
+    #[test]
+    fn declined_expired_and_unreasoned_answers_never_allow() {
+        let clock = clock();
+        let a = approvals(Arc::clone(&clock), None);
+        let declined = pending_id(&a);
+        assert!(matches!(
+            a.answer(&declined, false, "bob", " "),
+            Err(ApprovalError::NoReason)
+        ));
+        a.answer(&declined, false, "bob", "no PO")
+            .expect("declined");
+        let d = a.apply(&request(9000, Some(&declined)), asked("sha256:v1"));
+        assert_eq!(
+            (d.outcome, d.rule.as_str()),
+            (Outcome::Deny, "approval.declined")
+        );
+        assert!(matches!(
+            a.answer(&declined, true, "bob", "changed my mind"),
+            Err(ApprovalError::NotPending { .. })
+        ));
+
+        let late = pending_id(&a);
+        clock.0.fetch_add(61_000, Ordering::Relaxed);
+        assert_eq!(a.get(&late).expect("kept").status, Status::Expired);
+        let d = a.apply(&request(9000, Some(&late)), asked("sha256:v1"));
+        assert_eq!(d.rule, "approval.expired");
+        assert!(matches!(
+            a.answer("nope", true, "x", "y"),
+            Err(ApprovalError::Unknown(_))
+        ));
+    }
+
+    #[test]
+    fn a_use_another_holder_of_the_store_made_first_is_refused() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = crate::state::open(dir.path()).expect("state").approvals;
+        let clock = clock();
+        let first = approvals(Arc::clone(&clock), Some(Arc::clone(&store)));
+        let id = pending_id(&first);
+        first.answer(&id, true, "alice", "ok").expect("answered");
+        // A second holder (a replica) reads the granted approval.
+        let second = approvals(clock, Some(store));
+        let used = first.apply(&request(9000, Some(&id)), asked("sha256:v1"));
+        assert_eq!(used.outcome, Outcome::Allow);
+        let again = second.apply(&request(9000, Some(&id)), asked("sha256:v1"));
+        assert_eq!(
+            (again.outcome, again.rule.as_str()),
+            (Outcome::Deny, "approval.used")
+        );
+    }
+}

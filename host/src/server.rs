@@ -471,3 +471,89 @@ async fn accept_loop(listener: TcpListener, state: Arc<AppState>, mut stop: watc
         tracing::warn!("grace period over; closing the remaining connections");
     }
 }
+
+#[cfg(all(test, feature = "example-policies"))]
+mod tests {
+    use super::*;
+    use crate::decision::{Action, Context, Outcome, Principal, Request};
+
+    /// The embedded default configuration on a free loopback port, with
+    /// its state and log in `dir` and no compile cache.
+    fn config(dir: &Path) -> Config {
+        let mut config = Config::default_config().expect("default");
+        config.server.listen = "127.0.0.1:0".parse().expect("addr");
+        config.state.dir = Some(dir.join("state"));
+        config.log.dir = Some(dir.join("log"));
+        config.cache.enabled = false;
+        config
+    }
+
+    fn transfer(amount: u64) -> Request {
+        Request {
+            action: Action {
+                kind: "tool".into(),
+                name: "payments.transfer".into(),
+                target: String::new(),
+                params: serde_json::json!({"amount": amount}),
+            },
+            context: Context {
+                agent: Principal {
+                    id: "procurement-bot".into(),
+                    roles: vec!["procurement".into()],
+                },
+                ..Context::default()
+            },
+            history: Default::default(),
+            approval_id: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bound_server_loads_decides_through_its_registry_and_drains() {
+        let dir = tempfile::tempdir().expect("dir");
+        let bound = bind(config(dir.path()), None, ServeOptions::default())
+            .await
+            .expect("bound");
+        assert!(bound.local_addr().ip().is_loopback());
+        bound.ready().await.expect("ready");
+        let registry = bound.registry().expect("loaded");
+        let d = registry.arbiter().decide_async(transfer(120)).await;
+        assert_eq!(d.outcome, Outcome::Allow, "{}", d.reason);
+        // The server's arbiter counts and logs what it decides.
+        assert!(bound.metrics().render().contains("arbiter_decisions_total"));
+        bound.shutdown();
+        tokio::time::timeout(Duration::from_secs(30), bound.wait())
+            .await
+            .expect("drained in time")
+            .expect("clean stop");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_address_in_use_is_refused_with_the_os_error_as_its_cause() {
+        let dir = tempfile::tempdir().expect("dir");
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut config = config(dir.path());
+        config.server.listen = taken.local_addr().expect("addr");
+        let Err(e) = bind(config, None, ServeOptions::default()).await else {
+            panic!("bound to an address in use")
+        };
+        let ServeError::Bind { source, .. } = &e else {
+            panic!("{e}")
+        };
+        assert_eq!(source.kind(), std::io::ErrorKind::AddrInUse);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_state_directory_that_cannot_be_made_stops_the_start() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"x").expect("write");
+        let mut config = config(dir.path());
+        config.state.dir = Some(file.join("state"));
+        let Err(e) = bind(config, None, ServeOptions::default()).await else {
+            panic!("started without its state")
+        };
+        assert!(matches!(e, ServeError::State(_)), "{e}");
+        assert!(e.to_string().contains("a-file"), "{e}");
+    }
+}

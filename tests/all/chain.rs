@@ -154,3 +154,32 @@ fn decisions_are_the_same_without_the_pooling_allocator() {
     ));
     assert_eq!(d.rule, "spend.over-limit");
 }
+
+#[test]
+fn a_saturated_arbiter_denies_naming_its_bound_and_admits_again_once_free() {
+    let a = arbiter(vec![load_example("procurement")]);
+    let transfer = || request("tool", "payments.transfer", json!({"amount": 120}));
+    a.admission().set_limit(0);
+    let d = a.decide(&transfer());
+    assert_eq!(
+        (d.outcome, d.rule.as_str()),
+        (Outcome::Deny, arbiter::admission::SATURATED_RULE)
+    );
+    assert!(d.reason.contains("0 decisions"), "{}", d.reason);
+    assert!(d.policies.is_empty(), "no policy ran");
+    a.admission().set_limit(1);
+    assert_eq!(a.decide(&transfer()).outcome, Outcome::Allow);
+    assert_eq!(a.admission().pending(), 0, "the place is given back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_clone_of_an_arbiter_shares_one_admission_bound() {
+    let a = arbiter(vec![load_example("procurement")]);
+    let clone = a.without_agents();
+    a.admission().set_limit(0);
+    let refused = clone
+        .try_decide_async(request("tool", "payments.transfer", json!({"amount": 1})))
+        .await
+        .expect_err("saturated");
+    assert_eq!(refused.limit, 0);
+}

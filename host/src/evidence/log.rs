@@ -1059,3 +1059,122 @@ impl Output {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::{Action, Context, Decision, Outcome, Principal};
+    use crate::evidence::audit::{self, VerifyOptions};
+    use crate::signing::PublicKey;
+
+    fn config(dir: &Path) -> LogConfig {
+        LogConfig {
+            dir: Some(dir.to_owned()),
+            ..LogConfig::default()
+        }
+    }
+
+    fn request() -> Request {
+        Request {
+            action: Action {
+                kind: "tool".into(),
+                name: "send_email".into(),
+                target: String::new(),
+                params: serde_json::json!({"to": "a@b.example"}),
+            },
+            context: Context {
+                agent: Principal {
+                    id: "bot".into(),
+                    roles: Vec::new(),
+                },
+                ..Context::default()
+            },
+            history: History::default(),
+            approval_id: None,
+        }
+    }
+
+    fn verify(dir: &Path) -> audit::Verified {
+        let text = fs::read_to_string(dir.join(CHECKPOINT_PUBLIC_KEY_FILE)).expect("public key");
+        let options = VerifyOptions {
+            key: PublicKey::from_file(&text).expect("key"),
+            checkpoints_file: Some(dir.join(CHECKPOINTS_FILE)),
+        };
+        audit::verify(dir, &options)
+            .expect("readable")
+            .expect("the chain verifies")
+    }
+
+    #[test]
+    fn decisions_and_events_chain_and_verify_across_a_reopen() {
+        let dir = tempfile::tempdir().expect("dir");
+        let deny = Decision::host_deny("r", "why".into(), std::time::Instant::now());
+        assert_eq!(deny.outcome, Outcome::Deny);
+        {
+            let log = DecisionLog::open(&config(dir.path()), Path::new("."), None).expect("open");
+            log.record(&request(), &History::default(), &deny)
+                .expect("recorded");
+            log.record_event("admin", &serde_json::json!({"change": "mode"}))
+                .expect("event");
+            log.close();
+        }
+        {
+            let log = DecisionLog::open(&config(dir.path()), Path::new("."), None).expect("reopen");
+            log.record(&request(), &History::default(), &deny)
+                .expect("recorded");
+            log.close();
+        }
+        let v = verify(dir.path());
+        assert!(v.records >= 3, "{} records", v.records);
+    }
+
+    #[test]
+    fn a_second_writer_is_refused_while_the_first_holds_the_directory() {
+        let dir = tempfile::tempdir().expect("dir");
+        let first = DecisionLog::open(&config(dir.path()), Path::new("."), None).expect("open");
+        let second = DecisionLog::open(&config(dir.path()), Path::new("."), None);
+        assert!(matches!(second, Err(LogError::Locked(_))), "{second:?}");
+        first.close();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_generated_checkpoint_key_is_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("dir");
+        let log = DecisionLog::open(&config(dir.path()), Path::new("."), None).expect("open");
+        log.close();
+        let mode = fs::metadata(dir.path().join(CHECKPOINT_KEY_FILE))
+            .expect("key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{mode:o}");
+    }
+
+    #[test]
+    fn an_unreadable_key_names_the_file_and_keeps_the_cause() {
+        let dir = tempfile::tempdir().expect("dir");
+        fs::write(dir.path().join("bad.key"), "not a key").expect("write");
+        let config = LogConfig {
+            checkpoint_key: Some("bad.key".into()),
+            ..config(dir.path())
+        };
+        let e = DecisionLog::open(&config, Path::new("."), None).expect_err("refused");
+        assert!(matches!(e, LogError::Key { .. }), "{e:?}");
+        assert!(e.to_string().contains("bad.key"), "{e}");
+        assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn a_closed_log_refuses_records_so_decisions_fail_closed() {
+        let dir = tempfile::tempdir().expect("dir");
+        let log = DecisionLog::open(&config(dir.path()), Path::new("."), None).expect("open");
+        log.close();
+        let deny = Decision::host_deny("r", "why".into(), std::time::Instant::now());
+        assert_eq!(
+            log.record(&request(), &History::default(), &deny)
+                .expect_err("closed"),
+            Unrecorded::Closed
+        );
+    }
+}

@@ -313,3 +313,116 @@ fn validate_settings(
         Err(failure) => Err(LoadProblem::ValidateFailed(failure)),
     }
 }
+
+#[cfg(all(test, feature = "example-policies"))]
+mod tests {
+    use std::path::PathBuf;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::config::SmokeSample;
+    use crate::decision::{Action, Outcome};
+
+    fn engine() -> Engine {
+        Engine::new(&crate::engine::EngineConfig::default()).expect("engine")
+    }
+
+    fn spec(source: Source, settings: serde_json::Value) -> PolicySpec {
+        PolicySpec {
+            name: "p".into(),
+            source,
+            settings,
+            limits: Limits::default(),
+            smoke: Vec::new(),
+            trust: Default::default(),
+        }
+    }
+
+    fn procurement() -> Source {
+        crate::examples::source("procurement").expect("embedded")
+    }
+
+    #[test]
+    fn a_missing_file_fails_at_read_with_the_io_error_as_its_cause() {
+        let e = load(
+            &engine(),
+            None,
+            &spec(
+                Source::File(PathBuf::from("/nonexistent/p.wasm")),
+                json!({}),
+            ),
+        )
+        .expect_err("missing");
+        assert_eq!(e.step, LoadStep::Read);
+        let LoadProblem::Read(io) = &e.problem else {
+            panic!("{e}")
+        };
+        assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+        assert!(std::error::Error::source(&e.problem).is_some());
+    }
+
+    #[test]
+    fn bytes_that_are_not_a_component_fail_at_compile() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("junk.wasm");
+        std::fs::write(&file, b"\0asm junk").expect("write");
+        let e = load(&engine(), None, &spec(Source::File(file), json!({}))).expect_err("junk");
+        assert_eq!(e.step, LoadStep::Compile, "{e}");
+    }
+
+    #[test]
+    fn the_version_is_the_sha256_of_the_bytes() {
+        assert_eq!(
+            version_of(b"abc"),
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn an_unchanged_policy_is_not_compiled_again_and_changed_settings_are() {
+        let engine = engine();
+        let s = spec(procurement(), json!({}));
+        let serving = load(&engine, None, &s).expect("loads");
+        assert!(
+            load_if_changed(&engine, None, &s, Some(&serving))
+                .expect("ok")
+                .is_none()
+        );
+        let changed = spec(procurement(), json!({"deny_over": 10}));
+        assert!(
+            load_if_changed(&engine, None, &changed, Some(&serving))
+                .expect("ok")
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn a_smoke_sample_decided_otherwise_refuses_the_version() {
+        let mut s = spec(procurement(), json!({}));
+        s.smoke = vec![SmokeSample {
+            name: Some("a small transfer is denied".into()),
+            action: Action {
+                kind: "tool".into(),
+                name: "payments.transfer".into(),
+                target: String::new(),
+                params: json!({"amount": 1}),
+            },
+            context: Default::default(),
+            history: Default::default(),
+            expect: Outcome::Deny,
+            rule: None,
+        }];
+        let e = load(&engine(), None, &s).expect_err("refused");
+        assert_eq!(e.step, LoadStep::Smoke);
+        assert!(e.to_string().contains("a small transfer is denied"), "{e}");
+    }
+
+    #[test]
+    fn settings_the_policy_refuses_fail_at_validate_settings() {
+        let e =
+            load(&engine(), None, &spec(procurement(), json!({"nope": 1}))).expect_err("refused");
+        assert_eq!(e.step, LoadStep::ValidateSettings);
+        assert!(e.to_string().contains("nope"), "{e}");
+    }
+}
