@@ -1108,7 +1108,7 @@ mod tests {
     #[test]
     fn decisions_and_events_chain_and_verify_across_a_reopen() {
         let dir = tempfile::tempdir().expect("dir");
-        let deny = Decision::host_deny("r", "why".into(), std::time::Instant::now());
+        let deny = Decision::host_deny("r", "why".into(), Instant::now());
         assert_eq!(deny.outcome, Outcome::Deny);
         {
             let log = DecisionLog::open(&config(dir.path()), Path::new("."), None).expect("open");
@@ -1170,7 +1170,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let log = DecisionLog::open(&config(dir.path()), Path::new("."), None).expect("open");
         log.close();
-        let deny = Decision::host_deny("r", "why".into(), std::time::Instant::now());
+        let deny = Decision::host_deny("r", "why".into(), Instant::now());
         assert_eq!(
             log.record(&request(), &History::default(), &deny)
                 .expect_err("closed"),
