@@ -5,28 +5,51 @@
 //! component in a fresh sandbox with fuel, deadline and memory limits, and
 //! answers allow, deny, require-approval or modify.
 //!
-//! One module per stage of a decision, named after it:
+//! # The flow of a decision
+//!
+//! [`arbiter::Arbiter::decide`] is the one place the order is written; every
+//! door (HTTP decide, the external authorizer, MCP over stdio and HTTP, the
+//! embedded library) goes through it. One module per stage, named after it:
 //!
 //! | stage | module |
 //! |---|---|
-//! | wire format in and out | [`front_door`] |
-//! | what the host knows of each agent: history, kill switch, breaker | [`enrich`] |
+//! | a place among the decisions in flight | [`admission`] |
+//! | what the host knows of each agent; what stops it (suspension, changed MCP tool, breaker) | [`enrich`] |
 //! | which chain applies | [`route`] |
 //! | run one policy, sandboxed | [`evaluate`] |
-//! | fold a chain | [`combine`] |
-//! | how much each answer binds: monitor, soft-enforce, enforce, canaries | [`mode`] |
-//! | candidates beside the serving version, divergence, replay | [`shadow`] |
+//! | how much each answer binds, which version answers | [`mode`] |
+//! | fold a chain | [`combine`], [`mode::fold`] |
 //! | require-approval answered by a person, bound to the action | [`approvals`] |
-//! | bring a policy into service | [`load`] |
-//! | change what serves, at run time | [`reload`] |
-//! | what a decision leaves behind | [`evidence`] |
+//! | what a decision leaves behind: log, metrics | [`evidence`] |
+//! | candidates beside the serving version, divergence, replay | [`shadow`] |
 //!
-//! [`server`] runs the HTTP decision service around them; [`mcp`] puts
-//! Arbiter in front of MCP servers, over stdio and Streamable HTTP.
+//! Around the flow: [`load`] brings one policy into service, [`set`]
+//! assembles a whole policy set from configuration, [`reload`] changes what
+//! serves at run time, [`state`] keeps what must survive a restart behind
+//! traits. The doors: [`front_door`] (HTTP), [`mcp`] (MCP gateway), run by
+//! [`server`] and [`cli`].
 //!
-//! [`arbiter::Arbiter::decide`] writes the order out; [`engine`] holds the
-//! one wasmtime engine; [`decision`] the shared types; [`config`] the
-//! configuration; [`cases`] runs conformance case files.
+//! # Layers
+//!
+//! A module imports only modules of lower layers; `tests/all/layers.rs`
+//! reads every `crate::` path of `host/src` and fails, naming the file and
+//! the import, on one that looks sideways or up.
+//!
+//! | layer | modules | what they are |
+//! |---|---|---|
+//! | 0 | [`decision`], [`time`], [`paths`], [`glob`], `hex` | shared types and helpers |
+//! | 1 | [`engine`], [`signing`], [`admission`], [`combine`] | primitives |
+//! | 2 | [`evaluate`], [`route`] | one policy run; one chain chosen |
+//! | 3 | [`config`] | the configuration's data model and checks |
+//! | 4 | [`state`], [`evidence`], [`load`] | durable state, evidence, the load pipeline |
+//! | 5 | [`examples`], [`enrich`], [`approvals`], [`mode`] | stages that use them |
+//! | 6 | [`shadow`], [`set`] | candidates off the hot path; the assembler |
+//! | 7 | [`arbiter`] | the flow |
+//! | 8 | [`reload`], [`cases`], [`client`] | what changes or drives the flow |
+//! | 9 | [`mcp`] | the MCP door |
+//! | 10 | [`front_door`] | the HTTP door |
+//! | 11 | [`server`] | runs the doors |
+//! | 12 | [`cli`] | the command line |
 #![deny(missing_docs)]
 
 pub mod admission;

@@ -16,7 +16,7 @@
 //! ([`crate::shadow`]) has finished what it holds.
 //!
 //! Once loaded, a reload worker ([`crate::reload::watch`]) follows the
-//! policy files and the configuration file, and [`Bound::reload`] (SIGHUP)
+//! policy files and the configuration file, and [`ReloadHandle::reload`] (SIGHUP)
 //! reloads everything.
 
 use std::net::SocketAddr;
@@ -350,9 +350,11 @@ pub async fn bind(
                     Some(log) => registry.with_log(log),
                     None => registry,
                 }
-                .with_agents(agents)
-                .with_approvals(approvals)
-                .with_pins(pins);
+                .with_arbiter(|a| {
+                    a.with_agents(agents)
+                        .with_approvals(approvals)
+                        .with_pins(pins)
+                });
                 let registry = Arc::new(
                     registry
                         .with_metrics(Arc::clone(&loader_state.metrics))

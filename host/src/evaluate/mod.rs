@@ -1,6 +1,6 @@
 //! Evaluate: runs one policy on one action in a fresh, bounded instance.
 //!
-//! Each call gets a new store ([`sandbox`]) with fuel, an epoch deadline and
+//! Each call gets a new store (`sandbox.rs`) with fuel, an epoch deadline and
 //! a memory cap, is instantiated from a [`PolicyPre`] prepared at load (the
 //! pooling allocator makes that cheap), and is dropped afterwards, so no
 //! state survives from one decision to the next. Whatever goes wrong in the

@@ -1,5 +1,5 @@
 //! The decision log: every decision, in every mode, appended as one
-//! hash-chained JSON line ([`super::record`]) before its answer leaves.
+//! hash-chained JSON line ([`mod@super::record`]) before its answer leaves.
 //!
 //! # Nothing lost
 //!

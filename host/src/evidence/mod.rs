@@ -1,7 +1,8 @@
 //! Evidence: what every decision leaves behind. [`log`] is the
-//! tamper-evident decision log, [`record`] its records and their canonical
+//! tamper-evident decision log, [`mod@record`] its records and their canonical
 //! encoding, [`audit`] reads a log back (verify, query, stats), and
-//! [`metrics`] counts.
+//! [`metrics`] counts. [`record()`] is the evidence stage of a decision: log,
+//! then metrics, then a trace.
 
 pub mod audit;
 pub mod log;

@@ -1,5 +1,5 @@
 //! Load: the one path by which a policy comes into service, at start or on
-//! reload. Each step is a function of [`pipeline`], and a failure names its
+//! reload. Each step is a function of `pipeline.rs`, and a failure names its
 //! step ([`LoadStep`]) and the policy.
 //!
 //! read → verify → compile (cached on disk) → check imports → link (check

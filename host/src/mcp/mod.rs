@@ -9,7 +9,7 @@
 //! the configured server name; params: the call's `arguments`); deny and
 //! require-approval answer the client with an error ([`jsonrpc`]) and the
 //! server never sees the call; modify forwards the patched arguments. A
-//! `tools/list` result pins each tool's definition ([`pins`]). With
+//! `tools/list` result pins each tool's definition ([`crate::enrich::pins`]). With
 //! `govern_results`, a tool's result is decided as an action of kind
 //! `mcp.result` before the client sees it. Everything else passes through
 //! unchanged, both ways.

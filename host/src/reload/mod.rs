@@ -261,26 +261,12 @@ impl Registry {
         self
     }
 
-    /// Fills each request's history from `agents` and applies their
-    /// suspensions and breakers (see [`Arbiter::with_agents`]).
+    /// The arbiter that serves, as `wire` makes it: the state the server
+    /// keeps (agents, approvals, pins) goes on the arbiter itself, so every
+    /// set this registry installs decides with it.
     #[must_use]
-    pub fn with_agents(mut self, agents: Arc<crate::enrich::Agents>) -> Self {
-        self.arbiter = self.arbiter.with_agents(agents);
-        self
-    }
-
-    /// Keeps require-approvals in `approvals` (see
-    /// [`Arbiter::with_approvals`]).
-    #[must_use]
-    pub fn with_approvals(mut self, approvals: Arc<crate::approvals::Approvals>) -> Self {
-        self.arbiter = self.arbiter.with_approvals(approvals);
-        self
-    }
-
-    /// Denies calls to changed MCP tools (see [`Arbiter::with_pins`]).
-    #[must_use]
-    pub fn with_pins(mut self, pins: Arc<crate::enrich::pins::Pins>) -> Self {
-        self.arbiter = self.arbiter.with_pins(pins);
+    pub fn with_arbiter(mut self, wire: impl FnOnce(Arbiter) -> Arbiter) -> Self {
+        self.arbiter = wire(self.arbiter);
         self
     }
 
