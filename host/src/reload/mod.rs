@@ -39,6 +39,7 @@ use crate::mode::{Rollout, RolloutSpec, load_candidate};
 use crate::route::RouteTable;
 use crate::set::{self, PolicySet, rollout_specs_from_config, specs_from_config};
 use crate::signing::signature_path;
+use crate::time::timestamp;
 
 /// Called with the new configuration once it is in service, so the front
 /// door can take its tokens and limits.
@@ -715,11 +716,6 @@ fn vanished(spec: &PolicySpec) -> LoadError {
 
 fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
-}
-
-/// RFC 3339 in UTC with microseconds.
-pub fn timestamp(t: SystemTime) -> String {
-    humantime::format_rfc3339_micros(t).to_string()
 }
 
 #[cfg(all(test, feature = "example-policies"))]

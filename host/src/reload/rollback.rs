@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::{Registry, timestamp};
+use super::Registry;
 use crate::load::LoadedPolicy;
+use crate::time::timestamp;
 
 /// Why a rollback did not happen.
 #[derive(Debug, thiserror::Error)]

@@ -9,10 +9,11 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use super::{Attempt, ModeSource, Registry, Reloaded, remember, timestamp};
+use super::{Attempt, ModeSource, Registry, Reloaded, remember};
 use crate::decision::Mode;
 use crate::load::{self, LoadError, PolicySpec};
 use crate::mode::Rollout;
+use crate::time::timestamp;
 
 /// A mode change that happened.
 #[derive(Debug, Clone, Serialize)]

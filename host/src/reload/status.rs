@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::{Attempt, ModeSource, Registry, timestamp};
+use super::{Attempt, ModeSource, Registry};
 use crate::decision::Mode;
 use crate::load::{self, LoadedPolicy};
 use crate::mode::Role;
+use crate::time::timestamp;
 
 /// The whole state, for `GET /v1/policies`.
 #[derive(Debug, Clone, Serialize)]

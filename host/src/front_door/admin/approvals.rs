@@ -1,6 +1,8 @@
-//! Approvals: the list and answers (admin), and one approval, long-polled (decide token).
+//! Approvals: the list and the answers (admin token), and one approval,
+//! long-polled (decide token).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::{Request as HttpRequest, Response, StatusCode};
@@ -8,11 +10,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{admin_body, percent_decode, query_error, required};
+use crate::approvals::ApprovalError;
 use crate::front_door::error::FrontDoorError;
 use crate::front_door::http::{AppState, Body, Service, json_response};
-use std::time::Duration;
-
-use crate::approvals::ApprovalError;
 
 pub(crate) fn approvals_of(
     state: &AppState,

@@ -1,4 +1,5 @@
-//! MCP tool pins: the list, a remote gateway's listing to pin, and an admin's acceptance of a changed tool.
+//! MCP tool pins: the list, a remote gateway's listing to pin, and an
+//! admin's acceptance of a changed tool.
 
 use std::sync::Arc;
 

@@ -1,4 +1,5 @@
-//! Admin: the policies that serve, and rolling one back to an earlier version.
+//! Admin: the policies that serve, and rolling one back to an earlier
+//! version.
 
 use hyper::body::Incoming;
 use hyper::{Request as HttpRequest, Response, StatusCode};

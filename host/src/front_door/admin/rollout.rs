@@ -1,4 +1,5 @@
-//! Admin: modes, promotion of candidates, divergence reports and the monitor baseline.
+//! Admin: modes, promotion of candidates, divergence reports and the
+//! monitor baseline.
 
 use std::sync::Arc;
 
