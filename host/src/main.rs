@@ -45,10 +45,32 @@ fn report(e: &anyhow::Error) -> String {
     let mut line = e.to_string();
     for cause in e.chain().skip(1) {
         let cause = cause.to_string();
-        if !line.contains(&cause) {
+        let cause = cause.trim_end();
+        if !line.contains(cause) {
             line.push_str(": ");
-            line.push_str(&cause);
+            line.push_str(cause);
         }
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let e = arbiter::config::Config::parse("[server]\nlisten = 5\n", "bad.toml")
+            .expect_err("bad type");
+        let line = report(&anyhow::Error::new(e).context("cannot start"));
+        assert!(
+            line.starts_with("cannot start: configuration `bad.toml`: "),
+            "{line}"
+        );
+        assert_eq!(line.matches("TOML parse error").count(), 1, "{line}");
+
+        let io = std::io::Error::other("disk on fire");
+        let line = report(&anyhow::Error::new(io).context("cannot write"));
+        assert_eq!(line, "cannot write: disk on fire");
+    }
 }

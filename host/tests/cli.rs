@@ -196,7 +196,11 @@ fn inspect_shows_version_world_and_imports() {
     std::fs::write(&junk, b"junk").expect("write");
     let o = arbiter(&["inspect", junk.to_str().expect("utf-8")], dir.path());
     assert_eq!(o.status.code(), Some(2));
-    assert!(text(&o).1.contains("is not a WebAssembly component"));
+    let err = text(&o).1;
+    assert!(
+        err.contains("cannot inspect") && err.contains("not a valid WebAssembly component"),
+        "{err}"
+    );
 }
 
 mod serve {

@@ -818,8 +818,8 @@ fn inspect(file: &Path, grants: &WasiGrants) -> anyhow::Result<ExitCode> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read `{}`", file.display()))?;
     let engine = engine()?;
     let report = load::inspect(&engine, &bytes, grants)
-        .map_err(anyhow::Error::msg)
-        .with_context(|| format!("`{}` is not a WebAssembly component", file.display()))?;
+        .map_err(anyhow::Error::new)
+        .with_context(|| format!("cannot inspect `{}`", file.display()))?;
     println!("file:    {}", file.display());
     println!("version: {}", report.version);
     println!("size:    {} bytes", report.size_bytes);

@@ -2,9 +2,9 @@
 //! as loading it.
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::Component;
 
-use super::pipeline::{check_imports, import_refusal, link};
+use super::LoadProblem;
+use super::pipeline::{check_imports, compile, import_refusal, link};
 use crate::engine::Engine;
 use crate::evaluate::WasiGrants;
 
@@ -39,9 +39,14 @@ pub struct Import {
 /// Inspects component `bytes`, as it would load with `grants`.
 ///
 /// # Errors
-/// The compiler's message when the bytes are not a component.
-pub fn inspect(engine: &Engine, bytes: &[u8], grants: &WasiGrants) -> Result<Inspection, String> {
-    let component = Component::new(engine.wasmtime(), bytes).map_err(|e| format!("{e:#}"))?;
+/// [`LoadProblem::Compile`] when the bytes are not a component, as the
+/// load pipeline's compile step says it (a precompiled artifact included).
+pub fn inspect(
+    engine: &Engine,
+    bytes: &[u8],
+    grants: &WasiGrants,
+) -> Result<Inspection, LoadProblem> {
+    let (component, _) = compile(engine, None, bytes, "")?;
     let ty = component.component_type();
     let imports = ty
         .imports(engine.wasmtime())

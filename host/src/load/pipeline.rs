@@ -175,7 +175,7 @@ fn read(source: &Source) -> Result<Arc<[u8]>, LoadProblem> {
     }
 }
 
-fn compile(
+pub(super) fn compile(
     engine: &Engine,
     cache: Option<&CompileCache>,
     bytes: &[u8],
