@@ -1,6 +1,9 @@
 //! The policy set: what serves, read-only once built and swapped whole,
 //! and the one assembler that builds it from a configuration ([`assemble`]),
-//! used at start, on reload, by tests and by embedders.
+//! used at start (the server, the MCP gateways), by tests and by
+//! embedders. A configuration reload reads its specs through the same
+//! [`specs_from_config`] and [`rollout_specs_from_config`], then loads only
+//! what changed ([`crate::reload`]).
 //!
 //! Assembly runs every policy, and every candidate of its rollout, through
 //! the load pipeline ([`crate::load`]); a policy that fails is kept as a
