@@ -9,10 +9,13 @@
 //! asking policies' versions match, the answer is allow, once. Anything
 //! else is a deny that says why. A pending approval past its time expires.
 //!
-//! Every change is stored (a committed redb transaction) and written to
-//! the decision log (`approval` records) before it is reported; a change
-//! either cannot take is not made. Changes are serialized under one lock,
-//! so two callers racing with one granted approval cannot both use it.
+//! Every change is stored ([`crate::state::ApprovalStore`], committed) and
+//! written to the decision log (`approval` records) before it is reported;
+//! a change either cannot take is not made. Changes are serialized under
+//! one lock here, and each is a compare-and-set on the approval's status in
+//! the store ([`crate::state::ApprovalStore::transition`]), so two callers
+//! racing with one granted approval cannot both use it, in this process or
+//! in another holding the same store.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
