@@ -1,5 +1,7 @@
 //! The HTTP front door: one hyper service that checks, parses and dispatches
-//! every request. Endpoints:
+//! every request. It answers decide, authz and health itself, each decision
+//! through [`Arbiter::try_decide_async`]; the admin handlers are in
+//! [`super::admin`], one file per subject. Endpoints:
 //!
 //! | method | path | what |
 //! |---|---|---|
