@@ -305,32 +305,7 @@ impl PinStore for RedbState {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn suspension(reason: &str) -> Suspension {
-        Suspension {
-            reason: reason.into(),
-            by: "ops".into(),
-            at: "2026-01-01T00:00:00Z".into(),
-        }
-    }
-
-    fn approval(id: &str, status: ApprovalStatus) -> Approval {
-        Approval {
-            id: id.into(),
-            status,
-            digest: "sha256:00".into(),
-            policies: Default::default(),
-            request: serde_json::json!({}),
-            rule: "r".into(),
-            reason: "why".into(),
-            risk: 50,
-            decision_id: "d".into(),
-            created_ms: 1,
-            expires_ms: 2,
-            answer: None,
-            used_by: None,
-        }
-    }
+    use crate::state::tests::suspension;
 
     #[test]
     fn what_is_written_is_read_after_a_reopen() {
@@ -359,76 +334,5 @@ mod tests {
         let e = RedbState::open(dir.path()).expect_err("refused");
         assert!(e.to_string().contains(STATE_FILE), "{e}");
         assert!(std::error::Error::source(&e).is_some(), "the cause is kept");
-    }
-
-    #[test]
-    fn an_approval_moves_from_a_status_once() {
-        let dir = tempfile::tempdir().expect("dir");
-        let s = RedbState::open(dir.path()).expect("open");
-        s.create(&approval("a", ApprovalStatus::Approved))
-            .expect("create");
-        let used = approval("a", ApprovalStatus::Used);
-        assert!(
-            s.transition(ApprovalStatus::Approved, &used)
-                .expect("first")
-        );
-        assert!(
-            !s.transition(ApprovalStatus::Approved, &used)
-                .expect("second")
-        );
-        assert!(
-            !s.transition(
-                ApprovalStatus::Approved,
-                &approval("nope", ApprovalStatus::Used)
-            )
-            .expect("unknown")
-        );
-        assert_eq!(s.approvals().expect("read")[0].status, ApprovalStatus::Used);
-    }
-
-    #[test]
-    fn racing_uses_of_one_approval_succeed_once() {
-        let dir = tempfile::tempdir().expect("dir");
-        let s = Arc::new(RedbState::open(dir.path()).expect("open"));
-        s.create(&approval("a", ApprovalStatus::Approved))
-            .expect("create");
-        let wins: usize = (0..8)
-            .map(|_| {
-                let s = Arc::clone(&s);
-                std::thread::spawn(move || {
-                    s.transition(
-                        ApprovalStatus::Approved,
-                        &approval("a", ApprovalStatus::Used),
-                    )
-                    .expect("transition")
-                })
-            })
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|t| usize::from(t.join().expect("join")))
-            .sum();
-        assert_eq!(wins, 1);
-    }
-
-    #[test]
-    fn every_change_is_announced() {
-        let dir = tempfile::tempdir().expect("dir");
-        let state = RedbState::open(dir.path()).expect("open").into_state();
-        let mut rx = state.subscribe();
-        state
-            .agents
-            .suspend("bot", &suspension("r"))
-            .expect("suspend");
-        state
-            .approvals
-            .create(&approval("a", ApprovalStatus::Pending))
-            .expect("create");
-        state.pins.save_pins(&[]).expect("pins");
-        assert_eq!(
-            rx.try_recv().expect("1"),
-            StateChange::Suspended("bot".into())
-        );
-        assert_eq!(rx.try_recv().expect("2"), StateChange::Approval("a".into()));
-        assert_eq!(rx.try_recv().expect("3"), StateChange::Pins);
     }
 }
