@@ -2,8 +2,10 @@
 //! and the one assembler that builds it from a configuration ([`assemble`]),
 //! used at start (the server, the MCP gateways), by tests and by
 //! embedders. A configuration reload reads its specs through the same
-//! [`specs_from_config`] and [`rollout_specs_from_config`], then loads only
-//! what changed ([`crate::reload`]).
+//! [`specs_from_config`] and [`rollout_specs_from_config`] and runs each
+//! policy that changed through the same [`assemble_one`], which takes what
+//! is loaded from an unchanged spec instead of loading it again; the swap
+//! that keeps run-time changes is [`crate::reload`]'s.
 //!
 //! Assembly runs every policy, and every candidate of its rollout, through
 //! the load pipeline ([`crate::load`]); a policy that fails is kept as a
@@ -18,7 +20,7 @@ use crate::decision::PolicyReport;
 use crate::engine::Engine;
 use crate::evaluate::{FailureKind, PolicyFailure};
 use crate::load::{self, CompileCache, LoadError, LoadedPolicy, PolicySpec, Source};
-use crate::mode::{CandidateSpec, Mode, Role, Rollout, RolloutSpec, load_rollout};
+use crate::mode::{Candidate, CandidateSpec, Mode, Role, Rollout, RolloutSpec, load_candidate};
 use crate::route::RouteTable;
 
 /// Everything loaded from one configuration: the policies that loaded, the
@@ -160,14 +162,14 @@ pub fn assemble(
     let mut out = Vec::with_capacity(specs.len());
     for spec in specs {
         let rollout_spec = rollout_specs.remove(&spec.name).unwrap_or_default();
-        let loaded = load::load(engine, cache, &spec)
-            .and_then(|p| Ok((p, load_rollout(engine, cache, &rollout_spec)?)));
-        match loaded {
-            Ok((p, rollout)) => {
+        match assemble_one(engine, cache, &spec, &rollout_spec, &Loaded::default()) {
+            Ok((Some(p), rollout)) => {
                 tracing::info!(policy = %p.name, version = %p.version, cache = ?p.cache, mode = %rollout.mode, "policy loaded");
-                set.policies.insert(spec.name.clone(), Arc::new(p));
+                set.policies.insert(spec.name.clone(), p);
                 set.rollouts.insert(spec.name.clone(), Arc::new(rollout));
             }
+            // Nothing was loaded to reuse, so a policy always comes back.
+            Ok((None, _)) => {}
             Err(e) => {
                 tracing::error!(policy = %spec.name, step = %e.step, error = %e, "policy failed to load");
                 set.failures.insert(spec.name.clone(), e);
@@ -176,6 +178,63 @@ pub fn assemble(
         out.push((spec, rollout_spec));
     }
     Ok(Assembly { set, specs: out })
+}
+
+/// What is loaded already and may serve again as it is: on a reload, the
+/// serving version's spec, and the candidates with the specs they were
+/// loaded from. Empty at start.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Loaded<'a> {
+    /// The spec the serving version was loaded from.
+    pub spec: Option<&'a PolicySpec>,
+    /// The candidates' specs as they were loaded.
+    pub candidate_specs: &'a [CandidateSpec],
+    /// The loaded candidates.
+    pub candidates: &'a [Candidate],
+}
+
+/// One configured policy through the load pipeline: its version to serve
+/// (`None` when `loaded` serves it from this very spec, which then keeps
+/// serving) and its rollout, each candidate taken from `loaded` when it was
+/// loaded from the same spec, else loaded.
+///
+/// # Errors
+/// The first [`LoadError`], of the policy or a candidate.
+pub fn assemble_one(
+    engine: &Engine,
+    cache: Option<&CompileCache>,
+    spec: &PolicySpec,
+    rollout: &RolloutSpec,
+    loaded: &Loaded<'_>,
+) -> Result<(Option<Arc<LoadedPolicy>>, Rollout), LoadError> {
+    let primary = if loaded.spec == Some(spec) {
+        None
+    } else {
+        Some(Arc::new(load::load(engine, cache, spec)?))
+    };
+    let mut candidates = Vec::with_capacity(rollout.candidates.len());
+    for c in &rollout.candidates {
+        let same = loaded
+            .candidate_specs
+            .iter()
+            .any(|x| x.id == c.id && x.spec == c.spec)
+            .then(|| loaded.candidates.iter().find(|x| x.id == c.id))
+            .flatten();
+        candidates.push(match same {
+            Some(x) => Candidate {
+                role: c.role,
+                ..x.clone()
+            },
+            None => load_candidate(engine, cache, c)?,
+        });
+    }
+    Ok((
+        primary,
+        Rollout {
+            mode: rollout.mode,
+            candidates,
+        },
+    ))
 }
 
 /// Turns a configuration into load specs; `base` resolves relative files.

@@ -13,8 +13,9 @@
 //! stable share of sessions ([`Rollout::canary_for`]).
 //!
 //! [`crate::set::rollout_specs_from_config`] reads modes and candidates from the
-//! configuration, and [`load_rollout`] brings the candidates in through the
-//! load pipeline, as any policy version comes in.
+//! configuration, and [`crate::set::assemble_one`] brings the candidates in
+//! through the load pipeline ([`load_candidate`]), as any policy version
+//! comes in.
 //!
 //! [`fold`] turns a chain's reports into what the caller is told: the
 //! enforcing policies' combined outcome, and what every policy that ran
@@ -168,27 +169,6 @@ pub struct CandidateSpec {
     pub role: Role,
     /// Its component, settings and limits, under the policy's name.
     pub spec: PolicySpec,
-}
-
-/// Loads every candidate of `spec` through the load pipeline.
-///
-/// # Errors
-/// The first candidate's [`LoadError`], its policy named with the
-/// candidate's id.
-pub fn load_rollout(
-    engine: &Engine,
-    cache: Option<&CompileCache>,
-    spec: &RolloutSpec,
-) -> Result<Rollout, LoadError> {
-    let candidates = spec
-        .candidates
-        .iter()
-        .map(|c| load_candidate(engine, cache, c))
-        .collect::<Result<_, _>>()?;
-    Ok(Rollout {
-        mode: spec.mode,
-        candidates,
-    })
 }
 
 /// Loads one candidate through the load pipeline.

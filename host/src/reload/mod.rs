@@ -35,7 +35,7 @@ use crate::engine::Engine;
 use crate::evidence::log::DecisionLog;
 use crate::evidence::metrics::Metrics;
 use crate::load::{self, CompileCache, LoadError, LoadedPolicy, PolicySpec, Source};
-use crate::mode::{Rollout, RolloutSpec, load_candidate};
+use crate::mode::RolloutSpec;
 use crate::route::RouteTable;
 use crate::set::{self, PolicySet, rollout_specs_from_config, specs_from_config};
 use crate::signing::signature_path;
@@ -483,15 +483,18 @@ impl Registry {
             if known.is_some_and(|k| k.configured == (spec.clone(), rollout_spec.clone())) {
                 continue;
             }
-            let primary = match known {
-                Some(k) if &k.spec == spec => None,
-                _ => Some(Arc::new(load::load(
-                    self.arbiter.engine(),
-                    self.cache.as_ref(),
-                    spec,
-                )?)),
+            let loaded = set::Loaded {
+                spec: known.map(|k| &k.spec),
+                candidate_specs: known.map_or(&[], |k| &k.rollout.candidates),
+                candidates: current.rollout(&spec.name).map_or(&[], |r| &r.candidates),
             };
-            let rollout = self.rollout_for(&rollout_spec, known, current.rollout(&spec.name))?;
+            let (primary, rollout) = set::assemble_one(
+                self.arbiter.engine(),
+                self.cache.as_ref(),
+                spec,
+                &rollout_spec,
+                &loaded,
+            )?;
             if known.is_some() {
                 change.reloaded.push(spec.name.clone());
             } else {
@@ -570,34 +573,6 @@ impl Registry {
             hook(&config);
         }
         Ok(change)
-    }
-
-    /// The rollout `spec` asks for, reusing the candidates already loaded
-    /// with the same spec and loading the others.
-    fn rollout_for(
-        &self,
-        spec: &RolloutSpec,
-        known: Option<&Serving>,
-        loaded: Option<&Arc<Rollout>>,
-    ) -> Result<Rollout, LoadError> {
-        let mut candidates = Vec::with_capacity(spec.candidates.len());
-        for c in &spec.candidates {
-            let same = known
-                .and_then(|k| k.rollout.candidates.iter().find(|x| x.id == c.id))
-                .filter(|x| x.spec == c.spec)
-                .and_then(|_| loaded?.candidates.iter().find(|x| x.id == c.id));
-            candidates.push(match same {
-                Some(x) => crate::mode::Candidate {
-                    role: c.role,
-                    ..x.clone()
-                },
-                None => load_candidate(self.arbiter.engine(), self.cache.as_ref(), c)?,
-            });
-        }
-        Ok(Rollout {
-            mode: spec.mode,
-            candidates,
-        })
     }
 
     /// Whether policy `name`'s file no longer holds the serving version
