@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 /// The path in environment variable `name`, if set and not empty.
-pub fn env_path(name: &str) -> Option<PathBuf> {
+fn env_path(name: &str) -> Option<PathBuf> {
     std::env::var_os(name)
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)

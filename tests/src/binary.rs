@@ -4,6 +4,7 @@
 //! from would test old code, so it is refused, saying how to rebuild it.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::SystemTime;
 
 /// The path of `target/<profile>/arbiter`, checked to be newer than every
@@ -12,6 +13,12 @@ use std::time::SystemTime;
 /// # Panics
 /// When the binary is missing or stale, with the command that builds it.
 pub fn arbiter() -> PathBuf {
+    // Checked once per test binary: the sources do not change under it.
+    static CHECKED: OnceLock<PathBuf> = OnceLock::new();
+    CHECKED.get_or_init(checked).clone()
+}
+
+fn checked() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
     // target/<profile>/deps/all-<hash> → target/<profile>
     let profile = exe
