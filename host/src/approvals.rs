@@ -49,6 +49,24 @@ pub enum ApprovalError {
     /// A reason is required.
     #[error("a reason is required")]
     NoReason,
+    /// The approver is the agent or the user the approval is for.
+    #[error("`{approver}` is the {whose} of approval `{id}`, and may not answer it")]
+    OwnRequest {
+        /// The approval.
+        id: String,
+        /// Who tried.
+        approver: String,
+        /// `agent` or `user`.
+        whose: &'static str,
+    },
+    /// Four eyes: this approver already approved; another must.
+    #[error("`{by}` already approved `{id}`; it needs another approver")]
+    SameApprover {
+        /// The approval.
+        id: String,
+        /// Who tried twice.
+        by: String,
+    },
     /// The store could not take it.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -64,6 +82,8 @@ pub struct Approvals {
     clock: Arc<dyn Clock>,
     ttl_ms: u64,
     keep_ms: u64,
+    /// How many distinct approvers each rule and risk needs.
+    rules: Vec<crate::config::ApprovalRule>,
     log: Option<Arc<DecisionLog>>,
     /// Bumped on every change, for long-polling callers.
     changed: tokio::sync::watch::Sender<u64>,
@@ -103,9 +123,17 @@ impl Approvals {
             clock,
             ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
             keep_ms: u64::try_from(keep.as_millis()).unwrap_or(u64::MAX),
+            rules: Vec::new(),
             log: None,
             changed: tokio::sync::watch::channel(0).0,
         })
+    }
+
+    /// Asks for two distinct approvers where `rules` say so.
+    #[must_use]
+    pub fn with_rules(mut self, rules: Vec<crate::config::ApprovalRule>) -> Self {
+        self.rules = rules;
+        self
     }
 
     /// Writes every answer, expiry and use to `log`.
@@ -130,19 +158,19 @@ impl Approvals {
         if let Some(id) = &request.approval_id {
             return match self.redeem(&mut all, id, &digest, &asking, &decision, now) {
                 Redeemed::Allowed(a) => {
-                    let answer = a.answer.clone().unwrap_or(Answer {
-                        by: "?".into(),
-                        reason: String::new(),
-                        at_ms: 0,
-                    });
+                    let given = if a.approvers.is_empty() {
+                        a.answer.iter().cloned().collect()
+                    } else {
+                        a.approvers.clone()
+                    };
+                    let said: Vec<String> = given
+                        .iter()
+                        .map(|x| format!("{} at {}: {}", x.by, ms_time(x.at_ms), x.reason))
+                        .collect();
                     decision.outcome = Outcome::Allow;
                     decision.rule = "approval.granted".into();
-                    decision.reason = format!(
-                        "Approved by {} at {}: {}; allowed this once.",
-                        answer.by,
-                        ms_time(answer.at_ms),
-                        answer.reason
-                    );
+                    decision.reason =
+                        format!("Approved by {}; allowed this once.", said.join("; and by "));
                     decision.approval = Some(reference(&a));
                     decision
                 }
@@ -174,6 +202,12 @@ impl Approvals {
             created_ms: now,
             expires_ms: now.saturating_add(self.ttl_ms),
             answer: None,
+            required: crate::config::ApprovalsConfig::required_by(
+                &self.rules,
+                &decision.rule,
+                decision.risk,
+            ),
+            approvers: Vec::new(),
             used_by: None,
         };
         if let Err(e) = self.create(&approval) {
@@ -294,11 +328,16 @@ impl Approvals {
         }
     }
 
-    /// Approves (`granted`) or declines a pending approval.
+    /// Approves (`granted`) or declines a pending approval, as `by`, an
+    /// authenticated operator's name. Nobody answers for their own agent
+    /// or user; an approval needing two approvers stays pending after the
+    /// first, and the second must be someone else. A decline by anyone
+    /// ends it.
     ///
     /// # Errors
-    /// [`ApprovalError`]: unknown, not pending, no reason, or the store or
-    /// the log cannot take it.
+    /// [`ApprovalError`]: unknown, not pending, no reason, the approver's
+    /// own request, the same approver twice, or the store or the log
+    /// cannot take it.
     pub fn answer(
         &self,
         id: &str,
@@ -321,24 +360,50 @@ impl Approvals {
                 status: a.status.as_str(),
             });
         }
-        let mut next = a.clone();
-        next.status = if granted {
-            Status::Approved
-        } else {
-            Status::Declined
-        };
-        next.answer = Some(Answer {
+        let context = &a.request["context"];
+        for (whose, id_of) in [
+            ("agent", &context["agent"]["id"]),
+            ("user", &context["user"]["id"]),
+        ] {
+            if id_of.as_str() == Some(by) {
+                return Err(ApprovalError::OwnRequest {
+                    id: id.to_owned(),
+                    approver: by.to_owned(),
+                    whose,
+                });
+            }
+        }
+        if granted && a.approvers.iter().any(|x| x.by == by) {
+            return Err(ApprovalError::SameApprover {
+                id: id.to_owned(),
+                by: by.to_owned(),
+            });
+        }
+        let answer = Answer {
             by: by.to_owned(),
             reason: reason.to_owned(),
             at_ms: now,
-        });
+        };
+        let recorded = answer.clone();
+        let mut next = a.clone();
+        let change = if granted {
+            next.approvers.push(answer.clone());
+            if next.approvers.len() >= usize::from(next.required.max(1)) {
+                next.status = Status::Approved;
+                next.answer = Some(answer);
+                "approved"
+            } else {
+                "approved-partly"
+            }
+        } else {
+            next.status = Status::Declined;
+            next.answer = Some(answer);
+            "declined"
+        };
         // The log first: an answer an auditor cannot see is not given.
         if let Some(log) = &self.log {
-            log.record_event(
-                "approval",
-                &event_data(&next, next.status.as_str(), next.answer.as_ref()),
-            )
-            .map_err(ApprovalError::Unrecorded)?;
+            log.record_event("approval", &event_data(&next, change, Some(&recorded)))
+                .map_err(ApprovalError::Unrecorded)?;
         }
         if !self.transition(Status::Pending, &next)? {
             return Err(ApprovalError::NotPending {
@@ -493,11 +558,13 @@ enum Redeemed {
 fn event_data(a: &Approval, change: &str, answer: Option<&Answer>) -> Value {
     json!({
         "approval": a.id,
+        "approvals": a.approvers.len(),
         "by": answer.map(|x| x.by.as_str()),
         "change": change,
         "decision_id": a.used_by.as_deref().unwrap_or(&a.decision_id),
         "digest": a.digest,
         "reason": answer.map(|x| x.reason.as_str()),
+        "required": a.required,
     })
 }
 

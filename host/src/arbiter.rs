@@ -73,6 +73,8 @@ pub struct Arbiter {
     /// Pinned MCP tool definitions; a call to a changed tool is denied
     /// before any policy.
     pins: Option<Arc<Pins>>,
+    /// Keys the canary buckets, so a caller cannot choose its bucket.
+    canary_key: Arc<[u8; 32]>,
 }
 
 /// What modes and candidates keep beside the decisions.
@@ -124,7 +126,17 @@ impl Arbiter {
             agents: None,
             approvals: None,
             pins: None,
+            canary_key: Arc::new(random_key()),
         }
+    }
+
+    /// This arbiter, with canary buckets keyed by `key`: a server keeps it
+    /// in its state directory, so sessions keep their bucket across
+    /// restarts. Without it, a key random to this process.
+    #[must_use]
+    pub fn with_canary_key(mut self, key: [u8; 32]) -> Self {
+        self.canary_key = Arc::new(key);
+        self
     }
 
     /// This arbiter, denying calls of kind `mcp` to a tool whose pinned
@@ -402,12 +414,9 @@ impl Arbiter {
             return host_failure("the instance pool is closed").into();
         };
         let c = &request.context;
-        // Sessionless callers are kept stable by their agent instead.
-        let session_key = if c.session.is_empty() {
-            &c.agent.id
-        } else {
-            &c.session
-        };
+        // A session is kept stable by agent and session; sessionless
+        // callers by their agent alone.
+        let session_key = format!("{}\0{}", c.agent.id, c.session);
         let mut input = Input::new(&request.action, c, history);
         let mut reports = Vec::with_capacity(chain.len());
         let mut shadows = Vec::new();
@@ -421,7 +430,8 @@ impl Arbiter {
                     mode::monitor_report(policy)
                 }
                 Some(primary) => {
-                    let canary = rollout.and_then(|r| r.canary_for(name, session_key));
+                    let canary =
+                        rollout.and_then(|r| r.canary_for(name, &session_key, &self.canary_key));
                     let policy = canary.map_or(primary, |(_, c)| &c.policy);
                     let (engine, limits, settings) =
                         (&self.engine, &policy.limits, &policy.settings);
@@ -561,4 +571,14 @@ pub enum ArbiterError {
     /// A policy source.
     #[error(transparent)]
     Load(#[from] LoadError),
+}
+
+/// 32 bytes from the OS's randomness; all zeros only if it has none,
+/// which `getrandom` reports on no supported platform.
+fn random_key() -> [u8; 32] {
+    let mut key = [0u8; 32];
+    if let Err(e) = getrandom::fill(&mut key) {
+        tracing::error!(error = %e, "no OS randomness for the canary key");
+    }
+    key
 }

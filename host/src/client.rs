@@ -1,6 +1,6 @@
 //! A small HTTP/1.1 client for the commands that talk to a running server
-//! (`arbiter rollback`, `arbiter status`): plain `http://` on the admin
-//! port, JSON in and out.
+//! (`arbiter rollback`, `arbiter status`): its admin plane's Unix socket
+//! (`unix:PATH`) or plain `http://`, JSON in and out.
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
@@ -8,7 +8,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, Uri};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
 /// Header a gateway can use instead of `Authorization` to present its
 /// Arbiter token, since the external authorizer reads `Authorization` as
@@ -19,15 +19,28 @@ pub const TOKEN_HEADER: &str = "x-arbiter-token";
 #[derive(Debug, Clone)]
 pub struct ServerAddress {
     authority: String,
+    /// The Unix socket to connect to, instead of `authority`.
+    socket: Option<std::path::PathBuf>,
     token: Option<String>,
 }
 
 impl ServerAddress {
-    /// Parses `http://host:port`; `token` is sent as a bearer token.
+    /// Parses `http://host:port` or `unix:PATH`; `token` is sent as a
+    /// bearer token.
     ///
     /// # Errors
-    /// When the URL is not `http://` with a host.
+    /// When the URL is neither `http://` with a host nor `unix:` a path.
     pub fn new(url: &str, token: Option<String>) -> anyhow::Result<Self> {
+        if let Some(path) = url.strip_prefix("unix:") {
+            if path.is_empty() {
+                bail!("`{url}`: `unix:` needs the socket's path");
+            }
+            return Ok(ServerAddress {
+                authority: "localhost".into(),
+                socket: Some(path.into()),
+                token,
+            });
+        }
         let uri: Uri = url
             .parse()
             .with_context(|| format!("`{url}` is not a URL"))?;
@@ -41,7 +54,11 @@ impl ServerAddress {
             Some(_) => authority.to_string(),
             None => format!("{}:80", authority.host()),
         };
-        Ok(ServerAddress { authority, token })
+        Ok(ServerAddress {
+            authority,
+            socket: None,
+            token,
+        })
     }
 
     /// Sends one request and returns the status and the JSON body.
@@ -54,13 +71,26 @@ impl ServerAddress {
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> anyhow::Result<(u16, serde_json::Value)> {
-        let stream = TcpStream::connect(&self.authority)
-            .await
-            .with_context(|| format!("cannot reach the server at {}", self.authority))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .context("HTTP handshake")?;
-        let conn = tokio::spawn(conn);
+        let (mut sender, conn) = match &self.socket {
+            Some(path) => {
+                let stream = UnixStream::connect(path)
+                    .await
+                    .with_context(|| format!("cannot reach the admin socket {}", path.display()))?;
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .context("HTTP handshake")?;
+                (sender, tokio::spawn(conn))
+            }
+            None => {
+                let stream = TcpStream::connect(&self.authority)
+                    .await
+                    .with_context(|| format!("cannot reach the server at {}", self.authority))?;
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .context("HTTP handshake")?;
+                (sender, tokio::spawn(conn))
+            }
+        };
         let mut req = Request::builder()
             .method(method)
             .uri(path)

@@ -41,7 +41,7 @@
 //! | 1 | [`engine`], [`signing`], [`admission`], [`combine`] | primitives |
 //! | 2 | [`evaluate`], [`route`] | one policy run; one chain chosen |
 //! | 3 | [`config`] | the configuration's data model and checks |
-//! | 4 | [`state`], [`evidence`], [`load`] | durable state, evidence, the load pipeline |
+//! | 4 | [`state`], [`evidence`], [`load`], [`identity`] | durable state, evidence, the load pipeline, credentials |
 //! | 5 | [`examples`], [`enrich`], [`approvals`], [`mode`] | stages that use them |
 //! | 6 | [`shadow`], [`set`] | candidates off the hot path; the assembler |
 //! | 7 | [`arbiter`] | the flow |
@@ -69,6 +69,7 @@ pub mod examples;
 pub mod front_door;
 pub mod glob;
 mod hex;
+pub mod identity;
 pub mod load;
 pub mod mcp;
 pub mod mode;

@@ -35,6 +35,47 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     builder.create(dir)
 }
 
+/// A 32-byte secret kept in the file `path`: read, or at the first start
+/// made from the OS's randomness and written owner-only (whole, before
+/// any use). Two first starts at once agree: the first to link its file
+/// in place wins, and both read that one back.
+///
+/// # Errors
+/// The I/O error, or a file that does not hold 32 bytes.
+pub fn secret_key(path: &Path) -> std::io::Result<[u8; 32]> {
+    use std::io::Write;
+    match std::fs::read(path) {
+        Ok(bytes) => <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("`{}` is not a 32-byte key", path.display()),
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut key = [0u8; 32];
+            getrandom::fill(&mut key).map_err(|e| std::io::Error::other(e.to_string()))?;
+            let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+            let mut o = std::fs::OpenOptions::new();
+            o.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+            let mut f = o.open(&tmp)?;
+            f.write_all(&key)?;
+            f.sync_all()?;
+            drop(f);
+            let linked = std::fs::hard_link(&tmp, path);
+            let _ = std::fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+            secret_key(path)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -48,5 +89,19 @@ mod tests {
         create_private_dir(&dir).expect("create");
         let mode = std::fs::metadata(&dir).expect("meta").permissions().mode();
         assert_eq!(mode & 0o077, 0, "{mode:o}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_secret_key_is_made_once_owner_only_and_read_back() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().expect("dir");
+        let path = root.path().join("k");
+        let first = secret_key(&path).expect("made");
+        assert_eq!(secret_key(&path).expect("read"), first);
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{mode:o}");
+        std::fs::write(&path, b"short").expect("write");
+        assert!(secret_key(&path).is_err());
     }
 }

@@ -18,22 +18,27 @@
 //! Once loaded, a reload worker ([`crate::reload::watch`]) follows the
 //! policy files and the configuration file, and [`ReloadHandle::reload`] (SIGHUP)
 //! reloads everything.
+//!
+//! Two listeners: the decision plane on `server.listen`
+//! ([`crate::front_door::http`]) and the admin plane on `admin.listen`
+//! ([`crate::front_door::admin`]), by default a Unix socket, mode 0600, in
+//! the state directory. Neither serves the other's paths.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::approvals::Approvals;
-use crate::config::{Config, Overrides};
+use crate::config::{AdminListen, Config, Overrides};
 use crate::engine::Engine;
 use crate::enrich::Agents;
 use crate::enrich::pins::Pins;
@@ -42,6 +47,7 @@ use crate::evidence::metrics::Metrics;
 use crate::front_door::http::{self, AppState, HttpOptions, LoadState, Service};
 use crate::load::LoadError;
 use crate::reload::Registry;
+pub use crate::reload::watch::ReloadHandle;
 use crate::reload::watch::Watcher;
 use crate::set::{open_cache, specs_from_config};
 use crate::state::{self, StoreError};
@@ -67,6 +73,15 @@ pub enum ServeError {
     Bind {
         /// The address.
         addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The admin plane's listener could not be made.
+    #[error("cannot serve the admin plane on {listen}: {source}")]
+    AdminBind {
+        /// Where it was to listen.
+        listen: String,
         /// The OS error.
         #[source]
         source: std::io::Error,
@@ -104,9 +119,28 @@ impl std::fmt::Debug for ClockHandle {
     }
 }
 
+/// Where the admin plane listens, once bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminEndpoint {
+    /// A Unix socket (mode 0600).
+    Unix(PathBuf),
+    /// A TCP address.
+    Tcp(SocketAddr),
+}
+
+impl std::fmt::Display for AdminEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdminEndpoint::Unix(p) => write!(f, "unix:{}", p.display()),
+            AdminEndpoint::Tcp(a) => write!(f, "http://{a}"),
+        }
+    }
+}
+
 /// A running server.
 pub struct Bound {
     addr: SocketAddr,
+    admin: AdminEndpoint,
     state: Arc<AppState>,
     stop: watch::Sender<bool>,
     serve: JoinHandle<()>,
@@ -115,30 +149,15 @@ pub struct Bound {
     log: Option<Arc<DecisionLog>>,
 }
 
-/// Asks a running server to reload; cheap to clone and send to a signal
-/// handler.
-#[derive(Clone, Default)]
-pub struct ReloadHandle(Arc<Mutex<Option<Watcher>>>);
-
-impl ReloadHandle {
-    /// Reloads the configuration file and every policy file, after any
-    /// reload already running (what SIGHUP does). Before the first load
-    /// has finished, and after shutdown, there is nothing to reload.
-    pub fn reload(&self) {
-        if let Some(w) = self.lock().as_ref() {
-            w.reload_all();
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Watcher>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
 impl Bound {
     /// The address the server listens on (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where the admin plane listens.
+    pub fn admin_endpoint(&self) -> &AdminEndpoint {
+        &self.admin
     }
 
     /// The metrics registry the server records into.
@@ -206,7 +225,7 @@ impl Bound {
         let _ = stop.send(true);
         let served = serve.await;
         // Stop following files: the worker finishes a reload under way.
-        let worker = reloader.lock().take();
+        let worker = reloader.take();
         drop(worker);
         // Shadow comparisons queued finish, and log their divergences; the
         // day's spend is saved for the next start.
@@ -286,6 +305,13 @@ pub async fn bind(
         .clock
         .map_or_else(|| Arc::new(SystemClock) as Arc<dyn Clock>, |c| c.0);
     let store = state::open(&state_dir)?;
+    let canary_path = state_dir.join(CANARY_KEY);
+    let canary_key =
+        crate::paths::secret_key(&canary_path).map_err(|source| StoreError::Database {
+            path: canary_path,
+            what: "the canary key",
+            source: Box::new(source),
+        })?;
     let mut agents = Agents::durable(
         config.agents.clone(),
         Arc::clone(&clock),
@@ -297,7 +323,8 @@ pub async fn bind(
         clock,
         Duration::from_secs(config.approvals.ttl_s),
         Duration::from_secs(config.approvals.keep_s),
-    )?;
+    )?
+    .with_rules(config.approvals.rules.clone());
     if let Some(log) = &log {
         agents = agents.with_log(Arc::clone(log));
         approvals = approvals.with_log(Arc::clone(log));
@@ -318,15 +345,23 @@ pub async fn bind(
     let addr = listener
         .local_addr()
         .map_err(|source| ServeError::Bind { addr, source })?;
+    let admin_listen = config
+        .admin
+        .listen
+        .clone()
+        .unwrap_or_else(|| AdminListen::Unix(state_dir.join(ADMIN_SOCKET)));
+    let (admin_listener, admin) = bind_admin(&admin_listen, &base).await?;
+    warn_if_open(&config, addr, &admin);
     let config = Arc::new(config);
     let state = Arc::new(AppState::new(
         Arc::clone(&config),
+        base.clone(),
         Arc::clone(&metrics),
         options.http,
     ));
     let (stop, stop_rx) = watch::channel(false);
     let (ready_tx, ready) = watch::channel(None);
-    let reloader = ReloadHandle::default();
+    let reloader = state.reloader.clone();
 
     // The first load, off the reactor.
     let loader_state = Arc::clone(&state);
@@ -346,6 +381,7 @@ pub async fn bind(
         let result = match loaded {
             Ok(Ok(registry)) => {
                 let service = Arc::clone(&loader_state.service);
+                let service_base = loader_state.base.clone();
                 let registry = match loader_log {
                     Some(log) => registry.with_log(log),
                     None => registry,
@@ -354,18 +390,20 @@ pub async fn bind(
                     a.with_agents(agents)
                         .with_approvals(approvals)
                         .with_pins(pins)
+                        .with_canary_key(canary_key)
                 });
                 let registry = Arc::new(
                     registry
                         .with_metrics(Arc::clone(&loader_state.metrics))
                         .with_overrides(overrides)
                         .on_config(Box::new(move |config| {
-                            service.store(Arc::new(Service::new(Arc::clone(config))));
+                            service
+                                .store(Arc::new(Service::new(Arc::clone(config), &service_base)));
                         })),
                 );
                 let n = registry.arbiter().policy_set().policies().count();
                 match Watcher::start(Arc::clone(&registry)) {
-                    Ok(w) => *loader_reloader.lock() = Some(w),
+                    Ok(w) => loader_reloader.install(w),
                     Err(e) => tracing::error!(error = %e, "no hot reload"),
                 }
                 let _ = loader_state.load.set(LoadState::Ready(registry));
@@ -406,10 +444,20 @@ pub async fn bind(
             }
         }
     });
-    let serve = tokio::spawn(accept_loop(listener, Arc::clone(&state), stop_rx));
-    tracing::info!(%addr, "listening");
+    let admin_serve = tokio::spawn(admin_loop(
+        admin_listener,
+        Arc::clone(&state),
+        stop.subscribe(),
+    ));
+    let decisions = tokio::spawn(accept_loop(listener, Arc::clone(&state), stop_rx));
+    let serve = tokio::spawn(async move {
+        let _ = decisions.await;
+        let _ = admin_serve.await;
+    });
+    tracing::info!(%addr, admin = %admin, "listening");
     Ok(Bound {
         addr,
+        admin,
         state,
         stop,
         serve,
@@ -417,6 +465,156 @@ pub async fn bind(
         reloader,
         log,
     })
+}
+
+/// The admin socket's file name in the state directory.
+pub const ADMIN_SOCKET: &str = "admin.sock";
+/// The canary key's file name in the state directory.
+pub const CANARY_KEY: &str = "canary.key";
+
+/// A bound admin listener.
+enum AdminListener {
+    Unix(UnixListener),
+    Tcp(TcpListener),
+}
+
+/// Binds the admin plane: a Unix socket that is owner-only before anyone
+/// can reach it, or a TCP address.
+async fn bind_admin(
+    listen: &AdminListen,
+    base: &Path,
+) -> Result<(AdminListener, AdminEndpoint), ServeError> {
+    let fail = |source| ServeError::AdminBind {
+        listen: listen.to_string(),
+        source,
+    };
+    match listen {
+        AdminListen::Tcp(addr) => {
+            let l = TcpListener::bind(addr).await.map_err(fail)?;
+            let bound = l.local_addr().map_err(fail)?;
+            Ok((AdminListener::Tcp(l), AdminEndpoint::Tcp(bound)))
+        }
+        AdminListen::Unix(path) => {
+            let path = base.join(path);
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                crate::paths::create_private_dir(dir).map_err(fail)?;
+            }
+            // A socket left by a server that died is replaced; a live one
+            // answers, and is not taken over.
+            if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+                return Err(fail(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "another server answers on this socket",
+                )));
+            }
+            match std::fs::symlink_metadata(&path) {
+                Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
+                    std::fs::remove_file(&path).map_err(fail)?;
+                }
+                Ok(_) => {
+                    return Err(fail(std::io::Error::new(
+                        std::io::ErrorKind::AlreadyExists,
+                        "a file that is not a socket is in the way",
+                    )));
+                }
+                Err(_) => {}
+            }
+            // Owner-only from the moment anyone could reach it: bound in a
+            // fresh directory only this user can enter, made 0600 there,
+            // then moved into place.
+            let nest = path.with_file_name(format!(".admin-{}.d", std::process::id()));
+            let _ = std::fs::remove_dir_all(&nest);
+            crate::paths::create_private_dir(&nest).map_err(fail)?;
+            let inner = nest.join("s");
+            let bound = (|| {
+                let l = UnixListener::bind(&inner)?;
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o600))?;
+                std::fs::rename(&inner, &path)?;
+                Ok(l)
+            })();
+            let _ = std::fs::remove_dir_all(&nest);
+            let l = bound.map_err(fail)?;
+            Ok((AdminListener::Unix(l), AdminEndpoint::Unix(path)))
+        }
+    }
+}
+
+/// Says so at start when a plane listens beyond loopback and asks no
+/// credential at all.
+fn warn_if_open(config: &Config, addr: SocketAddr, admin: &AdminEndpoint) {
+    let open = !config.identity.enabled() && config.auth.decide_token.is_none();
+    if open && !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "the decision plane listens beyond loopback and asks no credential: anyone who reaches it decides as any agent; configure `[identity]` or `auth.decide_token`");
+    }
+    if let AdminEndpoint::Tcp(a) = admin
+        && !a.ip().is_loopback()
+        && !config.admin.has_operators()
+        && config.auth.admin_token.is_none()
+    {
+        tracing::warn!(admin = %a, "the admin plane listens beyond loopback with no operator credential: anyone who reaches it reads every approval and agent");
+    }
+}
+
+/// An accepted admin connection.
+enum Conn {
+    Unix(tokio::net::UnixStream),
+    Tcp(tokio::net::TcpStream),
+}
+
+/// Serves the admin plane until `stop`, then drains it.
+async fn admin_loop(
+    listener: AdminListener,
+    state: Arc<AppState>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            a = async {
+                match &listener {
+                    AdminListener::Unix(l) => l.accept().await.map(|(s, _)| Conn::Unix(s)),
+                    AdminListener::Tcp(l) => l.accept().await.map(|(s, _)| Conn::Tcp(s)),
+                }
+            } => a,
+            () = stopped(&mut stop) => break,
+        };
+        let stream = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let header_timeout = state.service.load().config.server.header_timeout();
+        let state = Arc::clone(&state);
+        let service =
+            service_fn(move |req| crate::front_door::admin::serve(Arc::clone(&state), req));
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout);
+        match stream {
+            Conn::Unix(s) => {
+                let conn = graceful.watch(builder.serve_connection(TokioIo::new(s), service));
+                tokio::spawn(conn);
+            }
+            Conn::Tcp(s) => {
+                let conn = graceful.watch(builder.serve_connection(TokioIo::new(s), service));
+                tokio::spawn(conn);
+            }
+        }
+    }
+    if let AdminListener::Unix(l) = &listener
+        && let Ok(addr) = l.local_addr()
+        && let Some(path) = addr.as_pathname()
+    {
+        let _ = std::fs::remove_file(path);
+    }
+    drop(listener);
+    let grace = state.service.load().config.server.shutdown_grace();
+    let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
 }
 
 async fn accept_loop(listener: TcpListener, state: Arc<AppState>, mut stop: watch::Receiver<bool>) {

@@ -243,11 +243,18 @@ pub fn assemble_one(
 /// A [`LoadError`] at the read step for an example policy that is not
 /// embedded in this build.
 pub fn specs_from_config(config: &Config, base: &Path) -> Result<Vec<PolicySpec>, LoadError> {
-    let trust = Arc::new(config.trust.clone());
+    let shared = Arc::new(config.trust.clone());
     config
         .policies
         .iter()
         .map(|p| {
+            let trust = match &p.min_signed_version {
+                None => Arc::clone(&shared),
+                Some(floor) => Arc::new(crate::config::TrustConfig {
+                    min_signed_version: Some(floor.clone()),
+                    ..config.trust.clone()
+                }),
+            };
             let source = source_of(&p.name, p.file.as_deref(), p.example.as_deref(), base)?
                 // `Config::parse` refuses a policy with neither.
                 .unwrap_or_else(|| Source::File(base.join(&p.name)));
@@ -257,7 +264,7 @@ pub fn specs_from_config(config: &Config, base: &Path) -> Result<Vec<PolicySpec>
                 settings: p.settings.clone(),
                 limits: p.limits,
                 smoke: p.smoke.clone(),
-                trust: Arc::clone(&trust),
+                trust,
             })
         })
         .collect()
@@ -323,7 +330,12 @@ pub fn rollout_specs_from_config(
                     source,
                     settings: c.settings.clone().unwrap_or_else(|| spec.settings.clone()),
                     limits: c.limits.unwrap_or(spec.limits),
-                    smoke: Vec::new(),
+                    // A canary answers for real: it passes the policy's
+                    // smoke samples first. A shadow never binds.
+                    smoke: match c.role {
+                        CandidateRole::Canary => spec.smoke.clone(),
+                        CandidateRole::Shadow => Vec::new(),
+                    },
                     trust: Arc::clone(&spec.trust),
                 },
             });

@@ -235,7 +235,8 @@ mod serve {
                 .recv_timeout(Duration::from_secs(60))
                 .expect("serve announces its address");
             if let Some(a) = line.strip_prefix("arbiter: listening on http://") {
-                break a.to_owned();
+                // "ADDR; admin plane on ..."
+                break a.split(';').next().unwrap_or(a).to_owned();
             }
         };
         (child, addr, rx)
@@ -334,12 +335,14 @@ mod serve {
         (child, addr)
     }
 
-    /// Runs `arbiter ARGS --server` against `addr` with the admin token
-    /// `s3cret`: the exit code, stdout and stderr.
-    fn remote_cli(addr: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    /// Runs `arbiter ARGS` against the admin socket of the server serving
+    /// from `dir` (its state in `dir/state`), with the admin token `s3cret`:
+    /// the exit code, stdout and stderr.
+    fn remote_cli(dir: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
+        let socket = dir.join("state").join("admin.sock");
         let o = Command::new(env!("CARGO_BIN_EXE_arbiter"))
             .args(args)
-            .args(["--server", &format!("http://{addr}")])
+            .args(["--admin", &format!("unix:{}", socket.display())])
             .env("ARBITER_ADMIN_TOKEN", "s3cret")
             .output()
             .expect("run");
@@ -386,22 +389,14 @@ mod serve {
             .as_str()
             .expect("an approval")
             .to_owned();
-        let cli = |args: &[&str]| remote_cli(&addr, args);
+        let cli = |args: &[&str]| remote_cli(dir.path(), args);
         let (code, out, err) = cli(&["approvals", "list"]);
         assert_eq!(code, Some(0), "{out}{err}");
         assert!(
             out.contains(&id) && out.contains("payments.transfer"),
             "{out}"
         );
-        let (code, out, err) = cli(&[
-            "approvals",
-            "approve",
-            &id,
-            "--reason",
-            "PO checked",
-            "--by",
-            "carol",
-        ]);
+        let (code, out, err) = cli(&["approvals", "approve", &id, "--reason", "PO checked"]);
         assert_eq!(code, Some(0), "{out}{err}");
         assert!(out.contains(&format!("approval {id} approved")), "{out}");
         let (code, _, err) = cli(&["approvals", "decline", &id, "--reason", "no"]);
@@ -413,15 +408,13 @@ mod serve {
         let again = decide(&addr, &transfer(&format!(r#", "approval_id": "{id}""#)));
         assert_eq!(again["rule"], "approval.granted", "{again}");
 
-        let (code, out, err) = cli(&[
-            "agents", "suspend", "bot", "--reason", "runaway", "--by", "dave",
-        ]);
+        let (code, out, err) = cli(&["agents", "suspend", "bot", "--reason", "runaway"]);
         assert_eq!(code, Some(0), "{out}{err}");
         assert_eq!(decide(&addr, &transfer(""))["rule"], "agent.suspended");
         let (code, out, err) = cli(&["agents", "list"]);
         assert_eq!(code, Some(0), "{out}{err}");
         assert!(
-            out.contains("SUSPENDED by dave") && out.contains("runaway"),
+            out.contains("SUSPENDED by admin") && out.contains("runaway"),
             "{out}"
         );
         let (code, out, err) = cli(&["agents", "resume", "bot"]);
@@ -453,7 +446,7 @@ mod serve {
         for amount in [100, 4500, 4600] {
             assert_eq!(decide(&addr, &transfer(amount))["mode"], "enforce");
         }
-        let cli = |args: &[&str]| remote_cli(&addr, args);
+        let cli = |args: &[&str]| remote_cli(dir.path(), args);
 
         let (code, _, err) = cli(&["mode", "p", "sometimes"]);
         assert_eq!(code, Some(2));
@@ -559,7 +552,8 @@ mod serve {
         let addr = loop {
             let line = rx.recv_timeout(Duration::from_secs(60)).expect("address");
             if let Some(a) = line.strip_prefix("arbiter: listening on http://") {
-                break a.to_owned();
+                // "ADDR; admin plane on ..."
+                break a.split(';').next().unwrap_or(a).to_owned();
             }
         };
         wait_ready(&addr);
@@ -586,11 +580,11 @@ mod serve {
             std::thread::sleep(Duration::from_millis(20));
         }
 
-        let url = format!("http://{addr}");
+        // The CLI finds the admin socket by default, in the state directory.
         let cli = |args: &[&str], token: &str| {
             Command::new(env!("CARGO_BIN_EXE_arbiter"))
                 .args(args)
-                .args(["--server", &url])
+                .env("ARBITER_STATE_DIR", dir.path().join("state"))
                 .env("ARBITER_ADMIN_TOKEN", token)
                 .output()
                 .expect("run")

@@ -62,8 +62,8 @@ fn call(conn: &mut Conn, agent: &str, kind: &str, name: &str, params: Value) -> 
 }
 
 /// The agent's entry in `GET /v1/agents`: its counters now.
-fn history(addr: std::net::SocketAddr, agent: &str) -> Value {
-    let r = get(addr, &format!("/v1/agents?agent={agent}"));
+fn history(server: &Server, agent: &str) -> Value {
+    let r = server.admin_get(&format!("/v1/agents?agent={agent}"));
     assert_eq!(r.status, 200, "{}", r.body);
     let mut a = r.json()["agents"][0].clone();
     for k in ["agent", "suspended", "breaker"] {
@@ -111,7 +111,7 @@ fn the_counters_policies_see_match_the_traffic_window_edges_included() {
         "rate.loop"
     );
     assert_eq!(
-        history(server.addr, "a"),
+        history(&server, "a"),
         json!({"calls_last_minute": 4, "actions_last_minute": {"tool search": 4},
                "denials_last_hour": 1, "spend_today_cents": 0})
     );
@@ -133,7 +133,7 @@ fn the_counters_policies_see_match_the_traffic_window_edges_included() {
     );
     // At 60 000 ms they have; the calls made at 59 999 remain.
     clock.set(T0 + 60_000);
-    assert_eq!(history(server.addr, "a")["calls_last_minute"], 1);
+    assert_eq!(history(&server, "a")["calls_last_minute"], 1);
     assert_eq!(
         rule(call(&mut conn, "a", "tool", "search", json!({}))),
         "rate.ok"
@@ -156,17 +156,17 @@ fn the_counters_policies_see_match_the_traffic_window_edges_included() {
     for _ in 0..3 {
         assert_eq!(pay(&mut conn, 30.0), "rate.ok");
     }
-    assert_eq!(history(server.addr, "b")["spend_today_cents"], 9000);
+    assert_eq!(history(&server, "b")["spend_today_cents"], 9000);
     assert_eq!(pay(&mut conn, 10.01), "budget.exceeded");
     assert_eq!(
-        history(server.addr, "b")["spend_today_cents"],
+        history(&server, "b")["spend_today_cents"],
         9000,
         "a transfer held for approval is not spend"
     );
     assert_eq!(pay(&mut conn, 10.0), "rate.ok");
-    assert_eq!(history(server.addr, "b")["spend_today_cents"], 10000);
+    assert_eq!(history(&server, "b")["spend_today_cents"], 10000);
     clock.set(T0 + 10 * 60_000);
-    assert_eq!(history(server.addr, "b")["spend_today_cents"], 0);
+    assert_eq!(history(&server, "b")["spend_today_cents"], 0);
     let d = call(
         &mut conn,
         "b",
@@ -217,7 +217,7 @@ fn rate_guards_public_cases_hold_with_real_traffic_in_place_of_the_given_history
     let mode = |mode: &str| {
         let auth = format!("Bearer {ADMIN}");
         let r = http::send(
-            server.addr,
+            server.admin,
             "PUT",
             "/v1/policies/rate-guard/mode",
             &[
@@ -264,7 +264,7 @@ fn rate_guards_public_cases_hold_with_real_traffic_in_place_of_the_given_history
         for _ in so_far..n("calls_last_minute") {
             call(&mut conn, &agent, "tool", "prime.other", json!({}));
         }
-        let seen = history(server.addr, &agent);
+        let seen = history(&server, &agent);
         let want = |k: &str, v: u64| (k.to_owned(), json!(v));
         assert_eq!(
             [
@@ -352,21 +352,21 @@ fn the_kill_switch_and_the_circuit_breaker_hold_across_a_restart() {
 
     // Suspension: refused without a token or reason; then in force.
     let r = http::send(
-        addr,
+        server.admin,
         "POST",
         "/v1/agents/rogue/suspend",
         &[("content-type", "application/json")],
         br#"{"reason":"x"}"#,
     );
     assert_eq!(r.status, 401, "{}", r.body);
-    let r = admin(addr, "/v1/agents/rogue/suspend", &json!({}));
+    let r = admin(server.admin, "/v1/agents/rogue/suspend", &json!({}));
     assert_eq!(r.status, 400, "{}", r.body);
-    let r = admin(addr, "/v1/agents/rogue/resume", &json!({}));
+    let r = admin(server.admin, "/v1/agents/rogue/resume", &json!({}));
     assert_eq!(r.status, 409, "{}", r.body);
     let r = admin(
-        addr,
+        server.admin,
         "/v1/agents/rogue/suspend",
-        &json!({"reason": "exfiltrating tickets", "by": "alice"}),
+        &json!({"reason": "exfiltrating tickets"}),
     );
     assert_eq!(r.status, 200, "{}", r.body);
     let d = call(&mut conn, "rogue", "db", "db.read", json!({}));
@@ -428,16 +428,16 @@ fn the_kill_switch_and_the_circuit_breaker_hold_across_a_restart() {
         rule(call(&mut conn, "bot", "tool", "good.send", json!({}))),
         "agent.circuit-open"
     );
-    let payer = get(addr, "/v1/agents?agent=payer").json();
+    let payer = server.admin_get("/v1/agents?agent=payer").json();
     assert_eq!(payer["agents"][0]["spend_today_cents"], 3000, "{payer}");
-    let agents = get(addr, "/v1/agents").json();
+    let agents = server.admin_get("/v1/agents").json();
     let rogue = agents["agents"]
         .as_array()
         .and_then(|a| a.iter().find(|x| x["agent"] == "rogue"))
         .cloned();
     assert_eq!(
         rogue.as_ref().map(|r| r["suspended"]["by"].clone()),
-        Some(json!("alice"))
+        Some(json!("admin"))
     );
 
     // The cooling period ends; a resumed agent is judged again.
@@ -446,7 +446,7 @@ fn the_kill_switch_and_the_circuit_breaker_hold_across_a_restart() {
         rule(call(&mut conn, "bot", "tool", "good.send", json!({}))),
         "verdict.allow"
     );
-    let r = admin(addr, "/v1/agents/rogue/resume", &json!({"by": "bob"}));
+    let r = admin(server.admin, "/v1/agents/rogue/resume", &json!({}));
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(
         rule(call(&mut conn, "rogue", "tool", "good.send", json!({}))),

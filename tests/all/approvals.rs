@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use arbiter::config::{Config, Secret};
+use arbiter::config::{Config, OperatorToken, Role, Secret};
+use arbiter::identity::token_digest;
 use arbiter::server::{ClockHandle, ServeOptions};
 use arbiter::time::Clock;
 use arbiter_tests::http::{self, Conn, get};
@@ -16,6 +17,9 @@ use arbiter_tests::{Server, log_records, server_config, wait_for};
 use serde_json::{Value, json};
 
 const ADMIN: &str = "admin-secret";
+/// Two approvers, named by their tokens.
+const CAROL: &str = "carol-token";
+const DAVE: &str = "dave-token";
 const T0: u64 = 1_796_169_000_000;
 
 struct TestClock(AtomicU64);
@@ -29,6 +33,15 @@ impl Clock for TestClock {
 fn config() -> Config {
     let mut c = server_config(&[("procurement", "procurement", json!({}))]);
     c.auth.admin_token = Some(Secret::try_from(ADMIN.to_owned()).expect("token"));
+    for (name, token) in [("carol", CAROL), ("dave", DAVE)] {
+        c.admin.operators.push(OperatorToken {
+            name: name.into(),
+            sha256: token_digest(token),
+            roles: vec![Role::Approver],
+            policies: vec!["*".into()],
+            rules: vec!["*".into()],
+        });
+    }
     c
 }
 
@@ -74,8 +87,16 @@ fn ask(conn: &mut Conn, amount: f64) -> String {
         .to_owned()
 }
 
-fn answer(addr: std::net::SocketAddr, id: &str, verb: &str, body: &Value) -> http::Reply {
-    let auth = format!("Bearer {ADMIN}");
+/// Answers approval `id` on the admin plane at `addr`, as the operator
+/// whose token is `token`.
+fn answer(
+    addr: std::net::SocketAddr,
+    token: &str,
+    id: &str,
+    verb: &str,
+    body: &Value,
+) -> http::Reply {
+    let auth = format!("Bearer {token}");
     http::send(
         addr,
         "POST",
@@ -91,9 +112,10 @@ fn answer(addr: std::net::SocketAddr, id: &str, verb: &str, body: &Value) -> htt
 fn approve(addr: std::net::SocketAddr, id: &str) {
     let r = answer(
         addr,
+        CAROL,
         id,
         "approve",
-        &json!({"reason": "PO 1182 checked", "by": "carol"}),
+        &json!({"reason": "PO 1182 checked"}),
     );
     assert_eq!(r.status, 200, "{}", r.body);
 }
@@ -114,14 +136,16 @@ fn an_approval_is_used_once_and_every_other_answer_is_a_deny_that_says_why() {
     let clock = Arc::new(TestClock(AtomicU64::new(T0)));
     let server = start(&clock, state.path(), log.path());
     let addr = server.addr;
+    let admin = server.admin;
     let mut conn = Conn::open(addr);
 
     let id = ask(&mut conn, 6000.0);
-    // Only the admin token lists approvals.
-    assert_eq!(get(addr, "/v1/approvals").status, 401);
+    // Only an operator lists approvals, and only on the admin plane.
+    assert_eq!(get(admin, "/v1/approvals").status, 401);
+    assert_eq!(get(addr, "/v1/approvals").status, 404);
     let auth = format!("Bearer {ADMIN}");
     let listed = http::send(
-        addr,
+        admin,
         "GET",
         "/v1/approvals?status=pending",
         &[("authorization", &auth)],
@@ -145,14 +169,24 @@ fn an_approval_is_used_once_and_every_other_answer_is_a_deny_that_says_why() {
         let id = id.clone();
         std::thread::spawn(move || {
             let start = Instant::now();
+            // The agent waits on the decision plane, for its own approval.
             let a = get(addr, &format!("/v1/approvals/{id}?wait=20s")).json();
             (a, start.elapsed())
         })
     };
     std::thread::sleep(Duration::from_millis(300));
-    let r = answer(addr, &id, "approve", &json!({"by": "carol"}));
+    let r = answer(admin, CAROL, &id, "approve", &json!({}));
     assert_eq!(r.status, 400, "a reason is required: {}", r.body);
-    approve(addr, &id);
+    // Who answers is the credential's name, never a field of the body.
+    let r = answer(
+        admin,
+        CAROL,
+        &id,
+        "approve",
+        &json!({"reason": "ok", "by": "mallory"}),
+    );
+    assert_eq!(r.status, 400, "`by` is refused: {}", r.body);
+    approve(admin, &id);
     let (a, waited) = waiter.join().expect("waiter");
     assert_eq!(a["status"], "approved", "{a}");
     assert_eq!(a["answer"]["by"], "carol");
@@ -160,12 +194,7 @@ fn an_approval_is_used_once_and_every_other_answer_is_a_deny_that_says_why() {
         waited >= Duration::from_millis(250) && waited < Duration::from_secs(10),
         "{waited:?}"
     );
-    let r = answer(
-        addr,
-        &id,
-        "decline",
-        &json!({"reason": "too late", "by": "dave"}),
-    );
+    let r = answer(admin, DAVE, &id, "decline", &json!({"reason": "too late"}));
     assert_eq!(r.status, 409, "{}", r.body);
 
     // Another action with this approval: refused, and the approval stays.
@@ -193,10 +222,11 @@ fn an_approval_is_used_once_and_every_other_answer_is_a_deny_that_says_why() {
     // Declined.
     let declined = ask(&mut conn, 7000.0);
     let r = answer(
-        addr,
+        admin,
+        DAVE,
         &declined,
         "decline",
-        &json!({"reason": "no PO on file", "by": "dave"}),
+        &json!({"reason": "no PO on file"}),
     );
     assert_eq!(r.status, 200, "{}", r.body);
     let d = decide(&mut conn, &transfer(7000.0, Some(&declined)));
@@ -217,7 +247,7 @@ fn an_approval_is_used_once_and_every_other_answer_is_a_deny_that_says_why() {
     let expired = ask(&mut conn, 8000.0);
     clock.0.store(T0 + 3_600_000, Ordering::Release);
     wait_for("the expiry sweep", || {
-        get(addr, &format!("/v1/approvals/{expired}")).json()["status"] == "expired"
+        server.admin_get(&format!("/v1/approvals/{expired}")).json()["status"] == "expired"
     });
     let d = decide(&mut conn, &transfer(8000.0, Some(&expired)));
     assert_eq!(
@@ -226,10 +256,11 @@ fn an_approval_is_used_once_and_every_other_answer_is_a_deny_that_says_why() {
         "{d}"
     );
     let r = answer(
-        addr,
+        admin,
+        CAROL,
         &expired,
         "approve",
-        &json!({"reason": "late", "by": "carol"}),
+        &json!({"reason": "late"}),
     );
     assert_eq!(r.status, 409, "{}", r.body);
 
@@ -240,7 +271,7 @@ fn an_approval_is_used_once_and_every_other_answer_is_a_deny_that_says_why() {
         ("deny".into(), "approval.unknown".into()),
         "{d}"
     );
-    let missing = get(addr, "/v1/approvals/nope");
+    let missing = server.admin_get("/v1/approvals/nope");
     assert_eq!(missing.status, 404);
     assert!(
         missing.body.contains("\"unknown_approval\""),
@@ -248,11 +279,15 @@ fn an_approval_is_used_once_and_every_other_answer_is_a_deny_that_says_why() {
         missing.body
     );
     assert_eq!(
-        get(addr, &format!("/v1/approvals/{id}?wait=forever")).status,
+        server
+            .admin_get(&format!("/v1/approvals/{id}?wait=forever"))
+            .status,
         400
     );
     assert_eq!(
-        get(addr, &format!("/v1/approvals/{id}?wait=1h")).status,
+        server
+            .admin_get(&format!("/v1/approvals/{id}?wait=1h"))
+            .status,
         400
     );
     drop(conn);
@@ -303,6 +338,7 @@ fn approvals_survive_a_restart_and_racing_callers_use_one_once() {
     let mut conn = Conn::open(server.addr);
     // Many approvals asked for at once, from many connections.
     let addr = server.addr;
+    let admin = server.admin;
     let asked: Vec<String> = (0..8)
         .map(|t| {
             std::thread::spawn(move || {
@@ -321,7 +357,7 @@ fn approvals_survive_a_restart_and_racing_callers_use_one_once() {
         .chunks(5)
         .map(|ids| {
             let ids = ids.to_vec();
-            std::thread::spawn(move || ids.iter().for_each(|id| approve(addr, id)))
+            std::thread::spawn(move || ids.iter().for_each(|id| approve(admin, id)))
         })
         .collect();
     answered
@@ -332,10 +368,11 @@ fn approvals_survive_a_restart_and_racing_callers_use_one_once() {
 
     let server = start(&clock, state.path(), log.path());
     let addr = server.addr;
+    let admin = server.admin;
     let auth = format!("Bearer {ADMIN}");
     let list = |status: &str| {
         http::send(
-            addr,
+            admin,
             "GET",
             &format!("/v1/approvals?status={status}"),
             &[("authorization", &auth)],
@@ -347,7 +384,7 @@ fn approvals_survive_a_restart_and_racing_callers_use_one_once() {
     };
     assert_eq!((list("approved"), list("pending")), (20, 21));
     // The pending one is answered after the restart and used.
-    approve(addr, &pending_one);
+    approve(admin, &pending_one);
     let mut conn = Conn::open(addr);
     assert_eq!(
         verdict(&decide(&mut conn, &transfer(9000.0, Some(&pending_one)))).1,

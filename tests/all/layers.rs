@@ -29,6 +29,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("state", 4),
     ("evidence", 4),
     ("load", 4),
+    ("identity", 4),
     // Stages that use them.
     ("examples", 5),
     ("enrich", 5),

@@ -256,12 +256,14 @@ fn the_compile_cache_spares_a_restart_and_survives_corruption() {
     assert_eq!(second.cache, CacheStatus::Hit);
     assert_eq!(second.version, first.version);
 
-    // Corrupt every entry: the next load recompiles and still decides.
+    // Corrupt every entry: the next load refuses it unread, recompiles and
+    // still decides.
     for entry in walk(dir.path()) {
         std::fs::write(&entry, b"garbage").expect("corrupt");
     }
     let third = load::load(&engine2, Some(&cache2), &spec).expect("loads");
-    assert_eq!(third.cache, CacheStatus::Miss);
+    assert_eq!(third.cache, CacheStatus::Rejected);
+    assert_eq!(cache2.rejected(), 1);
     let set = PolicySet::from_loaded(
         vec![third],
         RouteTable::new(vec![route_all(&["procurement"])]),

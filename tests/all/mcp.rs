@@ -164,12 +164,12 @@ impl Setup {
         argv
     }
 
-    /// As [`Setup::stdio`], with the admin API on a free port; returns the
-    /// command line and the API's address.
+    /// As [`Setup::stdio`], with the admin plane on a free loopback port;
+    /// returns the command line and the admin plane's address.
     fn stdio_listening(&self, name: &str, server: &[&str]) -> (Vec<String>, SocketAddr) {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let mut argv = self.stdio(name, server);
-        argv.splice(3..3, ["--listen".to_owned(), addr.to_string()]);
+        argv.splice(3..3, ["--admin-listen".to_owned(), addr.to_string()]);
         (argv, addr)
     }
 
@@ -279,7 +279,7 @@ fn serve(argv: &[String]) -> (Process, SocketAddr) {
     let (p, line) = Process::start(argv, &[], "http://");
     let rest = line.split("http://").nth(1).expect("address");
     let addr = rest
-        .split(['/', ' '])
+        .split(['/', ' ', ';'])
         .next()
         .expect("address")
         .parse()
@@ -470,7 +470,7 @@ fn everything_steps() -> Value {
 #[test]
 fn over_stdio_server_everything_gets_redacted_arguments_and_the_client_redacted_results() {
     let setup = Setup::new(&format!(
-        "{REDACTING}\n[[mcp.servers]]\nname = \"everything\"\ngovern_results = true\nagent = \"desktop-agent\"\n"
+        "{REDACTING}\n[[mcp.servers]]\nname = \"everything\"\ngovern_results = true\nagent = \"desktop-agent\"\npass_env = [\"PATH\", \"HOME\", \"SECRET_TOKEN\", \"PEER_MARK\"]\n"
     ));
     let out = client(&json!({
         "transport": "stdio",
@@ -692,7 +692,7 @@ chain = ["shell-guard"]
 #[test]
 fn a_tool_whose_description_changed_is_denied_until_an_admin_accepts_it() {
     let setup = Setup::new(&format!(
-        "[auth]\nadmin_token = \"adm1n-t0ken\"\n{RATE_GUARDED}"
+        "[auth]\nadmin_token = \"adm1n-t0ken\"\n{RATE_GUARDED}\n[[mcp.servers]]\nname = \"dictionary\"\npass_env = [\"PATH\", \"HOME\", \"PEER_DESCRIPTION\"]\n"
     ));
     let py = python().display().to_string();
     let peer = peer_server();
@@ -715,11 +715,11 @@ fn a_tool_whose_description_changed_is_denied_until_an_admin_accepts_it() {
         "steps": [
             {"op": "list"},
             {"op": "call", "tool": "lookup", "args": {"word": "moon"}},
-            {"op": "run", "argv": [arbiter(), "mcp", "tools", "list", "--server", &admin]},
-            {"op": "run", "argv": [arbiter(), "mcp", "tools", "accept", "dictionary", "lookup", "--by", "alice", "--server", &admin]},
+            {"op": "run", "argv": [arbiter(), "mcp", "tools", "list", "--server", &admin], "env": {"ARBITER_ADMIN_TOKEN": "adm1n-t0ken"}},
+            {"op": "run", "argv": [arbiter(), "mcp", "tools", "accept", "dictionary", "lookup", "--server", &admin]},
             {"op": "run", "argv": [arbiter(), "mcp", "tools", "accept", "dictionary", "lookup", "--server", &admin], "env": {"ARBITER_ADMIN_TOKEN": "adm1n-t0ken"}},
             {"op": "call", "tool": "lookup", "args": {"word": "moon"}},
-            {"op": "http", "method": "GET", "url": format!("{admin}/v1/mcp/tools")},
+            {"op": "http", "method": "GET", "url": format!("{admin}/v1/mcp/tools"), "headers": {"authorization": "Bearer adm1n-t0ken"}},
         ],
     }));
     let listed = second[0]["tools"]
@@ -764,7 +764,7 @@ fn a_tool_whose_description_changed_is_denied_until_an_admin_accepts_it() {
         .find(|p| p["tool"] == "lookup")
         .expect("pin");
     assert_eq!(pin["definition"]["description"], poisoned);
-    assert_eq!(pin["accepted_by"], "admin token");
+    assert_eq!(pin["accepted_by"], "admin");
     assert!(pin.get("changed").is_none(), "{pin}");
     // Pinned, changed and accepted: all in the log.
     let events: Vec<String> = records(&setup.path().join("log"), "mcp")
@@ -780,16 +780,12 @@ fn a_call_needing_approval_is_held_until_approved_or_answered_with_the_approval(
     let setup = Setup::new(&format!(
         "{PROCUREMENT}\n[[mcp.servers]]\nname = \"bank\"\non_approval = \"hold\"\nhold_timeout_s = 60\n"
     ));
-    let port = free_port();
-    let mut argv = setup.stdio(
+    let (argv, admin) = setup.stdio_listening(
         "bank",
         &[&python().display().to_string(), &peer_server(), "stdio"],
     );
-    argv.insert(3, format!("127.0.0.1:{port}"));
-    argv.insert(3, "--listen".into());
-    let admin: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     // A person approves whatever waits, once it waits.
-    let approver = approve_when_pending(admin, "bob");
+    let approver = approve_when_pending(admin);
     let held = client(&json!({
         "transport": "stdio",
         "command": argv,
@@ -815,14 +811,11 @@ fn a_call_needing_approval_is_held_until_approved_or_answered_with_the_approval(
             .replace("on_approval = \"hold\"", "on_approval = \"error\""),
     )
     .expect("config");
-    let port = free_port();
-    let mut argv = setup.stdio(
+    let (argv, admin) = setup.stdio_listening(
         "bank",
         &[&python().display().to_string(), &peer_server(), "stdio"],
     );
-    argv.insert(3, format!("127.0.0.1:{port}"));
-    argv.insert(3, "--listen".into());
-    let admin = format!("http://127.0.0.1:{port}");
+    let admin = format!("http://{admin}");
     let transfer =
         json!({"op": "call", "tool": "payments.transfer", "args": {"amount": 7000, "to": "acme"}});
     let mut again = transfer.clone();
@@ -833,7 +826,7 @@ fn a_call_needing_approval_is_held_until_approved_or_answered_with_the_approval(
         "steps": [
             transfer,
             {"op": "http", "method": "POST", "url": format!("{admin}/v1/approvals/{{approval}}/approve"),
-             "headers": {"authorization": "Bearer adm1n-t0ken"}, "body": {"reason": "ok", "by": "carol"}},
+             "headers": {"authorization": "Bearer adm1n-t0ken"}, "body": {"reason": "ok"}},
             again.clone(),
             again,
         ],
@@ -852,9 +845,9 @@ fn a_call_needing_approval_is_held_until_approved_or_answered_with_the_approval(
     assert_eq!(e["data"]["rule"], "approval.used", "{e}");
 }
 
-/// A person who approves the first approval that waits at `admin`, as
-/// `by`; the thread answers the status of the approval.
-fn approve_when_pending(admin: SocketAddr, by: &'static str) -> std::thread::JoinHandle<u16> {
+/// A person who approves the first approval that waits at `admin` (with
+/// the admin token); the thread answers the status of the approval.
+fn approve_when_pending(admin: SocketAddr) -> std::thread::JoinHandle<u16> {
     std::thread::spawn(move || {
         let start = Instant::now();
         let auth = ("authorization", "Bearer adm1n-t0ken");
@@ -862,7 +855,7 @@ fn approve_when_pending(admin: SocketAddr, by: &'static str) -> std::thread::Joi
             let (_, body) = http(admin, "GET", "/v1/approvals?status=pending", &[auth], b"");
             let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
             if let Some(id) = v["approvals"][0]["id"].as_str() {
-                let body = json!({"reason": "invoice checked", "by": by}).to_string();
+                let body = json!({"reason": "invoice checked"}).to_string();
                 let path = format!("/v1/approvals/{id}/approve");
                 let headers = [auth, ("content-type", "application/json")];
                 return http(admin, "POST", &path, &headers, body.as_bytes()).0;
@@ -1190,18 +1183,21 @@ upstream = \"http://127.0.0.1:{garbled_json}/mcp\"
 #[test]
 fn stdio_gateways_can_share_one_running_decision_service_and_fail_closed_without_it() {
     let service = Setup::new(PROCUREMENT);
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let (mut served, addr) = serve(&[
         arbiter(),
         "serve".into(),
         "--config".into(),
         service.config(),
+        "--admin-listen".into(),
+        admin.to_string(),
     ]);
     // The gateway's own file holds only its server entry.
     let local = tempfile::tempdir().expect("dir");
     let local_config = local.path().join("gateway.toml");
     std::fs::write(
         &local_config,
-        "[[mcp.servers]]\nname = \"bank\"\nagent = \"desk-7\"\non_approval = \"hold\"\nhold_timeout_s = 60\n",
+        "[[mcp.servers]]\nname = \"bank\"\nagent = \"desk-7\"\non_approval = \"hold\"\nhold_timeout_s = 60\npass_env = [\"PATH\", \"HOME\", \"PEER_DESCRIPTION\"]\n",
     )
     .expect("config");
     let py = python().display().to_string();
@@ -1224,7 +1220,7 @@ fn stdio_gateways_can_share_one_running_decision_service_and_fail_closed_without
         ];
         (argv, json!({"PEER_DESCRIPTION": description}))
     };
-    let approver = approve_when_pending(addr, "dana");
+    let approver = approve_when_pending(admin);
     let (argv, env) = gateway("Looks up a word.");
     let first = client(&json!({
         "transport": "stdio", "command": argv, "env": env,

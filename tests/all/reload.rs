@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use arbiter::evaluate::Limits;
 use arbiter_tests::http::{Conn, get, post_json, send};
-use arbiter_tests::{
-    Server, artifacts, decide, load_file, policy_status, replace_by_rename, tool_call, wait_for,
-};
+use arbiter_tests::{Server, artifacts, decide, load_file, replace_by_rename, tool_call, wait_for};
 use serde_json::{Value, json};
 
 /// The versions of the two verdict builds, computed once.
@@ -94,14 +92,14 @@ fn rewrite_in_place(path: &Path, bytes: &[u8]) {
 }
 
 fn serving(server: &Server) -> String {
-    policy_status(server.addr)["version"]
+    server.policy_status()["version"]
         .as_str()
         .unwrap_or_default()
         .to_owned()
 }
 
 fn last_attempt_time(server: &Server) -> String {
-    policy_status(server.addr)["last_attempt"]["at"]
+    server.policy_status()["last_attempt"]["at"]
         .as_str()
         .unwrap_or_default()
         .to_owned()
@@ -110,7 +108,7 @@ fn last_attempt_time(server: &Server) -> String {
 /// Waits for a load attempt after `before` and returns the policy status.
 fn next_attempt(server: &Server, before: &str) -> Value {
     wait_for("a load attempt", || last_attempt_time(server) != before);
-    policy_status(server.addr)
+    server.policy_status()
 }
 
 fn metric(server: &Server, line: &str) -> bool {
@@ -320,7 +318,7 @@ fn a_half_written_file_is_refused_then_loaded_once_whole() {
         serving(&server) == *deny_version
     });
     assert_eq!(decide(server.addr)["outcome"], "deny");
-    assert_eq!(policy_status(server.addr)["last_error"], Value::Null);
+    assert_eq!(server.policy_status()["last_error"], Value::Null);
 }
 
 #[test]
@@ -353,7 +351,7 @@ fn a_route_change_in_the_configuration_takes_effect() {
     );
     wait_for("the new route", || decide(server.addr)["outcome"] == "deny");
     assert_eq!(decide(server.addr)["policies"][0]["name"], "deny");
-    let all = get(server.addr, "/v1/policies").json();
+    let all = server.admin_get("/v1/policies").json();
     assert_eq!(all["config"]["last_attempt"]["error"], Value::Null, "{all}");
     assert_eq!(
         all["policies"][1]["routes"][0]["chain"],
@@ -407,7 +405,7 @@ fn an_invalid_configuration_is_refused_whole() {
         ),
     ];
     let config_attempt =
-        || get(server.addr, "/v1/policies").json()["config"]["last_attempt"].clone();
+        || server.admin_get("/v1/policies").json()["config"]["last_attempt"].clone();
     for (i, (policy_extra, extra, stage)) in refusals.iter().enumerate() {
         let before = config_attempt()["at"].clone();
         let extra = if extra.contains("nobody") {
@@ -428,7 +426,7 @@ fn an_invalid_configuration_is_refused_whole() {
             (Some("allow"), Some("p")),
             "case {i}"
         );
-        let policies = get(server.addr, "/v1/policies").json()["policies"].clone();
+        let policies = server.admin_get("/v1/policies").json()["policies"].clone();
         assert_eq!(
             policies.as_array().map(Vec::len),
             Some(1),
@@ -448,7 +446,7 @@ fn tokens_change_without_a_restart() {
     assert_eq!(decide(server.addr)["outcome"], "allow");
     d.write_config("", "[auth]\ndecide_token = \"t-1\"\n");
     wait_for("the token to apply", || {
-        get(server.addr, "/v1/policies").status == 401
+        post_json(server.addr, "/v1/decide", &tool_call()).status == 401
     });
     let body =
         json!({"action": {"kind": "tool", "name": "x"}, "context": {"agent": {"id": "bot"}}})
@@ -486,7 +484,7 @@ fn rollback_serves_an_earlier_version_at_once() {
     ];
     let rollback = |body: &str| {
         send(
-            server.addr,
+            server.admin,
             "POST",
             "/v1/policies/p/rollback",
             &admin,
@@ -495,10 +493,10 @@ fn rollback_serves_an_earlier_version_at_once() {
     };
 
     // No token, a wrong token: refused.
-    let r = send(server.addr, "POST", "/v1/policies/p/rollback", &[], b"");
+    let r = send(server.admin, "POST", "/v1/policies/p/rollback", &[], b"");
     assert_eq!(r.status, 401, "{}", r.body);
     let r = send(
-        server.addr,
+        server.admin,
         "POST",
         "/v1/policies/p/rollback",
         &[("Authorization", "Bearer nope")],
@@ -545,7 +543,7 @@ fn rollback_serves_an_earlier_version_at_once() {
             .contains("kept:")
     );
     let r = send(
-        server.addr,
+        server.admin,
         "POST",
         "/v1/policies/nobody/rollback",
         &admin,
@@ -557,7 +555,7 @@ fn rollback_serves_an_earlier_version_at_once() {
     );
     let r = rollback(r#"{"versoin": "x"}"#);
     assert_eq!(r.status, 400, "{}", r.body);
-    let r = send(server.addr, "GET", "/v1/policies/p/rollback", &admin, b"");
+    let r = send(server.admin, "GET", "/v1/policies/p/rollback", &admin, b"");
     assert_eq!(r.status, 405);
     assert!(metric(
         &server,
@@ -565,7 +563,7 @@ fn rollback_serves_an_earlier_version_at_once() {
     ));
 
     // The status lists the versions kept and marks the serving one.
-    let status = policy_status(server.addr);
+    let status = server.policy_status();
     let kept: Vec<(&str, bool)> = status["versions"]
         .as_array()
         .expect("versions")
@@ -616,9 +614,9 @@ fn settings_and_limits_change_as_a_new_version_that_can_be_rolled_back() {
         "[auth]\nadmin_token = \"root\"\n",
     );
     wait_for("the new limits", || {
-        policy_status(server.addr)["limits"]["fuel"] == 10_000_000
+        server.policy_status()["limits"]["fuel"] == 10_000_000
     });
-    let status = policy_status(server.addr);
+    let status = server.policy_status();
     // One component, two settings: two versions kept.
     assert_eq!(
         status["versions"].as_array().map(Vec::len),
@@ -627,7 +625,7 @@ fn settings_and_limits_change_as_a_new_version_that_can_be_rolled_back() {
     );
     assert_eq!(decide(server.addr)["outcome"], "allow");
     let r = send(
-        server.addr,
+        server.admin,
         "POST",
         "/v1/policies/p/rollback",
         &[("Authorization", "Bearer root")],
@@ -660,7 +658,7 @@ fn a_policy_leaves_service_only_when_the_configuration_drops_it() {
     let server = d.start();
     let db = json!({"action": {"kind": "db", "name": "q"}, "context": {"agent": {"id": "bot"}}});
     std::fs::remove_file(d.path("deny.wasm")).expect("delete");
-    let deny_status = || get(server.addr, "/v1/policies").json()["policies"][1].clone();
+    let deny_status = || server.admin_get("/v1/policies").json()["policies"][1].clone();
     wait_for("the failed read", || {
         deny_status()["last_error"]["step"] == "read"
     });
@@ -672,7 +670,7 @@ fn a_policy_leaves_service_only_when_the_configuration_drops_it() {
     // The configuration drops it: now it is gone, and its route with it.
     d.write_config("", "");
     wait_for("the policy to leave", || {
-        get(server.addr, "/v1/policies").json()["policies"]
+        server.admin_get("/v1/policies").json()["policies"]
             .as_array()
             .map(Vec::len)
             == Some(1)

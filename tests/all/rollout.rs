@@ -93,7 +93,14 @@ fn candidate_outcome_at_4000(case: &Value) -> String {
 }
 
 fn ab(addr: std::net::SocketAddr, policy: &str) -> Value {
-    let r = get(addr, &format!("/v1/ab/{policy}"));
+    let auth = format!("Bearer {ADMIN}");
+    let r = http::send(
+        addr,
+        "GET",
+        &format!("/v1/ab/{policy}"),
+        &[("authorization", &auth)],
+        b"",
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     r.json()
 }
@@ -168,7 +175,7 @@ fn the_public_cases_in_shadow_give_the_confusion_matrix_the_cases_imply() {
     }
     assert_eq!(diverging, 2, "4999.5 and 5000 lie between the thresholds");
 
-    let report = settled_ab(server.addr, "procurement");
+    let report = settled_ab(server.admin, "procurement");
     let pair = &report["pairs"][0];
     assert_eq!(
         report["pairs"].as_array().map(Vec::len),
@@ -250,7 +257,7 @@ fn a_canary_takes_a_stable_share_of_sessions_and_a_session_keeps_its_version() {
     let mut canary = candidate("v2", CandidateRole::Canary, Some(30.0), None);
     canary.file = Some(variant);
     let server = Server::start(procurement(vec![canary]), Default::default());
-    let status = get(server.addr, "/v1/policies").json();
+    let status = server.admin_get("/v1/policies").json();
     let p = &status["policies"][0];
     let (serving, v2) = (
         p["version"].as_str().expect("version").to_owned(),
@@ -294,7 +301,7 @@ fn a_canary_takes_a_stable_share_of_sessions_and_a_session_keeps_its_version() {
 
     // The canary pair is compared on all traffic: the other version runs in
     // the shadow. Same component, same settings: full agreement.
-    let report = settled_ab(server.addr, "procurement");
+    let report = settled_ab(server.admin, "procurement");
     let pair = &report["pairs"][0];
     let dropped = report["queue"]["dropped"]["procurement"]
         .as_u64()
@@ -370,27 +377,27 @@ fn a_mode_switch_under_load_holds_from_the_next_decision_and_monitor_builds_a_ba
 
     // Refusals first: no token, a bad mode, an unknown policy.
     let r = http::send(
-        addr,
+        server.admin,
         "PUT",
         "/v1/policies/procurement/mode",
         &[("content-type", "application/json")],
         br#"{"mode":"monitor"}"#,
     );
     assert_eq!(r.status, 401, "{}", r.body);
-    let r = set_mode(addr, "procurement", &json!({"mode": "sometimes"}));
+    let r = set_mode(server.admin, "procurement", &json!({"mode": "sometimes"}));
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("sometimes"), "{}", r.body);
-    let r = set_mode(addr, "nope", &json!({"mode": "monitor"}));
+    let r = set_mode(server.admin, "nope", &json!({"mode": "monitor"}));
     assert_eq!(r.status, 404, "{}", r.body);
     let r = admin(
-        addr,
+        server.admin,
         "POST",
         "/v1/policies/procurement/mode",
         &json!({"mode": "monitor"}),
     );
     assert_eq!(r.status, 405, "{}", r.body);
 
-    let r = set_mode(addr, "procurement", &json!({"mode": "monitor"}));
+    let r = set_mode(server.admin, "procurement", &json!({"mode": "monitor"}));
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(
         r.json(),
@@ -420,7 +427,7 @@ fn a_mode_switch_under_load_holds_from_the_next_decision_and_monitor_builds_a_ba
                           "context": {"agent": {"id": "baseline-bot"}}});
         conn.post_json("/v1/decide", &body);
     }
-    let b = get(addr, "/v1/baseline?agent=baseline-bot").json();
+    let b = server.admin_get("/v1/baseline?agent=baseline-bot").json();
     let action = |name: &str| {
         b["actions"]
             .as_array()
@@ -450,7 +457,7 @@ fn a_mode_switch_under_load_holds_from_the_next_decision_and_monitor_builds_a_ba
         json!({"values": {"orders": 2, "ledger": 1}, "more": false})
     );
     // Only monitored decisions feed it.
-    let all = get(addr, "/v1/baseline").json();
+    let all = server.admin_get("/v1/baseline").json();
     let load_bot = all["actions"]
         .as_array()
         .and_then(|a| a.iter().find(|x| x["agent"] == "load-bot"))
@@ -459,10 +466,14 @@ fn a_mode_switch_under_load_holds_from_the_next_decision_and_monitor_builds_a_ba
         load_bot["count"].as_u64(),
         Some(monitored.load(Ordering::Acquire))
     );
-    assert_eq!(get(addr, "/v1/baseline?who=x").status, 400);
+    assert_eq!(server.admin_get("/v1/baseline?who=x").status, 400);
 
     // Soft-enforce: judged, reported, not enforced.
-    let r = set_mode(addr, "procurement", &json!({"mode": "soft-enforce"}));
+    let r = set_mode(
+        server.admin,
+        "procurement",
+        &json!({"mode": "soft-enforce"}),
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     for _ in 0..5 {
         let d = conn
@@ -489,10 +500,10 @@ fn a_mode_switch_under_load_holds_from_the_next_decision_and_monitor_builds_a_ba
         metrics.lines().any(|l| l == "arbiter_policy_decisions_total{policy=\"procurement\",outcome=\"deny\",mode=\"soft-enforce\"} 5"),
         "{metrics}"
     );
-    let policies = get(addr, "/v1/policies").json();
+    let policies = server.admin_get("/v1/policies").json();
     assert_eq!(policies["policies"][0]["mode"], "soft-enforce");
     assert_eq!(policies["policies"][0]["mode_source"]["source"], "runtime");
-    let r = set_mode(addr, "procurement", &json!({"mode": "enforce"}));
+    let r = set_mode(server.admin, "procurement", &json!({"mode": "enforce"}));
     assert_eq!(r.status, 200, "{}", r.body);
     let d = conn
         .post_json("/v1/decide", &transfer("load-bot", 75_000.0))
@@ -558,10 +569,10 @@ fn a_promotion_goes_through_the_load_pipeline_and_can_be_rolled_back() {
         |amount| post_json(addr, "/v1/decide", &transfer("bot", amount)).json()["outcome"].clone();
     assert_eq!(decide(5500.0), "require-approval");
 
-    let r = promote(addr, "strict");
+    let r = promote(server.admin, "strict");
     assert_eq!(r.status, 409, "{}", r.body);
     assert!(r.body.contains("smoke"), "{}", r.body);
-    let r = promote(addr, "nope");
+    let r = promote(server.admin, "nope");
     assert_eq!(r.status, 404, "{}", r.body);
     assert!(r.body.contains("strict, lenient"), "{}", r.body);
     assert_eq!(
@@ -570,11 +581,11 @@ fn a_promotion_goes_through_the_load_pipeline_and_can_be_rolled_back() {
         "a refused promotion changes nothing"
     );
 
-    let r = promote(addr, "lenient");
+    let r = promote(server.admin, "lenient");
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(decide(5500.0), "allow");
     assert_eq!(decide(6500.0), "require-approval");
-    let p = &get(addr, "/v1/policies").json()["policies"][0];
+    let p = &server.admin_get("/v1/policies").json()["policies"][0];
     let ids: Vec<&str> = p["candidates"]
         .as_array()
         .expect("candidates")
@@ -584,7 +595,7 @@ fn a_promotion_goes_through_the_load_pipeline_and_can_be_rolled_back() {
     assert_eq!(ids, ["strict"]);
     // The version it replaced is kept: the same bytes, other settings.
     let r = admin(
-        addr,
+        server.admin,
         "POST",
         "/v1/policies/procurement/rollback",
         &json!({}),
@@ -632,7 +643,7 @@ fn a_slow_shadow_never_slows_the_caller_and_a_full_queue_counts_its_drops() {
         elapsed < std::time::Duration::from_millis(1500),
         "{elapsed:?}"
     );
-    let report = settled_ab(server.addr, "procurement");
+    let report = settled_ab(server.admin, "procurement");
     let pair = &report["pairs"][0];
     let dropped = report["queue"]["dropped"]["procurement"]
         .as_u64()
@@ -732,8 +743,8 @@ fn a_reload_keeps_runtime_changes_to_entries_it_leaves_alone_and_follows_candida
     std::fs::write(&config, text("", "")).expect("write");
     let server = Server::start_file(&config);
     let addr = server.addr;
-    let entry = || get(addr, "/v1/policies").json()["policies"][0].clone();
-    let r = set_mode(addr, "procurement", &json!({"mode": "monitor"}));
+    let entry = || server.admin_get("/v1/policies").json()["policies"][0].clone();
+    let r = set_mode(server.admin, "procurement", &json!({"mode": "monitor"}));
     assert_eq!(r.status, 200, "{}", r.body);
 
     // A change elsewhere in the file leaves the runtime mode alone.

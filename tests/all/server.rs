@@ -342,7 +342,7 @@ fn readiness_flips_only_when_policies_have_loaded() {
     assert_eq!((r.status, r.header("retry-after")), (503, Some("1")));
     assert_eq!(r.json()["error"]["code"], "not_ready");
     assert_eq!(
-        get(server.addr, "/v1/policies").json()["policies"][0]["state"],
+        server.admin_get("/v1/policies").json()["policies"][0]["state"],
         "loading"
     );
     release.send(()).expect("release");
@@ -425,28 +425,36 @@ fn tokens_guard_decisions_and_reads() {
     );
     assert_eq!(r.status, 401);
     assert!(!r.body.contains("d-secret"));
-    for token in ["Bearer d-secret", "Bearer a-secret"] {
-        let r = send(
-            server.addr,
-            "POST",
-            "/v1/decide",
-            &[ct, ("Authorization", token)],
-            body.as_bytes(),
-        );
-        assert_eq!(r.status, 200, "{token}");
-    }
-    assert_eq!(get(server.addr, "/v1/policies").status, 401);
-    assert_eq!(
+    let with = |addr, method, path, token: &str| {
+        let auth = format!("Bearer {token}");
         send(
-            server.addr,
-            "GET",
-            "/v1/policies",
-            &[("Authorization", "Bearer d-secret")],
-            b""
+            addr,
+            method,
+            path,
+            &[ct, ("Authorization", &auth)],
+            body.as_bytes(),
         )
-        .status,
-        200
+        .status
+    };
+    assert_eq!(with(server.addr, "POST", "/v1/decide", "d-secret"), 200);
+    // The admin token is an operator's: it opens the admin plane only.
+    assert_eq!(with(server.addr, "POST", "/v1/decide", "a-secret"), 401);
+    assert_eq!(with(server.admin, "GET", "/v1/policies", "a-secret"), 200);
+    assert_eq!(with(server.admin, "GET", "/v1/policies", "d-secret"), 401);
+    assert_eq!(
+        send(server.admin, "GET", "/v1/policies", &[], b"").status,
+        401
     );
+    // The decision plane serves no admin path, whatever the token.
+    let r = send(
+        server.addr,
+        "GET",
+        "/v1/policies",
+        &[("Authorization", "Bearer a-secret")],
+        b"",
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert!(r.body.contains("admin listener"), "{}", r.body);
     // The authorizer takes the token only from x-arbiter-token.
     let r = send(
         server.addr,
@@ -475,7 +483,7 @@ fn policies_endpoint_reports_version_routes_limits_and_state() {
         server_config(&[("procurement", "procurement", json!({}))]),
         ServeOptions::default(),
     );
-    let r = get(server.addr, "/v1/policies").json();
+    let r = server.admin_get("/v1/policies").json();
     let p = &r["policies"][0];
     assert_eq!(p["name"], "procurement");
     assert_eq!(p["state"], "serving");

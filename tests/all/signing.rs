@@ -11,9 +11,7 @@ use std::time::SystemTime;
 
 use arbiter::signing::{KeyPair, MAX_SIGNATURE_FILE_BYTES};
 use arbiter_tests::http::{Conn, get};
-use arbiter_tests::{
-    Server, artifacts, decide, policy_status, replace_by_rename, tool_call, wait_for,
-};
+use arbiter_tests::{Server, artifacts, decide, replace_by_rename, tool_call, wait_for};
 use serde_json::Value;
 
 /// The keys of these tests: `team` is trusted for everything, `finance`
@@ -224,11 +222,11 @@ fn every_refusal_reason_on_reload_keeps_the_old_version_answering() {
     for (i, r) in refusals(&keys).into_iter().enumerate() {
         d.deploy(&r.component, r.signature.as_deref());
         wait_for(r.what, || {
-            policy_status(server.addr)["last_error"]["message"]
+            server.policy_status()["last_error"]["message"]
                 .as_str()
                 .is_some_and(|m| m.contains(r.says))
         });
-        let s = policy_status(server.addr);
+        let s = server.policy_status();
         assert_eq!(s["last_error"]["step"], "verify", "{}: {s}", r.what);
         let d = decide(server.addr);
         assert_eq!(
@@ -297,7 +295,7 @@ fn tampering_and_a_revoked_key_are_refused_under_load() {
     ] {
         d.deploy(&component, Some(&signature));
         wait_for(says, || {
-            policy_status(server.addr)["last_error"]["message"]
+            server.policy_status()["last_error"]["message"]
                 .as_str()
                 .is_some_and(|m| m.contains(says))
         });
@@ -326,7 +324,7 @@ fn decisions_and_the_status_name_the_signer_and_signed_version() {
         (p["signer"].as_str(), p["signed_version"].as_str()),
         (Some("team"), Some("2.1.0-rc.1"))
     );
-    let s = policy_status(server.addr);
+    let s = server.policy_status();
     assert_eq!(s["signer"]["key_id"], "team");
     assert_eq!(s["signer"]["version"], "2.1.0-rc.1");
     assert_eq!(s["signer"]["signed_at"], sig.payload.signed_at.as_str());
@@ -339,7 +337,7 @@ fn a_key_is_rotated_then_revoked_without_a_gap() {
     let allow = allow_bytes();
     let d = Deployment::new(&keys, &allow, Some(&sign(&keys.team, "p", &allow)));
     let server = Server::start_file(&d.config());
-    let config_step = || get(server.addr, "/v1/policies").json()["config"]["last_attempt"].clone();
+    let config_step = || server.admin_get("/v1/policies").json()["config"]["last_attempt"].clone();
     // Writes a configuration and waits for its attempt.
     let reconfigure = |trust: &str| {
         let before = config_step()["at"].clone();
@@ -380,7 +378,7 @@ fn a_key_is_rotated_then_revoked_without_a_gap() {
     // A module signed by the revoked key is now refused.
     replace_by_rename(&d.path("p.wasm.sig"), &sign(&keys.team, "p", &allow));
     wait_for("the refusal", || {
-        policy_status(server.addr)["last_error"]["message"]
+        server.policy_status()["last_error"]["message"]
             .as_str()
             .is_some_and(|m| m.contains("`team`, which is revoked"))
     });
@@ -403,7 +401,7 @@ fn unsigned_policies_load_when_signatures_are_not_required_but_bad_ones_do_not()
     let deny = deny_bytes();
     d.deploy(&deny, Some(&sign(&keys.stranger, "p", &deny)));
     wait_for("the refusal", || {
-        policy_status(server.addr)["last_error"]["message"]
+        server.policy_status()["last_error"]["message"]
             .as_str()
             .is_some_and(|m| m.contains("not trusted"))
     });

@@ -109,11 +109,6 @@ pub fn decide(addr: std::net::SocketAddr) -> serde_json::Value {
     r.json()
 }
 
-/// The first policy's entry in `GET /v1/policies`.
-pub fn policy_status(addr: std::net::SocketAddr) -> serde_json::Value {
-    http::get(addr, "/v1/policies").json()["policies"][0].clone()
-}
-
 /// Writes `bytes` to a temporary file beside `path` and renames it over
 /// `path`, as deployment tools do.
 pub fn replace_by_rename(path: &Path, bytes: &[u8]) {
@@ -176,8 +171,14 @@ pub fn server_config(policies: &[(&str, &str, serde_json::Value)]) -> arbiter::c
 /// A server on its own runtime, for synchronous tests: drop it, or call
 /// [`Server::stop`], to shut it down gracefully.
 pub struct Server {
-    /// Where it listens.
+    /// Where the decision plane listens.
     pub addr: std::net::SocketAddr,
+    /// Where the admin plane listens: a loopback port, unless the test
+    /// configured another `admin.listen` (then this is the decision
+    /// plane's address, unused).
+    pub admin: std::net::SocketAddr,
+    /// The configured `auth.admin_token`, which admin reads present.
+    admin_token: Option<String>,
     bound: Option<arbiter::server::Bound>,
     runtime: tokio::runtime::Runtime,
     /// The decision log's directory, unless the test chose one.
@@ -218,7 +219,7 @@ impl Server {
     /// Asks for a reload of everything, as SIGHUP does.
     pub fn reload(&self) {
         if let Some(b) = &self.bound {
-            b.reload_handle().reload();
+            b.reload_handle().reload("sighup");
         }
     }
 
@@ -245,6 +246,18 @@ impl Server {
             }
             _ => None,
         };
+        // The admin plane on a loopback port, so tests reach it with the
+        // same raw client; the Unix socket default has tests of its own.
+        if options.overrides.admin_listen.is_none() && config.admin.listen.is_none() {
+            options.overrides.admin_listen = Some(arbiter::config::AdminListen::Tcp(
+                "127.0.0.1:0".parse().expect("addr"),
+            ));
+        }
+        let admin_token = config
+            .auth
+            .admin_token
+            .as_ref()
+            .map(|t| t.expose().to_owned());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -253,8 +266,14 @@ impl Server {
         let bound = runtime
             .block_on(arbiter::server::bind(config, path, options))
             .expect("bind");
+        let admin = match bound.admin_endpoint() {
+            arbiter::server::AdminEndpoint::Tcp(a) => *a,
+            arbiter::server::AdminEndpoint::Unix(_) => bound.local_addr(),
+        };
         Server {
             addr: bound.local_addr(),
+            admin,
+            admin_token,
             bound: Some(bound),
             runtime,
             _log: log,
@@ -267,6 +286,21 @@ impl Server {
         let server = Self::bind(config, options);
         server.ready().expect("ready");
         server
+    }
+
+    /// `GET path` on the admin plane, with the admin token if configured.
+    pub fn admin_get(&self, path: &str) -> http::Reply {
+        let auth = self.admin_token.as_ref().map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| vec![("authorization", a)])
+            .unwrap_or_default();
+        http::send(self.admin, "GET", path, &headers, b"")
+    }
+
+    /// The first policy's entry in `GET /v1/policies`.
+    pub fn policy_status(&self) -> serde_json::Value {
+        self.admin_get("/v1/policies").json()["policies"][0].clone()
     }
 
     /// Waits for the first load.

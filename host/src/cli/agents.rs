@@ -37,9 +37,6 @@ pub(super) struct SuspendArgs {
     /// Why; recorded in the decision log and given in every denial.
     #[arg(long)]
     reason: String,
-    /// Who is doing it [default: the admin token].
-    #[arg(long)]
-    by: Option<String>,
     #[command(flatten)]
     remote: RemoteArgs,
 }
@@ -48,9 +45,6 @@ pub(super) struct SuspendArgs {
 pub(super) struct ResumeArgs {
     /// The agent.
     agent: String,
-    /// Who is doing it [default: the admin token].
-    #[arg(long)]
-    by: Option<String>,
     #[command(flatten)]
     remote: RemoteArgs,
 }
@@ -62,14 +56,11 @@ pub(super) fn run(command: &AgentsCommand) -> anyhow::Result<ExitCode> {
             &args.remote,
             &args.agent,
             "suspend",
-            &serde_json::json!({"reason": args.reason, "by": args.by}),
+            &serde_json::json!({"reason": args.reason}),
         ),
-        AgentsCommand::Resume(args) => change(
-            &args.remote,
-            &args.agent,
-            "resume",
-            &serde_json::json!({"by": args.by}),
-        ),
+        AgentsCommand::Resume(args) => {
+            change(&args.remote, &args.agent, "resume", &serde_json::json!({}))
+        }
     }
 }
 
@@ -122,7 +113,7 @@ fn change(
     change: &str,
     body: &Value,
 ) -> anyhow::Result<ExitCode> {
-    let server = remote(remote_args, true)?;
+    let server = remote(remote_args)?;
     let path = format!(
         "/v1/agents/{}/{change}",
         crate::client::percent_encode(agent)

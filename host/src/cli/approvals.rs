@@ -49,9 +49,6 @@ pub(super) struct AnswerArgs {
     /// Why; recorded in the decision log.
     #[arg(long)]
     reason: String,
-    /// Who is answering [default: the admin token].
-    #[arg(long)]
-    by: Option<String>,
     #[command(flatten)]
     remote: RemoteArgs,
 }
@@ -60,7 +57,7 @@ pub(super) fn run(command: &ApprovalsCommand) -> anyhow::Result<ExitCode> {
     match command {
         ApprovalsCommand::List(args) => list(args),
         ApprovalsCommand::Show(args) => {
-            let server = remote(&args.remote, false)?;
+            let server = remote(&args.remote)?;
             let path = format!("/v1/approvals/{}", percent_encode(&args.id));
             let a = call(&server, hyper::Method::GET, &path, None)?;
             println!("{}", serde_json::to_string_pretty(&a)?);
@@ -72,7 +69,7 @@ pub(super) fn run(command: &ApprovalsCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn list(args: &ListArgs) -> anyhow::Result<ExitCode> {
-    let server = remote(&args.remote, true)?;
+    let server = remote(&args.remote)?;
     let path = match args.status.as_str() {
         "all" => "/v1/approvals".to_owned(),
         s => format!("/v1/approvals?status={}", percent_encode(s)),
@@ -107,10 +104,19 @@ fn list(args: &ListArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn answer(args: &AnswerArgs, verb: &str) -> anyhow::Result<ExitCode> {
-    let server = remote(&args.remote, true)?;
+    let server = remote(&args.remote)?;
     let path = format!("/v1/approvals/{}/{verb}", percent_encode(&args.id));
-    let body = serde_json::json!({"reason": args.reason, "by": args.by});
+    let body = serde_json::json!({"reason": args.reason});
     let a = call(&server, hyper::Method::POST, &path, Some(&body))?;
-    println!("approval {} {}", text(&a["id"]), text(&a["status"]));
+    let given = a["approvers"].as_array().map_or(0, Vec::len);
+    let needed = a["required"].as_u64().unwrap_or(1);
+    if text(&a["status"]) == "pending" {
+        println!(
+            "approval {} pending: {given} of {needed} approvers so far",
+            text(&a["id"])
+        );
+    } else {
+        println!("approval {} {}", text(&a["id"]), text(&a["status"]));
+    }
     Ok(ExitCode::SUCCESS)
 }

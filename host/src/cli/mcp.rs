@@ -40,11 +40,15 @@ pub(super) struct GatewayArgs {
     /// The configuration file (TOML); default: the embedded configuration.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// The admin and decision API listens here [default: the configured
+    /// The decision API listens here [default: the configured
     /// `server.listen`; with the embedded configuration, a free loopback
     /// port for stdio].
     #[arg(long, value_name = "ADDR:PORT")]
     listen: Option<SocketAddr>,
+    /// The admin plane listens here instead of the configured
+    /// `admin.listen`: `unix:PATH` or `ADDR:PORT`.
+    #[arg(long, value_name = "ADDRESS")]
+    admin_listen: Option<crate::config::AdminListen>,
     /// Write the decision log here instead of the configured `log.dir`.
     #[arg(long, value_name = "DIR")]
     log_dir: Option<PathBuf>,
@@ -62,7 +66,7 @@ pub(super) struct StdioArgs {
     /// loading policies here: its policies, log, approvals and tool pins
     /// serve every gateway that names it (token from $ARBITER_TOKEN). Only
     /// the `[[mcp.servers]]` entry of `--config` is read.
-    #[arg(long, value_name = "URL", conflicts_with_all = ["listen", "log_dir", "state_dir"])]
+    #[arg(long, value_name = "URL", conflicts_with_all = ["listen", "admin_listen", "log_dir", "state_dir"])]
     server: Option<String>,
     /// The MCP server to run, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
@@ -103,9 +107,6 @@ pub(super) struct AcceptArgs {
     mcp_server: String,
     /// The tool.
     tool: String,
-    /// Who accepts it [default: the admin token].
-    #[arg(long)]
-    by: Option<String>,
     #[command(flatten)]
     remote: RemoteArgs,
 }
@@ -142,12 +143,21 @@ fn stdio(args: StdioArgs, global: &Global) -> anyhow::Result<ExitCode> {
     if let Some(url) = &args.server {
         return stdio_remote(&args, url, &config);
     }
+    // With `[identity]`, nobody names their own agent: the gateway decides
+    // as the agent its entry is configured for, never the client's name.
+    if config.identity.enabled() && config.mcp.server(&g.name).is_none_or(|s| s.agent.is_none()) {
+        bail!(
+            "with `[identity]`, the stdio gateway decides as a configured agent: set `agent` in the `[[mcp.servers]]` entry `{}`",
+            g.name
+        );
+    }
     let listen = g.listen.or_else(|| {
         g.config
             .is_none()
             .then(|| SocketAddr::from(([127, 0, 0, 1], 0)))
     });
-    let overrides = overrides(global, listen, &g.log_dir, &g.state_dir);
+    let mut overrides = overrides(global, listen, &g.log_dir, &g.state_dir);
+    overrides.admin_listen = g.admin_listen.clone();
     let runtime = runtime()?;
     let result = runtime.block_on(async {
         let options = crate::server::ServeOptions {
@@ -156,9 +166,9 @@ fn stdio(args: StdioArgs, global: &Global) -> anyhow::Result<ExitCode> {
         };
         let bound = crate::server::bind(config, g.config.clone(), options).await?;
         eprintln!(
-            "arbiter: MCP gateway for `{}`; admin API on http://{}",
+            "arbiter: MCP gateway for `{}`; admin plane on {}",
             g.name,
-            bound.local_addr()
+            bound.admin_endpoint()
         );
         bound.ready().await?;
         let registry = bound
@@ -252,10 +262,13 @@ fn http(args: HttpArgs, global: &Global) -> anyhow::Result<ExitCode> {
     };
     // The upstream given on the command line passes the configuration's checks.
     crate::config::check_mcp(&config.mcp).map_err(|e| anyhow::anyhow!("--upstream: {e}"))?;
-    let overrides = overrides(global, g.listen, &g.log_dir, &g.state_dir);
+    let mut overrides = overrides(global, g.listen, &g.log_dir, &g.state_dir);
+    overrides.admin_listen = g.admin_listen.clone();
     let name = g.name.clone();
-    serve_config(config, g.config.clone(), overrides, move |addr| {
-        eprintln!("arbiter: MCP gateway http://{addr}/mcp/{name} -> {upstream}");
+    serve_config(config, g.config.clone(), overrides, move |addr, admin| {
+        eprintln!(
+            "arbiter: MCP gateway http://{addr}/mcp/{name} -> {upstream}; admin plane on {admin}"
+        );
     })
 }
 
@@ -300,18 +313,13 @@ fn list(args: &ListArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn accept(args: &AcceptArgs) -> anyhow::Result<ExitCode> {
-    let server = remote(&args.remote, true)?;
+    let server = remote(&args.remote)?;
     let path = format!(
         "/v1/mcp/tools/{}/{}/accept",
         crate::client::percent_encode(&args.mcp_server),
         crate::client::percent_encode(&args.tool)
     );
-    let pin = call(
-        &server,
-        hyper::Method::POST,
-        &path,
-        Some(&serde_json::json!({"by": args.by})),
-    )?;
+    let pin = call(&server, hyper::Method::POST, &path, None)?;
     println!(
         "tool `{}` of `{}` accepted at {}: its calls are decided by the policies again",
         args.tool,

@@ -92,6 +92,10 @@ enum Command {
     },
     /// Write a new Ed25519 key pair: ID.key (owner-only) and ID.pub.
     Keygen(KeygenArgs),
+    /// Make a new bearer token and print it with the SHA-256 that
+    /// `[[identity.tokens]]` and `[[admin.operators]]` take (or, with
+    /// --hash, the SHA-256 of a token read from standard input).
+    Token(TokenArgs),
     /// Sign a policy component: writes the detached FILE.sig.
     Sign(SignArgs),
     /// Check a component's signature against public keys or a
@@ -179,9 +183,11 @@ struct VerifyArgs {
 
 #[derive(Debug, Args)]
 pub(super) struct RemoteArgs {
-    /// The server's base URL.
-    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080")]
-    server: String,
+    /// The server's admin plane: `unix:PATH` or `http://HOST:PORT`
+    /// [default: $ARBITER_ADMIN, else the socket `admin.sock` in the
+    /// default state directory].
+    #[arg(long, visible_alias = "server", value_name = "ADDRESS")]
+    admin: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -211,6 +217,17 @@ struct ServeArgs {
     /// the configured `state.dir`.
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// Serve the admin plane here instead of the configured `admin.listen`:
+    /// `unix:PATH` or `ADDR:PORT`.
+    #[arg(long, value_name = "ADDRESS")]
+    admin_listen: Option<crate::config::AdminListen>,
+}
+
+#[derive(Debug, Args)]
+struct TokenArgs {
+    /// Print the SHA-256 of the token on standard input instead.
+    #[arg(long)]
+    hash: bool,
 }
 
 #[derive(Debug, Args)]
@@ -308,6 +325,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Test(args) => test(args, open_cache(&global)?.as_ref()),
         Command::Inspect { file, grants } => inspect(&file, &grants.wasi()),
         Command::Keygen(args) => keygen(&args),
+        Command::Token(args) => token(&args),
         Command::Sign(args) => sign(&args),
         Command::Verify(args) => verify(&args),
         Command::Rollback(args) => rollback(&args),
@@ -322,6 +340,27 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Approvals(command) => approvals::run(&command),
         Command::Mcp(command) => mcp::run(command, &global),
     }
+}
+
+fn token(args: &TokenArgs) -> anyhow::Result<ExitCode> {
+    if args.hash {
+        let mut text = String::new();
+        Read::read_to_string(&mut std::io::stdin().take(4096), &mut text)
+            .context("cannot read the token from standard input")?;
+        let token = text.trim();
+        if token.is_empty() {
+            bail!("no token on standard input");
+        }
+        println!("{}", crate::identity::token_digest(token));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no OS randomness: {e}"))?;
+    let token = format!("arb_{}", crate::hex::encode(&bytes));
+    println!("token:  {token}");
+    println!("sha256 = \"{}\"", crate::identity::token_digest(&token));
+    eprintln!("arbiter: give the token to its holder only; the configuration keeps the sha256");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn keygen(args: &KeygenArgs) -> anyhow::Result<ExitCode> {
@@ -462,16 +501,22 @@ fn verify(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The token for commands that talk to a server: the admin token, or the
-/// decide token for reads.
-pub(super) fn remote(args: &RemoteArgs, admin: bool) -> anyhow::Result<ServerAddress> {
-    let vars: &[&str] = if admin {
-        &["ARBITER_ADMIN_TOKEN"]
-    } else {
-        &["ARBITER_TOKEN", "ARBITER_ADMIN_TOKEN"]
+/// A running server's admin plane, with the operator's token from
+/// $ARBITER_ADMIN_TOKEN.
+pub(super) fn remote(args: &RemoteArgs) -> anyhow::Result<ServerAddress> {
+    let token = std::env::var("ARBITER_ADMIN_TOKEN").ok();
+    let address = match &args.admin {
+        Some(a) => a.clone(),
+        None => match std::env::var("ARBITER_ADMIN") {
+            Ok(a) => a,
+            Err(_) => {
+                let dir = crate::state::default_dir()
+                    .context("no --admin given and no default state directory ($HOME is unset)")?;
+                format!("unix:{}", dir.join(crate::server::ADMIN_SOCKET).display())
+            }
+        },
     };
-    let token = vars.iter().find_map(|v| std::env::var(v).ok());
-    ServerAddress::new(&args.server, token)
+    ServerAddress::new(&address, token)
 }
 
 pub(super) fn call(
@@ -499,7 +544,7 @@ pub(super) fn read_state(
     agent: Option<&str>,
     json: bool,
 ) -> anyhow::Result<Option<serde_json::Value>> {
-    let server = remote(args, false)?;
+    let server = remote(args)?;
     let path = match agent {
         Some(a) => format!("{path}?agent={}", crate::client::percent_encode(a)),
         None => path.to_owned(),
@@ -513,7 +558,7 @@ pub(super) fn read_state(
 }
 
 fn rollback(args: &RollbackArgs) -> anyhow::Result<ExitCode> {
-    let server = remote(&args.remote, true)?;
+    let server = remote(&args.remote)?;
     let body = serde_json::json!({ "version": args.to });
     let path = format!("/v1/policies/{}/rollback", args.name);
     let done = call(&server, hyper::Method::POST, &path, Some(&body))?;
@@ -528,7 +573,7 @@ fn rollback(args: &RollbackArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn status(args: &RemoteArgs) -> anyhow::Result<ExitCode> {
-    let server = remote(args, false)?;
+    let server = remote(args)?;
     let body = call(&server, hyper::Method::GET, "/v1/policies", None)?;
     let config = &body["config"];
     println!("config  {}", config["source"].as_str().unwrap_or("?"));
@@ -577,9 +622,10 @@ fn serve(args: ServeArgs, global: &Global) -> anyhow::Result<ExitCode> {
         Some(path) => Config::from_file(path)?.0,
         None => Config::default_config()?,
     };
-    let overrides = overrides(global, args.listen, &args.log_dir, &args.state_dir);
-    serve_config(config, args.config.clone(), overrides, |addr| {
-        eprintln!("arbiter: listening on http://{addr}");
+    let mut overrides = overrides(global, args.listen, &args.log_dir, &args.state_dir);
+    overrides.admin_listen = args.admin_listen;
+    serve_config(config, args.config.clone(), overrides, |addr, admin| {
+        eprintln!("arbiter: listening on http://{addr}; admin plane on {admin}");
     })
 }
 
@@ -606,6 +652,7 @@ fn overrides(
         cache,
         log_dir: log_dir.clone(),
         state_dir: state_dir.clone(),
+        admin_listen: None,
     }
 }
 
@@ -624,7 +671,7 @@ fn serve_config(
     config: Config,
     config_path: Option<PathBuf>,
     overrides: Overrides,
-    banner: impl FnOnce(std::net::SocketAddr),
+    banner: impl FnOnce(std::net::SocketAddr, &crate::server::AdminEndpoint),
 ) -> anyhow::Result<ExitCode> {
     let runtime = runtime()?;
     runtime.block_on(async {
@@ -633,7 +680,7 @@ fn serve_config(
             ..Default::default()
         };
         let bound = crate::server::bind(config, config_path, options).await?;
-        banner(bound.local_addr());
+        banner(bound.local_addr(), bound.admin_endpoint());
         let hangup = tokio::spawn(reload_on_hangup(bound.reload_handle()));
         let shutdown = async {
             signal().await;
@@ -686,7 +733,7 @@ async fn reload_on_hangup(handle: crate::server::ReloadHandle) {
         };
         while hangup.recv().await.is_some() {
             eprintln!("arbiter: SIGHUP: reloading the configuration and every policy");
-            handle.reload();
+            handle.reload("sighup");
         }
     }
     #[cfg(not(unix))]

@@ -103,7 +103,7 @@ pub(super) struct ReplayArgs {
 }
 
 pub(super) fn mode(args: &ModeArgs) -> anyhow::Result<ExitCode> {
-    let server = remote(&args.remote, true)?;
+    let server = remote(&args.remote)?;
     let path = format!("/v1/policies/{}/mode", args.name);
     let body = serde_json::json!({ "mode": args.mode });
     let done = call(&server, hyper::Method::PUT, &path, Some(&body))?;
@@ -117,7 +117,7 @@ pub(super) fn mode(args: &ModeArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub(super) fn promote(args: &PromoteArgs) -> anyhow::Result<ExitCode> {
-    let server = remote(&args.remote, true)?;
+    let server = remote(&args.remote)?;
     let path = format!("/v1/policies/{}/promote", args.name);
     let body = serde_json::json!({ "candidate": args.candidate });
     let done = call(&server, hyper::Method::POST, &path, Some(&body))?;
@@ -198,7 +198,7 @@ fn distinct(d: &Value) -> Option<String> {
 
 pub(super) fn ab(command: &AbCommand) -> anyhow::Result<ExitCode> {
     let AbCommand::Report(args) = command;
-    let server = remote(&args.remote, false)?;
+    let server = remote(&args.remote)?;
     let body = call(
         &server,
         hyper::Method::GET,

@@ -1,89 +1,176 @@
-//! Bearer tokens: one to ask for decisions and read state, another for
-//! anything that changes state. Compared in constant time.
+//! Who is at the door. On the decision plane: the agent a credential is
+//! bound to (`[identity]`), or, without identity, the shared decide token.
+//! On the admin plane: the named operator a credential belongs to, and
+//! whether its roles allow what it asks.
+
+use std::path::Path;
 
 use hyper::HeaderMap;
 
 use super::error::FrontDoorError;
+use crate::config::{Config, Role};
+use crate::decision::{Context, Principal};
+use crate::identity::{self, AgentIdentity, IdentityError, Operator, constant_time_eq};
 
-/// The tokens in force; `None` leaves that level open.
-#[derive(Clone, Default)]
-pub struct Tokens {
-    /// For `/v1/decide`, `/v1/authz` and reads.
-    pub decide: Option<String>,
-    /// For state changes. Without one, those endpoints are refused.
-    pub admin: Option<String>,
+pub use crate::client::TOKEN_HEADER;
+
+/// The credentials in force, swapped whole when the configuration reloads.
+pub struct Credentials {
+    /// The shared decide token, when there is no `[identity]`.
+    decide: Option<String>,
+    /// Agents' credentials, when `[identity]` configures any.
+    agents: Option<identity::Agents>,
+    /// Operators' credentials.
+    operators: identity::Operators,
 }
 
-impl std::fmt::Debug for Tokens {
+impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print a secret.
-        f.debug_struct("Tokens")
+        f.debug_struct("Credentials")
             .field("decide", &self.decide.as_ref().map(|_| "<set>"))
-            .field("admin", &self.admin.as_ref().map(|_| "<set>"))
+            .field("identity", &self.agents.is_some())
+            .field("operators", &self.operators.configured())
             .finish()
     }
 }
 
-pub use crate::client::TOKEN_HEADER;
-
-impl Tokens {
-    /// The tokens `auth` configures.
-    pub fn from_config(auth: &crate::config::AuthConfig) -> Self {
-        Tokens {
-            decide: auth.decide_token.as_ref().map(|s| s.expose().to_owned()),
-            admin: auth.admin_token.as_ref().map(|s| s.expose().to_owned()),
+impl Credentials {
+    /// The credentials `config` configures; `base` resolves JWKS files.
+    pub fn from_config(config: &Config, base: &Path) -> Self {
+        Credentials {
+            decide: config
+                .auth
+                .decide_token
+                .as_ref()
+                .map(|s| s.expose().to_owned()),
+            agents: identity::Agents::new(&config.identity, base),
+            operators: identity::Operators::new(&config.admin, &config.auth, base),
         }
     }
 
-    /// Checks the decide token (the admin token also passes).
+    /// Whether decisions come from verified credentials.
+    pub fn identity(&self) -> bool {
+        self.agents.is_some()
+    }
+
+    /// Whether the decision plane asks for any credential at all.
+    pub fn decision_plane_open(&self) -> bool {
+        self.agents.is_none() && self.decide.is_none()
+    }
+
+    /// The agent asking, from its credential: `Some` with `[identity]`,
+    /// `None` when the shared decide token (or no token) is all there is.
+    /// `use_authorization`: whether `Authorization` may carry it (not on
+    /// the MCP gateway, where it belongs to the upstream server).
     ///
     /// # Errors
-    /// [`FrontDoorError::Unauthorized`] when a token is required and the
-    /// request has none or another.
-    pub fn check_decide(
+    /// 401 for a missing or bad credential, 503 when the identity
+    /// provider's keys cannot be had.
+    pub async fn caller(
         &self,
         headers: &HeaderMap,
         use_authorization: bool,
-    ) -> Result<(), FrontDoorError> {
-        let Some(decide) = &self.decide else {
-            return Ok(());
-        };
+    ) -> Result<Option<AgentIdentity>, FrontDoorError> {
         let given = presented(headers, use_authorization);
-        let ok = given.is_some_and(|g| {
-            constant_time_eq(g.as_bytes(), decide.as_bytes())
-                || self
-                    .admin
-                    .as_ref()
-                    .is_some_and(|a| constant_time_eq(g.as_bytes(), a.as_bytes()))
-        });
-        if ok {
-            Ok(())
-        } else if given.is_none() {
-            Err(FrontDoorError::Unauthorized("a bearer token is required"))
-        } else {
-            Err(FrontDoorError::Unauthorized(
-                "the bearer token is not valid",
-            ))
+        if let Some(agents) = &self.agents {
+            return agents.authenticate(given).await.map(Some).map_err(refused);
+        }
+        let Some(decide) = &self.decide else {
+            return Ok(None);
+        };
+        match given {
+            Some(g) if constant_time_eq(g.as_bytes(), decide.as_bytes()) => Ok(None),
+            Some(_) => Err(FrontDoorError::Unauthorized(
+                "the bearer token is not valid".into(),
+            )),
+            None => Err(FrontDoorError::Unauthorized(
+                "a bearer token is required".into(),
+            )),
         }
     }
 
-    /// Checks the admin token. With no admin token configured, every state
-    /// change is refused: there is no open admin level.
+    /// The operator at the admin plane. With no operator credential
+    /// configured, the plane is open for reading only.
     ///
     /// # Errors
-    /// [`FrontDoorError::Unauthorized`] unless the admin token is presented.
-    pub fn check_admin(&self, headers: &HeaderMap) -> Result<(), FrontDoorError> {
-        let Some(admin) = &self.admin else {
-            return Err(FrontDoorError::Unauthorized(
-                "no admin token is configured; admin endpoints are off",
-            ));
-        };
-        match presented(headers, true) {
-            Some(g) if constant_time_eq(g.as_bytes(), admin.as_bytes()) => Ok(()),
-            Some(_) => Err(FrontDoorError::Unauthorized("the admin token is not valid")),
-            None => Err(FrontDoorError::Unauthorized(
-                "an admin bearer token is required",
-            )),
+    /// 401 for a missing or bad credential, 503 when the identity
+    /// provider's keys cannot be had.
+    pub async fn operator(&self, headers: &HeaderMap) -> Result<Operator, FrontDoorError> {
+        if !self.operators.configured() {
+            return Ok(Operator::anonymous_reader());
+        }
+        self.operators
+            .authenticate(presented(headers, true))
+            .await
+            .map_err(refused)
+    }
+}
+
+/// Refuses `op` unless it holds `role`.
+///
+/// # Errors
+/// 403 naming the operator and the role.
+pub fn require(op: &Operator, role: Role) -> Result<(), FrontDoorError> {
+    if op.has(role) {
+        return Ok(());
+    }
+    let why = if op.name == "anonymous" {
+        "no operator credential is configured, so the admin plane only reads; configure `[[admin.operators]]` or `auth.admin_token`".to_owned()
+    } else {
+        format!(
+            "operator `{}` does not hold the `{}` role",
+            op.name,
+            role.as_str()
+        )
+    };
+    Err(FrontDoorError::Denied(why))
+}
+
+/// Puts the verified agent (and user) into `context`. A request that
+/// names another agent, or another user than the credential's, is refused.
+///
+/// # Errors
+/// 403 saying whose the credential is and what the request named.
+pub fn bind(context: &mut Context, who: &AgentIdentity) -> Result<(), FrontDoorError> {
+    let named = &context.agent.id;
+    if !named.is_empty() && *named != who.agent.id {
+        return Err(FrontDoorError::Denied(format!(
+            "the credential is agent `{}`'s, but the request names agent `{}`",
+            who.agent.id,
+            short(named)
+        )));
+    }
+    context.agent = who.agent.clone();
+    if let Some(user) = &who.user {
+        match &context.user {
+            Some(u) if u.id != *user => {
+                return Err(FrontDoorError::Denied(format!(
+                    "the credential acts for user `{user}`, but the request names user `{}`",
+                    short(&u.id)
+                )));
+            }
+            Some(_) => {}
+            None => {
+                context.user = Some(Principal {
+                    id: user.clone(),
+                    roles: Vec::new(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn short(s: &str) -> String {
+    s.chars().take(80).collect()
+}
+
+fn refused(e: IdentityError) -> FrontDoorError {
+    match e {
+        IdentityError::Keys(_) => FrontDoorError::Unavailable(e.to_string()),
+        IdentityError::Missing | IdentityError::Invalid(_) => {
+            FrontDoorError::Unauthorized(e.to_string())
         }
     }
 }
@@ -100,14 +187,10 @@ fn presented(headers: &HeaderMap, use_authorization: bool) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Equal bytes, in time that depends only on the lengths.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Secret;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -117,58 +200,80 @@ mod tests {
         h
     }
 
-    #[test]
-    fn decide_and_admin_levels() {
-        let t = Tokens {
-            decide: Some("d".into()),
-            admin: Some("a".into()),
-        };
+    #[tokio::test]
+    async fn the_decide_token_guards_the_decision_plane_and_the_admin_token_names_an_operator() {
+        let mut config = Config::default();
+        config.auth.decide_token = Some(Secret::try_from("d".to_owned()).expect("secret"));
+        config.auth.admin_token = Some(Secret::try_from("a".to_owned()).expect("secret"));
+        let c = Credentials::from_config(&config, Path::new("."));
         assert!(
-            t.check_decide(&headers(&[("authorization", "Bearer d")]), true)
+            c.caller(&headers(&[("authorization", "Bearer d")]), true)
+                .await
                 .is_ok()
         );
         assert!(
-            t.check_decide(&headers(&[("authorization", "bearer a")]), true)
-                .is_ok()
-        );
-        assert!(
-            t.check_decide(&headers(&[("x-arbiter-token", "d")]), false)
+            c.caller(&headers(&[("x-arbiter-token", "d")]), false)
+                .await
                 .is_ok()
         );
         // The authorizer does not take `Authorization`: it is the original request's.
         assert!(
-            t.check_decide(&headers(&[("authorization", "Bearer d")]), false)
+            c.caller(&headers(&[("authorization", "Bearer d")]), false)
+                .await
                 .is_err()
         );
+        // The admin token is an operator's, not a way to decide.
         assert!(
-            t.check_decide(&headers(&[("authorization", "Bearer x")]), true)
+            c.caller(&headers(&[("authorization", "Bearer a")]), true)
+                .await
                 .is_err()
         );
-        assert!(t.check_decide(&headers(&[]), true).is_err());
+        assert!(c.caller(&headers(&[]), true).await.is_err());
+        let op = c
+            .operator(&headers(&[("authorization", "Bearer a")]))
+            .await
+            .expect("admin");
+        assert_eq!(op.name, identity::ADMIN_TOKEN_NAME);
         assert!(
-            t.check_admin(&headers(&[("authorization", "Bearer a")]))
-                .is_ok()
-        );
-        assert!(
-            t.check_admin(&headers(&[("authorization", "Bearer d")]))
+            c.operator(&headers(&[("authorization", "Bearer d")]))
+                .await
                 .is_err()
         );
-        let open = Tokens::default();
-        assert!(open.check_decide(&headers(&[]), true).is_ok());
-        assert!(
-            open.check_admin(&headers(&[("authorization", "Bearer a")]))
-                .is_err()
-        );
+        let open = Credentials::from_config(&Config::default(), Path::new("."));
+        let reader = open.operator(&headers(&[])).await.expect("open reads");
+        assert!(require(&reader, Role::Auditor).is_ok());
+        assert!(require(&reader, Role::Operator).is_err());
         assert_eq!(
-            format!("{t:?}"),
-            "Tokens { decide: Some(\"<set>\"), admin: Some(\"<set>\") }"
+            format!("{c:?}"),
+            "Credentials { decide: Some(\"<set>\"), identity: false, operators: true }"
         );
     }
 
     #[test]
-    fn constant_time_eq_is_eq() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
+    fn a_credential_binds_its_agent_and_refuses_another() {
+        let who = AgentIdentity {
+            agent: Principal {
+                id: "a".into(),
+                roles: vec!["buyer".into()],
+            },
+            user: Some("u".into()),
+        };
+        let mut named_none = Context::default();
+        bind(&mut named_none, &who).expect("filled in");
+        assert_eq!(named_none.agent.id, "a");
+        assert_eq!(named_none.agent.roles, vec!["buyer".to_owned()]);
+        assert_eq!(named_none.user.as_ref().map(|u| u.id.as_str()), Some("u"));
+        let mut other = Context::default();
+        other.agent.id = "b".into();
+        let e = bind(&mut other, &who).expect_err("another agent");
+        assert_eq!(e.status(), hyper::StatusCode::FORBIDDEN);
+        let mut other_user = Context {
+            user: Some(Principal {
+                id: "v".into(),
+                roles: vec![],
+            }),
+            ..Context::default()
+        };
+        assert!(bind(&mut other_user, &who).is_err());
     }
 }

@@ -18,9 +18,12 @@ pub enum FrontDoorError {
     /// A field a caller may not set.
     #[error("`{0}` is filled by the host; a caller may not set it")]
     Forbidden(&'static str),
-    /// Missing or wrong bearer token.
+    /// Missing or wrong credential.
     #[error("{0}")]
-    Unauthorized(&'static str),
+    Unauthorized(String),
+    /// The credential is good but may not do this.
+    #[error("{0}")]
+    Denied(String),
     /// The body is not JSON.
     #[error("content type must be application/json, got `{0}`")]
     UnsupportedMediaType(String),
@@ -76,6 +79,7 @@ impl FrontDoorError {
             | FrontDoorError::Required(_)
             | FrontDoorError::Forbidden(_) => StatusCode::BAD_REQUEST,
             FrontDoorError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            FrontDoorError::Denied(_) => StatusCode::FORBIDDEN,
             FrontDoorError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             FrontDoorError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             FrontDoorError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -99,6 +103,7 @@ impl FrontDoorError {
             FrontDoorError::Required(_) => "missing_field",
             FrontDoorError::Forbidden(_) => "field_not_allowed",
             FrontDoorError::Unauthorized(_) => "unauthorized",
+            FrontDoorError::Denied(_) => "forbidden",
             FrontDoorError::UnsupportedMediaType(_) => "unsupported_media_type",
             FrontDoorError::PayloadTooLarge { .. } => "payload_too_large",
             FrontDoorError::Timeout(_) => "timeout",

@@ -1,34 +1,23 @@
-//! The HTTP front door: one hyper service that checks, parses and dispatches
-//! every request. It answers decide, authz and health itself, each decision
-//! through [`Arbiter::try_decide_async`]; the admin handlers are in
-//! [`super::admin`], one file per subject. Endpoints:
+//! The decision plane: one hyper service that checks, parses and
+//! dispatches every request an agent or its gateway sends, each decision
+//! through [`Arbiter::try_decide_async`]. It serves no admin path: those
+//! are on the admin plane's own listener ([`super::admin`]). Endpoints:
 //!
 //! | method | path | what |
 //! |---|---|---|
 //! | POST | `/v1/decide` | the wire format of `shared/DESIGN.md` in, the decision out |
 //! | any | `/v1/authz`, `/v1/authz/...` | external authorizer (Envoy `ext_authz`, nginx `auth_request`): 200 or 403 |
-//! | GET | `/v1/policies` | each policy: version, routes, limits, load state, last error, versions kept |
-//! | POST | `/v1/policies/{name}/rollback` | admin: serve an earlier version at once (body: optional `{"version": ...}`) |
-//! | PUT | `/v1/policies/{name}/mode` | admin: `{"mode": "monitor" \| "soft-enforce" \| "enforce"}`, from the next decision |
-//! | POST | `/v1/policies/{name}/promote` | admin: `{"candidate": ID}` becomes the serving version, through the load pipeline |
-//! | GET | `/v1/ab/{name}` | divergence between the policy's serving version and each candidate |
-//! | GET | `/v1/baseline` | what monitor mode observed, per agent and action (`?agent=ID` for one) |
-//! | GET | `/v1/agents` | each agent's counters, suspension and breaker (`?agent=ID` for one) |
-//! | POST | `/v1/agents/{id}/suspend` | admin: `{"reason": ..., "by": ...}`: deny every action of the agent until resumed |
-//! | POST | `/v1/agents/{id}/resume` | admin: `{"by": ...}` (optional): lift the suspension |
-//! | GET | `/v1/approvals` | admin: every approval, or `?status=pending` |
-//! | GET | `/v1/approvals/{id}` | one approval; `?wait=30s` waits for an answer |
-//! | POST | `/v1/approvals/{id}/approve`, `/decline` | admin: `{"reason": ..., "by": ...}` |
-//! | GET | `/v1/mcp/tools` | every pinned MCP tool definition, and the changes waiting |
+//! | GET | `/v1/approvals/{id}` | the caller's own approval; `?wait=30s` waits for an answer |
 //! | POST | `/v1/mcp/tools/{server}/observe` | `{"tools": [...]}` from a remote gateway's listing: pins them, answers the definitions to show |
-//! | POST | `/v1/mcp/tools/{server}/{tool}/accept` | admin: `{"by": ...}` (optional): accept a changed tool's new definition |
 //! | POST, GET, DELETE | `/mcp/{server}` | the MCP gateway: Streamable HTTP proxied to the server's `upstream` ([`crate::mcp::http`]) |
 //! | GET | `/healthz` | alive |
 //! | GET | `/readyz` | 200 once every configured policy has loaded, else 503 |
 //! | GET | `/metrics` | Prometheus text format |
 //!
-//! Bad input is refused with a JSON body naming the problem
-//! ([`FrontDoorError`]); nothing a client sends can panic the handler.
+//! With `[identity]`, every request presents its agent's credential and
+//! decides as that agent ([`super::auth`]). Bad input is refused with a
+//! JSON body naming the problem ([`FrontDoorError`]); nothing a client
+//! sends can panic the handler.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -45,7 +34,7 @@ use hyper::{Method, Request as HttpRequest, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::auth::Tokens;
+use super::auth::{self, Credentials};
 use super::error::FrontDoorError;
 use super::{admin, ext_authz, wire};
 use crate::arbiter::Arbiter;
@@ -78,14 +67,14 @@ pub enum LoadState {
 /// the configuration reloads, read once per request.
 pub struct Service {
     pub(crate) config: Arc<Config>,
-    pub(crate) tokens: Tokens,
+    pub(crate) credentials: Credentials,
     /// The MCP servers proxied on `/mcp/{name}`: those with an upstream.
     pub(crate) mcp: BTreeMap<String, Arc<McpServerConfig>>,
 }
 
 impl Service {
-    /// The front door's view of `config`.
-    pub fn new(config: Arc<Config>) -> Self {
+    /// The front door's view of `config`; `base` resolves its files.
+    pub fn new(config: Arc<Config>, base: &std::path::Path) -> Self {
         let mcp = config
             .mcp
             .servers
@@ -94,7 +83,7 @@ impl Service {
             .map(|s| (s.name.clone(), Arc::new(s.clone())))
             .collect();
         Service {
-            tokens: Tokens::from_config(&config.auth),
+            credentials: Credentials::from_config(&config, base),
             config,
             mcp,
         }
@@ -110,17 +99,29 @@ pub struct AppState {
     pub(crate) options: HttpOptions,
     /// The MCP gateway's sessions and upstream connections.
     pub(crate) mcp: crate::mcp::http::Proxies,
+    /// Where the configuration's relative files are.
+    pub(crate) base: std::path::PathBuf,
+    /// Asks the reload worker for a reload (`POST /v1/reload`).
+    pub(crate) reloader: crate::reload::watch::ReloadHandle,
 }
 
 impl AppState {
-    /// State for a server running `config`.
-    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>, options: HttpOptions) -> Self {
+    /// State for a server running `config`, whose relative files are
+    /// under `base`.
+    pub fn new(
+        config: Arc<Config>,
+        base: std::path::PathBuf,
+        metrics: Arc<Metrics>,
+        options: HttpOptions,
+    ) -> Self {
         AppState {
             load: OnceLock::new(),
-            service: Arc::new(ArcSwap::from_pointee(Service::new(config))),
+            service: Arc::new(ArcSwap::from_pointee(Service::new(config, &base))),
             metrics,
             options,
             mcp: crate::mcp::http::Proxies::default(),
+            base,
+            reloader: crate::reload::watch::ReloadHandle::default(),
         }
     }
 
@@ -168,7 +169,7 @@ async fn mcp(
 ) -> Result<Response<crate::mcp::http::Body>, FrontDoorError> {
     // `Authorization` belongs to the upstream server: only Arbiter's own
     // header carries Arbiter's token here.
-    service.tokens.check_decide(req.headers(), false)?;
+    let who = service.credentials.caller(req.headers(), false).await?;
     let server = service.mcp.get(name).ok_or_else(|| {
         FrontDoorError::NotFound(format!(
             "/mcp/{}",
@@ -185,7 +186,7 @@ async fn mcp(
             .filter(|v| !v.is_empty())
             .map(str::to_owned)
     };
-    let caller = crate::mcp::Caller {
+    let mut caller = crate::mcp::Caller {
         agent: text(&a.agent_header),
         roles: text(&a.agent_roles_header)
             .map(|r| {
@@ -197,7 +198,26 @@ async fn mcp(
             .unwrap_or_default(),
         user: text(&a.user_header),
         environment: text(&a.environment_header),
+        verified: false,
     };
+    if let Some(who) = who {
+        // The credential's agent, never a header's or the server entry's.
+        let mut context = Context::default();
+        context.agent.id = caller
+            .agent
+            .take()
+            .or_else(|| server.agent.clone())
+            .unwrap_or_default();
+        context.user = caller.user.take().map(|id| crate::decision::Principal {
+            id,
+            roles: Vec::new(),
+        });
+        auth::bind(&mut context, &who)?;
+        caller.agent = Some(context.agent.id);
+        caller.roles = context.agent.roles;
+        caller.user = context.user.map(|u| u.id);
+        caller.verified = true;
+    }
     let gateway = crate::mcp::Gateway::new(arbiter.clone(), Arc::clone(server));
     Ok(state.mcp.handle(gateway, caller, req).await)
 }
@@ -225,16 +245,6 @@ async fn route(
     path: &str,
 ) -> (&'static str, Result<Response<Body>, FrontDoorError>) {
     let method = req.method().clone();
-    let get_only = |endpoint, f: fn(&AppState, &Service) -> Response<Body>| {
-        if method == Method::GET || method == Method::HEAD {
-            (endpoint, Ok(f(state, service)))
-        } else {
-            (
-                endpoint,
-                Err(FrontDoorError::MethodNotAllowed { allow: "GET" }),
-            )
-        }
-    };
     match path {
         "/v1/decide" if method == Method::POST => ("decide", decide(state, service, req).await),
         "/v1/decide" => (
@@ -244,184 +254,103 @@ async fn route(
         p if p == ext_authz::PREFIX || p.starts_with("/v1/authz/") => {
             ("authz", authz(state, service, req).await)
         }
-        "/v1/policies" => (
-            "policies",
-            read(service, &req, || {
-                Ok(admin::policies::policies(state, service))
-            }),
-        ),
-        p if p.starts_with("/v1/policies/") => {
-            let rest = &p["/v1/policies/".len()..];
-            match rest.rsplit_once('/') {
-                Some((name, "rollback")) if method == Method::POST => (
-                    "rollback",
-                    admin::policies::rollback(state, service, req, name.to_owned()).await,
-                ),
-                Some((_, "rollback")) => (
-                    "rollback",
-                    Err(FrontDoorError::MethodNotAllowed { allow: "POST" }),
-                ),
-                Some((name, "mode")) if method == Method::PUT => (
-                    "mode",
-                    admin::rollout::set_mode(state, service, req, name.to_owned()).await,
-                ),
-                Some((_, "mode")) => (
-                    "mode",
-                    Err(FrontDoorError::MethodNotAllowed { allow: "PUT" }),
-                ),
-                Some((name, "promote")) if method == Method::POST => (
-                    "promote",
-                    admin::rollout::promote(state, service, req, name.to_owned()).await,
-                ),
-                Some((_, "promote")) => (
-                    "promote",
-                    Err(FrontDoorError::MethodNotAllowed { allow: "POST" }),
-                ),
-                _ => (
-                    "other",
-                    Err(FrontDoorError::NotFound(p.chars().take(200).collect())),
-                ),
-            }
-        }
-        p if p.starts_with("/v1/ab/") => (
-            "ab",
-            read(service, &req, || {
-                admin::rollout::divergence(state, service, &p["/v1/ab/".len()..])
-            }),
-        ),
-        "/v1/baseline" => (
-            "baseline",
-            read(service, &req, || {
-                admin::rollout::baseline(state, req.uri().query())
-            }),
-        ),
-        "/v1/approvals" => match service.tokens.check_admin(req.headers()) {
-            Ok(()) => (
-                "approvals",
-                read(service, &req, || {
-                    admin::approvals::approvals_list(state, req.uri().query())
-                }),
-            ),
-            Err(e) => ("approvals", Err(e)),
-        },
-        p if p.starts_with("/v1/approvals/") => {
-            let rest = &p["/v1/approvals/".len()..];
-            match rest.split_once('/') {
-                Some((id, verb @ ("approve" | "decline"))) if method == Method::POST => {
-                    let (id, granted) = (id.to_owned(), verb == "approve");
-                    (
-                        "approvals",
-                        admin::approvals::approval_answer(state, service, req, id, granted).await,
-                    )
-                }
-                Some((_, "approve" | "decline")) => (
-                    "approvals",
-                    Err(FrontDoorError::MethodNotAllowed { allow: "POST" }),
-                ),
-                None if method == Method::GET || method == Method::HEAD => (
-                    "approvals",
-                    admin::approvals::approval_get(state, service, req, rest.to_owned()).await,
-                ),
-                None => (
+        p if p.starts_with("/v1/approvals/") && !p["/v1/approvals/".len()..].contains('/') => {
+            let id = p["/v1/approvals/".len()..].to_owned();
+            if method == Method::GET || method == Method::HEAD {
+                ("approvals", own_approval(state, service, req, id).await)
+            } else {
+                (
                     "approvals",
                     Err(FrontDoorError::MethodNotAllowed { allow: "GET" }),
-                ),
-                _ => (
-                    "other",
-                    Err(FrontDoorError::NotFound(p.chars().take(200).collect())),
-                ),
+                )
             }
         }
-        "/v1/agents" => (
-            "agents",
-            read(service, &req, || {
-                admin::agents::agents(state, req.uri().query())
-            }),
-        ),
-        p if p.starts_with("/v1/agents/") => {
-            let rest = &p["/v1/agents/".len()..];
-            match rest.rsplit_once('/') {
-                Some((id, change @ ("suspend" | "resume"))) if method == Method::POST => {
-                    let id = id.to_owned();
-                    let suspend = change == "suspend";
-                    (
-                        "agents",
-                        admin::agents::agent_change(state, service, req, id, suspend).await,
-                    )
-                }
-                Some((_, "suspend" | "resume")) => (
-                    "agents",
-                    Err(FrontDoorError::MethodNotAllowed { allow: "POST" }),
-                ),
-                _ => (
-                    "other",
-                    Err(FrontDoorError::NotFound(p.chars().take(200).collect())),
-                ),
-            }
-        }
-        "/v1/mcp/tools" => ("mcp-tools", read(service, &req, || admin::mcp::list(state))),
-        p if p.starts_with("/v1/mcp/tools/") => {
-            let rest = &p["/v1/mcp/tools/".len()..];
-            let parts: Vec<&str> = rest.split('/').collect();
-            match parts.as_slice() {
-                [server, tool, "accept"] if method == Method::POST => {
-                    let (server, tool) = ((*server).to_owned(), (*tool).to_owned());
-                    (
-                        "mcp-tools",
-                        admin::mcp::accept_tool(state, service, req, server, tool).await,
-                    )
-                }
-                [_, _, "accept"] => (
+        p if p.starts_with("/v1/mcp/tools/") && p.ends_with("/observe") => {
+            let server = &p["/v1/mcp/tools/".len()..p.len() - "/observe".len()];
+            if server.contains('/') {
+                ("other", Err(not_here(p)))
+            } else if method == Method::POST {
+                let server = server.to_owned();
+                (
+                    "mcp-tools",
+                    admin::mcp::observe_tools(state, service, req, server).await,
+                )
+            } else {
+                (
                     "mcp-tools",
                     Err(FrontDoorError::MethodNotAllowed { allow: "POST" }),
-                ),
-                [server, "observe"] if method == Method::POST => {
-                    let server = (*server).to_owned();
-                    (
-                        "mcp-tools",
-                        admin::mcp::observe_tools(state, service, req, server).await,
-                    )
-                }
-                [_, "observe"] => (
-                    "mcp-tools",
-                    Err(FrontDoorError::MethodNotAllowed { allow: "POST" }),
-                ),
-                _ => (
-                    "other",
-                    Err(FrontDoorError::NotFound(p.chars().take(200).collect())),
-                ),
+                )
             }
         }
-        "/healthz" => get_only("healthz", |_, _| {
-            json_response(StatusCode::OK, &json!({"status": "alive"}))
-        }),
-        "/readyz" => get_only("readyz", readyz),
-        "/metrics" => get_only("metrics", |s, _| {
-            let mut r = Response::new(Full::new(Bytes::from(s.metrics.render())));
+        "/healthz" | "/readyz" | "/metrics" => health(state, &method, path),
+        other => ("other", Err(not_here(other))),
+    }
+}
+
+/// A path this plane does not serve; an admin path says where it is.
+pub(crate) fn not_here(path: &str) -> FrontDoorError {
+    let shown: String = path.chars().take(200).collect();
+    if admin::is_admin_path(path) {
+        FrontDoorError::NotFound(format!(
+            "{shown} (admin endpoints are served only on the admin listener)"
+        ))
+    } else {
+        FrontDoorError::NotFound(shown)
+    }
+}
+
+/// `/healthz`, `/readyz` and `/metrics`, on either plane.
+pub(crate) fn health(
+    state: &AppState,
+    method: &Method,
+    path: &str,
+) -> (&'static str, Result<Response<Body>, FrontDoorError>) {
+    let endpoint = match path {
+        "/healthz" => "healthz",
+        "/readyz" => "readyz",
+        _ => "metrics",
+    };
+    if method != Method::GET && method != Method::HEAD {
+        return (
+            endpoint,
+            Err(FrontDoorError::MethodNotAllowed { allow: "GET" }),
+        );
+    }
+    let response = match endpoint {
+        "healthz" => json_response(StatusCode::OK, &json!({"status": "alive"})),
+        "readyz" => readyz(state),
+        _ => {
+            let mut r = Response::new(Full::new(Bytes::from(state.metrics.render())));
             r.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4"),
             );
             r
-        }),
-        other => (
-            "other",
-            Err(FrontDoorError::NotFound(other.chars().take(200).collect())),
-        ),
-    }
+        }
+    };
+    (endpoint, Ok(response))
 }
 
-/// A read of state: behind the decide token, GET or HEAD only.
-fn read(
+/// One approval, for the agent that asked for it: with `[identity]`, an
+/// approval of another agent is unknown to the caller.
+async fn own_approval(
+    state: &AppState,
     service: &Service,
-    req: &HttpRequest<Incoming>,
-    answer: impl FnOnce() -> Result<Response<Body>, FrontDoorError>,
+    req: HttpRequest<Incoming>,
+    id: String,
 ) -> Result<Response<Body>, FrontDoorError> {
-    service.tokens.check_decide(req.headers(), true)?;
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return Err(FrontDoorError::MethodNotAllowed { allow: "GET" });
+    let who = service.credentials.caller(req.headers(), true).await?;
+    let approval = admin::approvals::approval_wait(state, service, &req, &id).await?;
+    if let Some(who) = who
+        && approval.request["context"]["agent"]["id"].as_str() != Some(who.agent.id.as_str())
+    {
+        return Err(FrontDoorError::UnknownApproval(format!(
+            "no approval `{}` of agent `{}`",
+            id.chars().take(80).collect::<String>(),
+            who.agent.id
+        )));
     }
-    answer()
+    Ok(json_response(StatusCode::OK, &approval))
 }
 
 /// The body of `POST /v1/decide`: the wire request, with `history`
@@ -442,12 +371,15 @@ async fn decide(
     service: &Service,
     req: HttpRequest<Incoming>,
 ) -> Result<Response<Body>, FrontDoorError> {
-    service.tokens.check_decide(req.headers(), true)?;
+    let who = service.credentials.caller(req.headers(), true).await?;
     check_json(req.headers())?;
     let bytes = read_body(req, &service.config.server).await?;
-    let body: DecideBody = wire::parse(&bytes).map_err(FrontDoorError::BadRequest)?;
+    let mut body: DecideBody = wire::parse(&bytes).map_err(FrontDoorError::BadRequest)?;
     if body.history.is_some() && !state.options.accept_caller_history {
         return Err(FrontDoorError::Forbidden("history"));
+    }
+    if let Some(who) = &who {
+        auth::bind(&mut body.context, who)?;
     }
     if body.context.agent.id.is_empty() {
         return Err(FrontDoorError::Required("context.agent.id"));
@@ -470,14 +402,18 @@ async fn authz(
     service: &Service,
     req: HttpRequest<Incoming>,
 ) -> Result<Response<Body>, FrontDoorError> {
-    // `Authorization` belongs to the original request here.
-    service.tokens.check_decide(req.headers(), false)?;
-    let request = ext_authz::request_from(
+    // `Authorization` belongs to the original request here: with
+    // `[identity]`, the agent's credential is in Arbiter's own header.
+    let who = service.credentials.caller(req.headers(), false).await?;
+    let mut request = ext_authz::request_from(
         &service.config.authorizer,
         req.method(),
         req.uri(),
         req.headers(),
     );
+    if let Some(who) = &who {
+        auth::bind(&mut request.context, who)?;
+    }
     let decision = run(state, request, false).await?;
     let (status, reason) = match decision.outcome {
         Outcome::Allow => (StatusCode::OK, decision.reason.clone()),
@@ -529,7 +465,7 @@ async fn run(
     decided.map_err(|s| FrontDoorError::Saturated(s.limit))
 }
 
-fn readyz(state: &AppState, _: &Service) -> Response<Body> {
+fn readyz(state: &AppState) -> Response<Body> {
     match state.load.get() {
         Some(LoadState::Ready(r)) => json_response(
             StatusCode::OK,
@@ -601,7 +537,7 @@ pub(crate) fn json_response(status: StatusCode, body: &impl serde::Serialize) ->
     r
 }
 
-fn error_response(e: FrontDoorError) -> Response<Body> {
+pub(crate) fn error_response(e: FrontDoorError) -> Response<Body> {
     let mut r = json_response(e.status(), &e.body());
     for (k, v) in e.headers() {
         r.headers_mut().insert(k, HeaderValue::from_static(v));

@@ -22,7 +22,7 @@ use std::time::SystemTime;
 pub use cache::{CacheStatus, CompileCache};
 pub use inspect::{Import, Inspection, inspect};
 pub use pipeline::{load, load_if_changed, load_with_settings, verify_signature, version_of};
-pub use verify::{SignatureProblem, Signer};
+pub use verify::{SignatureProblem, Signer, recheck};
 
 use crate::config::{SmokeSample, TrustConfig};
 use crate::decision::{Mode, PolicyReport};

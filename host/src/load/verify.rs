@@ -23,6 +23,10 @@ pub struct Signer {
     pub version: String,
     /// When it was signed.
     pub signed_at: String,
+    /// The signature itself, kept so a rollback checks it again against
+    /// the trust in force then.
+    #[serde(skip)]
+    pub(crate) file: SignatureFile,
 }
 
 /// Why a signature was refused: each reason its own variant, so a test
@@ -64,6 +68,16 @@ pub enum SignatureProblem {
         /// The name configured.
         configured: String,
     },
+    /// It is older than the policy's `min_signed_version`.
+    #[error(
+        "it is signed as version {signed}, below the policy's `min_signed_version` {floor}: a downgrade"
+    )]
+    Downgrade {
+        /// The signed version.
+        signed: String,
+        /// The floor.
+        floor: String,
+    },
     /// The key may not sign this policy.
     #[error("key `{key}` may sign only {patterns}, not `{policy}`")]
     OutOfScope {
@@ -84,28 +98,67 @@ pub(super) fn verify(
     source: &Source,
     digest: &str,
 ) -> Result<Option<Signer>, LoadProblem> {
-    let fail = |p| Err(LoadProblem::Signature(Box::new(p)));
-    let file = match source {
+    let (file, missing) = match source {
         Source::File(path) => {
             let sig = signature_path(path);
             match SignatureFile::read(&sig) {
-                Ok(Some(f)) => f,
-                Ok(None) if trust.require_signatures => {
-                    return fail(SignatureProblem::Unsigned(format!(
-                        "there is no `{}`",
-                        sig.display()
-                    )));
+                Ok(f) => (f, format!("there is no `{}`", sig.display())),
+                Err(e) => {
+                    return Err(LoadProblem::Signature(Box::new(SignatureProblem::File(e))));
                 }
-                Ok(None) => return Ok(None),
-                Err(e) => return fail(SignatureProblem::File(e)),
             }
         }
-        Source::Bytes { label, .. } if trust.require_signatures => {
+        Source::Bytes { label, .. } => (
+            None,
+            format!("`{label}` has no signature file; give a signed component file instead"),
+        ),
+    };
+    check(trust, policy, file, digest, &missing)
+}
+
+/// The verify stage run again on a version already loaded, against the
+/// trust in force now: a key revoked, untrusted or narrowed since, a
+/// signature now required, or a floor raised past it, each refuses it.
+///
+/// # Errors
+/// The [`LoadProblem`] the verify stage would give it today.
+pub fn recheck(
+    trust: &TrustConfig,
+    policy: &str,
+    version: &str,
+    signer: Option<&Signer>,
+) -> Result<(), LoadProblem> {
+    let digest = version.strip_prefix("sha256:").unwrap_or(version);
+    check(
+        trust,
+        policy,
+        signer.map(|s| s.file.clone()),
+        digest,
+        "it was loaded unsigned",
+    )
+    .map(|_| ())
+}
+
+/// The checks of the verify stage on a signature file already read
+/// (`None`: there is none, for the reason `missing`).
+fn check(
+    trust: &TrustConfig,
+    policy: &str,
+    file: Option<SignatureFile>,
+    digest: &str,
+    missing: &str,
+) -> Result<Option<Signer>, LoadProblem> {
+    let fail = |p| Err(LoadProblem::Signature(Box::new(p)));
+    let Some(file) = file else {
+        if trust.require_signatures {
+            return fail(SignatureProblem::Unsigned(missing.to_owned()));
+        }
+        if let Some(floor) = &trust.min_signed_version {
             return fail(SignatureProblem::Unsigned(format!(
-                "`{label}` has no signature file; give a signed component file instead"
+                "{missing}, and the policy's `min_signed_version` {floor} needs a signed version"
             )));
         }
-        Source::Bytes { .. } => return Ok(None),
+        return Ok(None);
     };
     let p = &file.payload;
     if trust.revoked.contains(&p.key_id) {
@@ -144,9 +197,21 @@ pub(super) fn verify(
             policy: policy.to_owned(),
         });
     }
+    if let Some(floor) = &trust.min_signed_version {
+        // The payload's version was checked as semver when it was signed
+        // and when the file was parsed; anything else is below any floor.
+        let below = semver::Version::parse(&p.version).map_or(true, |v| v < *floor);
+        if below {
+            return fail(SignatureProblem::Downgrade {
+                signed: p.version.clone(),
+                floor: floor.to_string(),
+            });
+        }
+    }
     Ok(Some(Signer {
         key_id: p.key_id.clone(),
         version: p.version.clone(),
         signed_at: p.signed_at.clone(),
+        file,
     }))
 }

@@ -61,6 +61,9 @@ pub struct Caller {
     pub user: Option<String>,
     /// Environment.
     pub environment: Option<String>,
+    /// Whether `agent`, `roles` and `user` come from a verified credential
+    /// (`[identity]`): then they win over the server entry and the client.
+    pub verified: bool,
 }
 
 /// What one client's conversation with the server has in flight.
@@ -402,9 +405,9 @@ impl Gateway {
     fn context(&self, session: &Session, caller: &Caller) -> Context {
         let s = &self.server;
         let client = lock(&session.client).clone();
-        let agent = s
-            .agent
-            .clone()
+        let verified = caller.verified.then(|| caller.agent.clone()).flatten();
+        let agent = verified
+            .or_else(|| s.agent.clone())
             .or_else(|| caller.agent.clone())
             .or_else(|| {
                 client
@@ -413,7 +416,7 @@ impl Gateway {
                     .filter(|n| !n.is_empty())
             })
             .unwrap_or_else(|| "mcp-client".to_owned());
-        let roles = if s.agent.is_some() {
+        let roles = if s.agent.is_some() && !caller.verified {
             s.agent_roles.clone()
         } else {
             caller.roles.clone()
@@ -426,9 +429,11 @@ impl Gateway {
         }
         Context {
             agent: Principal { id: agent, roles },
-            user: s
+            user: caller
                 .user
                 .clone()
+                .filter(|_| caller.verified)
+                .or_else(|| s.user.clone())
                 .or_else(|| caller.user.clone())
                 .map(|id| Principal { id, roles: vec![] }),
             environment: s

@@ -114,6 +114,20 @@ pub async fn read_line(r: &mut (impl AsyncBufRead + Unpin), max: usize) -> std::
     }
 }
 
+/// The environment of a stdio server: the `pass_env` variables Arbiter
+/// has, then the entry's `env`. Never one of Arbiter's own (`ARBITER_*`),
+/// whatever the entry says.
+pub fn server_env(server: &crate::config::McpServerConfig) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = server
+        .pass_env
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v)))
+        .collect();
+    env.extend(server.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.retain(|(k, _)| !k.starts_with("ARBITER_"));
+    env
+}
+
 /// Runs `command` as the MCP server behind `gateway`, with the client on
 /// `client_in` and `client_out`, until either side ends; returns the
 /// server's exit status.
@@ -129,6 +143,10 @@ pub async fn run(
     let (program, args) = command.split_first().ok_or(StdioError::NoCommand)?;
     let mut child = Command::new(program)
         .args(args)
+        // The governed server gets nothing of Arbiter's: an empty
+        // environment, then the variables its entry passes or sets.
+        .env_clear()
+        .envs(server_env(gateway.server()))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

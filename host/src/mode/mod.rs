@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 pub use crate::decision::{Mode, UnknownMode};
 
@@ -75,12 +75,18 @@ const CANARY_BUCKETS: u64 = 10_000;
 
 impl Rollout {
     /// The canary that answers for `session_key`, if any, with its index
-    /// among the candidates: the key is hashed
-    /// with the policy's name into one of 10 000 buckets, and canaries take
-    /// consecutive runs of buckets in configuration order. The same key
-    /// always lands in the same bucket, on every host and across restarts,
-    /// so one session never flips between versions.
-    pub fn canary_for(&self, policy: &str, session_key: &str) -> Option<(usize, &Candidate)> {
+    /// among the candidates: the key is hashed, keyed by `secret` (an
+    /// HMAC), with the policy's name into one of 10 000 buckets, and
+    /// canaries take consecutive runs of buckets in configuration order.
+    /// The same key always lands in the same bucket wherever the secret is
+    /// the same, so one session never flips between versions; without the
+    /// secret, a caller cannot work out which session ids land in a canary.
+    pub fn canary_for(
+        &self,
+        policy: &str,
+        session_key: &str,
+        secret: &[u8; 32],
+    ) -> Option<(usize, &Candidate)> {
         if !self
             .candidates
             .iter()
@@ -88,7 +94,7 @@ impl Rollout {
         {
             return None;
         }
-        let bucket = bucket(policy, session_key);
+        let bucket = bucket(policy, session_key, secret);
         let mut upto = 0u64;
         for (i, c) in self.candidates.iter().enumerate() {
             if let Role::Canary { percent } = c.role {
@@ -193,12 +199,15 @@ pub fn load_candidate(
 }
 
 /// The bucket of `session_key` for `policy`, in `0..CANARY_BUCKETS`.
-fn bucket(policy: &str, session_key: &str) -> u64 {
-    let mut h = Sha256::new();
+fn bucket(policy: &str, session_key: &str, secret: &[u8; 32]) -> u64 {
+    use hmac::Mac;
+    // HMAC takes a key of any length; 32 bytes always fit.
+    let mut h = <hmac::Hmac<Sha256> as Mac>::new_from_slice(secret)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
     h.update(policy.as_bytes());
-    h.update([0]);
+    h.update(&[0]);
     h.update(session_key.as_bytes());
-    let digest = h.finalize();
+    let digest = h.finalize().into_bytes();
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
     u64::from_be_bytes(first) % CANARY_BUCKETS
@@ -420,10 +429,18 @@ mod tests {
 
     #[test]
     fn buckets_are_stable_and_spread() {
-        assert_eq!(bucket("p", "s-1"), bucket("p", "s-1"));
+        let k = [7u8; 32];
+        assert_eq!(bucket("p", "s-1", &k), bucket("p", "s-1", &k));
+        // Another secret, other buckets: a caller without it cannot aim.
+        let moved = (0..100)
+            .filter(|i| {
+                bucket("p", &format!("s-{i}"), &k) != bucket("p", &format!("s-{i}"), &[8; 32])
+            })
+            .count();
+        assert!(moved > 90, "{moved} of 100 moved");
         let mut counts = [0u32; 10];
         for i in 0..10_000 {
-            counts[(bucket("p", &format!("s-{i}")) / 1000) as usize] += 1;
+            counts[(bucket("p", &format!("s-{i}"), &k) / 1000) as usize] += 1;
         }
         // Each tenth of the buckets gets about a tenth of the sessions.
         assert!(counts.iter().all(|n| (850..1150).contains(n)), "{counts:?}");

@@ -63,6 +63,8 @@ struct State {
     /// The text of the configuration file last tried, so that repeated
     /// events for one change reload it once.
     config_text: Option<String>,
+    /// `sha256:` of the configuration text in service (none: embedded).
+    config_version: Option<String>,
     config_attempt: Attempt,
     policies: BTreeMap<String, Record>,
     /// Bumped whenever the files to watch change without a configuration
@@ -150,6 +152,9 @@ pub enum Reloaded {
     /// A configuration reload replaced the policy's spec, and loaded it,
     /// while this load ran; this result is dropped.
     Superseded,
+    /// The decision log could not take the admin record; the previous
+    /// version keeps serving.
+    Unrecorded(crate::evidence::log::Unrecorded),
 }
 
 /// What a configuration reload changed.
@@ -179,6 +184,10 @@ pub enum ConfigRefused {
     /// A policy it names did not load.
     #[error(transparent)]
     Policy(#[from] LoadError),
+    /// The decision log could not take the admin record, so it was not
+    /// put in service.
+    #[error("the change could not be recorded in the decision log, so it was not made: {0}")]
+    Unrecorded(#[source] crate::evidence::log::Unrecorded),
 }
 
 impl ConfigRefused {
@@ -190,6 +199,7 @@ impl ConfigRefused {
             ConfigRefused::Invalid(_) => "parse",
             ConfigRefused::NeedsRestart(_) => "restart-only",
             ConfigRefused::Policy(e) => e.step.as_str(),
+            ConfigRefused::Unrecorded(_) => "record",
         }
     }
 }
@@ -242,6 +252,10 @@ impl Registry {
             on_config: None,
             overrides: Overrides::default(),
             state: Mutex::new(State {
+                config_version: config_path
+                    .as_ref()
+                    .and_then(|p| std::fs::read(p).ok())
+                    .map(|t| load::version_of(&t)),
                 config_text: config_path
                     .as_ref()
                     .and_then(|p| std::fs::read_to_string(p).ok()),
@@ -338,9 +352,11 @@ impl Registry {
     }
 
     /// Loads policy `name` again from its file through the whole pipeline
-    /// and swaps it in if it passes; if any step fails, the previous
-    /// version keeps serving and the failure is recorded.
-    pub fn reload_policy(&self, name: &str) -> Reloaded {
+    /// and swaps it in if it passes, with an `admin` record naming `actor`
+    /// (`file-watch`, `sighup` or an operator) written first; if any step
+    /// fails, or the log cannot take the record, the previous version
+    /// keeps serving and the failure is recorded.
+    pub fn reload_policy(&self, name: &str, actor: &str) -> Reloaded {
         let (spec, serving) = {
             let state = self.lock();
             let Some(record) = state.policies.get(name) else {
@@ -370,6 +386,18 @@ impl Registry {
                 Reloaded::Unchanged
             }
             Ok(Some(loaded)) => {
+                let before = serving.map(|s| s.version.clone()).unwrap_or_default();
+                if let Err(e) = self.admin_record(serde_json::json!({
+                    "actor": actor,
+                    "change": "policy-file",
+                    "from": before,
+                    "policy": name,
+                    "to": loaded.version,
+                })) {
+                    tracing::error!(policy = name, error = %e, "the new version is not recorded, so it does not serve");
+                    record.attempt = Attempt::failed("record", e.to_string());
+                    return Reloaded::Unrecorded(e);
+                }
                 let loaded = Arc::new(loaded);
                 let from = self.swap_in(Arc::clone(&loaded));
                 remember(record, loaded, state.config.reload.keep_versions);
@@ -400,9 +428,11 @@ impl Registry {
     /// limits, tokens. Otherwise nothing changes and the refusal is
     /// recorded.
     ///
+    /// The change is recorded (`admin`, with `actor`) before it serves.
+    ///
     /// # Errors
     /// [`ConfigRefused`], saying why.
-    pub fn reload_config(&self) -> Result<ConfigChange, ConfigRefused> {
+    pub fn reload_config(&self, actor: &str) -> Result<ConfigChange, ConfigRefused> {
         let path = self.config_path.as_ref().ok_or(ConfigRefused::NoFile)?;
         let text = std::fs::read_to_string(path);
         if let Ok(text) = &text {
@@ -420,7 +450,7 @@ impl Registry {
                     source,
                 })
             })
-            .and_then(|text| self.try_reload_config(path, &text));
+            .and_then(|text| self.try_reload_config(path, &text, actor));
         let (attempt, label) = match &result {
             Ok(change) => {
                 tracing::info!(
@@ -446,7 +476,12 @@ impl Registry {
         result
     }
 
-    fn try_reload_config(&self, path: &Path, text: &str) -> Result<ConfigChange, ConfigRefused> {
+    fn try_reload_config(
+        &self,
+        path: &Path,
+        text: &str,
+        actor: &str,
+    ) -> Result<ConfigChange, ConfigRefused> {
         let mut config = Config::parse(text, &path.display().to_string())?;
         self.overrides.apply(&mut config);
         let (old, serving_now) = {
@@ -508,9 +543,21 @@ impl Registry {
             .cloned()
             .collect();
 
-        // The swap.
+        // The swap, recorded first.
         let config = Arc::new(config);
         let mut state = self.lock();
+        let to = load::version_of(text.as_bytes());
+        self.admin_record(serde_json::json!({
+            "actor": actor,
+            "added": change.added,
+            "change": "config",
+            "from": state.config_version,
+            "reloaded": change.reloaded,
+            "removed": change.removed,
+            "to": to,
+        }))
+        .map_err(ConfigRefused::Unrecorded)?;
+        state.config_version = Some(to);
         let current = self.arbiter.policy_set();
         let mut serving = BTreeMap::new();
         let mut rollouts = BTreeMap::new();
@@ -593,10 +640,10 @@ impl Registry {
     }
 
     /// Reloads the configuration (if it came from a file), then every
-    /// policy file: what SIGHUP asks for.
-    pub fn reload_all(&self) {
+    /// policy file: what SIGHUP (or `POST /v1/reload`) asks for, as `actor`.
+    pub fn reload_all(&self, actor: &str) {
         if self.config_path.is_some() {
-            let _ = self.reload_config();
+            let _ = self.reload_config(actor);
         }
         let targets: Vec<(String, Vec<String>)> = self
             .lock()
@@ -610,9 +657,9 @@ impl Registry {
             })
             .collect();
         for (name, candidates) in targets {
-            self.reload_policy(&name);
+            self.reload_policy(&name, actor);
             for id in candidates {
-                self.reload_candidate(&name, &id);
+                self.reload_candidate(&name, &id, actor);
             }
         }
     }
@@ -630,6 +677,19 @@ impl Registry {
         old.policy(&policy.name)
             .map(|p| p.version.clone())
             .unwrap_or_default()
+    }
+
+    /// Writes an `admin` record of a change about to be made; a change the
+    /// log cannot take is not made. Without a log, there is nothing to
+    /// write.
+    pub(crate) fn admin_record(
+        &self,
+        data: serde_json::Value,
+    ) -> Result<(), crate::evidence::log::Unrecorded> {
+        match &self.log {
+            Some(log) => log.record_event("admin", &data).map(|_| ()),
+            None => Ok(()),
+        }
     }
 
     fn count_reload(&self, name: &str, result: &'static str) {

@@ -38,6 +38,20 @@ pub enum RollbackError {
         /// Its version.
         version: String,
     },
+    /// The version would not pass the verify stage under the trust in
+    /// force now (a revoked key, a floor raised, a signature required).
+    #[error("policy `{policy}` version {version} may not serve again: {problem}")]
+    Refused {
+        /// The policy.
+        policy: String,
+        /// The version asked for.
+        version: String,
+        /// What the verify stage says of it now.
+        problem: crate::load::LoadProblem,
+    },
+    /// The decision log could not take the admin record.
+    #[error("the change could not be recorded in the decision log, so it was not made: {0}")]
+    Unrecorded(#[source] crate::evidence::log::Unrecorded),
 }
 
 /// A rollback that happened.
@@ -54,13 +68,22 @@ pub struct RolledBack {
 }
 
 impl Registry {
-    /// Serves an earlier good version of `name` at once: `to` names it by
-    /// its version (`sha256:...`, or a unique prefix of the hex); without
-    /// it, the version loaded before the serving one.
+    /// Serves an earlier good version of `name` at once, as `actor`: `to`
+    /// names it by its version (`sha256:...`, or a unique prefix of the
+    /// hex); without it, the version loaded before the serving one. The
+    /// version passes the verify stage again, against the trust in force
+    /// now, and the change is recorded before it serves.
     ///
     /// # Errors
-    /// [`RollbackError`] when there is no such policy or version.
-    pub fn rollback(&self, name: &str, to: Option<&str>) -> Result<RolledBack, RollbackError> {
+    /// [`RollbackError`] when there is no such policy or version, when the
+    /// version may not serve under today's trust, or when the log cannot
+    /// take the record.
+    pub fn rollback(
+        &self,
+        name: &str,
+        to: Option<&str>,
+        actor: &str,
+    ) -> Result<RolledBack, RollbackError> {
         let state = self.lock();
         let record = state
             .policies
@@ -88,6 +111,25 @@ impl Registry {
                 version: target.version.clone(),
             });
         }
+        crate::load::recheck(
+            &record.spec.trust,
+            name,
+            &target.version,
+            target.signer.as_ref(),
+        )
+        .map_err(|problem| RollbackError::Refused {
+            policy: name.to_owned(),
+            version: target.version.clone(),
+            problem,
+        })?;
+        self.admin_record(serde_json::json!({
+            "actor": actor,
+            "change": "rollback",
+            "from": serving.as_ref().map(|s| s.version.clone()),
+            "policy": name,
+            "to": target.version,
+        }))
+        .map_err(RollbackError::Unrecorded)?;
         let from = self.swap_in(Arc::clone(target));
         if let Some(m) = &self.metrics {
             m.record_rollback(name);

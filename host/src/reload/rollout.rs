@@ -74,7 +74,12 @@ impl Registry {
     /// # Errors
     /// [`RolloutError::UnknownPolicy`], or [`RolloutError::Unrecorded`]
     /// when the log cannot take the record.
-    pub fn set_mode(&self, name: &str, mode: Mode) -> Result<ModeChanged, RolloutError> {
+    pub fn set_mode(
+        &self,
+        name: &str,
+        mode: Mode,
+        actor: &str,
+    ) -> Result<ModeChanged, RolloutError> {
         let mut state = self.lock();
         let record = state
             .policies
@@ -82,12 +87,14 @@ impl Registry {
             .ok_or_else(|| RolloutError::UnknownPolicy(name.to_owned()))?;
         let set = self.arbiter.policy_set();
         let from = set.mode(name);
-        self.record_admin(serde_json::json!({
+        self.admin_record(serde_json::json!({
+            "actor": actor,
             "change": "mode",
             "from": from,
             "policy": name,
             "to": mode,
-        }))?;
+        }))
+        .map_err(RolloutError::Unrecorded)?;
         let rollout = set
             .rollout(name)
             .map_or_else(|| Rollout::default().with_mode(mode), |r| r.with_mode(mode));
@@ -113,7 +120,7 @@ impl Registry {
     ///
     /// # Errors
     /// [`RolloutError`], saying why; the serving version then stays.
-    pub fn promote(&self, name: &str, id: &str) -> Result<Promoted, RolloutError> {
+    pub fn promote(&self, name: &str, id: &str, actor: &str) -> Result<Promoted, RolloutError> {
         let (spec, candidate) = {
             let state = self.lock();
             let record = state
@@ -165,13 +172,15 @@ impl Registry {
             .policy(name)
             .map(|p| p.version.clone())
             .unwrap_or_default();
-        self.record_admin(serde_json::json!({
+        self.admin_record(serde_json::json!({
+            "actor": actor,
             "candidate": id,
             "change": "promote",
             "from": from,
             "policy": name,
             "to": loaded.version,
-        }))?;
+        }))
+        .map_err(RolloutError::Unrecorded)?;
         let rollout = set
             .rollout(name)
             .map(|r| r.without_candidate(id))
@@ -198,7 +207,7 @@ impl Registry {
 
     /// Loads candidate `id` of policy `name` again from its file and swaps
     /// it in if it passes; otherwise the loaded candidate stays.
-    pub fn reload_candidate(&self, name: &str, id: &str) -> Reloaded {
+    pub fn reload_candidate(&self, name: &str, id: &str, actor: &str) -> Reloaded {
         let (spec, serving) = {
             let state = self.lock();
             let Some(c) = state
@@ -241,6 +250,19 @@ impl Registry {
                 let Some(current) = set.rollout(name) else {
                     return Reloaded::Unknown;
                 };
+                if let Err(e) = self.admin_record(serde_json::json!({
+                    "actor": actor,
+                    "candidate": id,
+                    "change": "candidate-file",
+                    "from": serving.as_ref().map(|s| s.version.clone()),
+                    "policy": name,
+                    "to": loaded.version,
+                })) {
+                    record
+                        .candidate_attempts
+                        .insert(id.to_owned(), Attempt::failed("record", e.to_string()));
+                    return Reloaded::Unrecorded(e);
+                }
                 let loaded = Arc::new(loaded);
                 let rollout = current.with_candidate_policy(id, &loaded);
                 self.arbiter
@@ -266,18 +288,6 @@ impl Registry {
                 }
                 Reloaded::Failed(e)
             }
-        }
-    }
-
-    /// Writes an `admin` record of a change about to be made; a change the
-    /// log cannot take is not made.
-    fn record_admin(&self, data: serde_json::Value) -> Result<(), RolloutError> {
-        match &self.log {
-            Some(log) => log
-                .record_event("admin", &data)
-                .map(|_| ())
-                .map_err(RolloutError::Unrecorded),
-            None => Ok(()),
         }
     }
 }

@@ -26,15 +26,56 @@ use super::{Registry, Target};
 
 enum Message {
     Event(notify::Result<notify::Event>),
-    ReloadAll,
+    /// Reload everything, as this actor (`sighup`, or an operator).
+    ReloadAll(String),
     Stop,
 }
+
+/// The actor of reloads the watcher makes when files change.
+pub const FILE_WATCH: &str = "file-watch";
 
 /// The reload worker: a thread watching files (when the configuration
 /// says so) and taking SIGHUP-style requests. Dropping it stops it.
 pub struct Watcher {
     tx: mpsc::Sender<Message>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// Asks a running server's worker to reload; cheap to clone and send to
+/// a signal handler or the admin plane.
+#[derive(Clone, Default)]
+pub struct ReloadHandle(Arc<std::sync::Mutex<Option<Watcher>>>);
+
+impl ReloadHandle {
+    /// Reloads the configuration file and every policy file, after any
+    /// reload already running, as `actor` (`sighup`, or an operator's
+    /// name). `false` before the first load has finished, and after
+    /// shutdown: there is nothing to reload then.
+    pub fn reload(&self, actor: &str) -> bool {
+        match self.lock().as_ref() {
+            Some(w) => {
+                w.reload_all(actor);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Puts `watcher` in charge of reloads.
+    pub fn install(&self, watcher: Watcher) {
+        *self.lock() = Some(watcher);
+    }
+
+    /// Takes the worker out, to stop it.
+    pub fn take(&self) -> Option<Watcher> {
+        self.lock().take()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Watcher>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// Why the worker could not start.
@@ -69,9 +110,9 @@ impl Watcher {
     }
 
     /// Asks for the configuration and every policy file to be reloaded
-    /// (SIGHUP), after any reload already running.
-    pub fn reload_all(&self) {
-        let _ = self.tx.send(Message::ReloadAll);
+    /// (SIGHUP), after any reload already running, as `actor`.
+    pub fn reload_all(&self, actor: &str) {
+        let _ = self.tx.send(Message::ReloadAll(actor.to_owned()));
     }
 }
 
@@ -150,7 +191,7 @@ impl Worker {
                 // later change.
                 file.fingerprint = Fingerprint::of(&file.path);
                 if self.registry.file_differs(name) {
-                    self.registry.reload_policy(name);
+                    self.registry.reload_policy(name, FILE_WATCH);
                 }
             }
         }
@@ -170,9 +211,9 @@ impl Worker {
                     tracing::warn!(error = %e, "file watcher error; checking every watched file");
                     self.all_due();
                 }
-                Ok(Message::ReloadAll) => {
-                    tracing::info!("reloading the configuration and every policy");
-                    self.registry.reload_all();
+                Ok(Message::ReloadAll(actor)) => {
+                    tracing::info!(%actor, "reloading the configuration and every policy");
+                    self.registry.reload_all(&actor);
                     self.refresh_targets();
                 }
                 Ok(Message::Stop) | Err(RecvTimeoutError::Disconnected) => return,
@@ -239,16 +280,16 @@ impl Worker {
             }
         }
         if changed.remove(&Target::Config) {
-            let _ = self.registry.reload_config();
+            let _ = self.registry.reload_config(FILE_WATCH);
             self.refresh_targets();
         }
         for target in changed {
             match target {
                 Target::Policy(name) => {
-                    self.registry.reload_policy(&name);
+                    self.registry.reload_policy(&name, FILE_WATCH);
                 }
                 Target::Candidate(name, id) => {
-                    self.registry.reload_candidate(&name, &id);
+                    self.registry.reload_candidate(&name, &id, FILE_WATCH);
                 }
                 Target::Config => {}
             }

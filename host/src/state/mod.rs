@@ -312,12 +312,23 @@ pub struct Approval {
     pub created_ms: u64,
     /// When it expires if nobody answers.
     pub expires_ms: u64,
-    /// Who answered, when and why.
+    /// Who answered, when and why: the decline, or the approval that
+    /// completed it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer: Option<Answer>,
+    /// Distinct approvers it needs: 1, or 2 for four eyes.
+    #[serde(default = "one")]
+    pub required: u8,
+    /// Each approval given so far, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvers: Vec<Answer>,
     /// The decision that used it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub used_by: Option<String>,
+}
+
+fn one() -> u8 {
+    1
 }
 
 /// A person's answer.
@@ -391,6 +402,8 @@ pub(crate) mod tests {
             created_ms: 1,
             expires_ms: 2,
             answer: None,
+            required: 1,
+            approvers: Vec::new(),
             used_by: None,
         }
     }

@@ -12,6 +12,7 @@ use crate::enrich::AgentError;
 use crate::front_door::error::FrontDoorError;
 use crate::front_door::http::{AppState, Body, Service, json_response};
 use crate::front_door::wire;
+use crate::identity::Operator;
 
 /// The one query parameter the state reads take: `agent`.
 pub(crate) fn agent_query(query: Option<&str>) -> Result<Option<String>, FrontDoorError> {
@@ -48,14 +49,13 @@ pub(crate) fn agents(
     Ok(json_response(StatusCode::OK, &json!({ "agents": list })))
 }
 
-/// The body of a suspension or resumption.
+/// The body of a suspension or resumption. Who made it is the
+/// authenticated operator, never a field: `by` is refused.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AgentChangeBody {
     #[serde(default)]
     pub(crate) reason: Option<String>,
-    #[serde(default)]
-    pub(crate) by: Option<String>,
 }
 
 pub(crate) async fn agent_change(
@@ -64,6 +64,7 @@ pub(crate) async fn agent_change(
     req: HttpRequest<Incoming>,
     id: String,
     suspend: bool,
+    op: &Operator,
 ) -> Result<Response<Body>, FrontDoorError> {
     let body: AgentChangeBody = admin_body(service, req).await?.unwrap_or_default();
     let id = percent_decode(&id, false)?;
@@ -72,9 +73,9 @@ pub(crate) async fn agent_change(
         Arc::clone(arbiter.agents().ok_or_else(|| {
             FrontDoorError::Unavailable("this server keeps no agent state".into())
         })?);
-    let by = body.by.unwrap_or_else(|| "admin token".to_owned());
+    let by = op.name.clone();
     let result = if suspend {
-        let reason = required(body.reason, r#"{"reason": "leaking data", "by": "alice"}"#)?;
+        let reason = required(body.reason, r#"{"reason": "leaking data"}"#)?;
         tokio::task::spawn_blocking(move || agents.suspend(&id, &reason, &by)).await
     } else {
         tokio::task::spawn_blocking(move || agents.resume(&id, &by)).await

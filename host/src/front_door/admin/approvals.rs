@@ -1,5 +1,5 @@
-//! Approvals: the list and the answers (admin token), and one approval,
-//! long-polled (decide token).
+//! Approvals: the list, one approval (long-polled), and the answers, given
+//! as the authenticated approver.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +13,8 @@ use super::{admin_body, percent_decode, query_error, required};
 use crate::approvals::ApprovalError;
 use crate::front_door::error::FrontDoorError;
 use crate::front_door::http::{AppState, Body, Service, json_response};
+use crate::glob::glob;
+use crate::identity::Operator;
 
 pub(crate) fn approvals_of(
     state: &AppState,
@@ -48,13 +50,13 @@ pub(crate) fn approvals_list(
     Ok(json_response(StatusCode::OK, &json!({ "approvals": list })))
 }
 
-pub(crate) async fn approval_get(
+/// One approval, after waiting up to `?wait=` for an answer.
+pub(crate) async fn approval_wait(
     state: &AppState,
     service: &Service,
-    req: HttpRequest<Incoming>,
-    id: String,
-) -> Result<Response<Body>, FrontDoorError> {
-    service.tokens.check_decide(req.headers(), true)?;
+    req: &HttpRequest<Incoming>,
+    id: &str,
+) -> Result<crate::approvals::Approval, FrontDoorError> {
     let approvals = approvals_of(state)?;
     let max = Duration::from_secs(service.config.approvals.max_wait_s);
     let mut wait = None;
@@ -89,28 +91,26 @@ pub(crate) async fn approval_get(
             }
         }
     }
-    let id = percent_decode(&id, false)?;
+    let id = percent_decode(id, false)?;
     let found = match wait {
         Some(d) => approvals.wait(&id, d).await,
         None => approvals.get(&id),
     };
-    match found {
-        Some(a) => Ok(json_response(StatusCode::OK, &a)),
-        None => Err(FrontDoorError::UnknownApproval(format!(
+    found.ok_or_else(|| {
+        FrontDoorError::UnknownApproval(format!(
             "no approval `{}`",
             id.chars().take(80).collect::<String>()
-        ))),
-    }
+        ))
+    })
 }
 
-/// The body of an approval's answer.
+/// The body of an approval's answer. Who answers is the authenticated
+/// operator, never a field: `by` is refused.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AnswerBody {
     #[serde(default)]
     reason: Option<String>,
-    #[serde(default)]
-    by: Option<String>,
 }
 
 pub(crate) async fn approval_answer(
@@ -119,21 +119,38 @@ pub(crate) async fn approval_answer(
     req: HttpRequest<Incoming>,
     id: String,
     granted: bool,
+    op: &Operator,
 ) -> Result<Response<Body>, FrontDoorError> {
     let body: AnswerBody = required(
         admin_body(service, req).await?,
-        r#"{"reason": "PO 1182 checked with finance", "by": "alice"}"#,
+        r#"{"reason": "PO 1182 checked with finance"}"#,
     )?;
     let approvals = Arc::clone(approvals_of(state)?);
     let id = percent_decode(&id, false)?;
-    let by = body.by.unwrap_or_else(|| "admin token".to_owned());
+    // An approver limited to some policies or rules answers only those.
+    if let Some(a) = approvals.get(&id) {
+        let in_scope = |globs: &[String], name: &str| globs.iter().any(|g| glob(g, name));
+        let policies_ok = a.policies.keys().all(|p| in_scope(&op.policies, p));
+        if !policies_ok || !in_scope(&op.rules, &a.rule) {
+            return Err(FrontDoorError::Denied(format!(
+                "approver `{}` may not answer approvals of rule `{}` asked by {}",
+                op.name,
+                a.rule,
+                a.policies.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+    }
+    let by = op.name.clone();
     let reason = body.reason.unwrap_or_default();
     let done = tokio::task::spawn_blocking(move || approvals.answer(&id, granted, &by, &reason))
         .await
         .map_err(|e| FrontDoorError::Unavailable(format!("the task failed: {e}")))?
         .map_err(|e| match e {
             ApprovalError::Unknown(_) => FrontDoorError::UnknownApproval(e.to_string()),
-            ApprovalError::NotPending { .. } => FrontDoorError::Conflict(e.to_string()),
+            ApprovalError::NotPending { .. } | ApprovalError::SameApprover { .. } => {
+                FrontDoorError::Conflict(e.to_string())
+            }
+            ApprovalError::OwnRequest { .. } => FrontDoorError::Denied(e.to_string()),
             ApprovalError::NoReason => query_error(e.to_string()),
             ApprovalError::Store(_) | ApprovalError::Unrecorded(_) => {
                 FrontDoorError::Unavailable(e.to_string())

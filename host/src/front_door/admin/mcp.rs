@@ -14,6 +14,7 @@ use crate::enrich::pins::PinError;
 use crate::front_door::error::FrontDoorError;
 use crate::front_door::http::{AppState, Body, Service, check_json, json_response, read_body};
 use crate::front_door::wire;
+use crate::identity::Operator;
 
 /// Every pin: `GET /v1/mcp/tools`.
 pub(crate) fn list(state: &AppState) -> Result<Response<Body>, FrontDoorError> {
@@ -45,7 +46,7 @@ pub(crate) async fn observe_tools(
     req: HttpRequest<Incoming>,
     server: String,
 ) -> Result<Response<Body>, FrontDoorError> {
-    service.tokens.check_decide(req.headers(), true)?;
+    service.credentials.caller(req.headers(), true).await?;
     check_json(req.headers())?;
     let bytes = read_body(req, &service.config.server).await?;
     let body: ObserveBody = wire::parse(&bytes).map_err(FrontDoorError::BadRequest)?;
@@ -69,17 +70,18 @@ pub(crate) async fn accept_tool(
     req: HttpRequest<Incoming>,
     server: String,
     tool: String,
+    op: &Operator,
 ) -> Result<Response<Body>, FrontDoorError> {
     let body: AgentChangeBody = admin_body(service, req).await?.unwrap_or_default();
     if body.reason.is_some() {
-        return Err(query_error("an acceptance takes only `by`".into()));
+        return Err(query_error("an acceptance takes no body".into()));
     }
     let pins = pins_of(state)?;
     let (server, tool) = (
         percent_decode(&server, false)?,
         percent_decode(&tool, false)?,
     );
-    let by = body.by.unwrap_or_else(|| "admin token".to_owned());
+    let by = op.name.clone();
     let pin = tokio::task::spawn_blocking(move || pins.accept(&server, &tool, &by))
         .await
         .map_err(|e| FrontDoorError::Unavailable(format!("the task failed: {e}")))?

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use super::admin_body;
 use crate::front_door::error::FrontDoorError;
 use crate::front_door::http::{AppState, Body, LoadState, Service, json_response};
+use crate::identity::Operator;
 use crate::reload::RollbackError;
 
 /// The body of a rollback: which version, or the one before the serving.
@@ -24,14 +25,16 @@ pub(crate) async fn rollback(
     service: &Service,
     req: HttpRequest<Incoming>,
     name: String,
+    op: &Operator,
 ) -> Result<Response<Body>, FrontDoorError> {
     let body: RollbackBody = admin_body(service, req).await?.unwrap_or_default();
     let registry = state.registry().ok_or(FrontDoorError::NotReady)?;
-    match registry.rollback(&name, body.version.as_deref()) {
+    match registry.rollback(&name, body.version.as_deref(), &op.name) {
         Ok(done) => Ok(json_response(StatusCode::OK, &done)),
         Err(e @ RollbackError::UnknownPolicy(_)) => {
             Err(FrontDoorError::UnknownPolicy(e.to_string()))
         }
+        Err(e @ RollbackError::Unrecorded(_)) => Err(FrontDoorError::Unavailable(e.to_string())),
         Err(e) => Err(FrontDoorError::Conflict(e.to_string())),
     }
 }

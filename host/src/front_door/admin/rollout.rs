@@ -13,6 +13,7 @@ use super::{admin_body, required};
 use crate::decision::Mode;
 use crate::front_door::error::FrontDoorError;
 use crate::front_door::http::{AppState, Body, Service, json_response};
+use crate::identity::Operator;
 use crate::reload::RolloutError;
 
 /// The body of `PUT /v1/policies/{name}/mode`.
@@ -27,10 +28,13 @@ pub(crate) async fn set_mode(
     service: &Service,
     req: HttpRequest<Incoming>,
     name: String,
+    op: &Operator,
 ) -> Result<Response<Body>, FrontDoorError> {
     let body: ModeBody = required(admin_body(service, req).await?, r#"{"mode": "monitor"}"#)?;
     let registry = state.registry().ok_or(FrontDoorError::NotReady)?;
-    let done = registry.set_mode(&name, body.mode).map_err(rollout_error)?;
+    let done = registry
+        .set_mode(&name, body.mode, &op.name)
+        .map_err(rollout_error)?;
     Ok(json_response(StatusCode::OK, &done))
 }
 
@@ -46,14 +50,17 @@ pub(crate) async fn promote(
     service: &Service,
     req: HttpRequest<Incoming>,
     name: String,
+    op: &Operator,
 ) -> Result<Response<Body>, FrontDoorError> {
     let body: PromoteBody = required(admin_body(service, req).await?, r#"{"candidate": "v2"}"#)?;
     let registry = Arc::clone(state.registry().ok_or(FrontDoorError::NotReady)?);
+    let actor = op.name.clone();
     // A promotion compiles: off the reactor.
-    let done = tokio::task::spawn_blocking(move || registry.promote(&name, &body.candidate))
-        .await
-        .map_err(|e| FrontDoorError::Unavailable(format!("the promotion task failed: {e}")))?
-        .map_err(rollout_error)?;
+    let done =
+        tokio::task::spawn_blocking(move || registry.promote(&name, &body.candidate, &actor))
+            .await
+            .map_err(|e| FrontDoorError::Unavailable(format!("the promotion task failed: {e}")))?
+            .map_err(rollout_error)?;
     Ok(json_response(StatusCode::OK, &done))
 }
 

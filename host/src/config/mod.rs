@@ -7,7 +7,7 @@
 //! without a restart and what cannot is decided by
 //! [`Config::restart_only_changes`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,9 +20,16 @@ use crate::engine::EngineConfig;
 use crate::evaluate::Limits;
 use crate::route::RouteSpec;
 
+mod identity;
+
+pub use identity::{
+    ASYMMETRIC, AdminConfig, AdminListen, AgentToken, ApprovalRule, IdentityConfig, JwtConfig,
+    OperatorToken, Role,
+};
+
 /// The configuration Arbiter runs with when given none: the five example
 /// policies, embedded in the binary, on routes that fit their deployments.
-pub const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
+pub const DEFAULT_CONFIG: &str = include_str!("../default-config.toml");
 
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -34,6 +41,12 @@ pub struct Config {
     /// Bearer tokens.
     #[serde(default)]
     pub auth: AuthConfig,
+    /// Credentials that name the agent asking.
+    #[serde(default)]
+    pub identity: IdentityConfig,
+    /// The admin plane: its listener and its operators.
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// The external authorizer endpoint (`/v1/authz`).
     #[serde(default)]
     pub authorizer: AuthorizerConfig,
@@ -125,6 +138,13 @@ pub struct McpServerConfig {
     /// How long the upstream has to start answering an HTTP request, in
     /// seconds. Default: 300.
     pub upstream_timeout_s: u64,
+    /// Variables set for a stdio server, which starts with an otherwise
+    /// empty environment: Arbiter's own never reach it.
+    pub env: BTreeMap<String, String>,
+    /// Variables passed through from Arbiter's environment to a stdio
+    /// server. Default: `PATH`, `HOME`, `LANG`, `TZ`, `TMPDIR`. Names
+    /// starting `ARBITER_` are refused.
+    pub pass_env: Vec<String>,
 }
 
 impl Default for McpServerConfig {
@@ -141,6 +161,10 @@ impl Default for McpServerConfig {
             govern_results: false,
             max_message_bytes: 4 << 20,
             upstream_timeout_s: 300,
+            env: BTreeMap::new(),
+            pass_env: ["PATH", "HOME", "LANG", "TZ", "TMPDIR"]
+                .map(str::to_owned)
+                .to_vec(),
         }
     }
 }
@@ -169,6 +193,20 @@ pub struct ApprovalsConfig {
     /// The longest a caller may long-poll an approval, in seconds.
     /// Default: 120.
     pub max_wait_s: u64,
+    /// How many distinct approvers an approval needs, by rule and risk
+    /// (`[[approvals.rules]]`, first match); default: one.
+    pub rules: Vec<ApprovalRule>,
+}
+
+impl ApprovalsConfig {
+    /// The distinct approvers an approval asked by `rule` at `risk` needs
+    /// under `rules`.
+    pub fn required_by(rules: &[ApprovalRule], rule: &str, risk: u8) -> u8 {
+        rules
+            .iter()
+            .find(|r| risk >= r.min_risk && crate::glob::glob(&r.rule, rule))
+            .map_or(1, |r| r.required)
+    }
 }
 
 impl Default for ApprovalsConfig {
@@ -177,6 +215,7 @@ impl Default for ApprovalsConfig {
             ttl_s: 3600,
             keep_s: 604_800,
             max_wait_s: 120,
+            rules: Vec::new(),
         }
     }
 }
@@ -365,6 +404,11 @@ pub struct TrustConfig {
     pub keys: Vec<TrustedKey>,
     /// Ids of keys whose signatures are refused, trusted or not.
     pub revoked: Vec<String>,
+    /// The lowest signed version that may serve: not a key of `[trust]`,
+    /// but each policy's `min_signed_version`, carried with the trust it
+    /// loads under.
+    #[serde(skip)]
+    pub min_signed_version: Option<semver::Version>,
 }
 
 /// One trusted key: its id, the public key, and the policies it may sign.
@@ -590,6 +634,11 @@ pub struct PolicyConfig {
     /// Candidate versions, shadow or canary (`[[policies.candidates]]`).
     #[serde(default)]
     pub candidates: Vec<CandidateConfig>,
+    /// The lowest signed version that may serve, so an older release,
+    /// validly signed, cannot be brought back. Setting it requires a
+    /// signature on every version of the policy.
+    #[serde(default)]
+    pub min_signed_version: Option<semver::Version>,
 }
 
 impl PolicyConfig {
@@ -606,6 +655,7 @@ impl PolicyConfig {
             smoke: Vec::new(),
             mode: Mode::Enforce,
             candidates: Vec::new(),
+            min_signed_version: None,
         }
     }
 }
@@ -745,6 +795,10 @@ impl Config {
 
     fn check(&self) -> Result<(), String> {
         check_mcp(&self.mcp)?;
+        identity::check(&self.identity, &self.admin, &self.approvals.rules)?;
+        if self.identity.enabled() && self.auth.decide_token.is_some() {
+            return Err("with `[identity]`, each caller presents its own credential: remove `auth.decide_token`".into());
+        }
         let s = &self.server;
         for (key, value) in [
             ("server.max_body_bytes", s.max_body_bytes as u64),
@@ -872,6 +926,17 @@ pub fn check_mcp(mcp: &McpConfig) -> Result<(), String> {
                 ));
             }
         }
+        if let Some(name) = s
+            .pass_env
+            .iter()
+            .chain(s.env.keys())
+            .find(|n| n.starts_with("ARBITER_"))
+        {
+            return Err(format!(
+                "`mcp.servers` `{}`: `{name}` may not be passed or set: Arbiter's own variables never reach a governed server",
+                s.name
+            ));
+        }
         if s.max_message_bytes < 1024 || s.hold_timeout_s == 0 || s.upstream_timeout_s == 0 {
             return Err(format!(
                 "`mcp.servers` `{}`: `max_message_bytes` must be at least 1024, `hold_timeout_s` and `upstream_timeout_s` at least 1",
@@ -942,6 +1007,9 @@ impl Config {
         if self.server.max_connections != new.server.max_connections {
             changed.push("server.max_connections");
         }
+        if self.admin.listen != new.admin.listen {
+            changed.push("admin.listen");
+        }
         if self.engine != new.engine {
             changed.push("engine");
         }
@@ -980,6 +1048,8 @@ pub struct Overrides {
     pub log_dir: Option<PathBuf>,
     /// Keep the durable state here instead of `state.dir`.
     pub state_dir: Option<PathBuf>,
+    /// Serve the admin plane here instead of `admin.listen`.
+    pub admin_listen: Option<AdminListen>,
 }
 
 impl Overrides {
@@ -996,6 +1066,9 @@ impl Overrides {
         }
         if let Some(dir) = &self.state_dir {
             config.state.dir = Some(dir.clone());
+        }
+        if let Some(listen) = &self.admin_listen {
+            config.admin.listen = Some(listen.clone());
         }
     }
 }
