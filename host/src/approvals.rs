@@ -10,7 +10,9 @@
 //! else is a deny that says why. A pending approval past its time expires.
 //!
 //! Every change is stored ([`crate::state::ApprovalStore`], committed) and
-//! written to the decision log (`approval` records) before it is reported;
+//! written to the decision log before it is reported (a person's answer
+//! as an `admin` record naming them, expiry and use as `approval`
+//! records);
 //! a change either cannot take is not made. Changes are serialized under
 //! one lock here, and each is a compare-and-set on the approval's status in
 //! the store ([`crate::state::ApprovalStore::transition`]), so two callers
@@ -400,9 +402,14 @@ impl Approvals {
             next.answer = Some(answer);
             "declined"
         };
-        // The log first: an answer an auditor cannot see is not given.
+        // The log first: an answer an auditor cannot see is not given. A
+        // person's answer is an admin action, with its actor.
         if let Some(log) = &self.log {
-            log.record_event("approval", &event_data(&next, change, Some(&recorded)))
+            let mut data = event_data(&next, change, Some(&recorded));
+            data["actor"] = json!(by);
+            data["from"] = json!(a.status.as_str());
+            data["to"] = json!(next.status.as_str());
+            log.record_event("admin", &data)
                 .map_err(ApprovalError::Unrecorded)?;
         }
         if !self.transition(Status::Pending, &next)? {

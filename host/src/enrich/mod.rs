@@ -397,9 +397,14 @@ impl Agents {
             by: by.to_owned(),
             at: ms_time(self.clock.now_ms()),
         };
-        self.record(
-            serde_json::json!({"agent": agent, "by": by, "change": "suspend", "reason": reason}),
-        )?;
+        self.record(serde_json::json!({
+            "actor": by,
+            "agent": agent,
+            "change": "suspend",
+            "from": "running",
+            "reason": reason,
+            "to": "suspended",
+        }))?;
         if let Some(store) = &self.store {
             store.suspend(agent, &s)?;
         }
@@ -427,7 +432,13 @@ impl Agents {
         let Some(was) = self.read_suspended().get(agent).cloned() else {
             return Err(AgentError::NotSuspended(agent.to_owned()));
         };
-        self.record(serde_json::json!({"agent": agent, "by": by, "change": "resume"}))?;
+        self.record(serde_json::json!({
+            "actor": by,
+            "agent": agent,
+            "change": "resume",
+            "from": "suspended",
+            "to": "running",
+        }))?;
         if let Some(store) = &self.store {
             store.resume(agent)?;
         }
@@ -446,10 +457,11 @@ impl Agents {
         Ok(was)
     }
 
+    /// An operator's change: an `admin` record, which must be written.
     fn record(&self, data: serde_json::Value) -> Result<(), AgentError> {
         match &self.log {
             Some(log) => log
-                .record_event("agent", &data)
+                .record_event("admin", &data)
                 .map(|_| ())
                 .map_err(AgentError::Unrecorded),
             None => Ok(()),

@@ -247,7 +247,7 @@ impl Pins {
             changed: None,
             ..pin.clone()
         };
-        self.persist(&next, "accepted", Some(by))?;
+        self.persist(&next, "accepted", Some((by, &pin.digest)))?;
         pins.insert(key, next.clone());
         Ok(next)
     }
@@ -259,26 +259,53 @@ impl Pins {
     }
 
     /// Records, then stores, one pin's new state.
-    fn persist(&self, pin: &Pin, event: &str, by: Option<&str>) -> Result<(), PinError> {
-        self.record(pin, event, by)?;
+    fn persist(
+        &self,
+        pin: &Pin,
+        event: &str,
+        accepted: Option<(&str, &str)>,
+    ) -> Result<(), PinError> {
+        self.record(pin, event, accepted)?;
         if let Some(store) = &self.store {
             store.save_pins(std::slice::from_ref(pin))?;
         }
         Ok(())
     }
 
-    /// Writes an `mcp` record of a pin's new state.
-    fn record(&self, pin: &Pin, event: &str, by: Option<&str>) -> Result<(), PinError> {
+    /// Writes a record of a pin's new state: `mcp` when the gateway saw
+    /// it, `admin` when an operator accepted it (`accepted`: who, and the
+    /// digest accepted before).
+    fn record(
+        &self,
+        pin: &Pin,
+        event: &str,
+        accepted: Option<(&str, &str)>,
+    ) -> Result<(), PinError> {
         if let Some(log) = &self.log {
-            let data = json!({
-                "event": event,
-                "server": pin.server,
-                "tool": pin.tool,
-                "accepted": pin.digest,
-                "changed": pin.changed.as_ref().map(|c| &c.digest),
-                "by": by,
-            });
-            log.record_event("mcp", &data)
+            let (kind, data) = match accepted {
+                None => (
+                    "mcp",
+                    json!({
+                        "event": event,
+                        "server": pin.server,
+                        "tool": pin.tool,
+                        "accepted": pin.digest,
+                        "changed": pin.changed.as_ref().map(|c| &c.digest),
+                    }),
+                ),
+                Some((actor, was)) => (
+                    "admin",
+                    json!({
+                        "actor": actor,
+                        "change": "pin-accept",
+                        "from": was,
+                        "server": pin.server,
+                        "to": pin.digest,
+                        "tool": pin.tool,
+                    }),
+                ),
+            };
+            log.record_event(kind, &data)
                 .map_err(PinError::Unrecorded)?;
         }
         Ok(())
