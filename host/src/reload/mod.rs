@@ -438,7 +438,18 @@ impl Registry {
         if let Ok(text) = &text {
             let mut state = self.lock();
             if state.config_text.as_ref() == Some(text) {
-                // One change can bring several events; it was tried.
+                // One change can bring several events; it was tried. A
+                // person who asked for the reload still leaves a record.
+                if actor != watch::FILE_WATCH {
+                    let version = state.config_version.clone();
+                    self.admin_record(serde_json::json!({
+                        "actor": actor,
+                        "change": "config",
+                        "from": version,
+                        "to": version,
+                    }))
+                    .map_err(ConfigRefused::Unrecorded)?;
+                }
                 return Ok(ConfigChange::default());
             }
             state.config_text = Some(text.clone());

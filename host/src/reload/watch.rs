@@ -31,6 +31,9 @@ enum Message {
     Stop,
 }
 
+/// The most a stream of changes postpones a reload, in debounce times.
+const MAX_POSTPONE: u32 = 20;
+
 /// The actor of reloads the watcher makes when files change.
 pub const FILE_WATCH: &str = "file-watch";
 
@@ -161,6 +164,8 @@ struct Worker {
     /// Directories with events, and when they will have been quiet long
     /// enough.
     due: BTreeMap<PathBuf, Instant>,
+    /// When the first change of each directory still due was seen.
+    first: BTreeMap<PathBuf, Instant>,
     /// The registry's targets generation when last refreshed.
     generation: u64,
 }
@@ -173,6 +178,7 @@ impl Worker {
             files: Vec::new(),
             dirs: BTreeSet::new(),
             due: BTreeMap::new(),
+            first: BTreeMap::new(),
             generation: 0,
         };
         worker.refresh_targets();
@@ -228,10 +234,22 @@ impl Worker {
             self.all_due();
             return;
         }
+        // Reading a file changes nothing; counting reads would let anyone
+        // who keeps reading the directory (a log tailer, a backup) push
+        // the quiet time back for ever, and no change would ever load.
+        if matches!(event.kind, notify::EventKind::Access(_)) {
+            return;
+        }
         let debounce = self.debounce();
+        let now = Instant::now();
         for path in &event.paths {
             if let Some(dir) = path.parent().filter(|d| self.dirs.contains(*d)) {
-                self.due.insert(dir.to_owned(), Instant::now() + debounce);
+                // Writes that never pause postpone a reload by at most
+                // MAX_POSTPONE debounce times from the first of them.
+                let first = self.first.entry(dir.to_owned()).or_insert(now);
+                let latest = *first + debounce * MAX_POSTPONE;
+                self.due
+                    .insert(dir.to_owned(), (now + debounce).min(latest));
             }
         }
     }
@@ -264,6 +282,7 @@ impl Worker {
         let mut changed = BTreeSet::new();
         for dir in &quiet {
             self.due.remove(dir);
+            self.first.remove(dir);
         }
         for file in &mut self.files {
             if !file
