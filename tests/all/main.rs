@@ -3,6 +3,7 @@
 
 mod agents;
 mod approvals;
+mod attacks;
 mod chain;
 mod concurrency;
 mod hostile;
