@@ -231,11 +231,20 @@ pub async fn handle(
     // One view of the configuration for the whole request.
     let service = state.service.load_full();
     let (endpoint, result) = route(&state, &service, req, &path).await;
+    Ok(respond(&state, endpoint, result))
+}
+
+/// The response to a request, counted under `endpoint`.
+pub(crate) fn respond(
+    state: &AppState,
+    endpoint: &'static str,
+    result: Result<Response<Body>, FrontDoorError>,
+) -> Response<Body> {
     let response = result.unwrap_or_else(error_response);
     state
         .metrics
         .record_response(endpoint, response.status().as_u16());
-    Ok(response)
+    response
 }
 
 async fn route(

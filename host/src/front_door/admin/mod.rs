@@ -41,9 +41,7 @@ use serde_json::json;
 
 use super::auth::require;
 use super::error::FrontDoorError;
-use super::http::{
-    AppState, Body, Service, check_json, error_response, health, json_response, read_body,
-};
+use super::http::{AppState, Body, Service, check_json, health, json_response, read_body, respond};
 use super::wire;
 use crate::config::Role;
 use crate::identity::Operator;
@@ -80,11 +78,7 @@ pub async fn serve(
             Err(e) => ("admin", Err(e)),
         },
     };
-    let response = result.unwrap_or_else(error_response);
-    state
-        .metrics
-        .record_response(endpoint, response.status().as_u16());
-    Ok(response)
+    Ok(respond(&state, endpoint, result))
 }
 
 async fn route(
