@@ -416,7 +416,7 @@ impl Arbiter {
         let c = &request.context;
         // A session is kept stable by agent and session; sessionless
         // callers by their agent alone.
-        let session_key = format!("{}\0{}", c.agent.id, c.session);
+        let session_key = std::cell::OnceCell::new();
         let mut input = Input::new(&request.action, c, history);
         let mut reports = Vec::with_capacity(chain.len());
         let mut shadows = Vec::new();
@@ -430,8 +430,15 @@ impl Arbiter {
                     mode::monitor_report(policy)
                 }
                 Some(primary) => {
-                    let canary =
-                        rollout.and_then(|r| r.canary_for(name, &session_key, &self.canary_key));
+                    let canary = rollout.and_then(|r| {
+                        // Made only for a policy with a canary.
+                        let key = || format!("{}\0{}", c.agent.id, c.session);
+                        r.canary_for(
+                            name,
+                            || session_key.get_or_init(key).as_str(),
+                            &self.canary_key,
+                        )
+                    });
                     let policy = canary.map_or(primary, |(_, c)| &c.policy);
                     let (engine, limits, settings) =
                         (&self.engine, &policy.limits, &policy.settings);

@@ -1113,6 +1113,55 @@ mod tests {
     }
 
     #[test]
+    fn identity_and_admin_settings_that_would_open_a_hole_are_refused() {
+        let hash = "a".repeat(64);
+        let jwt = |key: &str, aud: &str, alg: &str| {
+            format!(
+                "[{key}]\njwks = \"k.json\"\nissuer = \"https://idp\"\naudience = \"{aud}\"\nalgorithms = [\"{alg}\"]\n"
+            )
+        };
+        for (text, says) in [
+            (
+                format!(
+                    "[[identity.tokens]]\nsha256 = \"{hash}\"\nagent = \"a\"\n[[admin.operators]]\nname = \"o\"\nsha256 = \"{hash}\"\nroles = [\"operator\"]\n"
+                ),
+                "also another operator's or an agent's",
+            ),
+            (
+                format!(
+                    "{}{}",
+                    jwt("identity.jwt", "arbiter", "RS256"),
+                    jwt("admin.jwt", "arbiter", "RS256")
+                ),
+                "same issuer and audience",
+            ),
+            (jwt("identity.jwt", "arbiter", "HS256"), "HS256"),
+            (
+                format!(
+                    "[auth]\ndecide_token = \"t\"\n[[identity.tokens]]\nsha256 = \"{hash}\"\nagent = \"a\"\n"
+                ),
+                "remove `auth.decide_token`",
+            ),
+            (
+                "[[mcp.servers]]\nname = \"s\"\npass_env = [\"ARBITER_ADMIN_TOKEN\"]\n".to_owned(),
+                "ARBITER_ADMIN_TOKEN",
+            ),
+            (
+                "[[identity.tokens]]\nsha256 = \"abc\"\nagent = \"a\"\n".to_owned(),
+                "64 hex digits",
+            ),
+            (
+                "[identity.jwt]\njwks = \"http://idp/jwks\"\nissuer = \"i\"\naudience = \"a\"\n"
+                    .to_owned(),
+                "https://",
+            ),
+        ] {
+            let e = Config::parse(&text, "t.toml").expect_err(says);
+            assert!(e.to_string().contains(says), "{e}");
+        }
+    }
+
+    #[test]
     fn embedded_default_parses() {
         let c = Config::default_config().expect("default config");
         assert_eq!(c.policies.len(), 5);

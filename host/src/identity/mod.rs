@@ -342,6 +342,72 @@ mod tests {
         assert!(agents.authenticate(Some("op-alice")).await.is_err());
     }
 
+    /// An EdDSA JWT of `claims` under key id `kid`, and the JWK to verify it.
+    fn ed_jwt(seed: [u8; 32], kid: &str, claims: &Value) -> (String, Value) {
+        let mut der = vec![
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+            0x04, 0x20,
+        ];
+        der.extend_from_slice(&seed);
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+        header.kid = Some(kid.into());
+        let token = jsonwebtoken::encode(
+            &header,
+            claims,
+            &jsonwebtoken::EncodingKey::from_ed_der(&der),
+        )
+        .expect("sign");
+        let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(
+            &jsonwebtoken::EncodingKey::from_ed_der(&der),
+            jsonwebtoken::Algorithm::EdDSA,
+        )
+        .map(|j| serde_json::to_value(j).expect("jwk"))
+        .expect("jwk");
+        jwk["kid"] = Value::from(kid);
+        (token, jwk)
+    }
+
+    #[tokio::test]
+    async fn an_operators_jwt_names_them_and_only_arbiters_roles_count() {
+        let dir = tempfile::tempdir().expect("dir");
+        let exp = crate::time::Clock::now_ms(&crate::time::SystemClock) / 1000 + 600;
+        let claims = |roles: Value| serde_json::json!({"sub": "olga", "iss": "https://idp", "aud": "arbiter-admin", "exp": exp, "roles": roles});
+        let (good, jwk) = ed_jwt(
+            [3; 32],
+            "op-1",
+            &claims(serde_json::json!(["operator", "wizard"])),
+        );
+        let (none, _) = ed_jwt([3; 32], "op-1", &claims(serde_json::json!("wizard admin")));
+        std::fs::write(
+            dir.path().join("jwks.json"),
+            serde_json::json!({"keys": [jwk]}).to_string(),
+        )
+        .expect("jwks");
+        let admin = AdminConfig {
+            jwt: Some(crate::config::JwtConfig {
+                jwks: "jwks.json".into(),
+                jwks_ca: None,
+                issuer: "https://idp".into(),
+                audience: "arbiter-admin".into(),
+                algorithms: vec!["EdDSA".into()],
+                leeway_s: 5,
+                refresh_s: 300,
+                subject_claim: "sub".into(),
+                roles_claim: "roles".into(),
+                user_claim: None,
+            }),
+            ..AdminConfig::default()
+        };
+        let ops = Operators::new(&admin, &AuthConfig::default(), dir.path());
+        let olga = ops.authenticate(Some(&good)).await.expect("olga");
+        assert_eq!(olga.name, "olga");
+        assert_eq!(olga.roles, BTreeSet::from([Role::Operator]));
+        assert!(matches!(
+            ops.authenticate(Some(&none)).await,
+            Err(IdentityError::Invalid(m)) if m.contains("none of Arbiter's roles")
+        ));
+    }
+
     #[test]
     fn no_identity_configured_is_none() {
         assert!(Agents::new(&IdentityConfig::default(), Path::new(".")).is_none());

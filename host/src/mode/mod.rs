@@ -81,10 +81,10 @@ impl Rollout {
     /// The same key always lands in the same bucket wherever the secret is
     /// the same, so one session never flips between versions; without the
     /// secret, a caller cannot work out which session ids land in a canary.
-    pub fn canary_for(
+    pub fn canary_for<'k>(
         &self,
         policy: &str,
-        session_key: &str,
+        session_key: impl FnOnce() -> &'k str,
         secret: &[u8; 32],
     ) -> Option<(usize, &Candidate)> {
         if !self
@@ -94,7 +94,7 @@ impl Rollout {
         {
             return None;
         }
-        let bucket = bucket(policy, session_key, secret);
+        let bucket = bucket(policy, session_key(), secret);
         let mut upto = 0u64;
         for (i, c) in self.candidates.iter().enumerate() {
             if let Role::Canary { percent } = c.role {
