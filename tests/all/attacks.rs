@@ -159,8 +159,40 @@ fn a_governed_mcp_server_sees_none_of_arbiters_secrets() {
 
 #[test]
 fn an_agents_credential_opens_no_admin_path_on_either_listener_and_cannot_approve() {
-    let server = Server::start(guarded(), ServeOptions::default());
+    let mut config = guarded();
+    config.mcp.servers.push(arbiter::config::McpServerConfig {
+        name: "bank".into(),
+        upstream: Some("http://127.0.0.1:9/mcp".into()),
+        ..Default::default()
+    });
+    let server = Server::start(config, ServeOptions::default());
     let id = ask_approval(&server, "agent-a-token");
+    // The MCP gateway over HTTP: the credential names the agent, in
+    // Arbiter's own header, before anything reaches the upstream.
+    let call_tool = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"payments.transfer","arguments":{"amount":6000}}}"#;
+    let ct = ("content-type", "application/json");
+    let r = send(server.addr, "POST", "/mcp/bank", &[ct], call_tool);
+    refused(
+        "an MCP call over HTTP without a credential",
+        r.status == 401,
+        &r.body,
+    );
+    let r = send(
+        server.addr,
+        "POST",
+        "/mcp/bank",
+        &[
+            ct,
+            ("x-arbiter-token", "agent-a-token"),
+            ("x-agent-id", "bot-b"),
+        ],
+        call_tool,
+    );
+    refused(
+        "an MCP call over HTTP naming another agent in a header",
+        r.status == 403 && r.body.contains("bot-a"),
+        &r.body,
+    );
     let admin_paths = [
         ("GET", "/v1/whoami".to_owned()),
         ("GET", "/v1/policies".to_owned()),
