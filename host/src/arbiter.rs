@@ -310,7 +310,8 @@ impl Arbiter {
     /// (`admission.saturated`), becomes a deny that says why.
     pub fn decide(&self, request: &Request) -> Decision {
         let start = Instant::now();
-        evaluate::block_on(self.flow(request, false, start)).unwrap_or_else(|s| s.decision(start))
+        evaluate::block_on(self.flow(request, false, start, None))
+            .unwrap_or_else(|s| s.decision(start))
     }
 
     /// Decides on the calling task: policies run on this thread and yield
@@ -319,7 +320,7 @@ impl Arbiter {
     /// [`Arbiter::decide`].
     pub async fn decide_async(&self, request: Request) -> Decision {
         let start = Instant::now();
-        self.flow(&request, true, start)
+        self.flow(&request, true, start, None)
             .await
             .unwrap_or_else(|s| s.decision(start))
     }
@@ -331,16 +332,35 @@ impl Arbiter {
     /// [`Saturated`] when the admission bound is reached; nothing ran and
     /// nothing was recorded.
     pub async fn try_decide_async(&self, request: Request) -> Result<Decision, Saturated> {
-        self.flow(&request, true, Instant::now()).await
+        self.flow(&request, true, Instant::now(), None).await
+    }
+
+    /// Denies `request` with `rule` and `reason` without running a policy,
+    /// for a door that found the request itself unusable (an ambiguous
+    /// path); the deny is admitted, counted and recorded like any other.
+    ///
+    /// # Errors
+    /// [`Saturated`], as [`Arbiter::try_decide_async`].
+    pub async fn try_refuse_async(
+        &self,
+        request: Request,
+        rule: &str,
+        reason: String,
+    ) -> Result<Decision, Saturated> {
+        let start = Instant::now();
+        let refusal = Decision::host_deny(rule, reason, start);
+        self.flow(&request, true, start, Some(refusal)).await
     }
 
     /// The stages of one decision, in order. `yielding` runs policies as
-    /// async calls that yield at each epoch tick.
+    /// async calls that yield at each epoch tick; a door's `refusal` takes
+    /// the place of the gate's.
     async fn flow(
         &self,
         request: &Request,
         yielding: bool,
         start: Instant,
+        refusal: Option<Decision>,
     ) -> Result<Decision, Saturated> {
         // 1. admission
         let _admitted = self.admission.admit()?;
@@ -352,13 +372,15 @@ impl Arbiter {
         let (agent, action) = (&request.context.agent.id, &request.action);
         let route = set.routes().route(agent, &action.kind, &action.name);
         let read_only = route.map(|r| r.read_only);
-        let gated = enrich::gate(
-            request,
-            enriched.as_ref(),
-            self.pins.as_deref(),
-            read_only,
-            start,
-        );
+        let gated = refusal.or_else(|| {
+            enrich::gate(
+                request,
+                enriched.as_ref(),
+                self.pins.as_deref(),
+                read_only,
+                start,
+            )
+        });
         let decided = match (gated, route) {
             (Some(denied), _) => Decided::from(denied),
             // 3. route

@@ -1,6 +1,6 @@
 //! The attack suite: Arbiter tried as a careful attacker would, against
 //! real servers and the real gateways. Each attack is named, and its
-//! refusal asserted through [`refused`], which prints `attack refused:
+//! refusal asserted through [`arbiter_tests::refused`], which prints `attack refused:
 //! NAME`; `cargo test --test all attacks -- --nocapture` lists them all.
 
 use std::io::{Read, Write};
@@ -16,14 +16,8 @@ use arbiter::identity::token_digest;
 use arbiter::server::ServeOptions;
 use arbiter::signing::KeyPair;
 use arbiter_tests::http::{Reply, send};
-use arbiter_tests::{Server, artifacts, replace_by_rename, server_config, wait_for};
+use arbiter_tests::{Server, artifacts, refused, replace_by_rename, server_config, wait_for};
 use serde_json::{Value, json};
-
-/// Asserts that `attack` was refused, and says so.
-fn refused(attack: &str, was_refused: bool, detail: impl std::fmt::Display) {
-    assert!(was_refused, "attack NOT refused: {attack}: {detail}");
-    println!("attack refused: {attack}");
-}
 
 /// A request with a bearer token and a JSON body.
 fn call(addr: SocketAddr, method: &str, path: &str, token: &str, body: &Value) -> Reply {
@@ -160,6 +154,8 @@ fn a_governed_mcp_server_sees_none_of_arbiters_secrets() {
 #[test]
 fn an_agents_credential_opens_no_admin_path_on_either_listener_and_cannot_approve() {
     let mut config = guarded();
+    // A proxy's agent header, trusted: it must still agree with the credential.
+    config.authorizer.agent_header = Some("x-agent-id".into());
     config.mcp.servers.push(arbiter::config::McpServerConfig {
         name: "bank".into(),
         upstream: Some("http://127.0.0.1:9/mcp".into()),

@@ -13,6 +13,7 @@ mod load;
 mod log;
 mod mcp;
 mod nginx;
+mod properties;
 mod reload;
 mod rollout;
 mod server;

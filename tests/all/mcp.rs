@@ -524,7 +524,7 @@ fn over_streamable_http_the_same_gateway_governs_server_everything() {
         "listening on port",
     );
     let setup = Setup::new(&format!(
-        "{REDACTING}\n[[mcp.servers]]\nname = \"everything\"\ngovern_results = true\n"
+        "{REDACTING}\n[authorizer]\nagent_header = \"x-agent-id\"\nenvironment_header = \"x-environment\"\n[[mcp.servers]]\nname = \"everything\"\ngovern_results = true\n"
     ));
     let (_gateway, addr) = serve(&[
         arbiter(),

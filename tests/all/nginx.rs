@@ -12,9 +12,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use arbiter::route::RouteSpec;
 use arbiter::server::ServeOptions;
 use arbiter_tests::http::send;
-use arbiter_tests::{Server, artifacts, server_config};
+use arbiter_tests::{Server, artifacts, refused, server_config};
 use serde_json::json;
 
 fn nginx_binary() -> PathBuf {
@@ -99,6 +100,12 @@ http {{
   fastcgi_temp_path {d}/fastcgi;
   uwsgi_temp_path {d}/uwsgi;
   scgi_temp_path {d}/scgi;
+  # The agent comes from a key only nginx checks, never from a header the
+  # client could send.
+  map $http_x_api_key $arbiter_agent {{
+    default "";
+    "key-procurement" "procurement-bot";
+  }}
   server {{
     listen 127.0.0.1:{port};
     location / {{
@@ -110,8 +117,13 @@ http {{
       proxy_pass http://127.0.0.1:{arbiter_port}/v1/authz;
       proxy_pass_request_body off;
       proxy_set_header Content-Length "";
+      proxy_set_header Host $host;
       proxy_set_header X-Original-URI $request_uri;
       proxy_set_header X-Original-Method $request_method;
+      # Set (or, when empty, removed) here: what the client sent never counts.
+      proxy_set_header X-Agent-Id $arbiter_agent;
+      proxy_set_header X-Agent-Roles "";
+      proxy_set_header X-Api-Key "";
     }}
   }}
 }}
@@ -183,17 +195,38 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Arbiter behind the documented nginx snippet: the original request line
+/// and the agent come from headers nginx sets; `/admin` paths are denied
+/// by a policy of their own, every other path by `misbehave`'s last segment.
+fn authorizer() -> Server {
+    let misbehave = format!("file:{}", artifacts::MISBEHAVE);
+    let deny = format!("file:{}", artifacts::VERDICT_DENY);
+    let mut config = server_config(&[
+        ("misbehave", misbehave.as_str(), json!({})),
+        ("admin-guard", deny.as_str(), json!({})),
+    ]);
+    config.routes = vec![
+        RouteSpec {
+            name: "* /admin*".into(),
+            ..RouteSpec::all(["admin-guard"])
+        },
+        RouteSpec::all(["misbehave"]),
+    ];
+    let a = &mut config.authorizer;
+    a.original_uri_header = Some("x-original-uri".into());
+    a.original_method_header = Some("x-original-method".into());
+    a.agent_header = Some("x-agent-id".into());
+    a.agent_roles_header = Some("x-agent-roles".into());
+    Server::start(config, ServeOptions::default())
+}
+
 #[test]
 fn nginx_auth_request_lets_allowed_requests_through_and_stops_denied_ones() {
-    let file = format!("file:{}", artifacts::MISBEHAVE);
-    let arbiter = Server::start(
-        server_config(&[("misbehave", file.as_str(), json!({}))]),
-        ServeOptions::default(),
-    );
+    let arbiter = authorizer();
     let upstream = Upstream::start();
     let nginx = Nginx::start(arbiter.addr.port(), upstream.port);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], nginx.port));
-    let agent = [("x-agent-id", "procurement-bot")];
+    let agent = [("x-api-key", "key-procurement")];
 
     let allowed = send(addr, "GET", "/orders/allow?page=2", &agent, b"");
     assert_eq!(
@@ -229,5 +262,111 @@ fn nginx_auth_request_lets_allowed_requests_through_and_stops_denied_ones() {
     assert!(
         metrics.contains("arbiter_http_responses_total{endpoint=\"authz\",status=\"403\"} 3"),
         "{metrics}"
+    );
+}
+
+#[test]
+fn attacks_on_the_authorizer_through_nginx_are_refused() {
+    let arbiter = authorizer();
+    let upstream = Upstream::start();
+    let nginx = Nginx::start(arbiter.addr.port(), upstream.port);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], nginx.port));
+    let key = ("x-api-key", "key-procurement");
+    let reached = || upstream.hits.load(Ordering::SeqCst);
+
+    // Controls: an allowed path gets through; an admin path does not.
+    assert_eq!(send(addr, "GET", "/orders/allow", &[key], b"").status, 200);
+    assert_eq!(send(addr, "GET", "/admin/allow", &[key], b"").status, 403);
+    assert_eq!(reached(), 1);
+
+    let r = send(
+        addr,
+        "GET",
+        "/orders/deny",
+        &[
+            key,
+            ("x-original-uri", "/orders/allow"),
+            ("x-original-method", "GET"),
+        ],
+        b"",
+    );
+    refused(
+        "a client's X-Original-URI names an allowed path for a denied one",
+        r.status == 403 && reached() == 1,
+        &r.body,
+    );
+    for (attack, path) in [
+        (
+            "an admin path spelled with a percent-encoded letter",
+            "/%61dmin/allow",
+        ),
+        ("an admin path behind a doubled slash", "//admin/allow"),
+        (
+            "an admin path behind a dot-dot segment",
+            "/orders/../admin/allow",
+        ),
+        ("an admin path with a dot segment inside", "/admin/./allow"),
+        (
+            "an admin path behind encoded dots",
+            "/orders/%2e%2e/admin/allow",
+        ),
+    ] {
+        let r = send(addr, "GET", path, &[key], b"");
+        refused(attack, r.status == 403 && reached() == 1, &r.body);
+    }
+    for (attack, path) in [
+        ("a path with an encoded slash", "/orders%2Fallow"),
+        ("a path with an encoded backslash", "/orders%5Callow"),
+        ("a path with path parameters", "/admin;x=1/allow"),
+    ] {
+        let r = send(addr, "GET", path, &[key], b"");
+        let last = arbiter.records("decision").pop().expect("a record");
+        let ambiguous = last["rule"] == "http.path-ambiguous" && last["params"]["path"] == path;
+        refused(
+            attack,
+            r.status == 403 && reached() == 1 && ambiguous,
+            format!("{} {last}", r.status),
+        );
+    }
+
+    // nginx refuses an encoded NUL itself; Envoy's form reaches Arbiter.
+    let r = send(arbiter.addr, "GET", "/v1/authz/orders/allow%00", &[], b"");
+    refused(
+        "a path with an encoded NUL, Envoy's form",
+        r.status == 403 && r.json()["rule"] == "http.path-ambiguous",
+        &r.body,
+    );
+
+    // Identity: the client's own X-Agent-Id never counts.
+    let r = send(
+        addr,
+        "GET",
+        "/orders/allow",
+        &[
+            ("x-agent-id", "procurement-bot"),
+            ("x-agent-roles", "admin"),
+        ],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let last = arbiter.records("decision").pop().expect("a record");
+    refused(
+        "a client names its own agent and roles in headers",
+        last["context"]["agent"] == json!({"id": "", "roles": []}),
+        &last,
+    );
+    let r = send(
+        addr,
+        "GET",
+        "/orders/allow",
+        &[key, ("x-agent-id", "admin-bot")],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let last = arbiter.records("decision").pop().expect("a record");
+    refused(
+        "a client with a key sends another agent's id beside it",
+        last["context"]["agent"]["id"] == "procurement-bot",
+        &last,
     );
 }

@@ -500,7 +500,11 @@ fn policies_endpoint_reports_version_routes_limits_and_state() {
 
 #[test]
 fn the_authorizer_allows_denies_and_explains_approval() {
-    let server = misbehave_server(Limits::default(), |_| {});
+    let server = misbehave_server(Limits::default(), |c| {
+        c.authorizer.agent_header = Some("x-agent-id".into());
+        c.authorizer.original_uri_header = Some("x-original-uri".into());
+        c.authorizer.original_method_header = Some("x-original-method".into());
+    });
     let a = server.addr;
     let r = send(
         a,

@@ -133,6 +133,13 @@ pub fn log_records(dir: &Path, kind: &str) -> Vec<serde_json::Value> {
     out
 }
 
+/// Asserts that `attack` was refused, and says so: the attack suites
+/// count these lines (`cargo test --test all -- --nocapture`).
+pub fn refused(attack: &str, was_refused: bool, detail: impl std::fmt::Display) {
+    assert!(was_refused, "attack NOT refused: {attack}: {detail}");
+    println!("attack refused: {attack}");
+}
+
 /// Polls `done` every 5 ms; fails the test after 20 s.
 pub fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let start = std::time::Instant::now();
@@ -286,6 +293,16 @@ impl Server {
         let server = Self::bind(config, options);
         server.ready().expect("ready");
         server
+    }
+
+    /// The `data` of every record of type `kind` in the log this server
+    /// writes, when the test left the log directory to it.
+    pub fn records(&self, kind: &str) -> Vec<serde_json::Value> {
+        let dir = self
+            ._log
+            .as_ref()
+            .expect("a log directory of the server's own");
+        log_records(dir.path(), kind)
     }
 
     /// `GET path` on the admin plane, with the admin token if configured.

@@ -115,7 +115,7 @@ pub struct McpServerConfig {
     /// `arbiter serve` proxies; none for a server reached over stdio.
     pub upstream: Option<String>,
     /// The agent id of every call; default: the agent header
-    /// (`authorizer.agent_header`), else the client's `initialize` name.
+    /// (`authorizer.agent_header`, when configured), else the client's `initialize` name.
     pub agent: Option<String>,
     /// The agent's roles, with `agent`.
     pub agent_roles: Vec<String>,
@@ -550,22 +550,35 @@ impl std::fmt::Debug for Secret {
 }
 
 /// `[authorizer]`: how the external authorizer builds an action of kind
-/// `http` from the original request.
+/// `http` from the original request. Every header it trusts is named
+/// here; none is by default, so a client cannot choose its identity or
+/// its request line by sending a header the proxy passes along.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthorizerConfig {
-    /// Header with the agent id. Default: `x-agent-id`.
-    pub agent_header: String,
-    /// Header with the agent's roles, comma-separated. Default: `x-agent-roles`.
-    pub agent_roles_header: String,
-    /// Header with the user id. Default: `x-user-id`.
-    pub user_header: String,
-    /// Header with the user's roles, comma-separated. Default: `x-user-roles`.
-    pub user_roles_header: String,
-    /// Header with the environment. Default: `x-environment`.
-    pub environment_header: String,
-    /// Header with the session id. Default: `x-session-id`.
-    pub session_header: String,
+    /// Header with the original request's URI, for a proxy that asks with
+    /// a subrequest (nginx: `x-original-uri`, set with `proxy_set_header`,
+    /// which overwrites what the client sent). Default: none; the URI is
+    /// the authorizer request's own, after `/v1/authz`.
+    pub original_uri_header: Option<String>,
+    /// Header with the original method (nginx: `x-original-method`).
+    /// Default: none; the authorizer request's own method.
+    pub original_method_header: Option<String>,
+    /// Header with the original host. Default: none; the `Host` header.
+    pub host_header: Option<String>,
+    /// Header with the agent id, set by the proxy. Default: none (with
+    /// `[identity]`, the agent comes from its credential anyway).
+    pub agent_header: Option<String>,
+    /// Header with the agent's roles, comma-separated. Default: none.
+    pub agent_roles_header: Option<String>,
+    /// Header with the user id. Default: none.
+    pub user_header: Option<String>,
+    /// Header with the user's roles, comma-separated. Default: none.
+    pub user_roles_header: Option<String>,
+    /// Header with the environment. Default: none.
+    pub environment_header: Option<String>,
+    /// Header with the session id. Default: none.
+    pub session_header: Option<String>,
     /// Headers of the original request copied into `params.headers`.
     /// Default: `content-type`, `content-length`, `user-agent`.
     pub forward_headers: Vec<String>,
@@ -574,18 +587,62 @@ pub struct AuthorizerConfig {
 impl Default for AuthorizerConfig {
     fn default() -> Self {
         AuthorizerConfig {
-            agent_header: "x-agent-id".into(),
-            agent_roles_header: "x-agent-roles".into(),
-            user_header: "x-user-id".into(),
-            user_roles_header: "x-user-roles".into(),
-            environment_header: "x-environment".into(),
-            session_header: "x-session-id".into(),
-            forward_headers: vec![
-                "content-type".into(),
-                "content-length".into(),
-                "user-agent".into(),
-            ],
+            original_uri_header: None,
+            original_method_header: None,
+            host_header: None,
+            agent_header: None,
+            agent_roles_header: None,
+            user_header: None,
+            user_roles_header: None,
+            environment_header: None,
+            session_header: None,
+            forward_headers: ["content-type", "content-length", "user-agent"]
+                .map(str::to_owned)
+                .to_vec(),
         }
+    }
+}
+
+impl AuthorizerConfig {
+    /// Every header this configuration trusts, with its key.
+    pub fn trusted_headers(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("original_uri_header", &self.original_uri_header),
+            ("original_method_header", &self.original_method_header),
+            ("host_header", &self.host_header),
+            ("agent_header", &self.agent_header),
+            ("agent_roles_header", &self.agent_roles_header),
+            ("user_header", &self.user_header),
+            ("user_roles_header", &self.user_roles_header),
+            ("environment_header", &self.environment_header),
+            ("session_header", &self.session_header),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.as_deref().map(|v| (k, v)))
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let mut seen = BTreeSet::new();
+        for (key, name) in self.trusted_headers() {
+            if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(format!("`authorizer.{key}`: `{name}` is not a header name"));
+            }
+            let lower = name.to_ascii_lowercase();
+            if matches!(
+                lower.as_str(),
+                "authorization" | "cookie" | "host" | "x-arbiter-token"
+            ) {
+                return Err(format!(
+                    "`authorizer.{key}`: `{name}` carries something else; name a header the proxy sets"
+                ));
+            }
+            if !seen.insert(lower) {
+                return Err(format!(
+                    "`authorizer.{key}`: `{name}` is named for two things"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -795,6 +852,7 @@ impl Config {
 
     fn check(&self) -> Result<(), String> {
         check_mcp(&self.mcp)?;
+        self.authorizer.check()?;
         identity::check(&self.identity, &self.admin, &self.approvals.rules)?;
         if self.identity.enabled() && self.auth.decide_token.is_some() {
             return Err("with `[identity]`, each caller presents its own credential: remove `auth.decide_token`".into());

@@ -177,27 +177,12 @@ async fn mcp(
         ))
     })?;
     let arbiter = state.arbiter().ok_or(FrontDoorError::NotReady)?;
-    let a = &service.config.authorizer;
-    let text = |h: &str| {
-        req.headers()
-            .get(h)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .map(str::to_owned)
-    };
+    let sent = ext_authz::context_from(&service.config.authorizer, req.headers());
     let mut caller = crate::mcp::Caller {
-        agent: text(&a.agent_header),
-        roles: text(&a.agent_roles_header)
-            .map(|r| {
-                r.split(',')
-                    .map(|s| s.trim().to_owned())
-                    .filter(|s| !s.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default(),
-        user: text(&a.user_header),
-        environment: text(&a.environment_header),
+        agent: Some(sent.agent.id).filter(|a| !a.is_empty()),
+        roles: sent.agent.roles,
+        user: sent.user.map(|u| u.id),
+        environment: Some(sent.environment).filter(|e| !e.is_empty()),
         verified: false,
     };
     if let Some(who) = who {
@@ -414,7 +399,10 @@ async fn authz(
     // `Authorization` belongs to the original request here: with
     // `[identity]`, the agent's credential is in Arbiter's own header.
     let who = service.credentials.caller(req.headers(), false).await?;
-    let mut request = ext_authz::request_from(
+    let ext_authz::Original {
+        mut request,
+        problem,
+    } = ext_authz::request_from(
         &service.config.authorizer,
         req.method(),
         req.uri(),
@@ -423,7 +411,17 @@ async fn authz(
     if let Some(who) = &who {
         auth::bind(&mut request.context, who)?;
     }
-    let decision = run(state, request, false).await?;
+    let decision = match problem {
+        None => run(state, request, false).await?,
+        Some(p) => {
+            let arbiter = state.arbiter().ok_or(FrontDoorError::NotReady)?;
+            let reason = format!("Denied before any policy ran: {p}.");
+            arbiter
+                .try_refuse_async(request, p.rule(), reason)
+                .await
+                .map_err(|s| FrontDoorError::Saturated(s.limit))?
+        }
+    };
     let (status, reason) = match decision.outcome {
         Outcome::Allow => (StatusCode::OK, decision.reason.clone()),
         Outcome::Deny => (StatusCode::FORBIDDEN, decision.reason.clone()),
