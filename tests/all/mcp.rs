@@ -485,7 +485,13 @@ fn over_stdio_server_everything_gets_redacted_arguments_and_the_client_redacted_
         .iter()
         .filter(|d| d["data"]["action"]["kind"] == "mcp")
         .collect();
-    assert_eq!(calls.len(), 5, "{decisions:?}");
+    // Five calls, and the server's sampling request to the client.
+    assert_eq!(calls.len(), 6, "{decisions:?}");
+    assert!(
+        calls
+            .iter()
+            .any(|d| d["data"]["action"]["name"] == "sampling/createMessage")
+    );
     assert!(
         calls
             .iter()
@@ -549,7 +555,7 @@ fn over_streamable_http_the_same_gateway_governs_server_everything() {
         .iter()
         .filter(|d| d["data"]["action"]["kind"] == "mcp")
         .collect();
-    assert_eq!(calls.len(), 5);
+    assert_eq!(calls.len(), 6, "five calls and the server's sampling request");
     let session = calls[0]["data"]["context"]["session"]
         .as_str()
         .expect("session");
@@ -1162,15 +1168,17 @@ upstream = \"http://127.0.0.1:{garbled_json}/mcp\"
         .filter_map(|l| l.strip_prefix("data: "))
         .map(|d| serde_json::from_str(d).expect("every event the client gets is JSON"))
         .collect();
-    assert_eq!(data.len(), 2, "{text}");
-    assert_eq!(data[0]["method"], "notifications/message", "{text}");
+    // A stream the gateway cannot read ends there: the call gets an error,
+    // and nothing after the garbage reaches the client.
+    assert_eq!(data.len(), 1, "{text}");
+    assert_eq!(data[0]["error"]["code"], -32012, "{text}");
     assert!(
-        data[0]["params"]["data"]
+        data[0]["error"]["message"]
             .as_str()
-            .expect("data")
-            .contains("not JSON")
+            .expect("message")
+            .contains("not JSON"),
+        "{text}"
     );
-    assert_eq!(data[1]["result"]["content"][0]["text"], "ok");
     let (status, v) = post_mcp(addr, "/mcp/json", call.as_bytes());
     assert_eq!(status, 502, "{v}");
     assert_eq!(

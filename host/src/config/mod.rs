@@ -145,6 +145,10 @@ pub struct McpServerConfig {
     /// server. Default: `PATH`, `HOME`, `LANG`, `TZ`, `TMPDIR`. Names
     /// starting `ARBITER_` are refused.
     pub pass_env: Vec<String>,
+    /// JSON-RPC methods (globs) the gateway does not know but lets
+    /// through undecided, both ways; the methods it decides are decided
+    /// whatever this says. Default: none; an unknown method is refused.
+    pub pass_methods: Vec<String>,
 }
 
 impl Default for McpServerConfig {
@@ -165,6 +169,7 @@ impl Default for McpServerConfig {
             pass_env: ["PATH", "HOME", "LANG", "TZ", "TMPDIR"]
                 .map(str::to_owned)
                 .to_vec(),
+            pass_methods: Vec::new(),
         }
     }
 }

@@ -142,6 +142,7 @@ impl Proxies {
         let (session, known) = self.session(&server.name, sid.as_deref());
         let method = req.method().clone();
         let (parts, body) = req.into_parts();
+        let request_headers = parts.headers.clone();
 
         // What goes up, and the requests it carries.
         let mut ids = Vec::new();
@@ -254,8 +255,14 @@ impl Proxies {
                     .to_ascii_lowercase()
             })
             .unwrap_or_default();
+        let replier = Replier {
+            client: self.client.clone(),
+            upstream: upstream.clone(),
+            headers: parts_headers_for_replies(&request_headers),
+            session: Arc::clone(&session),
+        };
         let body = match content_type.as_str() {
-            "application/json" if !ids.is_empty() || method == Method::POST => {
+            "application/json" => {
                 let bytes = match read_limited(body, &parts.headers, max).await {
                     Ok(b) => b,
                     Err(_) => {
@@ -270,24 +277,55 @@ impl Proxies {
                 let Ok(msg) = serde_json::from_slice::<Value>(&bytes) else {
                     return Self::failed(&gateway, &session, &ids, "its answer is not JSON");
                 };
-                let out = match msg {
-                    Value::Array(ms) => {
-                        let mut out = Vec::with_capacity(ms.len());
-                        for m in ms {
-                            out.push(gateway.from_server(&session, m).await);
-                        }
-                        Value::Array(out)
-                    }
-                    m => gateway.from_server(&session, m).await,
-                };
+                let (out, replies) = gateway.from_server_all(&session, &caller, msg).await;
+                replier.send(replies);
                 headers.remove(CONTENT_LENGTH);
-                full(serde_json::to_vec(&out).unwrap_or_default())
+                match out {
+                    Some(m) => full(serde_json::to_vec(&m).unwrap_or_default()),
+                    // Everything in it was refused: what it answered is an
+                    // error; what it did not answer never will be.
+                    None if ids.iter().any(|id| session.is_pending(id)) => {
+                        return Self::failed(
+                            &gateway,
+                            &session,
+                            &ids,
+                            "its answer held nothing the gateway lets through",
+                        );
+                    }
+                    None => {
+                        headers.remove(CONTENT_TYPE);
+                        full(Bytes::new())
+                    }
+                }
             }
             "text/event-stream" => {
                 headers.remove(CONTENT_LENGTH);
-                stream_events(gateway, session, body, ids, method == Method::POST)
+                stream_events(
+                    gateway,
+                    session,
+                    caller,
+                    replier,
+                    body,
+                    ids,
+                    method == Method::POST,
+                )
             }
-            _ => body.map_err(|e| Box::new(e) as BoxError).boxed(),
+            // No body (a 202 to a notification, a 204, a DELETE's answer):
+            // nothing to account for.
+            _ if body.is_end_stream() => body.map_err(|e| Box::new(e) as BoxError).boxed(),
+            other => {
+                let problem = format!(
+                    "it answered with content type `{}`, which the gateway cannot read; refused",
+                    other.chars().take(100).collect::<String>()
+                );
+                let mut r = Self::failed(&gateway, &session, &ids, &problem);
+                // An error status (a session the server no longer knows)
+                // still reaches the client, without the body.
+                if !parts.status.is_success() {
+                    *r.status_mut() = parts.status;
+                }
+                return r;
+            }
         };
         let mut r = Response::new(body);
         *r.status_mut() = parts.status;
@@ -421,10 +459,13 @@ async fn read_limited(
 
 /// The upstream's event stream, rewritten event by event on a task of its
 /// own. For a POST, the requests it carried that the stream ends without
-/// answering are answered with an error event.
+/// answering are answered with an error event. A stream the gateway cannot
+/// read (an event not JSON, not UTF-8, over the bound) ends there.
 fn stream_events(
     gateway: Gateway,
     session: Arc<Session>,
+    caller: Caller,
+    replier: Replier,
     mut body: Incoming,
     ids: Vec<Value>,
     answers_post: bool,
@@ -434,7 +475,7 @@ fn stream_events(
     let max = gateway.server().max_message_bytes;
     tokio::spawn(async move {
         let mut reader = sse::Reader::new(max);
-        let problem = loop {
+        let problem = 'stream: loop {
             let chunk = match body.frame().await {
                 None => break "its event stream ended before the answer".to_owned(),
                 Some(Err(e)) => break format!("its event stream broke off: {}", source_chain(&e)),
@@ -445,11 +486,21 @@ fn stream_events(
             };
             let events = match reader.push(&chunk) {
                 Ok(e) => e,
-                Err(e) => break format!("it sent {e}, over `max_message_bytes`"),
+                Err(e) => {
+                    gateway.count("server-invalid", 1);
+                    break format!("it sent {e}; its stream is refused");
+                }
             };
             for event in events {
-                let out = rewrite(&gateway, &session, &name, event).await;
-                if tx.send(Bytes::from(out)).await.is_err() {
+                let out = match rewrite(&gateway, &session, &caller, &replier, event).await {
+                    Ok(out) => out,
+                    Err(problem) => {
+                        tracing::error!(server = %name, %problem, "the MCP server's event stream is refused");
+                        gateway.count("server-invalid", 1);
+                        break 'stream problem;
+                    }
+                };
+                if !out.is_empty() && tx.send(Bytes::from(out)).await.is_err() {
                     // The client left; the upstream stream is dropped with us.
                     return;
                 }
@@ -467,31 +518,95 @@ fn stream_events(
     ChannelBody(rx).boxed()
 }
 
-/// One event, its JSON-RPC message passed through the gateway.
-async fn rewrite(gateway: &Gateway, session: &Session, name: &str, event: sse::Event) -> Vec<u8> {
+/// One event, its JSON-RPC message passed through the gateway; empty when
+/// nothing of it goes on.
+///
+/// # Errors
+/// Why the stream cannot be read on: the event is not JSON.
+async fn rewrite(
+    gateway: &Gateway,
+    session: &Session,
+    caller: &Caller,
+    replier: &Replier,
+    event: sse::Event,
+) -> Result<Vec<u8>, String> {
     let Some(data) = event.data.as_deref().filter(|d| !d.trim().is_empty()) else {
         // Priming events and keep-alives carry no message.
-        return event.encode(event.data.as_deref());
+        return Ok(event.encode(event.data.as_deref()));
     };
-    let out = match serde_json::from_str::<Value>(data) {
-        Ok(Value::Array(ms)) => {
-            let mut out = Vec::with_capacity(ms.len());
-            for m in ms {
-                out.push(gateway.from_server(session, m).await);
+    let msg = serde_json::from_str::<Value>(data)
+        .map_err(|e| format!("it sent an event that is not JSON ({e})"))?;
+    let (out, replies) = gateway.from_server_all(session, caller, msg).await;
+    replier.send(replies);
+    Ok(match out {
+        Some(m) => event.encode(Some(&m.to_string())),
+        None => Vec::new(),
+    })
+}
+
+/// Answers the upstream for the client, when the gateway refused a
+/// request the upstream sent it: a POST of its own, in the same session.
+#[derive(Clone)]
+struct Replier {
+    client: Client<HttpConnector, Full<Bytes>>,
+    upstream: Uri,
+    headers: HeaderMap,
+    session: Arc<Session>,
+}
+
+impl Replier {
+    fn send(&self, replies: Vec<Value>) {
+        for reply in replies {
+            let mut request = Request::builder()
+                .method(Method::POST)
+                .uri(self.upstream.clone());
+            if let Some(h) = request.headers_mut() {
+                h.clone_from(&self.headers);
+                if let Some(a) = self.upstream.authority()
+                    && let Ok(v) = HeaderValue::from_str(a.as_str())
+                {
+                    h.insert(HOST, v);
+                }
+                let sid = self.session.id();
+                if !sid.is_empty()
+                    && let Ok(v) = HeaderValue::from_str(&sid)
+                {
+                    h.insert(SESSION_HEADER, v);
+                }
             }
-            Value::Array(out)
+            let body = Full::new(Bytes::from(serde_json::to_vec(&reply).unwrap_or_default()));
+            let Ok(request) = request.body(body) else {
+                continue;
+            };
+            let client = self.client.clone();
+            tokio::spawn(async move {
+                // The upstream's 202 carries nothing; a failure only means
+                // its request stays unanswered, as it would have anyway.
+                if let Ok(Ok(r)) =
+                    tokio::time::timeout(Duration::from_secs(30), client.request(request)).await
+                {
+                    let _ = r.into_body().collect().await;
+                }
+            });
         }
-        Ok(m) => gateway.from_server(session, m).await,
-        Err(e) => {
-            tracing::error!(server = name, error = %e, "the MCP server sent an event that is not JSON; dropped");
-            gateway.count("server-invalid", 1);
-            jsonrpc::log_notification(
-                name,
-                &format!("an event that is not JSON was dropped ({e})"),
-            )
-        }
-    };
-    event.encode(Some(&out.to_string()))
+    }
+}
+
+/// The headers of the client's request that an answer to the upstream
+/// carries too (its credentials for the upstream, the protocol version).
+fn parts_headers_for_replies(from: &HeaderMap) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    copy_headers(from, &mut h);
+    for drop in [CONTENT_TYPE, CONTENT_LENGTH, hyper::header::ACCEPT_ENCODING] {
+        h.remove(drop);
+    }
+    h.remove(SESSION_HEADER);
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        hyper::header::ACCEPT,
+        HeaderValue::from_static("application/json, text/event-stream"),
+    );
+    h
 }
 
 /// A body fed by a channel, for rewritten event streams.

@@ -12,9 +12,11 @@
 //! | -32013 | Arbiter withheld the tool's result | as -32010 |
 //!
 //! and the standard ones for what a peer sent: -32700 (not JSON), -32600
-//! (not a JSON-RPC message, or over the size limit), -32602 (a
-//! `tools/call` without a tool name or with arguments that are not an
-//! object), -32603 (the gateway could not do its part).
+//! (not a JSON-RPC message, over the size limit, an id already in flight,
+//! a decided method without an id), -32601 (a method the gateway does not
+//! let through), -32602 (a `tools/call` without a tool name or with
+//! arguments that are not an object), -32603 (the gateway could not do
+//! its part).
 
 use serde_json::{Value, json};
 
@@ -32,6 +34,8 @@ pub const RESULT_WITHHELD: i64 = -32013;
 pub const PARSE_ERROR: i64 = -32700;
 /// Not a JSON-RPC message, or too big.
 pub const INVALID_REQUEST: i64 = -32600;
+/// A method the gateway does not let through.
+pub const METHOD_NOT_FOUND: i64 = -32601;
 /// Params of the wrong shape.
 pub const INVALID_PARAMS: i64 = -32602;
 /// The gateway failed.
@@ -85,9 +89,19 @@ fn valid_id(id: &Value) -> bool {
     matches!(id, Value::String(_) | Value::Number(_))
 }
 
-/// The key a message's id is tracked under.
+/// The key a message's id is tracked under: ids equal as JSON values
+/// have one key, so `1`, `1.0` and `1e0` are one id (and `"1"` another).
 pub fn id_key(id: &Value) -> String {
-    id.to_string()
+    match id {
+        Value::Number(n) if n.is_f64() => match n.as_f64() {
+            // Integral and exactly representable: the integer's spelling.
+            Some(f) if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 => {
+                format!("{}", f as i64)
+            }
+            _ => id.to_string(),
+        },
+        _ => id.to_string(),
+    }
 }
 
 /// The id of `msg`, if it has a usable one (for an error answer).
@@ -222,6 +236,13 @@ mod tests {
         }
         assert_eq!(id_key(&json!(1)), "1");
         assert_ne!(id_key(&json!(1)), id_key(&json!("1")));
+        let spelled: Value = serde_json::from_str("1.0").expect("json");
+        assert_eq!(id_key(&spelled), id_key(&json!(1)));
+        let spelled: Value = serde_json::from_str("1e0").expect("json");
+        assert_eq!(id_key(&spelled), "1");
+        assert_eq!(id_key(&json!(-3.0)), "-3");
+        assert_eq!(id_key(&json!(1.5)), "1.5");
+        assert_eq!(id_key(&json!(u64::MAX)), u64::MAX.to_string());
         assert_eq!(id_of(&json!({"id": [1]})), Value::Null);
     }
 

@@ -171,8 +171,17 @@ pub async fn run(
     let client_writer = tokio::spawn(write_all(client_out, client_rx));
     let server_writer = tokio::spawn(write_all(child_in, server_rx));
 
+    let caller = Caller::default();
+    // The server's requests the gateway refuses are answered on its stdin,
+    // while the client is there: its hang-up still closes that stdin.
+    let to_server_replies = to_server.downgrade();
+    // Decided requests wait for their decision on tasks of their own, at
+    // most MAX_PENDING at once: more are refused, not queued.
+    let deciding = Arc::new(tokio::sync::Semaphore::new(super::MAX_PENDING));
+
     // Client → server.
     let upstream = {
+        let (caller, deciding) = (caller.clone(), Arc::clone(&deciding));
         let (gateway, session, to_client) = (
             Arc::clone(&gateway),
             Arc::clone(&session),
@@ -180,7 +189,6 @@ pub async fn run(
         );
         tokio::spawn(async move {
             let mut input = BufReader::new(client_in);
-            let caller = Caller::default();
             loop {
                 let msg = match read_line(&mut input, max).await {
                     Ok(Line::End) | Err(_) => break,
@@ -199,30 +207,55 @@ pub async fn run(
                         }
                     },
                 };
-                let governed = matches!(
-                    jsonrpc::kind(&msg),
-                    jsonrpc::Kind::Request {
-                        method: "tools/call",
-                        ..
+                let governed = match jsonrpc::kind(&msg) {
+                    jsonrpc::Kind::Request { method, id } => {
+                        let decided = super::methods::treatment(
+                            gateway.server(),
+                            super::methods::Direction::ToServer,
+                            method,
+                        ) == super::methods::Treatment::Decided;
+                        decided.then(|| id.clone())
                     }
-                );
-                let (gateway, session, caller) =
-                    (Arc::clone(&gateway), Arc::clone(&session), caller.clone());
-                let (to_client, to_server) = (to_client.clone(), to_server.clone());
-                let step = async move {
-                    match gateway.from_client(&session, &caller, msg).await {
-                        FromClient::Forward(m) => {
-                            let _ = to_server.send(m).await;
-                        }
-                        FromClient::Reply(m) => {
-                            let _ = to_client.send(m).await;
+                    _ => None,
+                };
+                let step = {
+                    let (gateway, session, caller) =
+                        (Arc::clone(&gateway), Arc::clone(&session), caller.clone());
+                    let (to_client, to_server) = (to_client.clone(), to_server.clone());
+                    async move {
+                        match gateway.from_client(&session, &caller, msg).await {
+                            FromClient::Forward(m) => {
+                                let _ = to_server.send(m).await;
+                            }
+                            FromClient::Reply(m) => {
+                                let _ = to_client.send(m).await;
+                            }
                         }
                     }
                 };
-                if governed {
-                    tokio::spawn(step);
-                } else {
-                    step.await;
+                match governed {
+                    Some(id) => match Arc::clone(&deciding).try_acquire_owned() {
+                        Ok(slot) => {
+                            tokio::spawn(async move {
+                                step.await;
+                                drop(slot);
+                            });
+                        }
+                        Err(_) => {
+                            gateway.count("client-invalid", 1);
+                            let busy = jsonrpc::error(
+                                id,
+                                jsonrpc::INVALID_REQUEST,
+                                format!(
+                                    "Arbiter: {} requests are already being decided; refused",
+                                    super::MAX_PENDING
+                                ),
+                                None,
+                            );
+                            let _ = to_client.send(busy).await;
+                        }
+                    },
+                    None => step.await,
                 }
             }
             // The client hung up: closing the server's stdin asks it to exit.
@@ -273,8 +306,15 @@ pub async fn run(
                 }
             },
         };
-        let out = gateway.from_server(&session, msg).await;
-        if to_client.send(out).await.is_err() {
+        let (out, replies) = gateway.from_server_all(&session, &caller, msg).await;
+        if let Some(to_server) = to_server_replies.upgrade() {
+            for reply in replies {
+                let _ = to_server.send(reply).await;
+            }
+        }
+        if let Some(out) = out
+            && to_client.send(out).await.is_err()
+        {
             break;
         }
     }
