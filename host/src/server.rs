@@ -329,7 +329,8 @@ pub async fn bind(
         agents = agents.with_log(Arc::clone(log));
         approvals = approvals.with_log(Arc::clone(log));
     }
-    let mut pins = Pins::open(Some(Arc::clone(&store.pins)))?;
+    let mut pins = Pins::open(Some(Arc::clone(&store.pins)))?
+        .with_max_per_server(config.mcp.max_pins_per_server);
     if let Some(log) = &log {
         pins = pins.with_log(Arc::clone(log));
     }

@@ -892,6 +892,7 @@ fn every_admin_action_is_recorded_with_its_actor_and_the_log_verifies() {
     let (olga, carol) = (token_digest("olga-token"), token_digest("carol-token"));
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n[cache]\nenabled = false\n[log]\ndir = \"{}\"\n\
+         [auth]\ndecide_token = \"gw-token\"\n[[mcp.servers]]\nname = \"dict\"\n\
          [[admin.operators]]\nname = \"olga\"\nsha256 = \"{olga}\"\nroles = [\"operator\"]\n\
          [[admin.operators]]\nname = \"carol\"\nsha256 = \"{carol}\"\nroles = [\"approver\"]\n\
          [[policies]]\nname = \"p\"\nfile = \"p.wasm\"\n\
@@ -945,8 +946,13 @@ fn every_admin_action_is_recorded_with_its_actor_and_the_log_verifies() {
     );
     admin("olga-token", "POST", "/v1/agents/bot/resume", Value::Null);
     for (amount, verb) in [(6000.0, "approve"), (7000.0, "decline")] {
-        let r =
-            arbiter_tests::http::post_json(server.addr, "/v1/decide", &transfer("buyer", amount));
+        let r = call(
+            server.addr,
+            "POST",
+            "/v1/decide",
+            "gw-token",
+            &transfer("buyer", amount),
+        );
         let id = r.json()["approval"]["id"]
             .as_str()
             .expect("approval")
@@ -961,8 +967,13 @@ fn every_admin_action_is_recorded_with_its_actor_and_the_log_verifies() {
     // A tool pinned by a remote gateway, changed, then accepted.
     let tools = |description: &str| json!({"tools": [{"name": "lookup", "description": description, "inputSchema": {"type": "object"}}]});
     for d in ["Looks up a word.", "Looks up a word, then mails it out."] {
-        let r =
-            arbiter_tests::http::post_json(server.addr, "/v1/mcp/tools/dict/observe", &tools(d));
+        let r = call(
+            server.addr,
+            "POST",
+            "/v1/mcp/tools/dict/observe",
+            "gw-token",
+            &tools(d),
+        );
         assert_eq!(r.status, 200, "{}", r.body);
     }
     admin(

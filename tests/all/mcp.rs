@@ -555,7 +555,11 @@ fn over_streamable_http_the_same_gateway_governs_server_everything() {
         .iter()
         .filter(|d| d["data"]["action"]["kind"] == "mcp")
         .collect();
-    assert_eq!(calls.len(), 6, "five calls and the server's sampling request");
+    assert_eq!(
+        calls.len(),
+        6,
+        "five calls and the server's sampling request"
+    );
     let session = calls[0]["data"]["context"]["session"]
         .as_str()
         .expect("session");
@@ -1199,7 +1203,12 @@ upstream = \"http://127.0.0.1:{garbled_json}/mcp\"
 
 #[test]
 fn stdio_gateways_can_share_one_running_decision_service_and_fail_closed_without_it() {
-    let service = Setup::new(PROCUREMENT);
+    // The service knows the server, and its gateways by their token: only
+    // they may pin its tools.
+    let service = Setup::new(&format!(
+        "{}[[mcp.servers]]\nname = \"bank\"\n",
+        PROCUREMENT.replace("[auth]\n", "[auth]\ndecide_token = \"gw-7\"\n")
+    ));
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let (mut served, addr) = serve(&[
         arbiter(),
@@ -1235,7 +1244,10 @@ fn stdio_gateways_can_share_one_running_decision_service_and_fail_closed_without
             peer.clone(),
             "stdio".into(),
         ];
-        (argv, json!({"PEER_DESCRIPTION": description}))
+        (
+            argv,
+            json!({"PEER_DESCRIPTION": description, "ARBITER_TOKEN": "gw-7"}),
+        )
     };
     let approver = approve_when_pending(admin);
     let (argv, env) = gateway("Looks up a word.");

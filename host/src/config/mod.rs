@@ -90,11 +90,23 @@ pub struct Config {
 }
 
 /// `[mcp]`: the MCP servers the gateway governs ([`crate::mcp`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct McpConfig {
     /// One entry per server, `[[mcp.servers]]`.
     pub servers: Vec<McpServerConfig>,
+    /// Tools pinned per server at most; a listing that would pin more is
+    /// withheld, and no pin is evicted. Read at start. Default: 1000.
+    pub max_pins_per_server: usize,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        McpConfig {
+            servers: Vec::new(),
+            max_pins_per_server: 1000,
+        }
+    }
 }
 
 impl McpConfig {
@@ -962,6 +974,9 @@ impl Config {
 /// # Errors
 /// The first problem, naming the key.
 pub fn check_mcp(mcp: &McpConfig) -> Result<(), String> {
+    if mcp.max_pins_per_server == 0 {
+        return Err("`mcp.max_pins_per_server` must be at least 1".into());
+    }
     let mut names = BTreeSet::new();
     for s in &mcp.servers {
         let safe = !s.name.is_empty()

@@ -77,13 +77,29 @@ pub enum PinError {
     /// The change could not be recorded, so it was not made.
     #[error("the decision log refused the record: {0}")]
     Unrecorded(#[source] crate::evidence::log::Unrecorded),
+    /// The listing would pin more tools than a server may have.
+    #[error(
+        "MCP server `{server}` would have {would} pinned tools, over the limit of {limit} (`mcp.max_pins_per_server`); nothing was pinned"
+    )]
+    Full {
+        /// The server.
+        server: String,
+        /// Pins it would have.
+        would: usize,
+        /// The limit.
+        limit: usize,
+    },
 }
+
+/// Tools pinned per server at most, unless configured.
+pub const DEFAULT_MAX_PER_SERVER: usize = 1000;
 
 /// Every pin, in memory and in the store.
 pub struct Pins {
     pins: RwLock<BTreeMap<(String, String), Pin>>,
     store: Option<Arc<dyn PinStore>>,
     log: Option<Arc<DecisionLog>>,
+    max_per_server: usize,
 }
 
 impl std::fmt::Debug for Pins {
@@ -108,7 +124,15 @@ impl Pins {
             pins: RwLock::new(pins),
             store,
             log: None,
+            max_per_server: DEFAULT_MAX_PER_SERVER,
         })
+    }
+
+    /// These pins, with at most `max` per server.
+    #[must_use]
+    pub fn with_max_per_server(mut self, max: usize) -> Self {
+        self.max_per_server = max;
+        self
     }
 
     /// These pins, recording every change in `log` before making it.
@@ -190,6 +214,20 @@ impl Pins {
                 updates.insert(key.clone(), update);
             }
             seen.push((state, key));
+        }
+        let new = updates
+            .values()
+            .filter(|(_, event)| *event == "pinned")
+            .count();
+        if new > 0 {
+            let held = pins.keys().filter(|(s, _)| s == server).count();
+            if held + new > self.max_per_server {
+                return Err(PinError::Full {
+                    server: server.to_owned(),
+                    would: held + new,
+                    limit: self.max_per_server,
+                });
+            }
         }
         // Recorded, then stored in one transaction, then in force.
         for (pin, event) in updates.values() {
@@ -409,6 +447,33 @@ mod tests {
             )
             .expect("ok");
         assert_eq!(seen[0].0, Seen::Same);
+    }
+
+    #[test]
+    fn a_server_cannot_pin_past_its_limit_nor_push_out_what_is_pinned() {
+        let pins = Pins::open(None).expect("ok").with_max_per_server(2);
+        let named = |n: &str| json!({"name": n, "description": "d", "inputSchema": {}});
+        pins.observe("s", &[named("a"), named("b")])
+            .expect("two fit");
+        let e = pins
+            .observe("s", &[named("a"), named("c")])
+            .expect_err("a third does not");
+        assert!(
+            matches!(
+                e,
+                PinError::Full {
+                    would: 3,
+                    limit: 2,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(pins.list().len(), 2);
+        // What was pinned still is, and another server has its own room.
+        pins.observe("s", &[named("b")])
+            .expect("known tools still list");
+        pins.observe("t", &[named("c")]).expect("another server");
     }
 
     #[test]

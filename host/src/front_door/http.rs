@@ -8,7 +8,7 @@
 //! | POST | `/v1/decide` | the wire format of `shared/DESIGN.md` in, the decision out |
 //! | any | `/v1/authz`, `/v1/authz/...` | external authorizer (Envoy `ext_authz`, nginx `auth_request`): 200 or 403 |
 //! | GET | `/v1/approvals/{id}` | the caller's own approval; `?wait=30s` waits for an answer |
-//! | POST | `/v1/mcp/tools/{server}/observe` | `{"tools": [...]}` from a remote gateway's listing: pins them, answers the definitions to show |
+//! | POST | `/v1/mcp/tools/{server}/observe` | `{"tools": [...]}` from a remote gateway's listing, for a server configured here, with the gateway's own credential: pins them, answers the definitions to show |
 //! | POST, GET, DELETE | `/mcp/{server}` | the MCP gateway: Streamable HTTP proxied to the server's `upstream` ([`crate::mcp::http`]) |
 //! | GET | `/healthz` | alive |
 //! | GET | `/readyz` | 200 once every configured policy has loaded, else 503 |

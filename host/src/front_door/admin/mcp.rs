@@ -40,22 +40,56 @@ pub(crate) struct ObserveBody {
 }
 
 /// A remote gateway's listing: pinned here, as a local gateway's would be.
+/// Only the gateway of a server configured here may pin its tools: with
+/// `[identity]`, a credential of the agent the server's entry names;
+/// without, the shared decide token. An open decision plane pins nothing,
+/// or anyone could pin a poisoned description first.
 pub(crate) async fn observe_tools(
     state: &AppState,
     service: &Service,
     req: HttpRequest<Incoming>,
     server: String,
 ) -> Result<Response<Body>, FrontDoorError> {
-    service.credentials.caller(req.headers(), true).await?;
+    let who = service.credentials.caller(req.headers(), true).await?;
+    let server = percent_decode(&server, false)?;
+    let shown: String = server.chars().take(64).collect();
+    let Some(entry) = service.config.mcp.server(&server) else {
+        return Err(FrontDoorError::NotFound(format!(
+            "no MCP server `{shown}` is configured here (`[[mcp.servers]]`), so none of its tools are pinned"
+        )));
+    };
+    if service.credentials.decision_plane_open() {
+        return Err(FrontDoorError::Denied(
+            "pinning tools needs the gateway's own credential: configure `[identity]` or `auth.decide_token`".into(),
+        ));
+    }
+    if let Some(who) = who {
+        match entry.agent.as_deref() {
+            Some(agent) if agent == who.agent.id => {}
+            Some(agent) => {
+                return Err(FrontDoorError::Denied(format!(
+                    "the tools of `{shown}` are pinned only by the gateway of agent `{agent}`, not `{}`",
+                    who.agent.id
+                )));
+            }
+            None => {
+                return Err(FrontDoorError::Denied(format!(
+                    "with `[identity]`, the entry of `{shown}` must name the `agent` whose gateway pins its tools"
+                )));
+            }
+        }
+    }
     check_json(req.headers())?;
     let bytes = read_body(req, &service.config.server).await?;
     let body: ObserveBody = wire::parse(&bytes).map_err(FrontDoorError::BadRequest)?;
     let pins = pins_of(state)?;
-    let server = percent_decode(&server, false)?;
     let seen = tokio::task::spawn_blocking(move || pins.observe(&server, &body.tools))
         .await
         .map_err(|e| FrontDoorError::Unavailable(format!("the task failed: {e}")))?
-        .map_err(|e| FrontDoorError::Unavailable(e.to_string()))?;
+        .map_err(|e| match e {
+            PinError::Full { .. } => FrontDoorError::Conflict(e.to_string()),
+            e => FrontDoorError::Unavailable(e.to_string()),
+        })?;
     let names: Vec<&str> = seen.iter().map(|(s, _)| s.as_str()).collect();
     let shown: Vec<Value> = seen.into_iter().map(|(_, t)| t).collect();
     Ok(json_response(
@@ -87,7 +121,9 @@ pub(crate) async fn accept_tool(
         .map_err(|e| FrontDoorError::Unavailable(format!("the task failed: {e}")))?
         .map_err(|e| match e {
             PinError::Unknown { .. } => FrontDoorError::UnknownTool(e.to_string()),
-            PinError::Unchanged { .. } => FrontDoorError::Conflict(e.to_string()),
+            PinError::Unchanged { .. } | PinError::Full { .. } => {
+                FrontDoorError::Conflict(e.to_string())
+            }
             PinError::Store(_) | PinError::Unrecorded(_) => {
                 FrontDoorError::Unavailable(e.to_string())
             }
