@@ -4,6 +4,7 @@
 mod agents;
 mod approvals;
 mod attacks;
+mod bypass;
 mod chain;
 mod concurrency;
 mod hostile;
