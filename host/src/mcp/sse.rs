@@ -94,10 +94,13 @@ impl Reader {
         }
         let mut events = Vec::new();
         let mut start = 0;
-        if self.after_cr && self.buf.first() == Some(&b'\n') {
-            start = 1;
+        // An empty chunk settles nothing: the CR still waits for its LF.
+        if self.after_cr && !self.buf.is_empty() {
+            self.after_cr = false;
+            if self.buf[0] == b'\n' {
+                start = 1;
+            }
         }
-        self.after_cr = false;
         while let Some(i) = self.buf[start..]
             .iter()
             .position(|&b| b == b'\n' || b == b'\r')
