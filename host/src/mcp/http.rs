@@ -142,7 +142,8 @@ impl Proxies {
         let (session, known) = self.session(&server.name, sid.as_deref());
         let method = req.method().clone();
         let (parts, body) = req.into_parts();
-        let request_headers = parts.headers.clone();
+        // What an answer of the gateway's own to the upstream carries.
+        let reply_headers = reply_headers(&parts.headers);
 
         // What goes up, and the requests it carries.
         let mut ids = Vec::new();
@@ -258,7 +259,7 @@ impl Proxies {
         let replier = Replier {
             client: self.client.clone(),
             upstream: upstream.clone(),
-            headers: parts_headers_for_replies(&request_headers),
+            headers: reply_headers,
             session: Arc::clone(&session),
         };
         let body = match content_type.as_str() {
@@ -594,7 +595,7 @@ impl Replier {
 
 /// The headers of the client's request that an answer to the upstream
 /// carries too (its credentials for the upstream, the protocol version).
-fn parts_headers_for_replies(from: &HeaderMap) -> HeaderMap {
+fn reply_headers(from: &HeaderMap) -> HeaderMap {
     let mut h = HeaderMap::new();
     copy_headers(from, &mut h);
     for drop in [CONTENT_TYPE, CONTENT_LENGTH, hyper::header::ACCEPT_ENCODING] {
