@@ -37,8 +37,12 @@ fn main() {
     let policy = common::procurement(&engine);
     let request = common::email_request();
     let dir = tempfile::tempdir().expect("tempdir");
+    let keys = tempfile::tempdir().expect("keys");
     let config = LogConfig {
         dir: Some(dir.path().to_owned()),
+        checkpoint_key: Some(
+            arbiter::evidence::log::default_checkpoint_key(keys.path()).expect("key"),
+        ),
         ..LogConfig::default()
     };
     let metrics = Arc::new(arbiter::evidence::metrics::Metrics::new());
@@ -96,7 +100,7 @@ fn main() {
     );
 
     let key = PublicKey::from_file(
-        &std::fs::read_to_string(dir.path().join("checkpoint.pub")).expect("public key"),
+        &std::fs::read_to_string(keys.path().join("checkpoint.pub")).expect("public key"),
     )
     .expect("key");
     let options = VerifyOptions {

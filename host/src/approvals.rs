@@ -19,7 +19,7 @@
 //! racing with one granted approval cannot both use it, in this process or
 //! in another holding the same store.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -69,6 +69,16 @@ pub enum ApprovalError {
         /// Who tried twice.
         by: String,
     },
+    /// Too many callers are already waiting on this agent's approvals.
+    #[error(
+        "{limit} callers are already waiting on approvals of agent `{agent}`; poll without waiting, or later"
+    )]
+    TooManyWaiting {
+        /// The agent.
+        agent: String,
+        /// The bound.
+        limit: usize,
+    },
     /// The store could not take it.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -89,6 +99,34 @@ pub struct Approvals {
     log: Option<Arc<DecisionLog>>,
     /// Bumped on every change, for long-polling callers.
     changed: tokio::sync::watch::Sender<u64>,
+    limits: Limits,
+    /// Callers waiting now, by agent.
+    waiting: Mutex<HashMap<String, usize>>,
+}
+
+/// How many approvals and waiters there may be at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Open (pending or granted, unused) approvals in all.
+    pub open: usize,
+    /// Open approvals of one agent.
+    pub open_per_agent: usize,
+    /// Closed approvals kept.
+    pub kept: usize,
+    /// Callers waiting on one agent's approvals.
+    pub waiting_per_agent: usize,
+}
+
+impl Limits {
+    /// The limits `[approvals]` sets.
+    pub fn of(config: &crate::config::ApprovalsConfig) -> Self {
+        Limits {
+            open: config.max_open,
+            open_per_agent: config.max_open_per_agent,
+            kept: config.max_kept,
+            waiting_per_agent: config.max_waiting_per_agent,
+        }
+    }
 }
 
 impl std::fmt::Debug for Approvals {
@@ -128,7 +166,16 @@ impl Approvals {
             rules: Vec::new(),
             log: None,
             changed: tokio::sync::watch::channel(0).0,
+            limits: Limits::of(&crate::config::ApprovalsConfig::default()),
+            waiting: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Bounds open approvals, kept ones and waiters as `limits` say.
+    #[must_use]
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Asks for two distinct approvers where `rules` say so.
@@ -191,6 +238,9 @@ impl Approvals {
                 }
             };
         }
+        if let Some(reason) = self.over_limit(&all, &request.context.agent.id) {
+            return deny(decision, "approval.limit", reason);
+        }
         let approval = Approval {
             id: uuid::Uuid::now_v7().to_string(),
             status: Status::Pending,
@@ -222,6 +272,27 @@ impl Approvals {
         all.insert(approval.id.clone(), approval);
         self.bump();
         decision
+    }
+
+    /// Why one more open approval for `agent` is refused, if it is.
+    fn over_limit(&self, all: &BTreeMap<String, Approval>, agent: &str) -> Option<String> {
+        let open: Vec<&Approval> = all
+            .values()
+            .filter(|a| matches!(a.status, Status::Pending | Status::Approved))
+            .collect();
+        if open.len() >= self.limits.open {
+            return Some(format!(
+                "{} approvals are already open, the most there may be; this action needs one, so it is denied.",
+                open.len()
+            ));
+        }
+        let mine = open.iter().filter(|a| agent_of(a) == agent).count();
+        (mine >= self.limits.open_per_agent).then(|| {
+            format!(
+                "Agent `{}` already has {mine} approvals open, the most one agent may; this action needs one, so it is denied.",
+                truncate(agent)
+            )
+        })
     }
 
     fn redeem(
@@ -468,7 +539,21 @@ impl Approvals {
             })
             .map(|a| a.id.clone())
             .collect();
-        for id in old {
+        // Past `kept`, the oldest closed ones go first (ids are v7 UUIDs:
+        // in creation order).
+        let closed: Vec<&String> = all
+            .iter()
+            .filter(|(_, a)| !matches!(a.status, Status::Pending | Status::Approved))
+            .map(|(id, _)| id)
+            .collect();
+        let excess = closed.len().saturating_sub(self.limits.kept);
+        let extra: Vec<String> = closed
+            .into_iter()
+            .take(excess)
+            .filter(|id| !old.contains(id))
+            .cloned()
+            .collect();
+        for id in old.into_iter().chain(extra) {
             if let Some(s) = &self.store
                 && let Err(e) = s.remove(&id)
             {
@@ -479,8 +564,38 @@ impl Approvals {
         }
     }
 
-    /// Waits until approval `id` changes or `wait` passes, and returns it.
-    pub async fn wait(&self, id: &str, wait: Duration) -> Option<Approval> {
+    /// Waits until approval `id` changes or `wait` passes, and returns it
+    /// (`None`: no such approval).
+    ///
+    /// # Errors
+    /// [`ApprovalError::TooManyWaiting`] when the approval's agent already
+    /// has `max_waiting_per_agent` callers waiting.
+    pub async fn wait(&self, id: &str, wait: Duration) -> Result<Option<Approval>, ApprovalError> {
+        let Some(a) = self.get(id) else {
+            return Ok(None);
+        };
+        let _place = self.waiting_place(agent_of(&a))?;
+        Ok(self.wait_for_change(id, wait).await)
+    }
+
+    /// A place among the waiters on `agent`'s approvals, given back on drop.
+    fn waiting_place(&self, agent: &str) -> Result<Waiting<'_>, ApprovalError> {
+        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = waiting.entry(agent.to_owned()).or_default();
+        if *n >= self.limits.waiting_per_agent {
+            return Err(ApprovalError::TooManyWaiting {
+                agent: truncate(agent),
+                limit: self.limits.waiting_per_agent,
+            });
+        }
+        *n += 1;
+        Ok(Waiting {
+            approvals: self,
+            agent: agent.to_owned(),
+        })
+    }
+
+    async fn wait_for_change(&self, id: &str, wait: Duration) -> Option<Approval> {
         let mut rx = self.changed.subscribe();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -546,6 +661,35 @@ impl Approvals {
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Approval>> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// A caller's place among those waiting on one agent's approvals.
+struct Waiting<'a> {
+    approvals: &'a Approvals,
+    agent: String,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut waiting = self
+            .approvals
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = waiting.get_mut(&self.agent) {
+            *n -= 1;
+            if *n == 0 {
+                waiting.remove(&self.agent);
+            }
+        }
+    }
+}
+
+/// The agent an approval was asked for.
+fn agent_of(a: &Approval) -> &str {
+    a.request["context"]["agent"]["id"]
+        .as_str()
+        .unwrap_or_default()
 }
 
 /// What an approval a request came back with does to it.

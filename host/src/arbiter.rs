@@ -48,6 +48,10 @@ use crate::route::{self, RouteSpec, RouteTable};
 use crate::set::{self, PolicySet, open_cache};
 use crate::shadow::{self, Shadow};
 
+/// The rule of a request refused for a name past its limit
+/// ([`Request::too_long`]).
+pub const TOO_LONG_RULE: &str = "input.too-long";
+
 /// The decision point: an engine, a policy set, and a bound on how many
 /// decisions run at once (one pooled instance each).
 #[derive(Clone)]
@@ -365,7 +369,21 @@ impl Arbiter {
         // 1. admission
         let _admitted = self.admission.admit()?;
         // 2. gate: what the host knows of the agent, and what stops it.
-        let enriched = self.agents.as_ref().map(|a| a.enrich(request));
+        // Names past their limit are refused before the host keeps any of
+        // them, whichever door they came through.
+        let refusal = refusal.or_else(|| {
+            request.too_long().map(|(field, max)| {
+                Decision::host_deny(
+                    TOO_LONG_RULE,
+                    format!("`{field}` is longer than {max} bytes; failing closed."),
+                    start,
+                )
+            })
+        });
+        let enriched = match (&self.agents, &refusal) {
+            (Some(a), None) => Some(a.enrich(request)),
+            _ => None,
+        };
         let history = enriched.as_ref().map_or(&request.history, |e| &e.history);
         // One snapshot of the policy set for the whole decision.
         let set = self.set.load_full();

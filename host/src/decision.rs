@@ -96,6 +96,36 @@ pub struct Request {
     pub approval_id: Option<String>,
 }
 
+/// The longest names a request may carry, in bytes: beyond them a name is
+/// an attack on the host's memory (every agent, action and session is a
+/// key it keeps), not a name.
+pub const MAX_NAME_BYTES: usize = 256;
+/// The longest `action.target`, in bytes (a URL or a path).
+pub const MAX_TARGET_BYTES: usize = 4096;
+
+impl Request {
+    /// The first field longer than the host accepts, with its limit.
+    pub fn too_long(&self) -> Option<(&'static str, usize)> {
+        let c = &self.context;
+        [
+            ("context.agent.id", c.agent.id.len(), MAX_NAME_BYTES),
+            ("action.kind", self.action.kind.len(), MAX_NAME_BYTES),
+            ("action.name", self.action.name.len(), MAX_NAME_BYTES),
+            ("action.target", self.action.target.len(), MAX_TARGET_BYTES),
+            (
+                "context.user.id",
+                c.user.as_ref().map_or(0, |u| u.id.len()),
+                MAX_NAME_BYTES,
+            ),
+            ("context.environment", c.environment.len(), MAX_NAME_BYTES),
+            ("context.session", c.session.len(), MAX_NAME_BYTES),
+        ]
+        .into_iter()
+        .find(|(_, len, max)| len > max)
+        .map(|(field, _, max)| (field, max))
+    }
+}
+
 /// What a policy, or the whole chain, decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -24,6 +24,8 @@
 //! ([`crate::front_door::admin`]), by default a Unix socket, mode 0600, in
 //! the state directory. Neither serves the other's paths.
 
+mod io;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -42,7 +44,7 @@ use crate::config::{AdminListen, Config, Overrides};
 use crate::engine::Engine;
 use crate::enrich::Agents;
 use crate::enrich::pins::Pins;
-use crate::evidence::log::{DecisionLog, LogError};
+use crate::evidence::log::{self, DecisionLog, LogError};
 use crate::evidence::metrics::Metrics;
 use crate::front_door::http::{self, AppState, HttpOptions, LoadState, Service};
 use crate::load::LoadError;
@@ -282,9 +284,20 @@ pub async fn bind(
     specs_from_config(&config, &base)?;
     let engine = Engine::new(&config.engine)?;
     let metrics = Arc::new(Metrics::new());
+    let state_dir = config
+        .state
+        .dir
+        .as_ref()
+        .map(|d| base.join(d))
+        .or_else(state::default_dir)
+        .ok_or(StoreError::NoDirectory)?;
     let log = if config.log.enabled {
+        let mut log_config = config.log.clone();
+        if log_config.checkpoint_key.is_none() {
+            log_config.checkpoint_key = Some(log::default_checkpoint_key(&state_dir)?);
+        }
         Some(Arc::new(DecisionLog::open(
-            &config.log,
+            &log_config,
             &base,
             Some(Arc::clone(&metrics)),
         )?))
@@ -294,13 +307,6 @@ pub async fn bind(
         );
         None
     };
-    let state_dir = config
-        .state
-        .dir
-        .as_ref()
-        .map(|d| base.join(d))
-        .or_else(state::default_dir)
-        .ok_or(StoreError::NoDirectory)?;
     let clock = options
         .clock
         .map_or_else(|| Arc::new(SystemClock) as Arc<dyn Clock>, |c| c.0);
@@ -324,7 +330,8 @@ pub async fn bind(
         Duration::from_secs(config.approvals.ttl_s),
         Duration::from_secs(config.approvals.keep_s),
     )?
-    .with_rules(config.approvals.rules.clone());
+    .with_rules(config.approvals.rules.clone())
+    .with_limits(crate::approvals::Limits::of(&config.approvals));
     if let Some(log) = &log {
         agents = agents.with_log(Arc::clone(log));
         approvals = approvals.with_log(Arc::clone(log));
@@ -335,6 +342,14 @@ pub async fn bind(
         pins = pins.with_log(Arc::clone(log));
     }
     let pins = Arc::new(pins);
+    // Everything stored has been read back by now.
+    if store.undecodable() > 0 {
+        tracing::error!(
+            entries = store.undecodable(),
+            "stored entries did not decode; each was failed closed on"
+        );
+    }
+    metrics.set_state_undecodable(store.undecodable());
     let agents = Arc::new(agents);
     let approvals = Arc::new(approvals);
     let approvals_for_sweep = Arc::clone(&approvals);
@@ -423,7 +438,8 @@ pub async fn bind(
     });
 
     // Every second: approvals nobody answered expire on time (and wake
-    // their waiters), and the day's spend is saved if it changed.
+    // their waiters), idle agents are forgotten, and the day's spend is
+    // saved if it changed.
     let sweeper = Arc::clone(&approvals_for_sweep);
     let spender = Arc::clone(&agents_for_save);
     let mut sweep_stop = stop.subscribe();
@@ -435,6 +451,7 @@ pub async fn bind(
                     let (a, g) = (Arc::clone(&sweeper), Arc::clone(&spender));
                     let _ = tokio::task::spawn_blocking(move || {
                         a.expire_due();
+                        g.evict_idle();
                         if let Err(e) = g.save_spend() {
                             tracing::warn!(error = %e, "the day's spend could not be saved; retrying");
                         }
@@ -589,6 +606,7 @@ async fn admin_loop(
             }
         };
         let header_timeout = state.service.load().config.server.header_timeout();
+        let write_timeout = state.service.load().config.server.write_timeout();
         let state = Arc::clone(&state);
         let service =
             service_fn(move |req| crate::front_door::admin::serve(Arc::clone(&state), req));
@@ -598,10 +616,12 @@ async fn admin_loop(
             .header_read_timeout(header_timeout);
         match stream {
             Conn::Unix(s) => {
+                let s = io::WriteTimeout::new(s, write_timeout);
                 let conn = graceful.watch(builder.serve_connection(TokioIo::new(s), service));
                 tokio::spawn(conn);
             }
             Conn::Tcp(s) => {
+                let s = io::WriteTimeout::new(s, write_timeout);
                 let conn = graceful.watch(builder.serve_connection(TokioIo::new(s), service));
                 tokio::spawn(conn);
             }
@@ -645,13 +665,14 @@ async fn accept_loop(listener: TcpListener, state: Arc<AppState>, mut stop: watc
         };
         let _ = stream.set_nodelay(true);
         let header_timeout = state.service.load().config.server.header_timeout();
+        let write_timeout = state.service.load().config.server.write_timeout();
         let state = Arc::clone(&state);
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(header_timeout)
             .keep_alive(true)
             .serve_connection(
-                TokioIo::new(stream),
+                TokioIo::new(io::WriteTimeout::new(stream, write_timeout)),
                 service_fn(move |req| http::serve(Arc::clone(&state), req)),
             );
         let conn = graceful.watch(conn);
@@ -754,7 +775,14 @@ mod tests {
         let Err(e) = bind(config, None, ServeOptions::default()).await else {
             panic!("started without its state")
         };
-        assert!(matches!(e, ServeError::State(_)), "{e}");
+        // The first thing made there is the log's checkpoint key.
+        assert!(
+            matches!(
+                e,
+                ServeError::State(_) | ServeError::Log(LogError::Key { .. })
+            ),
+            "{e}"
+        );
         assert!(e.to_string().contains("a-file"), "{e}");
     }
 }

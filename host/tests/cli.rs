@@ -733,7 +733,10 @@ mod serve {
         assert_eq!(child.wait().expect("wait").code(), Some(0));
 
         let log_arg = log.to_str().expect("utf-8");
-        let o = super::arbiter(&["log", "verify", log_arg], &cache);
+        // The key `serve` made beside the state, outside the log.
+        let key = cache.join("state").join("checkpoint.pub");
+        let key_arg = key.to_str().expect("utf-8");
+        let o = super::arbiter(&["log", "verify", log_arg, "--key", key_arg], &cache);
         let (out, err) = super::text(&o);
         assert!(o.status.success(), "{out}{err}");
         assert!(out.starts_with("verified "), "{out}");
@@ -902,10 +905,14 @@ fn log_verify_names_a_broken_record_and_exits_1() {
         text(&o)
     );
     // A log made by the library, then one line deleted.
+    let keys = dir.path().join("keys");
     let config = arbiter::config::LogConfig {
         dir: Some(log.clone()),
+        checkpoint_key: Some(arbiter::evidence::log::default_checkpoint_key(&keys).expect("key")),
         ..Default::default()
     };
+    let key = keys.join("checkpoint.pub");
+    let key_arg = key.to_str().expect("utf-8");
     let opened = std::sync::Arc::new(
         arbiter::evidence::log::DecisionLog::open(&config, Path::new(""), None).expect("open"),
     );
@@ -931,7 +938,7 @@ fn log_verify_names_a_broken_record_and_exits_1() {
     drop(a);
     opened.close();
     let log_arg = log.to_str().expect("utf-8");
-    let o = arbiter(&["log", "verify", log_arg], dir.path());
+    let o = arbiter(&["log", "verify", log_arg, "--key", key_arg], dir.path());
     assert!(o.status.success(), "{:?}", text(&o));
     let segment = arbiter::evidence::log::segments(&log)
         .expect("list")
@@ -944,7 +951,7 @@ fn log_verify_names_a_broken_record_and_exits_1() {
         .map(|(_, l)| format!("{l}\n"))
         .collect();
     std::fs::write(&segment, kept.concat()).expect("write");
-    let o = arbiter(&["log", "verify", log_arg], dir.path());
+    let o = arbiter(&["log", "verify", log_arg, "--key", key_arg], dir.path());
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(1), "{out}{err}");
     assert!(

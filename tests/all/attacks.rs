@@ -891,7 +891,7 @@ fn every_admin_action_is_recorded_with_its_actor_and_the_log_verifies() {
     let log = dir.path().join("log");
     let (olga, carol) = (token_digest("olga-token"), token_digest("carol-token"));
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[cache]\nenabled = false\n[log]\ndir = \"{}\"\n\
+        "[server]\nlisten = \"127.0.0.1:0\"\n[cache]\nenabled = false\n[log]\ndir = \"{}\"\n[state]\ndir = \"state\"\n\
          [auth]\ndecide_token = \"gw-token\"\n[[mcp.servers]]\nname = \"dict\"\n\
          [[admin.operators]]\nname = \"olga\"\nsha256 = \"{olga}\"\nroles = [\"operator\"]\n\
          [[admin.operators]]\nname = \"carol\"\nsha256 = \"{carol}\"\nroles = [\"approver\"]\n\
@@ -1056,6 +1056,8 @@ fn every_admin_action_is_recorded_with_its_actor_and_the_log_verifies() {
     let verify = std::process::Command::new(arbiter_tests::binary::arbiter())
         .args(["log", "verify"])
         .arg(&log)
+        .arg("--config")
+        .arg(&config)
         .output()
         .expect("arbiter log verify");
     assert!(

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use arbiter::config::{LogConfig, LogFailurePolicy};
 use arbiter::evidence::audit::{self, Breakage, Filter, VerifyOptions};
-use arbiter::evidence::log::{DecisionLog, LogError, segments};
+use arbiter::evidence::log::{self, DecisionLog, LogError, segments};
 use arbiter::evidence::record::Parsed;
 use arbiter::signing::PublicKey;
 use arbiter::{Outcome, Request};
@@ -18,10 +18,18 @@ use arbiter_tests::http::{get, post_json};
 use arbiter_tests::{Server, arbiter, load_example, request, server_config, wait_for};
 use serde_json::{Value, json};
 
-fn config(dir: &Path) -> LogConfig {
+/// The log of a test whose files are under `root`.
+fn logs(root: &Path) -> PathBuf {
+    root.join("log")
+}
+
+/// A log in `root/log`, with its checkpoint key made outside it, in
+/// `root/keys`.
+fn config(root: &Path) -> LogConfig {
     LogConfig {
-        dir: Some(dir.to_owned()),
+        dir: Some(logs(root)),
         checkpoint_every: 10,
+        checkpoint_key: Some(log::default_checkpoint_key(&root.join("keys")).expect("key")),
         ..LogConfig::default()
     }
 }
@@ -66,20 +74,22 @@ fn write_log(log: LogConfig, n: usize) -> Vec<arbiter::Decision> {
     write_paced(log, n, Duration::ZERO)
 }
 
-fn options(dir: &Path) -> VerifyOptions {
-    let text = std::fs::read_to_string(dir.join("checkpoint.pub")).expect("public key");
+/// Verifies as an auditor does: the key from outside the log directory.
+fn options(root: &Path) -> VerifyOptions {
+    let public = log::public_key_path(&root.join("keys").join(log::CHECKPOINT_KEY_FILE));
+    let text = std::fs::read_to_string(public).expect("public key");
     VerifyOptions {
         key: PublicKey::from_file(&text).expect("key"),
-        checkpoints_file: Some(dir.join("checkpoints.jsonl")),
+        checkpoints_file: Some(logs(root).join("checkpoints.jsonl")),
     }
 }
 
-fn verify(dir: &Path) -> Result<audit::Verified, audit::Broken> {
-    audit::verify(dir, &options(dir)).expect("readable")
+fn verify(root: &Path) -> Result<audit::Verified, audit::Broken> {
+    audit::verify(&logs(root), &options(root)).expect("readable")
 }
 
-fn only_segment(dir: &Path) -> PathBuf {
-    let s = segments(dir).expect("list");
+fn only_segment(root: &Path) -> PathBuf {
+    let s = segments(&logs(root)).expect("list");
     assert_eq!(s.len(), 1, "{s:?}");
     s[0].clone()
 }
@@ -118,7 +128,7 @@ fn every_decision_is_one_verified_record_with_everything_an_auditor_needs() {
     assert_eq!(v.unsigned_tail, 0);
 
     let mut seen = Vec::new();
-    audit::query(dir.path(), &Filter::default(), |p| {
+    audit::query(&logs(dir.path()), &Filter::default(), |p| {
         seen.push(p.clone());
         true
     })
@@ -146,7 +156,7 @@ fn every_decision_is_one_verified_record_with_everything_an_auditor_needs() {
     let outcomes: Vec<&str> = decisions.iter().map(|d| d.outcome.as_str()).collect();
     assert_eq!(&outcomes[..3], ["allow", "require-approval", "deny"]);
 
-    let s = audit::stats(dir.path(), &Filter::default()).expect("stats");
+    let s = audit::stats(&logs(dir.path()), &Filter::default()).expect("stats");
     assert_eq!(s.decisions, 25);
     assert_eq!(s.by_outcome["allow"], 9);
     assert_eq!(s.by_outcome["require-approval"], 8);
@@ -158,7 +168,9 @@ fn every_decision_is_one_verified_record_with_everything_an_auditor_needs() {
         ..Filter::default()
     };
     assert_eq!(
-        audit::stats(dir.path(), &denied).expect("stats").decisions,
+        audit::stats(&logs(dir.path()), &denied)
+            .expect("stats")
+            .decisions,
         8
     );
     let nobody = Filter {
@@ -166,7 +178,9 @@ fn every_decision_is_one_verified_record_with_everything_an_auditor_needs() {
         ..Filter::default()
     };
     assert_eq!(
-        audit::stats(dir.path(), &nobody).expect("stats").decisions,
+        audit::stats(&logs(dir.path()), &nobody)
+            .expect("stats")
+            .decisions,
         0
     );
     let future = Filter {
@@ -174,7 +188,9 @@ fn every_decision_is_one_verified_record_with_everything_an_auditor_needs() {
         ..Filter::default()
     };
     assert_eq!(
-        audit::stats(dir.path(), &future).expect("stats").decisions,
+        audit::stats(&logs(dir.path()), &future)
+            .expect("stats")
+            .decisions,
         0
     );
 }
@@ -205,7 +221,7 @@ fn params_are_stored_as_configured() {
         };
         write_log(log, 6);
         verify(dir.path()).expect("verifies");
-        audit::query(dir.path(), &Filter::default(), |p| {
+        audit::query(&logs(dir.path()), &Filter::default(), |p| {
             check(p.data());
             true
         })
@@ -298,7 +314,7 @@ fn each_kind_of_tampering_is_named_with_its_record() {
     verify(dir.path()).expect("restored");
 
     // A copy in the checkpoints file that was edited is tampering too.
-    let copies = dir.path().join("checkpoints.jsonl");
+    let copies = logs(dir.path()).join("checkpoints.jsonl");
     let original_copies = lines(&copies);
     let mut edited = original_copies.clone();
     edited[0] = edited[0].replace("\"seq\":", "\"seq\":1");
@@ -323,7 +339,7 @@ fn segments_rotate_by_size_and_age_and_the_chain_runs_across_them() {
     };
     // The log's thread starts segments as it gets to them: give it time.
     write_paced(log.clone(), 60, Duration::from_millis(2));
-    let files = segments(dir.path()).expect("list");
+    let files = segments(&logs(dir.path())).expect("list");
     assert!(files.len() >= 4, "{files:?}");
     let v = verify(dir.path()).expect("verifies across segments");
     assert_eq!(v.segments, files.len());
@@ -357,12 +373,14 @@ fn segments_rotate_by_size_and_age_and_the_chain_runs_across_them() {
     // one; closing before that thread ran would leave the rotation to the
     // next open, so give it the time a busy machine may need.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while segments(aged.path()).expect("list").len() < 2 && std::time::Instant::now() < deadline {
+    while segments(&logs(aged.path())).expect("list").len() < 2
+        && std::time::Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(20));
     }
     drop(a);
     opened.close();
-    assert_eq!(segments(aged.path()).expect("list").len(), 2);
+    assert_eq!(segments(&logs(aged.path())).expect("list").len(), 2);
     verify(aged.path()).expect("verifies");
 }
 
@@ -476,9 +494,9 @@ fn allowed_query() -> Value {
 fn log_server(disk: &SmallDisk, on_failure: LogFailurePolicy) -> Server {
     let mut c = server_config(&[("procurement", "procurement", json!({}))]);
     c.log = LogConfig {
-        dir: Some(disk.path().join("log")),
         on_failure,
-        ..LogConfig::default()
+        checkpoint_every: LogConfig::default().checkpoint_every,
+        ..config(disk.path())
     };
     Server::start(c, Default::default())
 }
@@ -522,7 +540,7 @@ fn a_full_disk_fails_decisions_closed_and_they_recover_when_it_frees() {
     server.stop().expect("stops");
 
     let log = disk.path().join("log");
-    verify(&log).expect("the log verifies after the gap");
+    verify(disk.path()).expect("the log verifies after the gap");
     let gaps = gap_records(&log);
     assert!(!gaps.is_empty());
     for gap in &gaps {
@@ -585,7 +603,7 @@ fn configured_to_serve_a_full_disk_loses_records_and_says_how_many() {
     assert_eq!(unrecorded(&server, "deny"), 0);
     server.stop().expect("stops");
     let log = disk.path().join("log");
-    verify(&log).expect("verifies");
+    verify(disk.path()).expect("verifies");
     let gaps = gap_records(&log);
     assert!(
         gaps.iter().all(|g| g["data"]["answered"] == "served"),
@@ -602,7 +620,7 @@ fn configured_to_serve_a_full_disk_loses_records_and_says_how_many() {
 fn a_server_records_every_answered_decision_before_answering() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut c = server_config(&[("procurement", "procurement", json!({}))]);
-    c.log = config(&dir.path().join("log"));
+    c.log = config(dir.path());
     let server = Server::start(c, Default::default());
     let ids: Vec<String> = (0..20)
         .map(|_| {
@@ -611,7 +629,7 @@ fn a_server_records_every_answered_decision_before_answering() {
         })
         .collect();
     // Before shutdown: every answered decision is already in the file.
-    let log = dir.path().join("log");
+    let log = logs(dir.path());
     let mut logged = Vec::new();
     audit::query(&log, &Filter::default(), |p| {
         logged.push(
@@ -625,7 +643,7 @@ fn a_server_records_every_answered_decision_before_answering() {
     .expect("query");
     assert_eq!(logged, ids);
     server.stop().expect("stops");
-    let v = verify(&log).expect("verifies");
+    let v = verify(dir.path()).expect("verifies");
     assert_eq!(
         v.unsigned_tail, 0,
         "shutdown seals the log with a checkpoint"
@@ -637,7 +655,7 @@ fn a_server_records_every_answered_decision_before_answering() {
 fn clients_that_hang_up_mid_decision_never_wedge_the_log() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut c = server_config(&[("procurement", "procurement", json!({}))]);
-    c.log = config(&dir.path().join("log"));
+    c.log = config(dir.path());
     let server = Server::start(c, Default::default());
     let body = allowed_query().to_string();
     let request = format!(
@@ -665,5 +683,358 @@ fn clients_that_hang_up_mid_decision_never_wedge_the_log() {
         assert_eq!(d["outcome"], "allow", "{d}");
     }
     server.stop().expect("stops");
-    verify(&dir.path().join("log")).expect("verifies");
+    verify(dir.path()).expect("verifies");
+}
+
+/// Re-hashes a record whose content was changed, as a forger would.
+fn rehash(v: &mut Value) {
+    let o = v.as_object_mut().expect("object");
+    o.remove("hash");
+    // A checkpoint's signature is not under its hash.
+    let signature = o.remove("signature");
+    let hash = arbiter::evidence::record::sha256(&arbiter::evidence::record::canonical(v));
+    v["hash"] = json!(hash);
+    if let Some(s) = signature {
+        v["signature"] = s;
+    }
+}
+
+/// Runs `arbiter log verify` with `args`; its exit status and output.
+fn verify_cli(args: &[&std::ffi::OsStr], env: &[(&str, &Path)]) -> (bool, String) {
+    let mut command = Command::new(arbiter_tests::binary::arbiter());
+    command.args(["log", "verify"]).args(args);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let out = command.output().expect("arbiter log verify");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn attacks_on_the_verifier_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_log(config(dir.path()), 30);
+    let log_dir = logs(dir.path());
+    let public = log::public_key_path(&dir.path().join("keys").join(log::CHECKPOINT_KEY_FILE));
+    let (ok, text) = verify_cli(
+        &[log_dir.as_os_str(), "--key".as_ref(), public.as_os_str()],
+        &[],
+    );
+    assert!(ok, "{text}");
+
+    // Cut the tail and delete the checkpoints file that would show it.
+    let segment = only_segment(dir.path());
+    let original = lines(&segment);
+    let copies = log_dir.join("checkpoints.jsonl");
+    let copies_text = std::fs::read(&copies).expect("copies");
+    write_lines(&segment, &original[..original.len() - 12]);
+    std::fs::remove_file(&copies).expect("rm");
+    let (ok, text) = verify_cli(
+        &[log_dir.as_os_str(), "--key".as_ref(), public.as_os_str()],
+        &[],
+    );
+    arbiter_tests::refused(
+        "a cut tail with its checkpoints file deleted",
+        !ok && text.contains("checkpoints.jsonl"),
+        &text,
+    );
+    let other = dir.path().join("elsewhere.jsonl");
+    let (ok, text) = verify_cli(
+        &[
+            log_dir.as_os_str(),
+            "--key".as_ref(),
+            public.as_os_str(),
+            "--checkpoints".as_ref(),
+            other.as_os_str(),
+        ],
+        &[],
+    );
+    arbiter_tests::refused(
+        "a checkpoints file given on the command line that is not there",
+        !ok && text.contains("elsewhere.jsonl"),
+        &text,
+    );
+    std::fs::write(&copies, &copies_text).expect("restore");
+    write_lines(&segment, &original);
+
+    // A forger's key planted in the log directory is never read: not by
+    // default, and not when named.
+    let forger = arbiter::signing::KeyPair::generate("forger").expect("key");
+    let planted = log_dir.join("checkpoint.pub");
+    std::fs::write(&planted, forger.public().file()).expect("plant");
+    let empty = tempfile::tempdir().expect("empty state");
+    let (ok, text) = verify_cli(
+        &[log_dir.as_os_str()],
+        &[("ARBITER_STATE_DIR", empty.path())],
+    );
+    arbiter_tests::refused(
+        "a public key planted in the log directory, used by default",
+        !ok && text.contains("cannot read the checkpoint key")
+            && text.contains(&*empty.path().to_string_lossy()),
+        &text,
+    );
+    let (ok, text) = verify_cli(
+        &[log_dir.as_os_str(), "--key".as_ref(), planted.as_os_str()],
+        &[],
+    );
+    arbiter_tests::refused(
+        "a public key inside the log directory it would vouch for",
+        !ok && text.contains("inside the log directory"),
+        &text,
+    );
+
+    // A record whose seq is the largest there is: an error, no panic.
+    let mut crafted = original.clone();
+    let mut v: Value = serde_json::from_str(&crafted[0]).expect("json");
+    v["seq"] = json!(u64::MAX);
+    rehash(&mut v);
+    crafted.push(v.to_string());
+    crafted.push(v.to_string());
+    write_lines(&segment, &crafted);
+    let b = verify(dir.path()).expect_err("broken");
+    arbiter_tests::refused(
+        "records numbered at and past u64::MAX",
+        b.kind == Breakage::Changed || b.kind == Breakage::Missing,
+        format!("{b:?}"),
+    );
+    let (ok, text) = verify_cli(
+        &[log_dir.as_os_str(), "--key".as_ref(), public.as_os_str()],
+        &[],
+    );
+    assert!(!ok && text.contains("broken at record"), "{text}");
+    write_lines(&segment, &original);
+}
+
+#[test]
+fn attacks_on_the_writer_stop_its_start() {
+    // Whoever can write the log cannot sign with a key kept in it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(logs(dir.path())).expect("log dir");
+    let inside = log::default_checkpoint_key(&logs(dir.path())).expect("key");
+    let e = DecisionLog::open(
+        &LogConfig {
+            checkpoint_key: Some(inside),
+            ..config(dir.path())
+        },
+        Path::new(""),
+        None,
+    )
+    .expect_err("refused");
+    arbiter_tests::refused(
+        "a checkpoint key kept in the log directory",
+        matches!(e, LogError::Key { .. }) && e.to_string().contains("inside the log directory"),
+        &e,
+    );
+
+    // A key others can read.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let keys = tempfile::tempdir().expect("keys");
+        let key = log::default_checkpoint_key(keys.path()).expect("key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        let e = DecisionLog::open(
+            &LogConfig {
+                checkpoint_key: Some(key),
+                ..config(dir.path())
+            },
+            Path::new(""),
+            None,
+        )
+        .expect_err("refused");
+        arbiter_tests::refused(
+            "a checkpoint key readable by its group",
+            e.to_string()
+                .contains("readable by others than its owner (mode 640)"),
+            &e,
+        );
+    }
+
+    // The tail cut past a checkpoint: the start refuses to chain on.
+    write_log(config(dir.path()), 30);
+    let segment = only_segment(dir.path());
+    let original = lines(&segment);
+    write_lines(&segment, &original[..original.len() - 12]);
+    let e = DecisionLog::open(&config(dir.path()), Path::new(""), None).expect_err("refused");
+    arbiter_tests::refused(
+        "a log whose tail was cut, restarted",
+        matches!(e, LogError::Cut { .. }) && e.to_string().contains("were cut"),
+        &e,
+    );
+
+    // The tail rewritten and re-chained from before the last checkpoint.
+    let copies =
+        std::fs::read_to_string(logs(dir.path()).join("checkpoints.jsonl")).expect("copies");
+    let last_copy =
+        Parsed::from_line(copies.lines().last().expect("a copy").as_bytes()).expect("copy");
+    let mut rewritten = original.clone();
+    let from = index_of(&rewritten, last_copy.seq - 1);
+    let mut prev = String::new();
+    for (n, line) in rewritten.iter_mut().enumerate().skip(from) {
+        let mut v: Value = serde_json::from_str(line).expect("json");
+        if n == from {
+            v["data"]["outcome"] = json!("allow");
+        } else {
+            v["prev_hash"] = json!(prev);
+        }
+        rehash(&mut v);
+        prev = v["hash"].as_str().expect("hash").to_owned();
+        *line = v.to_string();
+    }
+    write_lines(&segment, &rewritten);
+    let e = DecisionLog::open(&config(dir.path()), Path::new(""), None).expect_err("refused");
+    arbiter_tests::refused(
+        "a tail rewritten and re-hashed across the last checkpoint, restarted",
+        e.to_string().contains("differs from the signed checkpoint"),
+        &e,
+    );
+    write_lines(&segment, &original);
+
+    // The checkpoints file deleted: no way to tell a cut.
+    let copies_path = logs(dir.path()).join("checkpoints.jsonl");
+    std::fs::remove_file(&copies_path).expect("rm");
+    let e = DecisionLog::open(&config(dir.path()), Path::new(""), None).expect_err("refused");
+    arbiter_tests::refused(
+        "a log whose checkpoints file was deleted, restarted",
+        e.to_string().contains("is missing"),
+        &e,
+    );
+    std::fs::write(&copies_path, copies).expect("restore");
+
+    // A last record numbered u64::MAX, so the next would overflow.
+    let mut crafted = original.clone();
+    let mut v: Value = serde_json::from_str(original.last().expect("last")).expect("json");
+    v["seq"] = json!(u64::MAX);
+    v["prev_hash"] = json!(
+        Parsed::from_line(original.last().expect("last").as_bytes())
+            .expect("p")
+            .hash
+    );
+    rehash(&mut v);
+    crafted.push(v.to_string());
+    write_lines(&segment, &crafted);
+    let e = DecisionLog::open(&config(dir.path()), Path::new(""), None).expect_err("refused");
+    arbiter_tests::refused(
+        "a last record numbered u64::MAX",
+        e.to_string().contains("beyond any a log reaches"),
+        &e,
+    );
+    write_lines(&segment, &original);
+
+    // Untouched, it opens, and says what its check found.
+    let opened = DecisionLog::open(&config(dir.path()), Path::new(""), None).expect("opens");
+    opened.close();
+    let open = lines(&segment)
+        .into_iter()
+        .rev()
+        .find(|l| l.contains("\"type\":\"open\""))
+        .expect("an open record");
+    let open: Value = serde_json::from_str(&open).expect("json");
+    assert_eq!(
+        open["data"]["checked"]["checkpoint_seq"], last_copy.seq,
+        "{open}"
+    );
+    verify(dir.path()).expect("verifies");
+}
+
+#[test]
+fn retention_lets_whole_sealed_segments_go_and_says_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = LogConfig {
+        max_segment_bytes: 4096,
+        retention: arbiter::config::RetentionConfig {
+            max_total_bytes: 8192,
+            max_age_s: 0,
+        },
+        ..config(dir.path())
+    };
+    let log_dir = logs(dir.path());
+    let opened = Arc::new(DecisionLog::open(&log, Path::new(""), None).expect("open"));
+    let a = arbiter(vec![load_example("procurement")]).with_log(Arc::clone(&opened));
+    for r in requests(100) {
+        a.decide(&r);
+        // Paced, so the log's thread starts segments as they fill.
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    wait_for("retention to remove the first segments", || {
+        !segments(&log_dir).expect("list")[0]
+            .to_string_lossy()
+            .ends_with("00000000000000000001.jsonl")
+    });
+    drop(a);
+    opened.close();
+    drop(opened);
+    let v = verify(dir.path()).expect("a log that starts after a retention record verifies");
+    assert!(v.first_seq > 1, "{v:?}");
+    let retention: Vec<Value> = segments(&log_dir)
+        .expect("list")
+        .iter()
+        .flat_map(|s| lines(s))
+        .filter(|l| l.contains("\"type\":\"retention\""))
+        .map(|l| serde_json::from_str(&l).expect("json"))
+        .collect();
+    assert!(
+        retention
+            .iter()
+            .any(|r| r["data"]["last_seq"] == v.first_seq - 1 && r["data"]["first_seq"].is_u64()),
+        "{retention:?}"
+    );
+    // The log reopens after retention (its tail still checks against the
+    // last checkpoint) and verifies again.
+    write_log(log.clone(), 3);
+    verify(dir.path()).expect("verifies after reopening");
+
+    // Removing the next segment by hand, without a retention record, shows.
+    let first = segments(&log_dir).expect("list")[0].clone();
+    let kept = std::fs::read(&first).expect("read");
+    std::fs::remove_file(&first).expect("rm");
+    let b = verify(dir.path()).expect_err("a head cut by hand shows");
+    arbiter_tests::refused(
+        "the oldest segment removed without a retention record",
+        b.kind == Breakage::Missing && b.detail.contains("no retention record"),
+        format!("{b:?}"),
+    );
+    std::fs::write(&first, kept).expect("restore");
+}
+
+#[test]
+fn retention_by_age_lets_old_sealed_segments_go() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = LogConfig {
+        max_segment_bytes: 4096,
+        ..config(dir.path())
+    };
+    write_paced(log.clone(), 40, Duration::from_millis(2));
+    let log_dir = logs(dir.path());
+    let before = segments(&log_dir).expect("list");
+    assert!(before.len() >= 4, "{before:?}");
+    let day_ago = std::time::SystemTime::now() - Duration::from_secs(86_400);
+    for old in &before[..before.len() - 1] {
+        let f = std::fs::File::options()
+            .write(true)
+            .open(old)
+            .expect("open");
+        f.set_modified(day_ago).expect("age it");
+    }
+    let aged = LogConfig {
+        retention: arbiter::config::RetentionConfig {
+            max_total_bytes: 0,
+            max_age_s: 3600,
+        },
+        ..log
+    };
+    let opened = DecisionLog::open(&aged, Path::new(""), None).expect("open");
+    // The newest segment and the one before it stay, whatever their age.
+    wait_for("the old segments to go", || {
+        segments(&log_dir).expect("list").len() == 2
+    });
+    opened.close();
+    drop(opened);
+    let v = verify(dir.path()).expect("verifies");
+    assert!(v.first_seq > 1, "{v:?}");
 }

@@ -4,6 +4,7 @@
 mod agents;
 mod approvals;
 mod attacks;
+mod bounds;
 mod bypass;
 mod chain;
 mod concurrency;

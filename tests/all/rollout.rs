@@ -665,6 +665,38 @@ fn a_slow_shadow_never_slows_the_caller_and_a_full_queue_counts_its_drops() {
 }
 
 #[test]
+fn large_inputs_cannot_fill_the_shadow_queue_past_its_bytes() {
+    let config = {
+        let mut c = procurement(vec![candidate(
+            "next",
+            CandidateRole::Shadow,
+            None,
+            Some(json!({})),
+        )]);
+        c.rollout.shadow_queue_bytes = 64 << 10;
+        c
+    };
+    let server = Server::start(config, Default::default());
+    let memo = "m".repeat(100_000);
+    let body = json!({"action": {"kind": "tool", "name": "db.query", "target": "orders",
+                                 "params": {"memo": memo}},
+                      "context": {"agent": {"id": "bot"}}});
+    let mut conn = Conn::open(server.addr);
+    for _ in 0..5 {
+        assert_eq!(
+            conn.post_json("/v1/decide", &body).json()["outcome"],
+            "allow"
+        );
+    }
+    let report = settled_ab(server.admin, "procurement");
+    arbiter_tests::refused(
+        "100 KB shadow inputs past a 64 KiB queue",
+        report["queue"]["dropped"]["procurement"] == 5,
+        &report,
+    );
+}
+
+#[test]
 fn replay_judges_a_candidate_on_a_recorded_log() {
     let log = tempfile::tempdir().expect("log dir");
     let server = start_logging(procurement(Vec::new()), log.path());

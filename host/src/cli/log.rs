@@ -9,9 +9,11 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 
 use super::EXIT_FAILURES;
+use crate::config::Config;
 use crate::evidence::audit::{self, Filter, VerifyOptions};
 use crate::evidence::log;
 use crate::signing::PublicKey;
+use crate::state;
 
 #[derive(Debug, Subcommand)]
 pub(super) enum LogCommand {
@@ -29,12 +31,18 @@ pub(super) enum LogCommand {
 pub(super) struct VerifyLogArgs {
     /// The log directory.
     dir: PathBuf,
-    /// The checkpoint key's public file [default: DIR/checkpoint.pub;
-    /// give a copy kept elsewhere, since whoever can rewrite the log can
-    /// rewrite that file too].
-    #[arg(long, value_name = "FILE")]
+    /// The checkpoint key's public file, kept where whoever can write the
+    /// log cannot [default: the public half of the key the configuration
+    /// names]. Never read from the log directory.
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
     key: Option<PathBuf>,
-    /// The checkpoints file [default: DIR/checkpoints.jsonl].
+    /// The configuration whose `log.checkpoint_key` (its `.pub` half) and
+    /// checkpoints file to use [default: the embedded default, whose key is
+    /// in the state directory].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The checkpoints file; verify fails when it is missing [default:
+    /// the configuration's, or DIR/checkpoints.jsonl].
     #[arg(long, value_name = "FILE")]
     checkpoints: Option<PathBuf>,
 }
@@ -99,28 +107,58 @@ pub(super) fn existing_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn verify(args: &VerifyLogArgs) -> anyhow::Result<ExitCode> {
-    existing_dir(&args.dir)?;
-    let key_path = args
-        .key
-        .clone()
-        .unwrap_or_else(|| args.dir.join(log::CHECKPOINT_PUBLIC_KEY_FILE));
+/// The public key and checkpoints file `verify` checks against: from
+/// `--key`, or the configuration; never from the log directory itself.
+fn verify_options(args: &VerifyLogArgs) -> anyhow::Result<VerifyOptions> {
+    let (key_path, checkpoints) = match &args.key {
+        Some(key) => (key.clone(), args.dir.join(log::CHECKPOINTS_FILE)),
+        None => {
+            let (config, base) = match &args.config {
+                Some(path) => Config::from_file(path)?,
+                None => (Config::default_config()?, PathBuf::new()),
+            };
+            let private = match &config.log.checkpoint_key {
+                Some(key) => base.join(key),
+                None => config
+                    .state
+                    .dir
+                    .as_ref()
+                    .map(|d| base.join(d))
+                    .or_else(state::default_dir)
+                    .context("no state directory to find the checkpoint key in: give --key")?
+                    .join(log::CHECKPOINT_KEY_FILE),
+            };
+            (
+                log::public_key_path(&private),
+                log::checkpoints_path(&config.log, &args.dir),
+            )
+        }
+    };
+    if let (Ok(key), Ok(dir)) = (key_path.canonicalize(), args.dir.canonicalize())
+        && key.starts_with(&dir)
+    {
+        bail!(
+            "the checkpoint key `{}` is inside the log directory it would vouch for: whoever can rewrite the log can rewrite it; give a copy kept elsewhere",
+            key_path.display()
+        );
+    }
     let text = std::fs::read_to_string(&key_path).with_context(|| {
         format!(
-            "cannot read the checkpoint key `{}` (give one with --key)",
+            "cannot read the checkpoint key `{}` (give one with --key or --config)",
             key_path.display()
         )
     })?;
     let key = PublicKey::from_file(&text)
         .with_context(|| format!("checkpoint key `{}`", key_path.display()))?;
-    let options = VerifyOptions {
+    Ok(VerifyOptions {
         key,
-        checkpoints_file: Some(
-            args.checkpoints
-                .clone()
-                .unwrap_or_else(|| args.dir.join(log::CHECKPOINTS_FILE)),
-        ),
-    };
+        checkpoints_file: Some(args.checkpoints.clone().unwrap_or(checkpoints)),
+    })
+}
+
+fn verify(args: &VerifyLogArgs) -> anyhow::Result<ExitCode> {
+    existing_dir(&args.dir)?;
+    let options = verify_options(args)?;
     match audit::verify(&args.dir, &options)? {
         Ok(v) => {
             println!(
@@ -139,9 +177,10 @@ fn verify(args: &VerifyLogArgs) -> anyhow::Result<ExitCode> {
                     v.torn_tail_bytes
                 );
             }
-            if args.key.is_none() {
+            if v.first_seq > 1 {
                 println!(
-                    "note: checked against the key in the log directory; pass --key with a copy kept elsewhere"
+                    "note: records before {} were let go by retention, as a retention record in the chain says",
+                    v.first_seq
                 );
             }
             Ok(ExitCode::SUCCESS)

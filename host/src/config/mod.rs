@@ -213,6 +213,19 @@ pub struct ApprovalsConfig {
     /// How many distinct approvers an approval needs, by rule and risk
     /// (`[[approvals.rules]]`, first match); default: one.
     pub rules: Vec<ApprovalRule>,
+    /// Approvals open at once (pending, or granted and not yet used);
+    /// past it, a require-approval is a deny (`approval.limit`).
+    /// Default: 1000.
+    pub max_open: usize,
+    /// Approvals open at once for one agent. Default: 50.
+    pub max_open_per_agent: usize,
+    /// Answered, used and expired approvals kept (within `keep_s`); past
+    /// it the oldest are forgotten first (the decision log keeps them).
+    /// Default: 10000.
+    pub max_kept: usize,
+    /// Callers waiting on one agent's approvals at once (long-polls and
+    /// held MCP calls); past it a wait is refused (429). Default: 16.
+    pub max_waiting_per_agent: usize,
 }
 
 impl ApprovalsConfig {
@@ -233,6 +246,10 @@ impl Default for ApprovalsConfig {
             keep_s: 604_800,
             max_wait_s: 120,
             rules: Vec::new(),
+            max_open: 1000,
+            max_open_per_agent: 50,
+            max_kept: 10_000,
+            max_waiting_per_agent: 16,
         }
     }
 }
@@ -296,6 +313,10 @@ pub struct RolloutConfig {
     /// Shadow evaluations waiting at most; more are dropped and counted,
     /// so a slow candidate never slows the callers. Default: 4096.
     pub shadow_queue: usize,
+    /// Bytes the queued shadow evaluations may hold in all (their inputs,
+    /// params included); past it they are dropped and counted as when the
+    /// queue is full. Default: 64 MiB.
+    pub shadow_queue_bytes: usize,
     /// Threads that run shadow evaluations. Default: 1.
     pub shadow_workers: usize,
     /// Diverging inputs kept per pair of versions (a uniform sample of all
@@ -313,6 +334,7 @@ impl Default for RolloutConfig {
     fn default() -> Self {
         RolloutConfig {
             shadow_queue: 4096,
+            shadow_queue_bytes: 64 << 20,
             shadow_workers: 1,
             divergence_samples: 20,
             baseline_max_actions: 10_000,
@@ -349,9 +371,10 @@ pub struct LogConfig {
     /// ms. Default: 10000.
     pub checkpoint_interval_ms: u64,
     /// The private key checkpoints are signed with (an `arbiter keygen`
-    /// file). Default: `checkpoint.key` in the log directory, made on first
-    /// start; keep it elsewhere in production, so whoever can write the log
-    /// cannot sign a forged one.
+    /// file, owner-only, outside the log directory; verifiers read its
+    /// public half, the same name with `.pub`). Default: `checkpoint.key`
+    /// in the state directory, made on first start, so whoever can write
+    /// the log cannot sign a forged one.
     pub checkpoint_key: Option<PathBuf>,
     /// Where signed checkpoints are also appended, so cutting the log's
     /// tail shows. Default: `checkpoints.jsonl` in the log directory.
@@ -364,6 +387,22 @@ pub struct LogConfig {
     pub max_segment_age_s: u64,
     /// What to do when records cannot be written. Default: `deny`.
     pub on_failure: LogFailurePolicy,
+    /// `[log.retention]`: when whole sealed segments are removed.
+    pub retention: RetentionConfig,
+}
+
+/// `[log.retention]`: the oldest sealed segments leave once the log is too
+/// big or they are too old, each removal named by a `retention` record.
+/// Default: everything is kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Segments beyond this many bytes in all, oldest first; 0 keeps them.
+    /// At least twice `max_segment_bytes` when set.
+    pub max_total_bytes: u64,
+    /// Segments whose last record is older than this, in seconds; 0 keeps
+    /// them. At least 60 when set.
+    pub max_age_s: u64,
 }
 
 impl Default for LogConfig {
@@ -381,6 +420,7 @@ impl Default for LogConfig {
             max_segment_bytes: 64 << 20,
             max_segment_age_s: 86_400,
             on_failure: LogFailurePolicy::Deny,
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -484,6 +524,10 @@ pub struct ServerConfig {
     /// Time a client has to send the request body, in ms; then 408.
     /// Default: 10000.
     pub body_timeout_ms: u64,
+    /// The longest a write may wait for the peer to read, in ms; past it
+    /// the connection is closed, so a client that stops reading cannot hold
+    /// its connection. Default: 10000.
+    pub write_timeout_ms: u64,
     /// Decisions running or waiting at once; more get 503 with
     /// `Retry-After` rather than an unbounded queue. Default: 256.
     pub max_pending_decisions: usize,
@@ -502,6 +546,7 @@ impl Default for ServerConfig {
             max_body_bytes: 1 << 20,
             header_timeout_ms: 5_000,
             body_timeout_ms: 10_000,
+            write_timeout_ms: 10_000,
             max_pending_decisions: 256,
             max_connections: 4096,
             shutdown_grace_ms: 10_000,
@@ -518,6 +563,11 @@ impl ServerConfig {
     /// `body_timeout_ms` as a [`Duration`].
     pub fn body_timeout(&self) -> Duration {
         Duration::from_millis(self.body_timeout_ms)
+    }
+
+    /// [`ServerConfig::write_timeout_ms`] as a duration.
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
     }
 
     /// `shutdown_grace_ms` as a [`Duration`].
@@ -868,6 +918,7 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), String> {
+        self.check_durations()?;
         check_mcp(&self.mcp)?;
         self.authorizer.check()?;
         identity::check(&self.identity, &self.admin, &self.approvals.rules)?;
@@ -879,6 +930,7 @@ impl Config {
             ("server.max_body_bytes", s.max_body_bytes as u64),
             ("server.header_timeout_ms", s.header_timeout_ms),
             ("server.body_timeout_ms", s.body_timeout_ms),
+            ("server.write_timeout_ms", s.write_timeout_ms),
             (
                 "server.max_pending_decisions",
                 s.max_pending_decisions as u64,
@@ -908,6 +960,15 @@ impl Config {
                     .into(),
             );
         }
+        let kept = &self.log.retention;
+        if kept.max_total_bytes > 0 && kept.max_total_bytes < 2 * self.log.max_segment_bytes {
+            return Err("`log.retention.max_total_bytes` must be at least twice `log.max_segment_bytes`, or 0 to keep every segment".into());
+        }
+        if kept.max_age_s > 0 && kept.max_age_s < 60 {
+            return Err(
+                "`log.retention.max_age_s` must be at least 60, or 0 to keep every segment".into(),
+            );
+        }
         if self.log.params == ParamsStorage::Redact && self.log.redact_fields.is_empty() {
             return Err("`log.params = \"redact\"` needs `log.redact_fields`".into());
         }
@@ -921,8 +982,12 @@ impl Config {
             return Err("`approvals.ttl_s` and `approvals.max_wait_s` must be at least 1".into());
         }
         let r = &self.rollout;
-        if r.shadow_queue == 0 || r.shadow_workers == 0 || r.baseline_max_actions == 0 {
-            return Err("`rollout.shadow_queue`, `rollout.shadow_workers` and `rollout.baseline_max_actions` must be at least 1".into());
+        if r.shadow_queue == 0
+            || r.shadow_queue_bytes == 0
+            || r.shadow_workers == 0
+            || r.baseline_max_actions == 0
+        {
+            return Err("`rollout.shadow_queue`, `rollout.shadow_queue_bytes`, `rollout.shadow_workers` and `rollout.baseline_max_actions` must be at least 1".into());
         }
         if self.reload.keep_versions == 0 {
             return Err("`reload.keep_versions` must be at least 1".into());
@@ -965,6 +1030,100 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+const HOUR_S: u64 = 3600;
+const DAY_S: u64 = 86_400;
+
+impl Config {
+    /// Every duration under a bound that says what is sane for it: a
+    /// larger one is a mistake (or an attack on the arithmetic of
+    /// `Instant + Duration`), refused naming the key.
+    fn check_durations(&self) -> Result<(), String> {
+        let (s, l, a, g) = (&self.server, &self.log, &self.approvals, &self.agents);
+        let mut bounds: Vec<(String, u64, u64)> = vec![
+            (
+                "server.header_timeout_ms".into(),
+                s.header_timeout_ms,
+                HOUR_S * 1000,
+            ),
+            (
+                "server.body_timeout_ms".into(),
+                s.body_timeout_ms,
+                HOUR_S * 1000,
+            ),
+            (
+                "server.write_timeout_ms".into(),
+                s.write_timeout_ms,
+                HOUR_S * 1000,
+            ),
+            (
+                "server.shutdown_grace_ms".into(),
+                s.shutdown_grace_ms,
+                HOUR_S * 1000,
+            ),
+            (
+                "log.sync_interval_ms".into(),
+                l.sync_interval_ms,
+                HOUR_S * 1000,
+            ),
+            (
+                "log.checkpoint_interval_ms".into(),
+                l.checkpoint_interval_ms,
+                DAY_S * 1000,
+            ),
+            (
+                "log.max_segment_age_s".into(),
+                l.max_segment_age_s,
+                366 * DAY_S,
+            ),
+            (
+                "log.retention.max_age_s".into(),
+                l.retention.max_age_s,
+                100 * 366 * DAY_S,
+            ),
+            ("approvals.ttl_s".into(), a.ttl_s, 30 * DAY_S),
+            ("approvals.keep_s".into(), a.keep_s, 10 * 366 * DAY_S),
+            ("approvals.max_wait_s".into(), a.max_wait_s, HOUR_S),
+            ("agents.breaker_window_s".into(), g.breaker_window_s, DAY_S),
+            (
+                "agents.breaker_cooldown_s".into(),
+                g.breaker_cooldown_s,
+                30 * DAY_S,
+            ),
+            ("reload.debounce_ms".into(), self.reload.debounce_ms, 60_000),
+            (
+                "engine.epoch_tick_ms".into(),
+                self.engine.epoch_tick_ms,
+                1000,
+            ),
+        ];
+        for m in &self.mcp.servers {
+            bounds.push((
+                format!("mcp.servers `{}`: hold_timeout_s", m.name),
+                m.hold_timeout_s,
+                HOUR_S,
+            ));
+            bounds.push((
+                format!("mcp.servers `{}`: upstream_timeout_s", m.name),
+                m.upstream_timeout_s,
+                HOUR_S,
+            ));
+        }
+        for (key, jwt) in [
+            ("identity.jwt", &self.identity.jwt),
+            ("admin.jwt", &self.admin.jwt),
+        ] {
+            if let Some(j) = jwt {
+                bounds.push((format!("{key}.leeway_s"), j.leeway_s, HOUR_S));
+                bounds.push((format!("{key}.refresh_s"), j.refresh_s, 7 * DAY_S));
+            }
+        }
+        match bounds.into_iter().find(|(_, value, max)| value > max) {
+            Some((key, value, max)) => Err(format!("`{key}` is {value}; it may be at most {max}")),
+            None => Ok(()),
+        }
     }
 }
 

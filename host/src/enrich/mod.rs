@@ -330,6 +330,37 @@ impl Agents {
         })
     }
 
+    /// Forgets agents that have nothing left to count: every window
+    /// empty, no breaker open, nothing spent today. Their counters read
+    /// the same when they come back, so eviction never resets anyone; it
+    /// frees places under `max_agents`. Returns how many were forgotten.
+    pub fn evict_idle(&self) -> usize {
+        let now = self.clock.now_ms();
+        let denials = HOUR_MS.max(self.window_ms());
+        let mut evicted = 0;
+        for shard in &self.shards {
+            let mut agents = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            agents.retain(|id, a| {
+                a.actions.retain(|_, w| w.count(now, MINUTE_MS) > 0);
+                let idle = id != OVERFLOW_AGENT
+                    && a.calls.count(now, MINUTE_MS) == 0
+                    && a.actions.is_empty()
+                    && a.denials.count(now, denials) == 0
+                    && a.breaker.is_none()
+                    && a.spend.today(now) == 0;
+                evicted += usize::from(idle);
+                !idle
+            });
+        }
+        self.tracked.fetch_sub(evicted, Ordering::AcqRel);
+        evicted
+    }
+
+    /// Agents tracked one by one now.
+    pub fn tracked(&self) -> usize {
+        self.tracked.load(Ordering::Acquire)
+    }
+
     fn window_ms(&self) -> u64 {
         self.config.breaker_window_s.saturating_mul(1000)
     }
@@ -733,6 +764,48 @@ mod tests {
         assert_eq!((calls("c"), calls("d"), calls("e")), (3, 3, 3));
         let ids: Vec<String> = agents.report(None).into_iter().map(|r| r.agent).collect();
         assert_eq!(ids, ["*", "a", "b"]);
+    }
+
+    struct Moving(std::sync::atomic::AtomicU64);
+
+    impl Clock for Moving {
+        fn now_ms(&self) -> u64 {
+            self.0.load(Ordering::Acquire)
+        }
+    }
+
+    #[test]
+    fn idle_agents_are_evicted_without_changing_any_counter() {
+        let config = AgentsConfig {
+            max_agents: 2,
+            ..AgentsConfig::default()
+        };
+        let start = 20_000 * crate::state::DAY_MS + HOUR_MS;
+        let clock = Arc::new(Moving(start.into()));
+        let agents = Agents::in_memory(config, Arc::clone(&clock) as Arc<dyn Clock>);
+        let mut spender = request("b");
+        spender.action.params = serde_json::json!({"amount": 12});
+        for (r, outcome) in [
+            (request("a"), Outcome::Deny),
+            (spender.clone(), Outcome::Allow),
+        ] {
+            let e = agents.enrich(&r);
+            agents.observe(&r, &e, outcome);
+        }
+        // Within their windows nobody is idle.
+        assert_eq!(agents.evict_idle(), 0);
+        clock.0.store(start + 2 * HOUR_MS, Ordering::Release);
+        // `a` has nothing left to count; `b` spent today and stays.
+        assert_eq!(agents.evict_idle(), 1);
+        assert_eq!(agents.tracked(), 1);
+        assert_eq!(agents.enrich(&spender).history.spend_today_cents, 1200);
+        // The freed place goes to a newcomer, counted on its own.
+        let c = request("c");
+        let e = agents.enrich(&c);
+        agents.observe(&c, &e, Outcome::Allow);
+        assert_eq!(agents.enrich(&c).history.calls_last_minute, 1);
+        let ids: Vec<String> = agents.report(None).into_iter().map(|r| r.agent).collect();
+        assert_eq!(ids, ["b", "c"]);
     }
 
     #[test]

@@ -154,6 +154,27 @@ impl Input {
         }
     }
 
+    /// About how many bytes it holds: its strings, which is what a
+    /// large request makes large.
+    pub fn approx_bytes(&self) -> usize {
+        let (a, c) = (&self.action, &self.context);
+        let principal =
+            |p: &wit::Principal| p.id.len() + p.roles.iter().map(String::len).sum::<usize>();
+        a.kind.len()
+            + a.name.len()
+            + a.target.len()
+            + a.params.len()
+            + principal(&c.agent)
+            + c.user.as_ref().map_or(0, principal)
+            + c.environment.len()
+            + c.session.len()
+            + c.attributes
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+            + c.settings.len()
+    }
+
     /// Sets the settings of the policy about to run, reusing the buffer.
     fn set_settings(&mut self, settings: &str) {
         self.context.settings.clear();

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::log::segments;
-use super::record::{GENESIS, Parsed, checkpoint_message};
+use super::record::{GENESIS, Parsed, Retained, checkpoint_message};
 use crate::signing::PublicKey;
 
 /// A log that could not be read at all.
@@ -72,6 +72,9 @@ pub struct Verified {
     pub head_seq: u64,
     /// The last record's hash.
     pub head_hash: String,
+    /// The first record in the log: 1, or later when retention removed
+    /// the records before it (a `retention` record in the chain says so).
+    pub first_seq: u64,
     /// Records after the last checkpoint: chained, not yet signed.
     pub unsigned_tail: u64,
     /// An incomplete last line (a write in progress, or torn by a crash
@@ -84,7 +87,7 @@ pub struct Verified {
 pub struct VerifyOptions {
     /// The checkpoint key's public half.
     pub key: PublicKey,
-    /// The checkpoints file, if there is one to compare with.
+    /// The checkpoints file to compare with; when given it must exist.
     pub checkpoints_file: Option<PathBuf>,
 }
 
@@ -149,9 +152,11 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> Result<Result<Verified, Br
     // The copies first: the writer puts a checkpoint in the log before it
     // copies it, so on a live log every copy read now is in the log read
     // next, and a cut cannot be confused with a write in progress.
+    // A missing file is an error, not a check skipped: deleting it with
+    // the log's tail must not make a cut log verify.
     let copies_bytes = match &options.checkpoints_file {
-        Some(file) if file.exists() => Some((name(file), read(file)?)),
-        _ => None,
+        Some(file) => Some((name(file), read(file)?)),
+        None => None,
     };
     let files = list(dir)?;
     let mut v = Verified {
@@ -160,6 +165,11 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> Result<Result<Verified, Br
         ..Verified::default()
     };
     let mut checkpoint_hashes = BTreeMap::new();
+    // Segments retention removed, by last seq: their last hash.
+    let mut retained = BTreeMap::new();
+    // A log that starts after record 1: (first seq, its link, where), until a
+    // retention record accounts for what came before.
+    let mut late_start: Option<(u64, String, String)> = None;
     for (si, path) in files.iter().enumerate() {
         let bytes = read(path)?;
         let (lines, torn) = lines(&name(path), &bytes);
@@ -177,7 +187,13 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> Result<Result<Verified, Br
             v.torn_tail_bytes = torn;
         }
         for (i, line) in lines.iter().enumerate() {
-            let expected = v.head_seq + 1;
+            let Some(expected) = v.head_seq.checked_add(1) else {
+                return Ok(Err(Broken {
+                    seq: v.head_seq,
+                    kind: Breakage::Changed,
+                    detail: format!("{} follows the largest sequence number", line.place()),
+                }));
+            };
             let Some(p) = Parsed::from_line(line.bytes) else {
                 return Ok(Err(Broken {
                     seq: expected,
@@ -185,6 +201,17 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> Result<Result<Verified, Br
                     detail: format!("{} is not a record", line.place()),
                 }));
             };
+            if v.records == 0 && p.seq > 1 {
+                // Checked once the chain is read: a retention record must
+                // name the segment this one follows.
+                late_start = Some((p.seq, p.prev_hash.clone(), line.place()));
+                v.head_seq = p.seq - 1;
+                v.head_hash.clone_from(&p.prev_hash);
+                v.first_seq = p.seq;
+            } else if v.records == 0 {
+                v.first_seq = 1;
+            }
+            let expected = v.head_seq + 1;
             if p.seq != expected {
                 return Ok(Err(out_of_sequence(&p, expected, &lines[i..], line)));
             }
@@ -217,6 +244,13 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> Result<Result<Verified, Br
                     detail,
                 }));
             }
+            if p.kind == "retention" {
+                let segments = p.data()["segments"].clone();
+                let segments: Vec<Retained> = serde_json::from_value(segments).unwrap_or_default();
+                for r in segments {
+                    retained.insert(r.last_seq, r.last_hash);
+                }
+            }
             if p.kind == "checkpoint" {
                 if let Err(detail) = check_signature(&p, &options.key) {
                     return Ok(Err(Broken {
@@ -234,6 +268,27 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> Result<Result<Verified, Br
             v.records += 1;
             v.head_seq = p.seq;
             v.head_hash = p.hash;
+        }
+    }
+    if let Some((first, link, place)) = &late_start {
+        let before = first - 1;
+        let Some(named) = retained.get(&before) else {
+            return Ok(Err(Broken {
+                seq: 1,
+                kind: Breakage::Missing,
+                detail: format!(
+                    "the log starts at record {first} ({place}), and no retention record says records ..={before} were let go"
+                ),
+            }));
+        };
+        if named != link {
+            return Ok(Err(Broken {
+                seq: *first,
+                kind: Breakage::Changed,
+                detail: format!(
+                    "record {first} ({place}) does not link to record {before} as the retention record names it"
+                ),
+            }));
         }
     }
     if let Some((file_name, bytes)) = &copies_bytes {
@@ -255,7 +310,21 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> Result<Result<Verified, Br
             if let Err(why) = check_signature(&p, &options.key) {
                 return Ok(Err(bad_copy(why)));
             }
-            if p.seq > v.head_seq {
+            if p.seq < v.first_seq {
+                // A copy of a checkpoint retention removed: where it sealed
+                // a segment, the retention record must agree with it.
+                if retained.get(&p.seq).is_some_and(|h| *h != p.hash) {
+                    return Ok(Err(Broken {
+                        seq: p.seq,
+                        kind: Breakage::Changed,
+                        detail: format!(
+                            "the retention record names record {} with another hash than its signed checkpoint in {}",
+                            p.seq,
+                            line.place()
+                        ),
+                    }));
+                }
+            } else if p.seq > v.head_seq {
                 if furthest.as_ref().is_none_or(|(seq, _)| p.seq > *seq) {
                     furthest = Some((p.seq, line.place()));
                 }
@@ -336,7 +405,7 @@ fn out_of_sequence(p: &Parsed, expected: u64, rest: &[Line<'_>], line: &Line<'_>
     }
 }
 
-fn check_signature(p: &Parsed, key: &PublicKey) -> Result<(), String> {
+pub(crate) fn check_signature(p: &Parsed, key: &PublicKey) -> Result<(), String> {
     let key_id = p.data()["key_id"].as_str().unwrap_or_default();
     if key_id != key.id() {
         return Err(format!(

@@ -29,17 +29,31 @@
 //! time through a lock on `.lock`): segments `decisions-<first seq>.jsonl`,
 //! a new one when the current reaches `max_segment_bytes` or
 //! `max_segment_age_s`, each sealed by a checkpoint, the chain running on
-//! across them; `checkpoints.jsonl`, a copy of every signed checkpoint made
-//! once the log holding it is synced, so cutting the log's tail shows; and,
-//! unless configured elsewhere, the checkpoint key pair.
+//! across them; and `checkpoints.jsonl`, a copy of every signed checkpoint
+//! made once the log holding it is synced, so cutting the log's tail
+//! shows. The checkpoint key is never in the log directory: whoever can
+//! write the log must not be able to sign one (by default it is made in
+//! the state directory, [`default_checkpoint_key`]).
 //!
-//! # Crashes
+//! # Crashes and cuts
 //!
 //! At start the newest segment's last line is checked. Bytes after its
 //! last newline are a record torn by a crash (never one that was
 //! answered: answers follow the write): they are cut, and a `crash` record
-//! saying how many bytes, with their digest, continues the chain. Each
-//! start also writes an `open` record.
+//! saying how many bytes, with their digest, continues the chain. The tail
+//! is then checked against the last signed checkpoint copied out of the
+//! log: a log that no longer reaches it, or differs from it, was cut or
+//! rewritten, and the start is refused rather than a chain continued from
+//! it. Each start writes an `open` record saying what that check found.
+//!
+//! # Retention
+//!
+//! With `[log.retention]`, the oldest sealed segments leave once the log
+//! is bigger or older than allowed: first a `retention` record naming each
+//! one (its first and last seq and hash) is written and synced, then the
+//! files are removed, so a verifier can tell a log that starts later by
+//! retention from one whose head was cut. The current segment and the one
+//! before it always stay.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
@@ -48,11 +62,12 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
+use super::audit::check_signature;
 use super::metrics::Metrics;
 use super::record::{self, GENESIS, ParamsRule, Parsed};
-use crate::config::{LogConfig, LogFailurePolicy};
+use crate::config::{LogConfig, LogFailurePolicy, RetentionConfig};
 use crate::decision::{Decision, History, Request};
-use crate::signing::KeyPair;
+use crate::signing::{KeyPair, PublicKey};
 
 /// How often a log that cannot be written is tried again while no
 /// decision comes in, so it recovers (and says so) on its own.
@@ -64,11 +79,18 @@ const MAX_SPARE_BYTES: usize = 4 << 20;
 /// The checkpoints file in the log directory, unless configured elsewhere.
 pub const CHECKPOINTS_FILE: &str = "checkpoints.jsonl";
 
-/// The checkpoint key pair made in the log directory when none is
-/// configured; verifiers read the public half.
+/// The checkpoint key made in the state directory when none is
+/// configured; verifiers read its public half, [`public_key_path`].
 pub const CHECKPOINT_KEY_FILE: &str = "checkpoint.key";
-/// See [`CHECKPOINT_KEY_FILE`].
-pub const CHECKPOINT_PUBLIC_KEY_FILE: &str = "checkpoint.pub";
+
+/// The largest sequence number a log is continued from: an honest log
+/// never comes near it, so a record claiming more is damage, and the
+/// counter can never overflow.
+const MAX_SEQ: u64 = 1 << 62;
+
+/// How often the log's thread looks for segments to let go of, besides
+/// right after starting a new one.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The prefix and suffix of segment file names.
 const SEGMENT_PREFIX: &str = "decisions-";
@@ -101,6 +123,18 @@ pub enum LogError {
         /// What is wrong.
         problem: String,
     },
+    /// The log no longer reaches, or differs from, the last signed
+    /// checkpoint copied out of it: its tail was cut or rewritten.
+    #[error(
+        "decision log `{}`: {problem}; keep the directory as evidence, move it aside (and its checkpoints file) and start a new log",
+        path.display()
+    )]
+    Cut {
+        /// The log directory.
+        path: PathBuf,
+        /// What the check found.
+        problem: String,
+    },
     /// The checkpoint key cannot be used.
     #[error("decision log checkpoint key `{}`: {source}", path.display())]
     Key {
@@ -110,6 +144,9 @@ pub enum LogError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// No checkpoint key was configured or made.
+    #[error("decision log: no checkpoint key (set `log.checkpoint_key`)")]
+    NoKey,
     /// No directory was configured and none could be derived.
     #[error("no decision log directory: set `log.dir`, $ARBITER_LOG_DIR or $HOME")]
     NoDirectory,
@@ -192,6 +229,73 @@ fn segment_name(first_seq: u64) -> String {
     format!("{SEGMENT_PREFIX}{first_seq:020}{SEGMENT_SUFFIX}")
 }
 
+/// The first sequence number a segment's name gives.
+fn segment_first_seq(path: &Path) -> Option<u64> {
+    path.file_name()?
+        .to_str()?
+        .strip_prefix(SEGMENT_PREFIX)?
+        .strip_suffix(SEGMENT_SUFFIX)?
+        .parse()
+        .ok()
+}
+
+/// Where the public half of the private key file `private` is:
+/// `checkpoint.key` → `checkpoint.pub`, as `arbiter keygen` writes them.
+pub fn public_key_path(private: &Path) -> PathBuf {
+    private.with_extension("pub")
+}
+
+/// The default checkpoint key, `checkpoint.key` in `state_dir`, made with
+/// its public half the first time (owner-only; two first starts at once
+/// agree on one). Returns its path.
+///
+/// # Errors
+/// [`LogError::Key`] when it cannot be made.
+pub fn default_checkpoint_key(state_dir: &Path) -> Result<PathBuf, LogError> {
+    let path = state_dir.join(CHECKPOINT_KEY_FILE);
+    let key_error = |e: Box<dyn std::error::Error + Send + Sync>| LogError::Key {
+        path: path.clone(),
+        source: e,
+    };
+    if path.exists() {
+        return Ok(path);
+    }
+    crate::paths::create_private_dir(state_dir).map_err(|e| key_error(e.into()))?;
+    let mut id = [0u8; 4];
+    getrandom::fill(&mut id).map_err(|e| key_error(e.to_string().into()))?;
+    let pair = KeyPair::generate(&format!("log-{}", crate::hex::encode(&id)))
+        .map_err(|e| key_error(e.into()))?;
+    // Public half first: a private key without it would be unverifiable.
+    let public = public_key_path(&path);
+    let tmp = public.with_extension(format!("pub.{}.tmp", std::process::id()));
+    write_new(&tmp, &pair.public().file(), 0o644)
+        .and_then(|()| write_new(&path, &pair.private_file(), 0o600))
+        .and_then(|()| fs::rename(&tmp, &public))
+        .or_else(|e| {
+            let _ = fs::remove_file(&tmp);
+            // Another first start won: use its key.
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })
+        .map_err(|e| key_error(e.into()))?;
+    Ok(path)
+}
+
+fn write_new(path: &Path, text: &str, mode: u32) -> std::io::Result<()> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut f = options.open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
+}
+
 impl DecisionLog {
     /// Opens the log of `config` (relative paths against `base`): takes the
     /// directory's lock, repairs a torn tail, writes an `open` record and
@@ -225,11 +329,23 @@ impl DecisionLog {
             Err(fs::TryLockError::WouldBlock) => return Err(LogError::Locked(dir)),
             Err(fs::TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
         }
-        let key = checkpoint_key(config, &dir)?;
+        let key = checkpoint_key(config, base, &dir)?;
         let checkpoints_path = checkpoints_path(config, &dir);
+        // The copies are made from the first start on: a log without them
+        // had them deleted, and could have lost its tail with them.
+        if !checkpoints_path.exists() && !segments(&dir).map_err(io(&dir))?.is_empty() {
+            return Err(LogError::Cut {
+                path: dir,
+                problem: format!(
+                    "its checkpoints file `{}` is missing, so a cut tail could not be told",
+                    checkpoints_path.display()
+                ),
+            });
+        }
         let checkpoints = append(&checkpoints_path).map_err(io(&checkpoints_path))?;
         cut_torn_tail(&checkpoints, &checkpoints_path).map_err(io(&checkpoints_path))?;
         let tail = recover(&dir)?;
+        let checked = check_tail(&dir, &checkpoints_path, &key.public(), &tail)?;
         let segment = match &tail.segment {
             Some(p) => p.clone(),
             None => dir.join(segment_name(tail.seq + 1)),
@@ -272,6 +388,7 @@ impl DecisionLog {
             checkpoint_interval: Duration::from_millis(config.checkpoint_interval_ms),
             max_segment_bytes: config.max_segment_bytes,
             max_segment_age: Duration::from_secs(config.max_segment_age_s),
+            retention: config.retention.clone(),
             on_failure: config.on_failure,
             metrics,
             _lock: lock,
@@ -283,7 +400,7 @@ impl DecisionLog {
                 .map_err(|e| io(&dir)(std::io::Error::other(e.to_string())))?;
         }
         shared
-            .append_now("open", &record::open_data(config.params))
+            .append_now("open", &record::open_data(config.params, checked))
             .map_err(|e| io(&dir)(std::io::Error::other(e.to_string())))?;
         let worker = Arc::clone(&shared);
         let maintenance = std::thread::Builder::new()
@@ -392,46 +509,130 @@ fn cut_torn_tail(file: &File, path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The configured checkpoint key, or the default one in `dir`, made with
-/// its public half the first time.
-fn checkpoint_key(config: &LogConfig, dir: &Path) -> Result<KeyPair, LogError> {
-    let path = config
-        .checkpoint_key
-        .as_ref()
-        .map_or_else(|| dir.join(CHECKPOINT_KEY_FILE), |p| dir.join(p));
+/// The configured checkpoint key (relative to `base`), refused when it
+/// lies in the log directory `dir` or others than its owner can read it.
+fn checkpoint_key(config: &LogConfig, base: &Path, dir: &Path) -> Result<KeyPair, LogError> {
+    let path = base.join(config.checkpoint_key.as_ref().ok_or(LogError::NoKey)?);
     let key_error = |e: Box<dyn std::error::Error + Send + Sync>| LogError::Key {
         path: path.clone(),
         source: e,
     };
-    match fs::read_to_string(&path) {
-        Ok(text) => KeyPair::from_private_file(&text).map_err(|e| key_error(e.into())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && config.checkpoint_key.is_none() => {
-            let mut id = [0u8; 4];
-            getrandom::fill(&mut id).map_err(|e| key_error(e.to_string().into()))?;
-            let pair = KeyPair::generate(&format!("log-{}", crate::hex::encode(&id)))
-                .map_err(|e| key_error(e.into()))?;
-            let write = |p: &Path, text: String, mode: u32| -> std::io::Result<()> {
-                let mut options = OpenOptions::new();
-                options.write(true).create_new(true);
-                #[cfg(unix)]
-                std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
-                #[cfg(not(unix))]
-                let _ = mode;
-                let mut f = options.open(p)?;
-                f.write_all(text.as_bytes())?;
-                f.sync_all()
-            };
-            write(&path, pair.private_file(), 0o600).map_err(|e| key_error(e.into()))?;
-            write(
-                &dir.join(CHECKPOINT_PUBLIC_KEY_FILE),
-                pair.public().file(),
-                0o644,
-            )
-            .map_err(|e| key_error(e.into()))?;
-            Ok(pair)
-        }
-        Err(e) => Err(key_error(e.into())),
+    let meta = fs::metadata(&path).map_err(|e| key_error(e.into()))?;
+    if let (Ok(key), Ok(dir)) = (path.canonicalize(), dir.canonicalize())
+        && key.starts_with(&dir)
+    {
+        return Err(key_error(
+            "it is inside the log directory, where whoever can write the log could sign a forged one: keep it elsewhere".into(),
+        ));
     }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(key_error(
+                format!(
+                    "it is readable by others than its owner (mode {:o}): `chmod 600` it",
+                    mode & 0o777
+                )
+                .into(),
+            ));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = meta;
+    let text = fs::read_to_string(&path).map_err(|e| key_error(e.into()))?;
+    KeyPair::from_private_file(&text).map_err(|e| key_error(e.into()))
+}
+
+/// Checks the chain from the last signed checkpoint in the checkpoints
+/// file `copies` to the tail: the log must reach that checkpoint, hold it
+/// unchanged, and chain on from it. Returns what it found, for the `open`
+/// record.
+fn check_tail(
+    dir: &Path,
+    copies: &Path,
+    key: &PublicKey,
+    tail: &Tail,
+) -> Result<serde_json::Value, LogError> {
+    let io = |path: &Path, source: std::io::Error| LogError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let bytes = fs::read(copies).map_err(|e| io(copies, e))?;
+    let Some(line) = bytes.split(|b| *b == b'\n').rfind(|l| !l.is_empty()) else {
+        return Ok(serde_json::json!({"checkpoint_seq": null}));
+    };
+    let cut = |problem: String| LogError::Cut {
+        path: dir.to_owned(),
+        problem,
+    };
+    let c = Parsed::from_line(line)
+        .filter(|c| c.computed == c.hash)
+        .ok_or_else(|| {
+            cut(format!(
+                "the last line of `{}` is not a record",
+                copies.display()
+            ))
+        })?;
+    check_signature(&c, key).map_err(|why| cut(format!("in `{}`: {why}", copies.display())))?;
+    if c.seq > tail.seq {
+        return Err(cut(format!(
+            "it ends at record {}, but the signed checkpoint {} in `{}` covers more: records {}..={} were cut",
+            tail.seq,
+            c.seq,
+            copies.display(),
+            tail.seq + 1,
+            c.seq
+        )));
+    }
+    let files = segments(dir).map_err(|e| io(dir, e))?;
+    let from = files
+        .iter()
+        .rposition(|f| segment_first_seq(f).is_some_and(|first| first <= c.seq))
+        .unwrap_or(0);
+    let mut head: Option<(u64, String)> = None;
+    let mut after = 0u64;
+    for path in &files[from..] {
+        let bytes = fs::read(path).map_err(|e| io(path, e))?;
+        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let p = Parsed::from_line(line).filter(|p| p.computed == p.hash);
+            let Some(p) = p else {
+                return Err(cut(format!(
+                    "a record after checkpoint {} in `{}` does not match its hash",
+                    c.seq,
+                    path.display()
+                )));
+            };
+            match &head {
+                None if p.seq < c.seq => {}
+                None if p.seq == c.seq && p.hash == c.hash => head = Some((p.seq, p.hash)),
+                None => {
+                    return Err(cut(format!(
+                        "record {} differs from the signed checkpoint copied to `{}`",
+                        c.seq,
+                        copies.display()
+                    )));
+                }
+                Some((seq, hash)) if p.seq == seq + 1 && p.prev_hash == *hash => {
+                    head = Some((p.seq, p.hash));
+                    after += 1;
+                }
+                Some((seq, _)) => {
+                    return Err(cut(format!(
+                        "record {} in `{}` does not chain on from record {seq}",
+                        p.seq,
+                        path.display()
+                    )));
+                }
+            }
+        }
+    }
+    Ok(serde_json::json!({
+        "checkpoint_seq": c.seq,
+        "checkpoint_hash": c.hash,
+        "records_after": after,
+    }))
 }
 
 /// Where the chain stands after the last whole record on disk.
@@ -493,6 +694,12 @@ fn recover(dir: &Path) -> Result<Tail, LogError> {
         let parsed = Parsed::from_line(last).ok_or_else(|| damaged("not a record"))?;
         if parsed.computed != parsed.hash {
             return Err(damaged("its content does not match its hash"));
+        }
+        if parsed.seq > MAX_SEQ {
+            return Err(damaged(&format!(
+                "its sequence number {} is beyond any a log reaches",
+                parsed.seq
+            )));
         }
         let first = whole
             .split(|b| *b == b'\n')
@@ -592,6 +799,7 @@ struct Shared {
     checkpoint_interval: Duration,
     max_segment_bytes: u64,
     max_segment_age: Duration,
+    retention: RetentionConfig,
     on_failure: LogFailurePolicy,
     metrics: Option<Arc<Metrics>>,
     _lock: File,
@@ -682,6 +890,11 @@ impl Shared {
         let mut c = self.lock_chain();
         if c.closed {
             return Err(Unrecorded::Closed);
+        }
+        // Room for a gap record, this one and a checkpoint; the start
+        // refuses a log anywhere near this, so it is never reached.
+        if c.seq > u64::MAX - 3 {
+            return Err(Unrecorded::Write("sequence numbers are exhausted".into()));
         }
         c.push_gap(&self.key, self.on_failure);
         c.push(&self.key, kind, data);
@@ -950,6 +1163,7 @@ impl Shared {
         let mut last_sync = Instant::now();
         let mut last_checkpoint = Instant::now();
         let mut last_retry = Instant::now();
+        let mut last_retention: Option<Instant> = None;
         loop {
             let (sync, checkpoint, rotate, retry) = {
                 let mut c = self.lock_chain();
@@ -991,12 +1205,111 @@ impl Shared {
             } else {
                 self.copy_checkpoints(|| self.sync());
             }
+            if (rotate || last_retention.is_none_or(|t| t.elapsed() >= RETENTION_INTERVAL))
+                && (self.retention.max_total_bytes > 0 || self.retention.max_age_s > 0)
+            {
+                self.retain();
+                last_retention = Some(Instant::now());
+            }
             if sync {
                 if let Err(e) = self.sync() {
                     tracing::error!(error = %e, "decision log: sync failed");
                 }
                 last_sync = Instant::now();
             }
+        }
+    }
+
+    /// Lets the oldest sealed segments go while the log is bigger or older
+    /// than `[log.retention]` allows: a `retention` record naming each is
+    /// written and synced first, so the log never starts later without
+    /// saying why. The current segment and the one before it stay, so the
+    /// last checkpoint copied out is always in the log.
+    fn retain(&self) {
+        let current = self.lock_out().segment.clone();
+        let Ok(files) = segments(&self.dir) else {
+            return;
+        };
+        let sealed: Vec<&PathBuf> = files.iter().filter(|f| **f != current).collect();
+        let sizes: Vec<(u64, SystemTime)> = files
+            .iter()
+            .map(|f| {
+                fs::metadata(f).map_or((0, SystemTime::now()), |m| {
+                    (m.len(), m.modified().unwrap_or_else(|_| SystemTime::now()))
+                })
+            })
+            .collect();
+        let mut total: u64 = sizes.iter().map(|(len, _)| len).sum();
+        let oldest_kept =
+            SystemTime::now().checked_sub(Duration::from_secs(self.retention.max_age_s));
+        let mut leaving = Vec::new();
+        for (i, path) in sealed
+            .iter()
+            .enumerate()
+            .take(sealed.len().saturating_sub(1))
+        {
+            let (len, modified) = sizes[i];
+            let too_big =
+                self.retention.max_total_bytes > 0 && total > self.retention.max_total_bytes;
+            let too_old = self.retention.max_age_s > 0 && oldest_kept.is_some_and(|t| modified < t);
+            if !(too_big || too_old) {
+                break;
+            }
+            match sealed_ends(path) {
+                Some(ends) => leaving.push((
+                    *path,
+                    ends,
+                    len,
+                    if too_big {
+                        "max_total_bytes"
+                    } else {
+                        "max_age_s"
+                    },
+                )),
+                None => {
+                    tracing::warn!(segment = %path.display(), "decision log: a segment to let go is not sealed by a checkpoint; keeping it and those after it");
+                    break;
+                }
+            }
+            total -= len;
+        }
+        if leaving.is_empty() {
+            return;
+        }
+        let removed: Vec<record::Retained> = leaving
+            .iter()
+            .map(|(path, (first, last), bytes, reason)| record::Retained {
+                segment: path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                first_seq: first.0,
+                first_hash: first.1.clone(),
+                last_seq: last.0,
+                last_hash: last.1.clone(),
+                bytes: *bytes,
+                reason: (*reason).to_owned(),
+            })
+            .collect();
+        let written = self
+            .append_now("retention", &record::retention_data(&removed))
+            .map_err(|e| e.to_string())
+            .and_then(|_| self.sync().map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            tracing::error!(error = %e, "decision log: the retention record was not written; keeping every segment");
+            return;
+        }
+        // Oldest first: a removal cut short leaves a log that still starts
+        // where one of the named segments ended.
+        for (path, ..) in &leaving {
+            if let Err(e) = fs::remove_file(path) {
+                tracing::error!(segment = %path.display(), error = %e, "decision log: cannot remove a segment retention let go");
+                return;
+            }
+            tracing::info!(segment = %path.display(), "decision log: segment removed by retention");
+        }
+        if let Ok(d) = File::open(&self.dir) {
+            let _ = d.sync_all();
         }
     }
 
@@ -1028,6 +1341,20 @@ impl Shared {
         }
         wait.max(Duration::from_millis(1))
     }
+}
+
+/// The first and last records (seq, hash) of a segment whose last record
+/// is a checkpoint; `None` for one that is not sealed or does not read.
+fn sealed_ends(path: &Path) -> Option<((u64, String), (u64, String))> {
+    let bytes = fs::read(path).ok()?;
+    let mut lines = bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty());
+    let first = Parsed::from_line(lines.next()?)?;
+    let last = match lines.next_back() {
+        Some(l) => Parsed::from_line(l)?,
+        None => first.clone(),
+    };
+    let sealed = last.kind == "checkpoint" && last.computed == last.hash && bytes.ends_with(b"\n");
+    sealed.then_some(((first.seq, first.hash), (last.seq, last.hash)))
 }
 
 impl Output {
@@ -1067,9 +1394,11 @@ mod tests {
     use crate::evidence::audit::{self, VerifyOptions};
     use crate::signing::PublicKey;
 
+    /// The log in `dir/log`, its key made in `dir/keys`.
     fn config(dir: &Path) -> LogConfig {
         LogConfig {
-            dir: Some(dir.to_owned()),
+            dir: Some(dir.join("log")),
+            checkpoint_key: Some(default_checkpoint_key(&dir.join("keys")).expect("key")),
             ..LogConfig::default()
         }
     }
@@ -1095,12 +1424,13 @@ mod tests {
     }
 
     fn verify(dir: &Path) -> audit::Verified {
-        let text = fs::read_to_string(dir.join(CHECKPOINT_PUBLIC_KEY_FILE)).expect("public key");
+        let key = public_key_path(&dir.join("keys").join(CHECKPOINT_KEY_FILE));
+        let text = fs::read_to_string(key).expect("public key");
         let options = VerifyOptions {
             key: PublicKey::from_file(&text).expect("key"),
-            checkpoints_file: Some(dir.join(CHECKPOINTS_FILE)),
+            checkpoints_file: Some(dir.join("log").join(CHECKPOINTS_FILE)),
         };
-        audit::verify(dir, &options)
+        audit::verify(&dir.join("log"), &options)
             .expect("readable")
             .expect("the chain verifies")
     }
@@ -1144,7 +1474,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let log = DecisionLog::open(&config(dir.path()), Path::new("."), None).expect("open");
         log.close();
-        let mode = fs::metadata(dir.path().join(CHECKPOINT_KEY_FILE))
+        let mode = fs::metadata(dir.path().join("keys").join(CHECKPOINT_KEY_FILE))
             .expect("key")
             .permissions()
             .mode();
@@ -1156,7 +1486,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         fs::write(dir.path().join("bad.key"), "not a key").expect("write");
         let config = LogConfig {
-            checkpoint_key: Some("bad.key".into()),
+            checkpoint_key: Some(dir.path().join("bad.key")),
             ..config(dir.path())
         };
         let e = DecisionLog::open(&config, Path::new("."), None).expect_err("refused");

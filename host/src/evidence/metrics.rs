@@ -13,6 +13,7 @@
 //! | `arbiter_shadow_queue_depth` | gauge | |
 //! | `arbiter_agent_breaker_changes_total` | counter | `change` (`open`, `closed`) |
 //! | `arbiter_agents_suspended` | gauge | |
+//! | `arbiter_state_undecodable_entries` | gauge | |
 //! | `arbiter_policy_failures_total` | counter | `policy`, `kind` |
 //! | `arbiter_policy_fuel_total` | counter | `policy` |
 //! | `arbiter_decision_duration_seconds` | histogram, µs-resolution buckets | |
@@ -56,6 +57,7 @@ pub struct Metrics {
     breaker_opened: AtomicU64,
     breaker_closed: AtomicU64,
     suspended: AtomicU64,
+    undecodable: AtomicU64,
 }
 
 /// The decision log's counters.
@@ -188,6 +190,11 @@ impl Metrics {
     /// Sets how many agents are suspended.
     pub fn set_agents_suspended(&self, n: u64) {
         self.suspended.store(n, Ordering::Relaxed);
+    }
+
+    /// Sets how many stored entries did not decode (each failed closed).
+    pub fn set_state_undecodable(&self, n: u64) {
+        self.undecodable.store(n, Ordering::Relaxed);
     }
 
     /// Sets the shadow queue's depth.
@@ -531,6 +538,12 @@ impl Metrics {
                 "gauge",
                 "Agents suspended by the kill switch.",
                 self.suspended.load(Ordering::Relaxed),
+            ),
+            (
+                "arbiter_state_undecodable_entries",
+                "gauge",
+                "Stored entries that did not decode, each failed closed on (a suspension kept, a pin changed, a day's budget spent).",
+                self.undecodable.load(Ordering::Relaxed),
             ),
         ] {
             header(&mut out, name, kind, help);

@@ -396,8 +396,10 @@ pub fn checkpoint_data(key_id: &str) -> Vec<u8> {
     canonical(&serde_json::json!({ "key_id": key_id }))
 }
 
-/// The `data` of an `open` record, written each time the log is opened.
-pub fn open_data(params: ParamsStorage) -> Vec<u8> {
+/// The `data` of an `open` record, written each time the log is opened,
+/// with what the check of its tail against the last signed checkpoint
+/// found.
+pub fn open_data(params: ParamsStorage, checked: Value) -> Vec<u8> {
     let params = match params {
         ParamsStorage::Full => "full",
         ParamsStorage::Sha256 => "sha256",
@@ -405,8 +407,43 @@ pub fn open_data(params: ParamsStorage) -> Vec<u8> {
     };
     canonical(&serde_json::json!({
         "arbiter_version": env!("CARGO_PKG_VERSION"),
+        "checked": checked,
         "params": params,
         "pid": std::process::id(),
+    }))
+}
+
+/// A sealed segment retention removed: its name, its first and last
+/// records, its size, and the limit that let it go.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Retained {
+    /// The file name.
+    pub segment: String,
+    /// Its first record.
+    pub first_seq: u64,
+    /// Its first record's hash.
+    pub first_hash: String,
+    /// Its last record, a checkpoint.
+    pub last_seq: u64,
+    /// Its last record's hash, which the next segment's first record links to.
+    pub last_hash: String,
+    /// Its size.
+    pub bytes: u64,
+    /// `max_total_bytes` or `max_age_s`.
+    pub reason: String,
+}
+
+/// The `data` of a `retention` record: the segments about to be removed,
+/// oldest first, and the range of records they held.
+pub fn retention_data(removed: &[Retained]) -> Vec<u8> {
+    let first = removed.first();
+    let last = removed.last();
+    canonical(&serde_json::json!({
+        "first_seq": first.map(|r| r.first_seq),
+        "first_hash": first.map(|r| &r.first_hash),
+        "last_seq": last.map(|r| r.last_seq),
+        "last_hash": last.map(|r| &r.last_hash),
+        "segments": removed,
     }))
 }
 

@@ -15,6 +15,9 @@ pub enum FrontDoorError {
     /// A field the wire format leaves optional but the service needs.
     #[error("`{0}` is missing or empty: every decision must name its agent")]
     Required(&'static str),
+    /// A field longer than the host accepts.
+    #[error("`{0}` is longer than {1} bytes")]
+    TooLong(&'static str, usize),
     /// A field a caller may not set.
     #[error("`{0}` is filled by the host; a caller may not set it")]
     Forbidden(&'static str),
@@ -66,6 +69,9 @@ pub enum FrontDoorError {
     /// The request cannot be carried out in the current state.
     #[error("{0}")]
     Conflict(String),
+    /// The caller already holds as many of something as one may.
+    #[error("{0}")]
+    TooMany(String),
     /// Something the request needs is failing; retry once it is back.
     #[error("{0}")]
     Unavailable(String),
@@ -77,7 +83,8 @@ impl FrontDoorError {
         match self {
             FrontDoorError::BadRequest(_)
             | FrontDoorError::Required(_)
-            | FrontDoorError::Forbidden(_) => StatusCode::BAD_REQUEST,
+            | FrontDoorError::Forbidden(_)
+            | FrontDoorError::TooLong(..) => StatusCode::BAD_REQUEST,
             FrontDoorError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             FrontDoorError::Denied(_) => StatusCode::FORBIDDEN,
             FrontDoorError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -89,6 +96,7 @@ impl FrontDoorError {
             | FrontDoorError::UnknownApproval(_)
             | FrontDoorError::UnknownTool(_) => StatusCode::NOT_FOUND,
             FrontDoorError::Conflict(_) => StatusCode::CONFLICT,
+            FrontDoorError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
             FrontDoorError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             FrontDoorError::Saturated(_)
             | FrontDoorError::NotReady
@@ -102,6 +110,7 @@ impl FrontDoorError {
             FrontDoorError::BadRequest(_) => "bad_request",
             FrontDoorError::Required(_) => "missing_field",
             FrontDoorError::Forbidden(_) => "field_not_allowed",
+            FrontDoorError::TooLong(..) => "field_too_long",
             FrontDoorError::Unauthorized(_) => "unauthorized",
             FrontDoorError::Denied(_) => "forbidden",
             FrontDoorError::UnsupportedMediaType(_) => "unsupported_media_type",
@@ -116,6 +125,7 @@ impl FrontDoorError {
             FrontDoorError::UnknownApproval(_) => "unknown_approval",
             FrontDoorError::UnknownTool(_) => "unknown_tool",
             FrontDoorError::Conflict(_) => "conflict",
+            FrontDoorError::TooMany(_) => "too_many",
             FrontDoorError::Unavailable(_) => "unavailable",
         }
     }
@@ -130,7 +140,9 @@ impl FrontDoorError {
                 error["line"] = json!(w.line);
                 error["column"] = json!(w.column);
             }
-            FrontDoorError::Required(path) | FrontDoorError::Forbidden(path) => {
+            FrontDoorError::Required(path)
+            | FrontDoorError::Forbidden(path)
+            | FrontDoorError::TooLong(path, _) => {
                 error["path"] = json!(path);
             }
             _ => {}
@@ -143,7 +155,11 @@ impl FrontDoorError {
         match self {
             FrontDoorError::Unauthorized(_) => vec![("www-authenticate", "Bearer")],
             FrontDoorError::MethodNotAllowed { allow } => vec![("allow", allow)],
-            FrontDoorError::Saturated(_) | FrontDoorError::NotReady => vec![("retry-after", "1")],
+            FrontDoorError::Saturated(_)
+            | FrontDoorError::NotReady
+            | FrontDoorError::TooMany(_) => {
+                vec![("retry-after", "1")]
+            }
             _ => Vec::new(),
         }
     }

@@ -385,6 +385,9 @@ async fn decide(
         history: body.history.unwrap_or_default(),
         approval_id: body.approval_id,
     };
+    if let Some((field, max)) = request.too_long() {
+        return Err(FrontDoorError::TooLong(field, max));
+    }
     let decision = run(state, request, caller_history).await?;
     let mut r = json_response(StatusCode::OK, &decision);
     set_decision_id(&mut r, &decision);

@@ -256,6 +256,14 @@ fn check_limits(engine: &Engine, limits: &Limits) -> Result<(), LoadProblem> {
             "fuel and deadline_ms must be at least 1".into(),
         ));
     }
+    // A decision waits for its policies: a minute is already far past any
+    // caller's patience, and bounds the deadline's arithmetic.
+    if limits.deadline_ms > 60_000 {
+        return Err(LoadProblem::Limits(format!(
+            "deadline_ms is {}; it may be at most 60000",
+            limits.deadline_ms
+        )));
+    }
     Ok(())
 }
 

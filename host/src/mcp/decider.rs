@@ -125,8 +125,11 @@ impl Decider {
     pub async fn wait(&self, id: &str, wait: Duration) {
         let remote = match self {
             Decider::Local(a) => {
-                if let Some(approvals) = a.approvals() {
-                    approvals.wait(id, wait).await;
+                if let Some(approvals) = a.approvals()
+                    && let Err(e) = approvals.wait(id, wait).await
+                {
+                    // Not held: the call is refused as still needing approval.
+                    tracing::warn!(approval = %id, error = %e, "not holding the call");
                 }
                 return;
             }

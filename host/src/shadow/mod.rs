@@ -100,14 +100,30 @@ const IDLE_MAX: Duration = Duration::from_millis(20);
 
 /// The bounded queue the callers and workers share.
 struct Queue {
-    jobs: Mutex<VecDeque<Job>>,
+    jobs: Mutex<Jobs>,
     capacity: usize,
+    max_bytes: usize,
     closed: AtomicBool,
 }
 
+/// The jobs waiting, and the bytes their inputs hold.
+#[derive(Default)]
+struct Jobs {
+    waiting: VecDeque<(Job, usize)>,
+    bytes: usize,
+}
+
 impl Queue {
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Job>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Jobs> {
         self.jobs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Jobs {
+    fn pop(&mut self) -> Option<Job> {
+        let (job, bytes) = self.waiting.pop_front()?;
+        self.bytes -= bytes;
+        Some(job)
     }
 }
 
@@ -157,8 +173,12 @@ impl Shadow {
         metrics: Option<Arc<Metrics>>,
     ) -> std::io::Result<Shadow> {
         let queue = Arc::new(Queue {
-            jobs: Mutex::new(VecDeque::with_capacity(config.shadow_queue.min(1 << 16))),
+            jobs: Mutex::new(Jobs {
+                waiting: VecDeque::with_capacity(config.shadow_queue.min(1 << 16)),
+                bytes: 0,
+            }),
             capacity: config.shadow_queue,
+            max_bytes: config.shadow_queue_bytes,
             closed: AtomicBool::new(false),
         });
         let pending = Arc::new(AtomicU64::new(0));
@@ -190,18 +210,23 @@ impl Shadow {
         })
     }
 
-    /// Queues `job` without waiting; a full (or closed) queue drops it and
-    /// counts the drop.
+    /// Queues `job` without waiting; a full (or closed) queue, by count
+    /// or by bytes, drops it and counts the drop.
     pub fn submit(&self, job: Job) {
+        let bytes = job.input.approx_bytes();
         let queued = {
             let mut jobs = self.queue.lock();
-            if self.queue.closed.load(Ordering::Acquire) || jobs.len() >= self.queue.capacity {
+            if self.queue.closed.load(Ordering::Acquire)
+                || jobs.waiting.len() >= self.queue.capacity
+                || jobs.bytes.saturating_add(bytes) > self.queue.max_bytes
+            {
                 Err(job)
             } else {
                 // Counted before a worker can see it, so the worker's
                 // decrement never comes first.
                 let pending = self.pending.fetch_add(1, Ordering::AcqRel) + 1;
-                jobs.push_back(job);
+                jobs.waiting.push_back((job, bytes));
+                jobs.bytes += bytes;
                 Ok(pending)
             }
         };
@@ -269,7 +294,7 @@ impl Worker {
     fn run(&self) {
         let mut idle = IDLE_FIRST;
         loop {
-            let job = self.queue.lock().pop_front();
+            let job = self.queue.lock().pop();
             match job {
                 Some(job) => {
                     let policy = job.primary.name.clone();

@@ -193,6 +193,7 @@ pub struct State {
     /// MCP tool pins.
     pub pins: Arc<dyn PinStore>,
     changes: tokio::sync::broadcast::Sender<StateChange>,
+    undecodable: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl fmt::Debug for State {
@@ -216,7 +217,21 @@ impl State {
             approvals,
             pins,
             changes,
+            undecodable: Arc::default(),
         }
+    }
+
+    /// Counts entries that do not decode in `counter`.
+    #[must_use]
+    pub fn with_undecodable(mut self, counter: Arc<std::sync::atomic::AtomicU64>) -> Self {
+        self.undecodable = counter;
+        self
+    }
+
+    /// Stored entries read so far that did not decode; each was failed
+    /// closed on (a suspension kept, a pin changed, a day's spend used up).
+    pub fn undecodable(&self) -> u64 {
+        self.undecodable.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The changes made from now on: by this process and, with a shared
@@ -268,6 +283,15 @@ pub struct DaySpend {
 pub(crate) const DAY_MS: u64 = 86_400_000;
 
 impl DaySpend {
+    /// A day whose whole budget is spent: what a spend that cannot be read
+    /// counts as.
+    pub fn exhausted(now: u64) -> Self {
+        DaySpend {
+            day: now / DAY_MS,
+            cents: u64::MAX,
+        }
+    }
+
     /// Today's spend at `now` (ms since the Unix epoch).
     pub fn today(&self, now: u64) -> u64 {
         if self.day == now / DAY_MS {

@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use serde::Serialize;
@@ -14,10 +15,14 @@ use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
 
 use super::{
-    AgentStore, Approval, ApprovalStore, Breaker, DaySpend, Pin, PinStore, State, StateChange,
-    StoreError, Suspension,
+    AgentStore, Approval, ApprovalStore, Breaker, DaySpend, Pin, PinChange, PinStore, State,
+    StateChange, StoreError, Suspension,
 };
 use crate::decision::ApprovalStatus;
+use crate::time::Clock as _;
+
+/// A stored entry: its key, and its value or why it does not decode.
+type Entry<T> = (String, Result<T, String>);
 
 /// The file in the state directory.
 pub const STATE_FILE: &str = "state.redb";
@@ -40,6 +45,8 @@ pub struct RedbState {
     db: Database,
     path: PathBuf,
     changes: broadcast::Sender<StateChange>,
+    /// Entries read that did not decode.
+    undecodable: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for RedbState {
@@ -68,6 +75,7 @@ impl RedbState {
             db,
             path,
             changes: broadcast::channel(CHANGES).0,
+            undecodable: Arc::new(AtomicU64::new(0)),
         };
         // Tables exist from the first start, so reads never meet a missing one.
         store.write("create the tables", |w| {
@@ -88,27 +96,31 @@ impl RedbState {
     pub fn into_state(self) -> State {
         let changes = self.changes.clone();
         let me = Arc::new(self);
+        let undecodable = Arc::clone(&me.undecodable);
         State::new(Arc::clone(&me) as _, Arc::clone(&me) as _, me as _, changes)
+            .with_undecodable(undecodable)
     }
 
-    /// Every entry of `table`, decoded; entries that do not decode are
-    /// skipped with a warning rather than stopping the start.
-    fn all<T: DeserializeOwned>(&self, table: Table) -> Result<Vec<(String, T)>, StoreError> {
+    /// Every entry of `table`: decoded, or the key of one that does not
+    /// decode (counted and logged), for the caller to fail closed on.
+    fn all<T: DeserializeOwned>(&self, table: Table) -> Result<Vec<Entry<T>>, StoreError> {
         let fail = |e: redb::Error| database(&self.path, "read", e);
         let read = self.db.begin_read().map_err(|e| fail(e.into()))?;
         let t = read.open_table(table).map_err(|e| fail(e.into()))?;
         let mut out = Vec::new();
         for entry in t.iter().map_err(|e| fail(e.into()))? {
             let (k, v) = entry.map_err(|e| fail(e.into()))?;
-            match serde_json::from_str(v.value()) {
-                Ok(value) => out.push((k.value().to_owned(), value)),
-                Err(e) => tracing::warn!(
+            let decoded = serde_json::from_str(v.value()).map_err(|e| {
+                self.undecodable.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
                     table = table.name(),
                     key = k.value(),
                     error = %e,
-                    "a stored entry does not decode; skipped"
-                ),
-            }
+                    "a stored entry does not decode; failing closed on it"
+                );
+                e.to_string()
+            });
+            out.push((k.value().to_owned(), decoded));
         }
         Ok(out)
     }
@@ -181,7 +193,19 @@ fn pin_key(server: &str, tool: &str) -> String {
 
 impl AgentStore for RedbState {
     fn suspensions(&self) -> Result<Vec<(String, Suspension)>, StoreError> {
-        self.all(SUSPENSIONS)
+        // A suspension that does not read back stays in force.
+        Ok(self
+            .all(SUSPENSIONS)?
+            .into_iter()
+            .map(|(agent, s)| {
+                let s = s.unwrap_or_else(|e| Suspension {
+                    reason: format!("the stored suspension does not decode ({e}); kept in force"),
+                    by: "store".into(),
+                    at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+                });
+                (agent, s)
+            })
+            .collect())
     }
 
     fn suspend(&self, agent: &str, suspension: &Suspension) -> Result<(), StoreError> {
@@ -199,7 +223,20 @@ impl AgentStore for RedbState {
     }
 
     fn breakers(&self) -> Result<Vec<(String, Breaker)>, StoreError> {
-        self.all(BREAKERS)
+        // A breaker that does not read back stays open for an hour.
+        let now = crate::time::SystemClock.now_ms();
+        Ok(self
+            .all(BREAKERS)?
+            .into_iter()
+            .map(|(agent, b)| {
+                let b = b.unwrap_or(Breaker {
+                    since_ms: now,
+                    until_ms: now.saturating_add(3_600_000),
+                    denials: 0,
+                });
+                (agent, b)
+            })
+            .collect())
     }
 
     fn open_breaker(&self, agent: &str, breaker: &Breaker) -> Result<(), StoreError> {
@@ -221,7 +258,13 @@ impl AgentStore for RedbState {
     }
 
     fn spend(&self) -> Result<Vec<(String, DaySpend)>, StoreError> {
-        self.all(SPEND)
+        // A day's spend that does not read back is spent in full.
+        let now = crate::time::SystemClock.now_ms();
+        Ok(self
+            .all(SPEND)?
+            .into_iter()
+            .map(|(agent, d)| (agent, d.unwrap_or_else(|_| DaySpend::exhausted(now))))
+            .collect())
     }
 
     fn save_spend(&self, spend: &[(String, DaySpend)]) -> Result<(), StoreError> {
@@ -241,7 +284,13 @@ impl AgentStore for RedbState {
 
 impl ApprovalStore for RedbState {
     fn approvals(&self) -> Result<Vec<Approval>, StoreError> {
-        Ok(self.all(APPROVALS)?.into_iter().map(|(_, a)| a).collect())
+        // An approval that does not read back is left out: asking again
+        // with its id is then a deny (`approval.unknown`).
+        Ok(self
+            .all(APPROVALS)?
+            .into_iter()
+            .filter_map(|(_, a)| a.ok())
+            .collect())
     }
 
     fn create(&self, approval: &Approval) -> Result<(), StoreError> {
@@ -282,7 +331,31 @@ impl ApprovalStore for RedbState {
 
 impl PinStore for RedbState {
     fn pins(&self) -> Result<Vec<Pin>, StoreError> {
-        Ok(self.all(MCP_TOOLS)?.into_iter().map(|(_, p)| p).collect())
+        // A pin that does not read back is a tool changed: its calls are
+        // denied until an operator accepts what the server lists now.
+        Ok(self
+            .all(MCP_TOOLS)?
+            .into_iter()
+            .map(|(key, p)| {
+                p.unwrap_or_else(|e| {
+                    let (server, tool) = key.split_once('\0').unwrap_or((&key, ""));
+                    let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+                    Pin {
+                        server: server.to_owned(),
+                        tool: tool.to_owned(),
+                        digest: "sha256:undecodable".into(),
+                        definition: serde_json::Value::Null,
+                        pinned_at: at.clone(),
+                        accepted_by: None,
+                        changed: Some(PinChange {
+                            digest: "sha256:undecodable".into(),
+                            definition: serde_json::json!({"error": format!("the stored pin does not decode: {e}")}),
+                            seen_at: at,
+                        }),
+                    }
+                })
+            })
+            .collect())
     }
 
     fn save_pins(&self, pins: &[Pin]) -> Result<(), StoreError> {

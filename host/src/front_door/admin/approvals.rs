@@ -93,7 +93,10 @@ pub(crate) async fn approval_wait(
     }
     let id = percent_decode(id, false)?;
     let found = match wait {
-        Some(d) => approvals.wait(&id, d).await,
+        Some(d) => approvals
+            .wait(&id, d)
+            .await
+            .map_err(|e| FrontDoorError::TooMany(e.to_string()))?,
         None => approvals.get(&id),
     };
     found.ok_or_else(|| {
@@ -152,6 +155,7 @@ pub(crate) async fn approval_answer(
             }
             ApprovalError::OwnRequest { .. } => FrontDoorError::Denied(e.to_string()),
             ApprovalError::NoReason => query_error(e.to_string()),
+            ApprovalError::TooManyWaiting { .. } => FrontDoorError::TooMany(e.to_string()),
             ApprovalError::Store(_) | ApprovalError::Unrecorded(_) => {
                 FrontDoorError::Unavailable(e.to_string())
             }
