@@ -815,16 +815,14 @@ fn attacks_on_the_writer_stop_its_start() {
     // Whoever can write the log cannot sign with a key kept in it.
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir_all(logs(dir.path())).expect("log dir");
-    let inside = log::default_checkpoint_key(&logs(dir.path())).expect("key");
-    let e = DecisionLog::open(
-        &LogConfig {
-            checkpoint_key: Some(inside),
+    let open_with_key = |key: PathBuf| {
+        let config = LogConfig {
+            checkpoint_key: Some(key),
             ..config(dir.path())
-        },
-        Path::new(""),
-        None,
-    )
-    .expect_err("refused");
+        };
+        DecisionLog::open(&config, Path::new(""), None).expect_err("refused")
+    };
+    let e = open_with_key(log::default_checkpoint_key(&logs(dir.path())).expect("key"));
     arbiter_tests::refused(
         "a checkpoint key kept in the log directory",
         matches!(e, LogError::Key { .. }) && e.to_string().contains("inside the log directory"),
@@ -838,15 +836,7 @@ fn attacks_on_the_writer_stop_its_start() {
         let keys = tempfile::tempdir().expect("keys");
         let key = log::default_checkpoint_key(keys.path()).expect("key");
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).expect("chmod");
-        let e = DecisionLog::open(
-            &LogConfig {
-                checkpoint_key: Some(key),
-                ..config(dir.path())
-            },
-            Path::new(""),
-            None,
-        )
-        .expect_err("refused");
+        let e = open_with_key(key);
         arbiter_tests::refused(
             "a checkpoint key readable by its group",
             e.to_string()
