@@ -183,7 +183,7 @@ fn a_reader_that_never_reads_loses_its_connection() {
 }
 
 #[test]
-fn durations_past_their_bound_are_refused_naming_the_key() {
+fn bounds_out_of_range_are_refused_naming_the_key() {
     for (text, key) in [
         (
             "[approvals]\nttl_s = 18446744073709551615\n",
@@ -209,6 +209,10 @@ fn durations_past_their_bound_are_refused_naming_the_key() {
         (
             "[log.retention]\nmax_total_bytes = 4096\n",
             "log.retention.max_total_bytes",
+        ),
+        (
+            "[approvals]\nmax_open_per_agent = 0\n",
+            "approvals.max_open_per_agent",
         ),
     ] {
         let e = Config::parse(text, "t.toml").expect_err("refused");

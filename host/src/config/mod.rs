@@ -978,8 +978,20 @@ impl Config {
         {
             return Err("`agents.max_agents` must be at least 1, and with `agents.breaker_denials` set, `agents.breaker_window_s` and `agents.breaker_cooldown_s` too".into());
         }
-        if self.approvals.ttl_s == 0 || self.approvals.max_wait_s == 0 {
-            return Err("`approvals.ttl_s` and `approvals.max_wait_s` must be at least 1".into());
+        let a = &self.approvals;
+        for (key, value) in [
+            ("approvals.ttl_s", a.ttl_s),
+            ("approvals.max_wait_s", a.max_wait_s),
+            ("approvals.max_open", a.max_open as u64),
+            ("approvals.max_open_per_agent", a.max_open_per_agent as u64),
+            (
+                "approvals.max_waiting_per_agent",
+                a.max_waiting_per_agent as u64,
+            ),
+        ] {
+            if value == 0 {
+                return Err(format!("`{key}` must be at least 1"));
+            }
         }
         let r = &self.rollout;
         if r.shadow_queue == 0
