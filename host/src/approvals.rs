@@ -69,13 +69,15 @@ pub enum ApprovalError {
         /// Who tried twice.
         by: String,
     },
-    /// Too many callers are already waiting on this agent's approvals.
+    /// Too many callers are already waiting on this agent's approvals,
+    /// or on approvals at all.
     #[error(
-        "{limit} callers are already waiting on approvals of agent `{agent}`; poll without waiting, or later"
+        "{limit} callers are already waiting on approvals{}; poll without waiting, or later",
+        agent.as_ref().map_or(String::new(), |a| format!(" of agent `{a}`"))
     )]
     TooManyWaiting {
-        /// The agent.
-        agent: String,
+        /// The agent, when it is its own bound that was reached.
+        agent: Option<String>,
         /// The bound.
         limit: usize,
     },
@@ -115,6 +117,8 @@ pub struct Limits {
     pub kept: usize,
     /// Callers waiting on one agent's approvals.
     pub waiting_per_agent: usize,
+    /// Callers waiting on approvals, every agent together.
+    pub waiting: usize,
 }
 
 impl Limits {
@@ -125,6 +129,7 @@ impl Limits {
             open_per_agent: config.max_open_per_agent,
             kept: config.max_kept,
             waiting_per_agent: config.max_waiting_per_agent,
+            waiting: config.max_waiting,
         }
     }
 }
@@ -581,10 +586,16 @@ impl Approvals {
     /// A place among the waiters on `agent`'s approvals, given back on drop.
     fn waiting_place(&self, agent: &str) -> Result<Waiting<'_>, ApprovalError> {
         let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        if waiting.values().sum::<usize>() >= self.limits.waiting {
+            return Err(ApprovalError::TooManyWaiting {
+                agent: None,
+                limit: self.limits.waiting,
+            });
+        }
         let n = waiting.entry(agent.to_owned()).or_default();
         if *n >= self.limits.waiting_per_agent {
             return Err(ApprovalError::TooManyWaiting {
-                agent: truncate(agent),
+                agent: Some(truncate(agent)),
                 limit: self.limits.waiting_per_agent,
             });
         }

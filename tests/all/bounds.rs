@@ -64,19 +64,25 @@ fn a_flood_of_approvals_is_capped_per_agent_and_in_all() {
     );
 }
 
-#[test]
-fn waiters_on_one_agents_approvals_are_capped() {
-    let mut c = config();
-    c.approvals.max_waiting_per_agent = 2;
+/// Three callers wait at once on the approvals of `agents` (one each):
+/// whatever their order, two wait and one is refused at once, not queued.
+fn one_of_three_waiters_is_refused(c: Config, agents: [&str; 3], attack: &str) {
     let server = Server::start(c, Default::default());
-    let d = ask(&mut Conn::open(server.addr), "waiter");
-    let id = d["approval"]["id"].as_str().expect("id").to_owned();
-    // Three callers wait at once on one agent's approval: whatever their
-    // order, two wait and one is refused at once, not queued.
+    let mut conn = Conn::open(server.addr);
+    let ids: Vec<String> = agents
+        .iter()
+        .map(|a| {
+            ask(&mut conn, a)["approval"]["id"]
+                .as_str()
+                .expect("id")
+                .to_owned()
+        })
+        .collect();
     let addr = server.addr;
     let (tx, rx) = std::sync::mpsc::channel();
-    let waiters: Vec<_> = (0..3)
-        .map(|_| {
+    let waiters: Vec<_> = ids
+        .iter()
+        .map(|id| {
             let (path, tx) = (format!("/v1/approvals/{id}?wait=60s"), tx.clone());
             std::thread::spawn(move || {
                 let r = get(addr, &path);
@@ -87,28 +93,44 @@ fn waiters_on_one_agents_approvals_are_capped() {
     let (status, body) = rx
         .recv_timeout(Duration::from_secs(20))
         .expect("one answer soon");
-    refused(
-        "a third long-poll on one agent's approvals",
-        status == 429 && body.contains("too_many"),
-        &body,
-    );
-    // The answer releases the two who wait.
-    let r = http::send(
-        server.admin,
-        "POST",
-        &format!("/v1/approvals/{id}/decline"),
-        &[
-            ("authorization", &format!("Bearer {ADMIN}")),
-            ("content-type", "application/json"),
-        ],
-        br#"{"reason": "no"}"#,
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
+    refused(attack, status == 429 && body.contains("too_many"), &body);
+    // The answers release the two who wait.
+    for id in &ids {
+        let r = http::send(
+            server.admin,
+            "POST",
+            &format!("/v1/approvals/{id}/decline"),
+            &[
+                ("authorization", &format!("Bearer {ADMIN}")),
+                ("content-type", "application/json"),
+            ],
+            br#"{"reason": "no"}"#,
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
     for w in waiters {
         w.join().expect("waiter");
     }
     let rest: Vec<u16> = rx.try_iter().map(|(status, _)| status).collect();
     assert_eq!(rest, [200, 200]);
+}
+
+#[test]
+fn waiters_on_approvals_are_capped_per_agent_and_in_all() {
+    let mut one = config();
+    one.approvals.max_waiting_per_agent = 2;
+    one_of_three_waiters_is_refused(
+        one,
+        ["waiter"; 3],
+        "a third long-poll on one agent's approvals",
+    );
+    let mut all = config();
+    all.approvals.max_waiting = 2;
+    one_of_three_waiters_is_refused(
+        all,
+        ["x", "y", "z"],
+        "a third long-poll, each naming another agent, past the total",
+    );
 }
 
 #[test]
@@ -217,7 +239,7 @@ fn bounds_out_of_range_are_refused_naming_the_key() {
     ] {
         let e = Config::parse(text, "t.toml").expect_err("refused");
         refused(
-            &format!("an unbounded `{key}`"),
+            &format!("`{key}` out of its range"),
             e.to_string().contains(key),
             &e,
         );

@@ -226,6 +226,10 @@ pub struct ApprovalsConfig {
     /// Callers waiting on one agent's approvals at once (long-polls and
     /// held MCP calls); past it a wait is refused (429). Default: 16.
     pub max_waiting_per_agent: usize,
+    /// Callers waiting on approvals at once, every agent together, so
+    /// callers naming many agents cannot hold every connection. Default:
+    /// 1024.
+    pub max_waiting: usize,
 }
 
 impl ApprovalsConfig {
@@ -250,6 +254,7 @@ impl Default for ApprovalsConfig {
             max_open_per_agent: 50,
             max_kept: 10_000,
             max_waiting_per_agent: 16,
+            max_waiting: 1024,
         }
     }
 }
@@ -988,6 +993,7 @@ impl Config {
                 "approvals.max_waiting_per_agent",
                 a.max_waiting_per_agent as u64,
             ),
+            ("approvals.max_waiting", a.max_waiting as u64),
         ] {
             if value == 0 {
                 return Err(format!("`{key}` must be at least 1"));
