@@ -916,6 +916,30 @@ fn attacks_on_the_writer_stop_its_start() {
     );
     write_lines(&segment, &original);
 
+    // Numbered u64::MAX in the middle, chained on by an ordinary last
+    // record: the check of the tail refuses it without overflowing.
+    let mut after = v.clone();
+    after["seq"] = json!(
+        Parsed::from_line(original.last().expect("last").as_bytes())
+            .expect("p")
+            .seq
+            + 2
+    );
+    after["prev_hash"] = v["hash"].clone();
+    rehash(&mut after);
+    crafted.push(after.to_string());
+    write_lines(&segment, &crafted);
+    let e = DecisionLog::open(&config(dir.path()), Path::new(""), None).expect_err("refused");
+    arbiter_tests::refused(
+        "a record numbered u64::MAX followed by another",
+        matches!(e, LogError::Cut { .. }) && e.to_string().contains("does not chain on"),
+        &e,
+    );
+    // The verifier names the gap up to it, without overflowing either.
+    let b = verify(dir.path()).expect_err("broken");
+    assert_eq!(b.kind, Breakage::Missing, "{b:?}");
+    write_lines(&segment, &original);
+
     // Untouched, it opens, and says what its check found.
     let opened = DecisionLog::open(&config(dir.path()), Path::new(""), None).expect("opens");
     opened.close();

@@ -176,7 +176,7 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> Result<Result<Verified, Br
         if torn > 0 {
             if si + 1 < files.len() {
                 return Ok(Err(Broken {
-                    seq: v.head_seq + 1,
+                    seq: v.head_seq.saturating_add(1),
                     kind: Breakage::Changed,
                     detail: format!(
                         "{} ends in an incomplete line, yet later segments follow",
@@ -211,7 +211,7 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> Result<Result<Verified, Br
             } else if v.records == 0 {
                 v.first_seq = 1;
             }
-            let expected = v.head_seq + 1;
+            let expected = v.head_seq.saturating_add(1);
             if p.seq != expected {
                 return Ok(Err(out_of_sequence(&p, expected, &lines[i..], line)));
             }
@@ -297,7 +297,7 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> Result<Result<Verified, Br
         for line in &copies {
             // A copy that does not verify is itself a sign of tampering.
             let bad_copy = |why: String| Broken {
-                seq: v.head_seq + 1,
+                seq: v.head_seq.saturating_add(1),
                 kind: Breakage::Changed,
                 detail: format!("{} is not a valid signed checkpoint: {why}", line.place()),
             };
@@ -342,12 +342,12 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> Result<Result<Verified, Br
         }
         if let Some((seq, place)) = furthest {
             return Ok(Err(Broken {
-                seq: v.head_seq + 1,
+                seq: v.head_seq.saturating_add(1),
                 kind: Breakage::Truncated,
                 detail: format!(
                     "the log ends at record {}, but a signed checkpoint ({place}) covers records up to {seq}: records {}..={seq} were cut",
                     v.head_seq,
-                    v.head_seq + 1,
+                    v.head_seq.saturating_add(1),
                 ),
             }));
         }

@@ -614,7 +614,7 @@ fn check_tail(
                         copies.display()
                     )));
                 }
-                Some((seq, hash)) if p.seq == seq + 1 && p.prev_hash == *hash => {
+                Some((seq, hash)) if seq.checked_add(1) == Some(p.seq) && p.prev_hash == *hash => {
                     head = Some((p.seq, p.hash));
                     after += 1;
                 }
