@@ -35,6 +35,50 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     builder.create(dir)
 }
 
+/// Writes `bytes` to `path` as a new file (never over an existing one)
+/// with permissions `mode`, synced before it returns.
+///
+/// # Errors
+/// The I/O error; `AlreadyExists` when `path` is there.
+pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut f = options.open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// Whether `path` lies inside `dir`, both resolved through links; false
+/// when either cannot be resolved.
+pub fn is_inside(path: &Path, dir: &Path) -> bool {
+    match (path.canonicalize(), dir.canonicalize()) {
+        (Ok(path), Ok(dir)) => path.starts_with(dir),
+        _ => false,
+    }
+}
+
+/// The permission bits of a file others than its owner may read or
+/// write, as a private key must not be; `None` when it is owner-only (or
+/// the platform has no such bits).
+pub fn shared_mode(meta: &std::fs::Metadata) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        (mode & 0o077 != 0).then_some(mode)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        None
+    }
+}
+
 /// A 32-byte secret kept in the file `path`: read, or at the first start
 /// made from the OS's randomness and written owner-only (whole, before
 /// any use). Two first starts at once agree: the first to link its file
@@ -43,7 +87,6 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 /// # Errors
 /// The I/O error, or a file that does not hold 32 bytes.
 pub fn secret_key(path: &Path) -> std::io::Result<[u8; 32]> {
-    use std::io::Write;
     match std::fs::read(path) {
         Ok(bytes) => <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
             std::io::Error::new(
@@ -55,14 +98,7 @@ pub fn secret_key(path: &Path) -> std::io::Result<[u8; 32]> {
             let mut key = [0u8; 32];
             getrandom::fill(&mut key).map_err(|e| std::io::Error::other(e.to_string()))?;
             let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
-            let mut o = std::fs::OpenOptions::new();
-            o.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
-            let mut f = o.open(&tmp)?;
-            f.write_all(&key)?;
-            f.sync_all()?;
-            drop(f);
+            write_new(&tmp, &key, 0o600)?;
             let linked = std::fs::hard_link(&tmp, path);
             let _ = std::fs::remove_file(&tmp);
             match linked {

@@ -284,13 +284,7 @@ pub async fn bind(
     specs_from_config(&config, &base)?;
     let engine = Engine::new(&config.engine)?;
     let metrics = Arc::new(Metrics::new());
-    let state_dir = config
-        .state
-        .dir
-        .as_ref()
-        .map(|d| base.join(d))
-        .or_else(state::default_dir)
-        .ok_or(StoreError::NoDirectory)?;
+    let state_dir = state::resolve_dir(&config.state, &base).ok_or(StoreError::NoDirectory)?;
     let log = if config.log.enabled {
         let mut log_config = config.log.clone();
         if log_config.checkpoint_key.is_none() {

@@ -119,12 +119,7 @@ fn verify_options(args: &VerifyLogArgs) -> anyhow::Result<VerifyOptions> {
             };
             let private = match &config.log.checkpoint_key {
                 Some(key) => base.join(key),
-                None => config
-                    .state
-                    .dir
-                    .as_ref()
-                    .map(|d| base.join(d))
-                    .or_else(state::default_dir)
+                None => state::resolve_dir(&config.state, &base)
                     .context("no state directory to find the checkpoint key in: give --key")?
                     .join(log::CHECKPOINT_KEY_FILE),
             };
@@ -134,9 +129,7 @@ fn verify_options(args: &VerifyLogArgs) -> anyhow::Result<VerifyOptions> {
             )
         }
     };
-    if let (Ok(key), Ok(dir)) = (key_path.canonicalize(), args.dir.canonicalize())
-        && key.starts_with(&dir)
-    {
+    if crate::paths::is_inside(&key_path, &args.dir) {
         bail!(
             "the checkpoint key `{}` is inside the log directory it would vouch for: whoever can rewrite the log can rewrite it; give a copy kept elsewhere",
             key_path.display()

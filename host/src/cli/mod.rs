@@ -367,8 +367,13 @@ fn keygen(args: &KeygenArgs) -> anyhow::Result<ExitCode> {
     let pair = KeyPair::generate(&args.id)?;
     let private = args.out.join(format!("{}.key", args.id));
     let public = args.out.join(format!("{}.pub", args.id));
-    write_new(&private, pair.private_file().as_bytes(), 0o600)?;
-    write_new(&public, pair.public().file().as_bytes(), 0o644)?;
+    for (path, bytes, mode) in [
+        (&private, pair.private_file(), 0o600),
+        (&public, pair.public().file(), 0o644),
+    ] {
+        crate::paths::write_new(path, bytes.as_bytes(), mode)
+            .with_context(|| format!("cannot create `{}`", path.display()))?;
+    }
     println!(
         "wrote {} (private: keep it secret) and {}",
         private.display(),
@@ -386,38 +391,15 @@ fn keygen(args: &KeygenArgs) -> anyhow::Result<ExitCode> {
 
 /// Creates `path` with `mode` (owner-only for secrets) from the start; an
 /// existing file is never overwritten.
-fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
-    #[cfg(not(unix))]
-    let _ = mode;
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("cannot create `{}`", path.display()))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write `{}`", path.display()))
-}
-
 fn sign(args: &SignArgs) -> anyhow::Result<ExitCode> {
     let key_file = &args.key;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(key_file)
-            .with_context(|| format!("cannot read `{}`", key_file.display()))?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
-            bail!(
-                "`{}` can be read by others (mode {:o}); a private key must be owner-only: chmod 600 it",
-                key_file.display(),
-                mode & 0o777
-            );
-        }
+    let meta = std::fs::metadata(key_file)
+        .with_context(|| format!("cannot read `{}`", key_file.display()))?;
+    if let Some(mode) = crate::paths::shared_mode(&meta) {
+        bail!(
+            "`{}` can be read by others (mode {mode:o}); a private key must be owner-only: chmod 600 it",
+            key_file.display(),
+        );
     }
     let text = std::fs::read_to_string(key_file)
         .with_context(|| format!("cannot read `{}`", key_file.display()))?;

@@ -67,6 +67,7 @@ use super::metrics::Metrics;
 use super::record::{self, GENESIS, ParamsRule, Parsed};
 use crate::config::{LogConfig, LogFailurePolicy, RetentionConfig};
 use crate::decision::{Decision, History, Request};
+use crate::paths::{is_inside, shared_mode, write_new};
 use crate::signing::{KeyPair, PublicKey};
 
 /// How often a log that cannot be written is tried again while no
@@ -268,8 +269,8 @@ pub fn default_checkpoint_key(state_dir: &Path) -> Result<PathBuf, LogError> {
     // Public half first: a private key without it would be unverifiable.
     let public = public_key_path(&path);
     let tmp = public.with_extension(format!("pub.{}.tmp", std::process::id()));
-    write_new(&tmp, &pair.public().file(), 0o644)
-        .and_then(|()| write_new(&path, &pair.private_file(), 0o600))
+    write_new(&tmp, pair.public().file().as_bytes(), 0o644)
+        .and_then(|()| write_new(&path, pair.private_file().as_bytes(), 0o600))
         .and_then(|()| fs::rename(&tmp, &public))
         .or_else(|e| {
             let _ = fs::remove_file(&tmp);
@@ -282,18 +283,6 @@ pub fn default_checkpoint_key(state_dir: &Path) -> Result<PathBuf, LogError> {
         })
         .map_err(|e| key_error(e.into()))?;
     Ok(path)
-}
-
-fn write_new(path: &Path, text: &str, mode: u32) -> std::io::Result<()> {
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
-    #[cfg(not(unix))]
-    let _ = mode;
-    let mut f = options.open(path)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()
 }
 
 impl DecisionLog {
@@ -518,29 +507,17 @@ fn checkpoint_key(config: &LogConfig, base: &Path, dir: &Path) -> Result<KeyPair
         source: e,
     };
     let meta = fs::metadata(&path).map_err(|e| key_error(e.into()))?;
-    if let (Ok(key), Ok(dir)) = (path.canonicalize(), dir.canonicalize())
-        && key.starts_with(&dir)
-    {
+    if is_inside(&path, dir) {
         return Err(key_error(
             "it is inside the log directory, where whoever can write the log could sign a forged one: keep it elsewhere".into(),
         ));
     }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = meta.permissions().mode();
-        if mode & 0o077 != 0 {
-            return Err(key_error(
-                format!(
-                    "it is readable by others than its owner (mode {:o}): `chmod 600` it",
-                    mode & 0o777
-                )
+    if let Some(mode) = shared_mode(&meta) {
+        return Err(key_error(
+            format!("it is readable by others than its owner (mode {mode:o}): `chmod 600` it")
                 .into(),
-            ));
-        }
+        ));
     }
-    #[cfg(not(unix))]
-    let _ = meta;
     let text = fs::read_to_string(&path).map_err(|e| key_error(e.into()))?;
     KeyPair::from_private_file(&text).map_err(|e| key_error(e.into()))
 }
@@ -1230,25 +1207,22 @@ impl Shared {
         let Ok(files) = segments(&self.dir) else {
             return;
         };
-        let sealed: Vec<&PathBuf> = files.iter().filter(|f| **f != current).collect();
-        let sizes: Vec<(u64, SystemTime)> = files
+        // Each segment with its size and when it was last written.
+        let files: Vec<(&PathBuf, u64, SystemTime)> = files
             .iter()
             .map(|f| {
-                fs::metadata(f).map_or((0, SystemTime::now()), |m| {
+                let (len, modified) = fs::metadata(f).map_or((0, SystemTime::now()), |m| {
                     (m.len(), m.modified().unwrap_or_else(|_| SystemTime::now()))
-                })
+                });
+                (f, len, modified)
             })
             .collect();
-        let mut total: u64 = sizes.iter().map(|(len, _)| len).sum();
+        let mut total: u64 = files.iter().map(|(_, len, _)| len).sum();
+        let sealed: Vec<_> = files.iter().filter(|(f, ..)| **f != current).collect();
         let oldest_kept =
             SystemTime::now().checked_sub(Duration::from_secs(self.retention.max_age_s));
         let mut leaving = Vec::new();
-        for (i, path) in sealed
-            .iter()
-            .enumerate()
-            .take(sealed.len().saturating_sub(1))
-        {
-            let (len, modified) = sizes[i];
+        for &&(path, len, modified) in sealed.iter().take(sealed.len().saturating_sub(1)) {
             let too_big =
                 self.retention.max_total_bytes > 0 && total > self.retention.max_total_bytes;
             let too_old = self.retention.max_age_s > 0 && oldest_kept.is_some_and(|t| modified < t);
@@ -1257,7 +1231,7 @@ impl Shared {
             }
             match sealed_ends(path) {
                 Some(ends) => leaving.push((
-                    *path,
+                    path,
                     ends,
                     len,
                     if too_big {

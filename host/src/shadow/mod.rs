@@ -107,7 +107,6 @@ struct Queue {
 }
 
 /// The jobs waiting, and the bytes their inputs hold.
-#[derive(Default)]
 struct Jobs {
     waiting: VecDeque<(Job, usize)>,
     bytes: usize,

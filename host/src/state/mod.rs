@@ -41,6 +41,16 @@ pub fn default_dir() -> Option<PathBuf> {
     )
 }
 
+/// The state directory `config` names (relative to `base`, the
+/// configuration file's directory), else [`default_dir`].
+pub fn resolve_dir(config: &crate::config::StateConfig, base: &Path) -> Option<PathBuf> {
+    config
+        .dir
+        .as_ref()
+        .map(|d| base.join(d))
+        .or_else(default_dir)
+}
+
 /// The state could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

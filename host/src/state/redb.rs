@@ -201,7 +201,7 @@ impl AgentStore for RedbState {
                 let s = s.unwrap_or_else(|e| Suspension {
                     reason: format!("the stored suspension does not decode ({e}); kept in force"),
                     by: "store".into(),
-                    at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+                    at: crate::time::timestamp(std::time::SystemTime::now()),
                 });
                 (agent, s)
             })
@@ -339,7 +339,7 @@ impl PinStore for RedbState {
             .map(|(key, p)| {
                 p.unwrap_or_else(|e| {
                     let (server, tool) = key.split_once('\0').unwrap_or((&key, ""));
-                    let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+                    let at = crate::time::timestamp(std::time::SystemTime::now());
                     Pin {
                         server: server.to_owned(),
                         tool: tool.to_owned(),
