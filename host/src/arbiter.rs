@@ -453,6 +453,11 @@ impl Arbiter {
         let Ok(_permit) = self.permits.acquire().await else {
             return host_failure("the instance pool is closed").into();
         };
+        // Waiting is bounded by admission and reported here; it is never
+        // charged to a policy's deadline.
+        if let Some(m) = &self.metrics {
+            m.record_queue(u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX));
+        }
         let c = &request.context;
         // A session is kept stable by agent and session; sessionless
         // callers by their agent alone.

@@ -1,13 +1,15 @@
 //! Engine: the one wasmtime [`wasmtime::Engine`] of the process, its pooling
-//! allocator, and the epoch ticker that turns wall-clock deadlines into
-//! interrupts.
+//! allocator, the epoch ticker that interrupts running policies so their
+//! deadlines can be checked, the compile threads, and the background thread
+//! that makes spare instances and tears used ones down.
 //!
 //! Every number the engine is built with is here, with the reason for it.
 //! The defaults suit small policies (a few hundred KiB of code, a few MiB of
 //! heap); interpreted-language policies need a larger `max_memory_bytes`.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -33,6 +35,10 @@ pub struct EngineConfig {
     /// The most elements any policy's table may hold; each policy's own
     /// `max_table_elements` must fit under it. Default: 20,000.
     pub max_table_elements: usize,
+    /// How many spare instances, fresh and never called, policies may keep
+    /// ready in all, made ahead of the decisions that take them; 0 makes
+    /// every decision instantiate on its own path. Default: 16.
+    pub spare_instances: u32,
     /// Bytes of each memory slot kept resident and reset with `memset` after
     /// use instead of being returned to the kernel, so the next instance in
     /// that slot takes no page faults. Default: 1 MiB.
@@ -51,6 +57,7 @@ impl Default for EngineConfig {
         EngineConfig {
             max_instances: 128,
             idle_instances: 16,
+            spare_instances: 16,
             max_memory_bytes: 64 << 20,
             max_table_elements: 20_000,
             keep_resident_bytes: 1 << 20,
@@ -86,6 +93,9 @@ pub struct Engine {
     max_instances: u32,
     pooling: bool,
     idle: Arc<IdleCount>,
+    spares: Arc<IdleCount>,
+    background: Arc<Background>,
+    compile: Option<Arc<rayon::ThreadPool>>,
     _ticker: Arc<EpochTicker>,
 }
 
@@ -130,6 +140,7 @@ impl Engine {
         };
         let tick = Duration::from_millis(config.epoch_tick_ms);
         let ticker = EpochTicker::start(&inner, tick);
+        let compile = compile_pool().map(Arc::new);
         Ok(Engine {
             inner,
             tick,
@@ -138,8 +149,26 @@ impl Engine {
             max_instances: config.max_instances,
             pooling,
             idle: Arc::new(IdleCount::new(config.idle_instances)),
+            spares: Arc::new(IdleCount::new(config.spare_instances)),
+            background: Arc::new(Background::start()),
+            compile,
             _ticker: Arc::new(ticker),
         })
+    }
+
+    /// Compiles `bytes` to a component on the compile threads: one fewer
+    /// than the machine has cores (at least one), each below the
+    /// decisions in priority, so a reload never starves the decisions
+    /// being made meanwhile.
+    ///
+    /// # Errors
+    /// wasmtime's, when the bytes are not a valid component.
+    pub fn compile(&self, bytes: &[u8]) -> wasmtime::Result<wasmtime::component::Component> {
+        let compile = || wasmtime::component::Component::new(&self.inner, bytes);
+        match &self.compile {
+            Some(pool) => pool.install(compile),
+            None => compile(),
+        }
     }
 
     /// The wasmtime engine.
@@ -147,12 +176,9 @@ impl Engine {
         &self.inner
     }
 
-    /// Epoch ticks to allow for `deadline`: rounded up, plus one because
-    /// the current tick may be about to end.
-    pub fn deadline_ticks(&self, deadline: Duration) -> u64 {
-        let tick = self.tick.as_nanos().max(1);
-        let ticks = deadline.as_nanos().div_ceil(tick);
-        u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1)
+    /// The epoch tick: how often a running policy's deadline is checked.
+    pub fn tick(&self) -> Duration {
+        self.tick
     }
 
     /// The largest memory any policy may be given, in bytes.
@@ -168,6 +194,26 @@ impl Engine {
     /// The engine-wide bound on instances kept idle for reuse.
     pub(crate) fn idle_slots(&self) -> &Arc<IdleCount> {
         &self.idle
+    }
+
+    /// The engine-wide bound on spare instances.
+    pub(crate) fn spare_slots(&self) -> &Arc<IdleCount> {
+        &self.spares
+    }
+
+    /// Whether policies keep spare instances at all.
+    pub(crate) fn spares_enabled(&self) -> bool {
+        self.spares.max > 0
+    }
+
+    /// Runs `job` on the engine's background thread, or gives it back
+    /// when [`OFFLOAD_BOUND`] jobs are already waiting (or the thread
+    /// could not start), for the caller to run itself.
+    ///
+    /// # Errors
+    /// The job, not run.
+    pub(crate) fn offload(&self, job: Job) -> Result<(), Job> {
+        self.background.offload(job)
     }
 
     /// How many instances may be alive at once.
@@ -208,7 +254,13 @@ fn wasmtime_config(config: &EngineConfig, pooling: bool) -> wasmtime::Config {
         .parallel_compilation(true);
     if pooling {
         let mut pool = PoolingAllocationConfig::new();
-        let slots = config.max_instances.saturating_add(config.idle_instances);
+        // Decisions in flight, kept and spare instances, and the used ones
+        // waiting for the background thread to tear them down.
+        let slots = config
+            .max_instances
+            .saturating_add(config.idle_instances)
+            .saturating_add(config.spare_instances)
+            .saturating_add(OFFLOAD_BOUND as u32);
         // A Rust policy holds one or two core instances (the guest and its
         // adapter shims); a Python one, linked from libpython and its
         // libraries, a dozen sharing one memory; the preview-1 adapter a
@@ -228,6 +280,134 @@ fn wasmtime_config(config: &EngineConfig, pooling: bool) -> wasmtime::Config {
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     c
+}
+
+/// Work for the engine's background thread.
+pub(crate) type Job = Box<dyn FnOnce() + Send>;
+
+/// At most this many jobs wait for the background thread; each may hold a
+/// used instance's pool slot until it runs.
+pub(crate) const OFFLOAD_BOUND: usize = 32;
+
+/// The engine's background thread: it makes spare instances and tears used
+/// ones down, off the decisions' path. Stopped when the engine is dropped,
+/// after the jobs already queued.
+struct Background {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    /// The thread waits on `wake`: only then is a notification (a system
+    /// call) needed.
+    sleeping: bool,
+    stop: bool,
+}
+
+impl Background {
+    fn start() -> Self {
+        let shared = Arc::new(Shared::default());
+        let mine = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("arbiter-instances".into())
+            .spawn(move || mine.run())
+            .map_err(|e| tracing::warn!(error = %e, "cannot start the instance thread"))
+            .ok();
+        Background { shared, thread }
+    }
+
+    fn offload(&self, job: Job) -> Result<(), Job> {
+        if self.thread.is_none() {
+            return Err(job);
+        }
+        let mut q = self.shared.lock();
+        if q.jobs.len() >= OFFLOAD_BOUND || q.stop {
+            return Err(job);
+        }
+        q.jobs.push_back(job);
+        if q.sleeping {
+            q.sleeping = false;
+            self.shared.wake.notify_one();
+        }
+        Ok(())
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn run(&self) {
+        loop {
+            let job = {
+                let mut q = self.lock();
+                loop {
+                    if let Some(job) = q.jobs.pop_front() {
+                        break job;
+                    }
+                    if q.stop {
+                        return;
+                    }
+                    q.sleeping = true;
+                    q = self.wake.wait(q).unwrap_or_else(PoisonError::into_inner);
+                }
+            };
+            // A job that panics costs its own work, not the thread.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                tracing::error!("a background instance job panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        {
+            let mut q = self.shared.lock();
+            q.stop = true;
+        }
+        self.shared.wake.notify_one();
+        // The last engine may be dropped by a job on the thread itself.
+        if let Some(t) = self.thread.take()
+            && t.thread().id() != std::thread::current().id()
+        {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The compile threads, or `None` (compiling on the caller's thread and
+/// rayon's own) when the machine refuses them.
+fn compile_pool() -> Option<rayon::ThreadPool> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(cores.saturating_sub(1).max(1))
+        .thread_name(|i| format!("arbiter-compile-{i}"))
+        .start_handler(|_| lower_priority())
+        .build()
+        .map_err(|e| tracing::warn!(error = %e, "cannot start the compile threads"))
+        .ok()
+}
+
+/// Lowers the calling thread's scheduling priority to nice 10: on Linux
+/// the nice value belongs to the thread, so decisions on other threads
+/// keep theirs and the scheduler runs them first.
+fn lower_priority() {
+    // SAFETY: setpriority reads only its integer arguments; `0` names the
+    // calling thread.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+    if rc != 0 {
+        tracing::debug!("cannot lower the compile thread's priority");
+    }
 }
 
 /// A thread that advances the engine's epoch once per tick. It holds only a
@@ -323,16 +503,42 @@ mod tests {
         assert!(IdleSlot::acquire(&idle).is_some());
     }
 
+    #[cfg(target_os = "linux")]
     #[test]
-    fn deadline_rounds_up_and_adds_one() {
+    fn components_compile_on_fewer_threads_below_the_decisions() {
         let engine = Engine::new(&EngineConfig {
             max_instances: 4,
             ..EngineConfig::default()
         })
         .expect("engine");
-        assert_eq!(engine.deadline_ticks(Duration::from_millis(10)), 11);
-        assert_eq!(engine.deadline_ticks(Duration::from_micros(1500)), 3);
-        assert_eq!(engine.deadline_ticks(Duration::ZERO), 1);
+        // An empty component is enough to start the compile threads.
+        engine.compile(b"\0asm\x0d\0\x01\0").expect("compiles");
+        let pool = engine.compile.as_ref().expect("compile threads");
+        let on = pool.install(|| std::thread::current().name().map(str::to_owned));
+        assert!(on.is_some_and(|n| n.starts_with("arbiter-compile-")));
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!(pool.current_num_threads(), cores.saturating_sub(1).max(1));
+        let mut compile_threads = 0;
+        for task in std::fs::read_dir("/proc/self/task")
+            .expect("tasks")
+            .flatten()
+        {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if !comm.starts_with("arbiter-compil") {
+                continue;
+            }
+            compile_threads += 1;
+            let stat = std::fs::read_to_string(task.path().join("stat")).expect("stat");
+            // Fields after the parenthesized name: state is field 3, nice 19.
+            let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+            let nice: i32 = after
+                .split_whitespace()
+                .nth(16)
+                .and_then(|n| n.parse().ok())
+                .expect("nice");
+            assert_eq!(nice, 10, "{comm}");
+        }
+        assert!(compile_threads >= 1);
     }
 
     #[test]

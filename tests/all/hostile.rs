@@ -113,6 +113,120 @@ fn deadline_fires_near_its_time_not_at_fuel() {
     assert!(d.policies[0].micros >= 30_000, "{}", d.policies[0].micros);
 }
 
+/// A policy that really needs 15 ms of CPU, under a 60 ms deadline,
+/// decided four at a time while every core is kept busy three times over:
+/// each decision takes far longer than 60 ms of wall time, waiting for a
+/// CPU, and none is denied for it; a policy that really runs past the
+/// deadline is still stopped at it.
+#[test]
+fn a_slow_decision_waiting_for_a_cpu_is_not_denied_its_deadline() {
+    let limits = Limits {
+        fuel: 1 << 50,
+        deadline_ms: 60,
+        ..Limits::default()
+    };
+    let arbiter = misbehave(limits);
+    let work = |rounds: u64| {
+        let mut r = request("tool", "work", json!({}));
+        r.action.target = rounds.to_string();
+        arbiter.decide(&r)
+    };
+    // Calibrate alone: the rounds that take about 15 ms here.
+    let mut rounds = 100_000;
+    loop {
+        let d = work(rounds);
+        assert_eq!(d.rule, "misbehave.worked", "{}", d.reason);
+        if d.policies[0].micros >= 15_000 {
+            break;
+        }
+        rounds *= 2;
+    }
+    let _burner = arbiter_tests::Burner::start(3);
+    let walls: Vec<u64> = thread::scope(|s| {
+        let deciders: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    (0..3)
+                        .map(|_| {
+                            let d = work(rounds);
+                            assert_eq!(
+                                (d.outcome, d.rule.as_str()),
+                                (Outcome::Allow, "misbehave.worked"),
+                                "a legitimate decision was denied while it waited: {}",
+                                d.reason
+                            );
+                            d.policies[0].micros
+                        })
+                        .max()
+                        .unwrap_or(0)
+                })
+            })
+            .collect();
+        deciders
+            .into_iter()
+            .map(|t| t.join().expect("decider"))
+            .collect()
+    });
+    let slowest = walls.iter().copied().max().unwrap_or(0);
+    // Without the contention this test would prove nothing.
+    assert!(
+        slowest > 60_000,
+        "no decision waited past the deadline ({slowest} µs); the load was not felt"
+    );
+    let spin = arbiter.decide(&request("tool", "spin", json!({})));
+    assert_eq!(spin.rule, "failure.deadline", "{}", spin.reason);
+    assert!(spin.policies[0].micros >= 60_000);
+}
+
+/// Spare instances are made ahead of the decisions that take them, and
+/// each still serves exactly one decision: a policy counting its calls in
+/// memory always counts one. (With reuse on, the same count grows: the
+/// test would see an instance that served twice.)
+#[test]
+fn every_decision_runs_in_an_instance_no_other_decision_used() {
+    let policy = load_file(
+        "misbehave",
+        artifacts::MISBEHAVE,
+        json!({}),
+        Limits::default(),
+    )
+    .expect("loads");
+    let a = arbiter(vec![policy.clone()]);
+    for i in 0..50 {
+        let d = a.decide(&request("tool", "count", json!({})));
+        assert_eq!(
+            (d.rule.as_str(), d.risk),
+            ("misbehave.counted", 1),
+            "decision {i} ran in a used instance"
+        );
+        if i == 0 {
+            arbiter_tests::wait_for("spares made ahead", || policy.instances().spares() == 2);
+        }
+    }
+    let reused = load_file(
+        "misbehave",
+        artifacts::MISBEHAVE,
+        json!({}),
+        Limits {
+            reuse: arbiter::evaluate::Reuse {
+                decisions: 10,
+                ..Default::default()
+            },
+            ..Limits::default()
+        },
+    )
+    .expect("loads");
+    let a = arbiter(vec![reused]);
+    let risks: Vec<u8> = (0..3)
+        .map(|_| a.decide(&request("tool", "count", json!({}))).risk)
+        .collect();
+    assert_eq!(
+        risks,
+        [1, 2, 3],
+        "reuse keeps one instance, and the count shows it"
+    );
+}
+
 #[test]
 fn healthy_policies_stay_correct_while_hostile_ones_run() {
     let stop = AtomicBool::new(false);

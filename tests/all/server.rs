@@ -314,6 +314,8 @@ fn metrics_move_as_decisions_are_made() {
         1
     );
     assert_eq!(metric(t, "arbiter_decision_duration_seconds_count"), 2);
+    // Each decision that reached a policy waited for an instance first.
+    assert_eq!(metric(t, "arbiter_decision_queue_seconds_count"), 2);
     assert!(metric(t, "arbiter_policy_fuel_total{policy=\"misbehave\"}") >= 1_000_000);
     assert_eq!(
         metric(

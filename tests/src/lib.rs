@@ -140,6 +140,45 @@ pub fn refused(attack: &str, was_refused: bool, detail: impl std::fmt::Display) 
     println!("attack refused: {attack}");
 }
 
+/// Load like `stress --cpu`: threads spinning on every core, at the
+/// decisions' own priority, until dropped.
+pub struct Burner {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Burner {
+    /// `per_core` spinning threads for each core of the machine.
+    pub fn start(per_core: usize) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let threads = (0..cores * per_core)
+            .map(|_| {
+                let stop = std::sync::Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let mut x = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        for i in 0..10_000u64 {
+                            x = std::hint::black_box(x ^ i.rotate_left(7));
+                        }
+                    }
+                })
+            })
+            .collect();
+        Burner { stop, threads }
+    }
+}
+
+impl Drop for Burner {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Polls `done` every 5 ms; fails the test after 20 s.
 pub fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let start = std::time::Instant::now();

@@ -15,7 +15,7 @@ use crate::decision::{Mode, Outcome, PolicyReport};
 pub enum FailureKind {
     /// The policy used up its fuel (too many instructions).
     Fuel,
-    /// The policy ran past its wall-clock deadline.
+    /// The policy ran past its deadline (its own running time).
     Deadline,
     /// The policy tried to grow its memory past its cap.
     Memory,

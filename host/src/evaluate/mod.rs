@@ -7,9 +7,11 @@
 //! guest becomes a [`PolicyFailure`] value, never a host error: the caller
 //! turns it into a deny.
 
+mod deadline;
 mod failure;
 mod reuse;
 mod sandbox;
+mod spare;
 mod stdio;
 mod wasi;
 
@@ -18,9 +20,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::Value;
+use wasmtime::Store;
 use wasmtime::component::{Component, ComponentExportIndex, Func, Linker, TypedFunc};
-use wasmtime::{Store, UpdateDeadline};
 
+use deadline::Meter;
 pub use failure::{FailureKind, PolicyFailure};
 pub use reuse::InstancePool;
 pub(crate) use sandbox::StoreState;
@@ -107,7 +110,7 @@ pub struct Evaluation {
     pub result: Result<Verdict, PolicyFailure>,
     /// Fuel consumed.
     pub fuel: u64,
-    /// Wall-clock microseconds, instantiation included.
+    /// Wall-clock microseconds, instantiation and any waiting included.
     pub micros: u64,
 }
 
@@ -234,24 +237,15 @@ pub fn evaluate(
 ) -> Evaluation {
     input.set_settings(settings);
     let start = Instant::now();
-    let (mut store, func, uses) = match reused_or_fresh(engine, pre, limits, pool, input) {
+    let meter = Meter::new(limits.deadline(), engine.tick());
+    let (mut store, func, uses) = match reused_or_fresh(engine, pre, limits, pool, input, &meter) {
         Ok(ready) => ready,
         Err((failure, fuel)) => return failed(failure, fuel, start),
     };
-    // A fresh store was armed when it was made, so its instantiation
-    // counts against the call's fuel and deadline; a kept one is re-armed.
-    if uses > 0
-        && let Err(e) = arm(&mut store, engine, limits)
-    {
-        return store_failure(&e, start).map_result(check_output);
-    }
-    let result = {
-        let typed = typed_evaluate(func);
-        typed
-            .call(&mut store, (&input.action, &input.context))
-            .map(|(d,)| d)
-            .map_err(|e| PolicyFailure::classify(&e, store.data(), &limits.describe()))
-    };
+    let result = typed_evaluate(func)
+        .call(&mut store, (&input.action, &input.context))
+        .map(|(d,)| d)
+        .map_err(|e| PolicyFailure::classify(&e, store.data(), &limits.describe()));
     finish_kept(
         engine, store, func, uses, result, limits, start, pool, input,
     )
@@ -260,7 +254,8 @@ pub fn evaluate(
 /// [`evaluate`] for async callers: the instance runs on the calling task
 /// and yields to the executor at every epoch tick, so a slow policy shares
 /// the thread with other requests until its deadline interrupts it, instead
-/// of holding it.
+/// of holding it. Time spent waiting to be polled again is not charged to
+/// the deadline.
 pub async fn evaluate_async(
     engine: &Engine,
     pre: &PolicyPre,
@@ -271,27 +266,25 @@ pub async fn evaluate_async(
 ) -> Evaluation {
     input.set_settings(settings);
     let start = Instant::now();
-    let deadline = start + limits.deadline();
-    let yielding = move |store: &mut Store<StoreState>| {
-        store.epoch_deadline_callback(move |_| {
-            Ok(if Instant::now() >= deadline {
-                UpdateDeadline::Interrupt
-            } else {
-                UpdateDeadline::Yield(1)
-            })
-        });
-        store.set_epoch_deadline(1);
-    };
-    let kept = pool.and_then(|p| p.take(&input.context.agent.id));
-    let (mut store, func, uses) = match kept {
-        Some(k) => (k.store, k.evaluate, k.uses),
+    let meter = Meter::new(limits.deadline(), engine.tick());
+    let (mut store, func, uses) = match made_ahead(pool, &input.context.agent.id) {
+        Some((mut store, func, uses)) => {
+            if let Err(e) = arm(&mut store, limits, meter.clone(), true) {
+                return store_failure(&e, start).map_result(check_output);
+            }
+            (store, func, uses)
+        }
         None => {
-            let mut store = match sandbox::new_store(engine, limits) {
+            let mut store = match sandbox::new_store(engine, limits, meter.clone(), true) {
                 Ok(store) => store,
                 Err(e) => return store_failure(&e, start).map_result(check_output),
             };
-            yielding(&mut store);
-            match pre.inner.instance_pre().instantiate_async(&mut store).await {
+            let instance = deadline::sliced(
+                &meter,
+                pre.inner.instance_pre().instantiate_async(&mut store),
+            )
+            .await;
+            match instance {
                 Ok(instance) => match instance.get_func(&mut store, pre.evaluate) {
                     Some(func) => (store, func, 0),
                     None => return failed(no_evaluate(), fuel_used(&store, limits), start),
@@ -303,17 +296,13 @@ pub async fn evaluate_async(
             }
         }
     };
-    if uses > 0 {
-        if let Err(e) = arm(&mut store, engine, limits) {
-            return store_failure(&e, start).map_result(check_output);
-        }
-        yielding(&mut store);
-    }
-    let result = typed_evaluate(func)
-        .call_async(&mut store, (&input.action, &input.context))
-        .await
-        .map(|(d,)| d)
-        .map_err(|e| PolicyFailure::classify(&e, store.data(), &limits.describe()));
+    let result = deadline::sliced(
+        &meter,
+        typed_evaluate(func).call_async(&mut store, (&input.action, &input.context)),
+    )
+    .await
+    .map(|(d,)| d)
+    .map_err(|e| PolicyFailure::classify(&e, store.data(), &limits.describe()));
     finish_kept(
         engine, store, func, uses, result, limits, start, pool, input,
     )
@@ -328,24 +317,39 @@ fn typed_evaluate<'a>(
     unsafe { TypedFunc::new_unchecked(func) }
 }
 
-/// A kept instance for this agent, or a fresh one; with the decisions the
-/// instance has made. A failure comes with the fuel its start used.
+/// An instance `pool` holds for this decision: one kept for `agent` under
+/// reuse, else a spare made ahead; with the decisions it has made.
+fn made_ahead(pool: Option<&InstancePool>, agent: &str) -> Option<(Store<StoreState>, Func, u32)> {
+    let pool = pool?;
+    if let Some(k) = pool.take(agent) {
+        return Some((k.store, k.evaluate, k.uses));
+    }
+    pool.spare().map(|s| (s.store, s.evaluate, 0))
+}
+
+/// An instance made ahead, re-armed with `meter`, or a fresh one armed
+/// with it; with the decisions the instance has made. A failure
+/// comes with the fuel its start used.
 fn reused_or_fresh(
     engine: &Engine,
     pre: &PolicyPre,
     limits: &Limits,
     pool: Option<&InstancePool>,
     input: &Input,
+    meter: &Meter,
 ) -> Result<(Store<StoreState>, Func, u32), (PolicyFailure, u64)> {
-    if let Some(k) = pool.and_then(|p| p.take(&input.context.agent.id)) {
-        return Ok((k.store, k.evaluate, k.uses));
-    }
-    let mut store = sandbox::new_store(engine, limits).map_err(|e| {
+    let start_failure = |e: wasmtime::Error| {
         (
             PolicyFailure::new(FailureKind::Instantiate, format!("{e:#}")),
             0,
         )
-    })?;
+    };
+    if let Some((mut store, func, uses)) = made_ahead(pool, &input.context.agent.id) {
+        arm(&mut store, limits, meter.clone(), false).map_err(start_failure)?;
+        return Ok((store, func, uses));
+    }
+    let mut store =
+        sandbox::new_store(engine, limits, meter.clone(), false).map_err(start_failure)?;
     let instance = match pre.inner.instance_pre().instantiate(&mut store) {
         Ok(instance) => instance,
         Err(e) => {
@@ -369,12 +373,14 @@ fn no_evaluate() -> PolicyFailure {
 }
 
 /// Gives a kept instance's call its own fuel, deadline and stderr.
-fn arm(store: &mut Store<StoreState>, engine: &Engine, limits: &Limits) -> wasmtime::Result<()> {
+fn arm(
+    store: &mut Store<StoreState>,
+    limits: &Limits,
+    meter: Meter,
+    yielding: bool,
+) -> wasmtime::Result<()> {
     store.set_fuel(limits.fuel)?;
-    // A kept instance may have run async, with a yielding callback; the
-    // async path installs its own again after this.
-    store.epoch_deadline_trap();
-    store.set_epoch_deadline(engine.deadline_ticks(limits.deadline()));
+    deadline::arm(store, meter, yielding);
     store.data_mut().stdio = stdio::Captured::default();
     Ok(())
 }
@@ -407,7 +413,8 @@ fn finish_kept(
         Some(pool) if result.is_ok() && pool.enabled() => {
             pool.give_back(engine, store, func, uses + 1, &input.context.agent.id);
         }
-        _ => drop(store),
+        Some(_) => spare::retire(engine, store),
+        None => drop(store),
     }
     Evaluation {
         result,
@@ -457,7 +464,8 @@ fn run<T>(
     call: impl FnOnce(&bindings::Policy, &mut Store<StoreState>) -> wasmtime::Result<T>,
 ) -> Run<T> {
     let start = Instant::now();
-    let mut store = match sandbox::new_store(engine, limits) {
+    let meter = Meter::new(limits.deadline(), engine.tick());
+    let mut store = match sandbox::new_store(engine, limits, meter, false) {
         Ok(store) => store,
         Err(e) => return store_failure(&e, start),
     };

@@ -1,6 +1,8 @@
-//! Bounded instance reuse: the idle instances one loaded policy keeps, so a
-//! decision can skip instantiation (most of its cost for an interpreted
-//! language). Off unless a policy's `limits.reuse` turns it on.
+//! The instances one loaded policy holds between decisions: its spares
+//! (fresh, never called; `spare.rs`), and under bounded reuse its idle
+//! ones, so a decision can skip instantiation (most of its cost for an
+//! interpreted language). Reuse is off unless a policy's `limits.reuse`
+//! turns it on.
 //!
 //! The bounds: an instance decides at most `decisions` times; only one
 //! whose every call succeeded goes back; it decides again only for the
@@ -9,12 +11,14 @@
 //! so kept instances never take the slots decisions in flight need.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use wasmtime::Store;
 use wasmtime::component::Func;
 
-use super::sandbox::{Reuse, StoreState};
+use super::PolicyPre;
+use super::sandbox::{Limits, Reuse, StoreState};
+use super::spare::{Spare, Spares};
 use crate::engine::{Engine, IdleSlot};
 
 /// An instance with its store, ready to decide again.
@@ -27,11 +31,12 @@ pub(super) struct Kept {
     _slot: IdleSlot,
 }
 
-/// The idle instances of one loaded policy (one version, with one set of
-/// settings: a policy may keep what it parsed from them).
+/// The spare and idle instances of one loaded policy (one version, with
+/// one set of settings: a policy may keep what it parsed from them).
 pub struct InstancePool {
     reuse: Reuse,
     kept: Mutex<VecDeque<Kept>>,
+    spares: Arc<Spares>,
 }
 
 impl std::fmt::Debug for InstancePool {
@@ -44,12 +49,24 @@ impl std::fmt::Debug for InstancePool {
 }
 
 impl InstancePool {
-    /// An empty pool that keeps instances as `reuse` says.
-    pub fn new(reuse: Reuse) -> Self {
+    /// An empty pool for `pre` under `limits`, keeping instances as
+    /// `limits.reuse` says.
+    pub fn new(engine: &Engine, pre: &PolicyPre, limits: Limits) -> Self {
         InstancePool {
-            reuse,
+            reuse: limits.reuse,
             kept: Mutex::new(VecDeque::new()),
+            spares: Spares::new(engine, pre, limits),
         }
+    }
+
+    /// How many spares are ready now.
+    pub fn spares(&self) -> usize {
+        self.spares.ready()
+    }
+
+    /// A fresh instance made ahead, if one is ready.
+    pub(super) fn spare(&self) -> Option<Spare> {
+        self.spares.take()
     }
 
     /// How many instances are idle now.

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use wasmtime::{ResourceLimiter, Store};
 
+use super::deadline::{self, Meter};
 use super::stdio::Captured;
 use super::wasi::WasiGrants;
 use crate::engine::Engine;
@@ -13,15 +14,17 @@ use crate::engine::Engine;
 /// The limits one policy runs under; `[policies.limits]` in configuration.
 ///
 /// Fuel bounds the instructions a call may execute and is deterministic;
-/// the deadline bounds wall-clock time, including instantiation, and also
-/// catches time spent outside instructions. Both always apply.
+/// the deadline bounds the time the policy runs, instantiation included,
+/// and never counts time spent waiting for a CPU. Both always apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Fuel per call (about one unit per wasm instruction). Default: 50
     /// million, several thousand times what the example policies use.
     pub fuel: u64,
-    /// Wall-clock budget per call, in milliseconds. Default: 100.
+    /// Running time allowed per call, in milliseconds (CPU time of the
+    /// policy itself; waiting for a thread or a CPU is not counted).
+    /// Default: 100.
     pub deadline_ms: u64,
     /// Cap on the policy's linear memory, in bytes. Default: 16 MiB.
     pub max_memory_bytes: usize,
@@ -155,8 +158,15 @@ impl ResourceLimiter for Limiter {
     }
 }
 
-/// A fresh store for one call, with every limit armed.
-pub(crate) fn new_store(engine: &Engine, limits: &Limits) -> wasmtime::Result<Store<StoreState>> {
+/// A fresh store for one call, with every limit armed: fuel, the memory
+/// cap, and the deadline `meter` keeps (yielding at each tick when the
+/// call is async).
+pub(crate) fn new_store(
+    engine: &Engine,
+    limits: &Limits,
+    meter: Meter,
+    yielding: bool,
+) -> wasmtime::Result<Store<StoreState>> {
     let state = StoreState {
         limiter: Limiter {
             max_memory_bytes: limits.max_memory_bytes,
@@ -167,7 +177,6 @@ pub(crate) fn new_store(engine: &Engine, limits: &Limits) -> wasmtime::Result<St
     let mut store = Store::new(engine.wasmtime(), state);
     store.limiter(|s| &mut s.limiter);
     store.set_fuel(limits.fuel)?;
-    store.set_epoch_deadline(engine.deadline_ticks(limits.deadline()));
-    store.epoch_deadline_trap();
+    deadline::arm(&mut store, meter, yielding);
     Ok(store)
 }

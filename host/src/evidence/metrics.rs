@@ -17,6 +17,7 @@
 //! | `arbiter_policy_failures_total` | counter | `policy`, `kind` |
 //! | `arbiter_policy_fuel_total` | counter | `policy` |
 //! | `arbiter_decision_duration_seconds` | histogram, µs-resolution buckets | |
+//! | `arbiter_decision_queue_seconds` | histogram, µs-resolution buckets | |
 //! | `arbiter_http_responses_total` | counter | `endpoint`, `status` |
 //! | `arbiter_ready` | gauge | |
 //! | `arbiter_policy_reloads_total` | counter | `policy`, `result` (`swapped`, `unchanged`) |
@@ -44,13 +45,53 @@ const LATENCY_BUCKETS_MICROS: &[u64] = &[
     100_000, 250_000, 1_000_000,
 ];
 
+/// A latency histogram with [`LATENCY_BUCKETS_MICROS`].
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS_MICROS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    fn record(&self, micros: u64) {
+        // Buckets are stored non-cumulative and summed when rendered;
+        // anything above the last bound counts only in `+Inf`.
+        if let Some(bucket) = LATENCY_BUCKETS_MICROS.iter().position(|b| micros <= *b) {
+            self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        header(out, name, "histogram", help);
+        let mut cumulative = 0;
+        for (bound, count) in LATENCY_BUCKETS_MICROS.iter().zip(&self.buckets) {
+            cumulative += count.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{}\"}} {cumulative}",
+                *bound as f64 / 1e6
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
 /// Every counter Arbiter keeps. Cheap to share behind an `Arc`.
 #[derive(Debug, Default)]
 pub struct Metrics {
     counters: Mutex<Counters>,
-    latency_buckets: [AtomicU64; LATENCY_BUCKETS_MICROS.len()],
-    latency_count: AtomicU64,
-    latency_sum_micros: AtomicU64,
+    latency: Histogram,
+    queue: Histogram,
     ready: AtomicBool,
     log: LogCounters,
     shadow_pending: AtomicU64,
@@ -106,6 +147,11 @@ impl Metrics {
         Self::default()
     }
 
+    /// Counts the time a decision waited before its first policy ran.
+    pub fn record_queue(&self, micros: u64) {
+        self.queue.record(micros);
+    }
+
     /// Counts one decision: its outcome, each policy's outcome, failure and
     /// fuel, and its latency.
     pub fn record_decision(&self, d: &Decision) {
@@ -136,18 +182,7 @@ impl Metrics {
                 }
             }
         }
-        let bucket = LATENCY_BUCKETS_MICROS
-            .iter()
-            .position(|b| d.micros <= *b)
-            .unwrap_or(LATENCY_BUCKETS_MICROS.len() - 1);
-        // Buckets are stored non-cumulative and summed when rendered;
-        // anything above the last bound counts only in `+Inf`.
-        if d.micros <= LATENCY_BUCKETS_MICROS[bucket] {
-            self.latency_buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        }
-        self.latency_count.fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_micros
-            .fetch_add(d.micros, Ordering::Relaxed);
+        self.latency.record(d.micros);
     }
 
     /// Counts one shadow comparison of `policy` with `candidate`.
@@ -458,32 +493,16 @@ impl Metrics {
             );
         }
         drop(c);
-        header(
+        self.latency.render(
             &mut out,
             "arbiter_decision_duration_seconds",
-            "histogram",
             "Decision latency, route to combine.",
         );
-        let mut cumulative = 0;
-        for (bound, count) in LATENCY_BUCKETS_MICROS.iter().zip(&self.latency_buckets) {
-            cumulative += count.load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "arbiter_decision_duration_seconds_bucket{{le=\"{}\"}} {cumulative}",
-                *bound as f64 / 1e6
-            );
-        }
-        let count = self.latency_count.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "arbiter_decision_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        self.queue.render(
+            &mut out,
+            "arbiter_decision_queue_seconds",
+            "Time a decision waited for an instance before its first policy ran.",
         );
-        let _ = writeln!(
-            out,
-            "arbiter_decision_duration_seconds_sum {}",
-            self.latency_sum_micros.load(Ordering::Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "arbiter_decision_duration_seconds_count {count}");
         header(
             &mut out,
             "arbiter_ready",

@@ -171,7 +171,7 @@ impl CompileCache {
                 }
             }
         }
-        let component = Component::new(engine.wasmtime(), bytes)?;
+        let component = engine.compile(bytes)?;
         let status = match self.store(&hash, digest_hex, &engine_dir, &path, &component) {
             Ok(()) => found,
             Err(e) => {

@@ -121,8 +121,8 @@ fn compile_onwards(
         limits: spec.limits,
         loaded_at: SystemTime::now(),
         signer,
+        instances: Arc::new(InstancePool::new(engine, &pre, spec.limits)),
         pre,
-        instances: Arc::new(InstancePool::new(spec.limits.reuse)),
     };
     let loaded = load_with_settings(engine, &loaded, &spec.settings)?;
     smoke(engine, &loaded, &spec.smoke).map_err(|p| fail(spec, LoadStep::Smoke, p))?;
@@ -161,7 +161,7 @@ pub fn load_with_settings(
     Ok(LoadedPolicy {
         settings,
         // Kept instances may hold what they parsed from the old settings.
-        instances: Arc::new(InstancePool::new(policy.limits.reuse)),
+        instances: Arc::new(InstancePool::new(engine, &policy.pre, policy.limits)),
         ..policy.clone()
     })
 }
@@ -190,7 +190,7 @@ pub(super) fn compile(
     }
     let compiled = match cache {
         Some(cache) => cache.get_or_compile(engine, bytes, digest),
-        None => Component::new(engine.wasmtime(), bytes).map(|c| (c, CacheStatus::Disabled)),
+        None => engine.compile(bytes).map(|c| (c, CacheStatus::Disabled)),
     };
     compiled.map_err(|e| LoadProblem::Compile(format!("{e:#}")))
 }

@@ -30,6 +30,10 @@ wit_bindgen::generate!({
 
 use arbiter::policy::types::Outcome;
 use std::hint::black_box;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// Calls this instance has served: 1 on every call of a fresh instance.
+static CALLS: AtomicU8 = AtomicU8::new(0);
 
 struct Misbehave;
 
@@ -107,6 +111,29 @@ impl Guest for Misbehave {
                     x = black_box(x ^ i.rotate_left(7));
                 }
                 decision(Outcome::Allow, black_box(x) as u8 % 2, None)
+            }
+            // Says how many calls this instance has served, as its risk.
+            "count" => Decision {
+                outcome: Outcome::Allow,
+                reason: "counted".into(),
+                rule: "misbehave.counted".into(),
+                risk: CALLS.fetch_add(1, Ordering::Relaxed).saturating_add(1),
+                params: None,
+            },
+            // Legitimate but slow: as many rounds as the target says.
+            "work" => {
+                let rounds: u64 = action.target.parse().unwrap_or(0);
+                let mut x = 0u64;
+                for i in 0..rounds {
+                    x = black_box(x ^ i.rotate_left(7));
+                }
+                Decision {
+                    outcome: Outcome::Allow,
+                    reason: format!("worked {rounds} rounds"),
+                    rule: "misbehave.worked".into(),
+                    risk: black_box(x) as u8 % 2,
+                    params: None,
+                }
             }
             "grow" => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
