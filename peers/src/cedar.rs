@@ -78,8 +78,13 @@ fn set(items: impl IntoIterator<Item = String>) -> String {
     format!("[{}]", items.into_iter().collect::<Vec<_>>().join(", "))
 }
 
+/// `x` as a Cedar decimal's text: four fraction digits, within its range.
+fn decimal_text(x: f64) -> String {
+    format!("{:.4}", x.clamp(-9e14, 9e14))
+}
+
 fn decimal(x: f64) -> String {
-    format!("decimal(\"{:.4}\")", x.clamp(-9e14, 9e14))
+    format!("decimal(\"{}\")", decimal_text(x))
 }
 
 /// The rules of POLICIES.md in Cedar, with `s` written in.
@@ -162,9 +167,8 @@ impl Cedar {
         let uid = |ty: &EntityTypeName, id: String| {
             EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(id))
         };
-        let empty = serde_json::Map::new();
-        let params = action["params"].as_object().unwrap_or(&empty);
-        let params = Value::Object(params.clone());
+        // Params that are not an object have no fields, as `{}`.
+        let params = &action["params"];
         let roles = ["agent", "user"]
             .into_iter()
             .filter_map(|who| context[who]["roles"].as_array())
@@ -180,18 +184,18 @@ impl Cedar {
                 "target".to_owned(),
                 RestrictedExpression::new_string(text(&action["target"]).to_lowercase()),
             ),
-            ("to".to_owned(), domains(&params, "to")),
-            ("cc".to_owned(), domains(&params, "cc")),
+            ("to".to_owned(), domains(params, "to")),
+            ("cc".to_owned(), domains(params, "cc")),
         ];
         if let Some(a) = params.get("amount").and_then(Value::as_f64) {
             pairs.push((
                 "amount".to_owned(),
-                RestrictedExpression::new_decimal(format!("{:.4}", a.clamp(-9e14, 9e14))),
+                RestrictedExpression::new_decimal(decimal_text(a)),
             ));
         }
         let context = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
         Request::new(
-            uid(&self.agent, text(&context_agent(&w))),
+            uid(&self.agent, text(&w["context"]["agent"]["id"])),
             uid(&self.action, text(&action["name"])),
             uid(&self.target, text(&action["target"])),
             context,
@@ -199,10 +203,6 @@ impl Cedar {
         )
         .map_err(|e| e.to_string())
     }
-}
-
-fn context_agent(w: &Value) -> Value {
-    w["context"]["agent"]["id"].clone()
 }
 
 impl Decider for Cedar {
