@@ -392,21 +392,22 @@ fn compile_pool() -> Option<rayon::ThreadPool> {
     rayon::ThreadPoolBuilder::new()
         .num_threads(cores.saturating_sub(1).max(1))
         .thread_name(|i| format!("arbiter-compile-{i}"))
-        .start_handler(|_| lower_priority())
+        .start_handler(|_| lower_priority("compile"))
         .build()
         .map_err(|e| tracing::warn!(error = %e, "cannot start the compile threads"))
         .ok()
 }
 
-/// Lowers the calling thread's scheduling priority to nice 10: on Linux
+/// Lowers the calling thread's scheduling priority to nice 10, for work
+/// that must yield to decisions (compiling, shadow comparisons): on Linux
 /// the nice value belongs to the thread, so decisions on other threads
 /// keep theirs and the scheduler runs them first.
-fn lower_priority() {
+pub(crate) fn lower_priority(what: &str) {
     // SAFETY: setpriority reads only its integer arguments; `0` names the
     // calling thread.
     let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
     if rc != 0 {
-        tracing::debug!("cannot lower the compile thread's priority");
+        tracing::debug!(thread = what, "cannot lower the thread's priority");
     }
 }
 

@@ -618,7 +618,7 @@ fn toml_smoke(name: &str, amount: f64, expect: &str) -> Vec<arbiter::config::Smo
 }
 
 #[test]
-fn a_slow_shadow_never_slows_the_caller_and_a_full_queue_counts_its_drops() {
+fn a_slow_shadow_never_slows_the_caller_yields_the_cpu_and_a_full_queue_counts_its_drops() {
     let mut misbehave = candidate("spin", CandidateRole::Shadow, None, Some(json!({})));
     misbehave.file = Some(artifacts::MISBEHAVE.into());
     let mut config = procurement(vec![misbehave]);
@@ -643,6 +643,12 @@ fn a_slow_shadow_never_slows_the_caller_and_a_full_queue_counts_its_drops() {
         elapsed < std::time::Duration::from_millis(1500),
         "{elapsed:?}"
     );
+    // The workers yield to decisions (a comparison is worth less); each
+    // lowers its own priority as it starts (with the first comparison).
+    wait_for("shadow workers at nice 10", || {
+        let workers = arbiter_tests::thread_priorities("arbiter-shadow");
+        !workers.is_empty() && workers.iter().all(|(_, nice)| *nice == 10)
+    });
     let report = settled_ab(server.admin, "procurement");
     let pair = &report["pairs"][0];
     let dropped = report["queue"]["dropped"]["procurement"]

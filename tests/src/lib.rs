@@ -393,3 +393,31 @@ impl Drop for Server {
         let _ = self.finish();
     }
 }
+
+/// The name and nice value of each thread of this process whose name
+/// starts with `prefix` (Linux reads both from `/proc/self/task`).
+pub fn thread_priorities(prefix: &str) -> Vec<(String, i32)> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task")
+        .expect("tasks")
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with(prefix) {
+            continue;
+        }
+        // A thread may end between the listing and this read.
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // After the parenthesized name: state is field 3, nice field 19.
+        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let nice = after
+            .split_whitespace()
+            .nth(16)
+            .and_then(|n| n.parse().ok())
+            .expect("nice");
+        found.push((comm.trim().to_owned(), nice));
+    }
+    found
+}

@@ -291,6 +291,10 @@ impl Drop for Shadow {
 impl Worker {
     /// Takes jobs until the queue is closed and empty.
     fn run(&self) {
+        // A comparison is worth less than any decision: when the cores are
+        // busy, the caller runs first and the queue drops (and counts) what
+        // the worker cannot keep up with.
+        crate::engine::lower_priority("shadow");
         let mut idle = IDLE_FIRST;
         loop {
             let job = self.queue.lock().pop();
