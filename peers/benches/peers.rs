@@ -1,7 +1,8 @@
-//! The procurement policy decided four ways in one process and one run,
+//! The procurement policy decided five ways (six variants) in one process and one run,
 //! in alternating rounds so that a shared machine's drift hits them alike:
 //! native Rust, Arbiter (fresh instance, every limit on, through
-//! `Arbiter::decide`), Cedar, and Rego on regorus (interpreter and RVM).
+//! `Arbiter::decide`) with spare instances made ahead (the default) and
+//! without them, Cedar, and Rego on regorus (interpreter and RVM).
 //! Each call starts from the same wire JSON.
 //!
 //! Before timing, every variant decides every procurement case of
@@ -73,13 +74,13 @@ fn main() {
         cases.len(),
         ROUNDS * PER_ROUND
     );
-    println!("{:<34} {:>10} {:>10}", "variant", "median", "p99");
+    println!("{:<42} {:>10} {:>10}", "variant", "median", "p99");
     let mut medians = Vec::new();
     for t in &mut timed {
         t.samples.sort_unstable();
         let median = t.samples[t.samples.len() / 2];
         let p99 = t.samples[t.samples.len() * 99 / 100];
-        println!("{:<34} {:>10.2?} {:>10.2?}", t.name, median, p99);
+        println!("{:<42} {:>10.2?} {:>10.2?}", t.name, median, p99);
         medians.push((t.name, median));
     }
     let median = |prefix: &str| {
@@ -88,15 +89,22 @@ fn main() {
             .find(|(n, _)| n.starts_with(prefix))
             .map(|(_, m)| m.as_secs_f64())
     };
-    if let Some(arbiter) = median("Arbiter") {
+    for (who, variant) in [
+        ("Arbiter", "Arbiter (wasm"),
+        ("no spares", "Arbiter, no spares"),
+    ] {
+        let Some(arbiter) = median(variant) else {
+            continue;
+        };
         for (label, prefix) in [
-            ("Arbiter / Cedar", "Cedar"),
-            ("Arbiter / Rego RVM", "Rego (regorus RVM)"),
-            ("Arbiter / Rego interpreter", "Rego (regorus interpreter)"),
-            ("Arbiter / native Rust", "native"),
+            ("Cedar", "Cedar"),
+            ("Rego RVM", "Rego (regorus RVM)"),
+            ("Rego interpreter", "Rego (regorus interpreter)"),
+            ("native Rust", "native"),
         ] {
             if let Some(other) = median(prefix) {
-                println!("ratio {label:<28} {:>6.2}", arbiter / other);
+                let label = format!("{who} / {label}");
+                println!("ratio {label:<36} {:>6.2}", arbiter / other);
             }
         }
     }

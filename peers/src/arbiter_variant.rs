@@ -15,7 +15,8 @@ use crate::{Answer, Decider};
 
 struct Embedded(Arbiter);
 
-/// One engine per process, as in a real one.
+/// The default engine (spare instances made ahead on its background
+/// thread), one per process, as in a real one.
 fn engine() -> Result<Engine, String> {
     static ENGINE: OnceLock<Result<Engine, String>> = OnceLock::new();
     ENGINE
@@ -23,8 +24,30 @@ fn engine() -> Result<Engine, String> {
         .clone()
 }
 
+/// An engine with `spare_instances = 0`: every decision instantiates on
+/// its own path, and no background thread competes for the cores.
+fn inline_engine() -> Result<Engine, String> {
+    static ENGINE: OnceLock<Result<Engine, String>> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| {
+            let config = EngineConfig {
+                spare_instances: 0,
+                ..EngineConfig::default()
+            };
+            Engine::new(&config).map_err(|e| e.to_string())
+        })
+        .clone()
+}
+
 pub(crate) fn load(settings: &Value) -> Result<Box<dyn Decider>, String> {
-    let engine = engine()?;
+    load_on(engine()?, settings)
+}
+
+pub(crate) fn load_inline(settings: &Value) -> Result<Box<dyn Decider>, String> {
+    load_on(inline_engine()?, settings)
+}
+
+fn load_on(engine: Engine, settings: &Value) -> Result<Box<dyn Decider>, String> {
     let spec = PolicySpec {
         name: "procurement".into(),
         source: arbiter::examples::source("procurement")

@@ -59,6 +59,10 @@ pub fn variants() -> Vec<Variant> {
             load: arbiter_variant::load,
         },
         Variant {
+            name: "Arbiter, no spares (instantiated inline)",
+            load: arbiter_variant::load_inline,
+        },
+        Variant {
             name: "Cedar",
             load: cedar::load,
         },

@@ -24,7 +24,12 @@ fn a_variant_that_decides_wrong_is_caught() {
     // from $1, so the case at $4,999.50 must be reported.
     let wrong = Variant {
         name: "Rego with a lower approval threshold",
-        load: |_| (variants()[4].load)(&serde_json::json!({"approval_over": 1})),
+        load: |_| {
+            let rvm = variants()
+                .into_iter()
+                .find(|v| v.name == "Rego (regorus RVM)");
+            (rvm.expect("the RVM variant").load)(&serde_json::json!({"approval_over": 1}))
+        },
     };
     let report = check(&wrong, &cases).expect_err("caught");
     assert!(
