@@ -1,6 +1,6 @@
-//! The procurement policy decided five ways (six variants) in one process and one run,
-//! in alternating rounds so that a shared machine's drift hits them alike:
-//! native Rust, Arbiter (fresh instance, every limit on, through
+//! The procurement policy decided five ways (six variants) in one process
+//! and one run, in alternating rounds so that a shared machine's drift hits
+//! them alike: native Rust, Arbiter (fresh instance, every limit on, through
 //! `Arbiter::decide`) with spare instances made ahead (the default) and
 //! without them, Cedar, and Rego on regorus (interpreter and RVM).
 //! Each call starts from the same wire JSON.

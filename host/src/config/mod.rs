@@ -322,7 +322,8 @@ pub struct RolloutConfig {
     /// params included); past it they are dropped and counted as when the
     /// queue is full. Default: 64 MiB.
     pub shadow_queue_bytes: usize,
-    /// Threads that run shadow evaluations. Default: 1.
+    /// Threads that run shadow evaluations, at nice 10 so that decisions
+    /// run first. Default: 1.
     pub shadow_workers: usize,
     /// Diverging inputs kept per pair of versions (a uniform sample of all
     /// divergences). Default: 20.
