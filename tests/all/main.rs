@@ -15,6 +15,7 @@ mod load;
 mod log;
 mod mcp;
 mod nginx;
+mod postgres;
 mod properties;
 mod reload;
 mod rollout;

@@ -95,6 +95,7 @@ pub fn request(kind: &str, name: &str, params: serde_json::Value) -> Request {
 pub mod binary;
 pub mod http;
 pub mod languages;
+pub mod postgres;
 
 /// The body of a plain tool call by agent `bot`, for servers whose every
 /// route takes it.

@@ -4,7 +4,7 @@
 //! and needs no edit anywhere else.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::broadcast;
 
@@ -48,8 +48,7 @@ impl MemoryState {
     /// This store behind every state trait.
     pub fn into_state(self) -> State {
         let changes = self.changes.clone();
-        let me = Arc::new(self);
-        State::new(Arc::clone(&me) as _, Arc::clone(&me) as _, me as _, changes)
+        State::of(self, changes)
     }
 
     fn tables(&self) -> MutexGuard<'_, Tables> {

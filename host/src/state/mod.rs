@@ -17,7 +17,10 @@
 //! keeps single use fleet-wide, and [`State::subscribe`] carries the changes
 //! other replicas make.
 
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 pub mod memory;
+pub mod postgres;
 pub mod redb;
 
 use std::collections::BTreeMap;
@@ -76,6 +79,29 @@ pub enum StoreError {
         /// The database's error.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The database server refused an operation or could not be reached.
+    #[error("state database `{target}`: {what}")]
+    Remote {
+        /// The server and database, without credentials.
+        target: String,
+        /// What was being done.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The database was migrated by a newer Arbiter.
+    #[error(
+        "state database `{target}` has schema version {found}, newer than this Arbiter's {supported}: upgrade Arbiter"
+    )]
+    SchemaNewer {
+        /// The server and database.
+        target: String,
+        /// The version found.
+        found: i32,
+        /// The newest this binary knows.
+        supported: i32,
     },
     /// A value could not be encoded.
     #[error("state store `{}`: a {what} does not encode", path.display())]
@@ -231,6 +257,15 @@ impl State {
         }
     }
 
+    /// One `store` behind every trait, announcing on `changes`.
+    pub fn of<S>(store: S, changes: tokio::sync::broadcast::Sender<StateChange>) -> Self
+    where
+        S: AgentStore + ApprovalStore + PinStore + 'static,
+    {
+        let me = Arc::new(store);
+        State::new(Arc::clone(&me) as _, Arc::clone(&me) as _, me as _, changes)
+    }
+
     /// Counts entries that do not decode in `counter`.
     #[must_use]
     pub fn with_undecodable(mut self, counter: Arc<std::sync::atomic::AtomicU64>) -> Self {
@@ -318,6 +353,56 @@ impl DaySpend {
             *self = DaySpend { day, cents: 0 };
         }
         self.cents = self.cents.saturating_add(cents);
+    }
+}
+
+/// What a stored entry that does not decode counts as, in every backend:
+/// whatever fails closed.
+pub(crate) mod fallback {
+    use super::{Breaker, DaySpend, Pin, PinChange, Suspension};
+    use crate::time::Clock as _;
+
+    /// A suspension that does not read back stays in force.
+    pub(crate) fn suspension(error: &str) -> Suspension {
+        Suspension {
+            reason: format!("the stored suspension does not decode ({error}); kept in force"),
+            by: "store".into(),
+            at: crate::time::timestamp(std::time::SystemTime::now()),
+        }
+    }
+
+    /// A breaker that does not read back stays open for an hour.
+    pub(crate) fn breaker() -> Breaker {
+        let now = crate::time::SystemClock.now_ms();
+        Breaker {
+            since_ms: now,
+            until_ms: now.saturating_add(3_600_000),
+            denials: 0,
+        }
+    }
+
+    /// A day's spend that does not read back is spent in full.
+    pub(crate) fn spend() -> DaySpend {
+        DaySpend::exhausted(crate::time::SystemClock.now_ms())
+    }
+
+    /// A pin that does not read back is a tool changed: its calls are
+    /// denied until an operator accepts what the server lists now.
+    pub(crate) fn pin(server: &str, tool: &str, error: &str) -> Pin {
+        let at = crate::time::timestamp(std::time::SystemTime::now());
+        Pin {
+            server: server.to_owned(),
+            tool: tool.to_owned(),
+            digest: "sha256:undecodable".into(),
+            definition: serde_json::Value::Null,
+            pinned_at: at.clone(),
+            accepted_by: None,
+            changed: Some(PinChange {
+                digest: "sha256:undecodable".into(),
+                definition: serde_json::json!({"error": format!("the stored pin does not decode: {error}")}),
+                seen_at: at,
+            }),
+        }
     }
 }
 
@@ -409,179 +494,10 @@ pub struct PinChange {
     pub seen_at: String,
 }
 
-/// The conformance suite every backend passes: what the stages rely on.
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
+    use super::conformance::{conforms, single_use_holds_under_races};
     use super::*;
-
-    pub(crate) fn suspension(reason: &str) -> Suspension {
-        Suspension {
-            reason: reason.into(),
-            by: "ops".into(),
-            at: "2026-01-01T00:00:00Z".into(),
-        }
-    }
-
-    fn approval(id: &str, status: ApprovalStatus) -> Approval {
-        Approval {
-            id: id.into(),
-            status,
-            digest: "sha256:00".into(),
-            policies: BTreeMap::new(),
-            request: serde_json::json!({}),
-            rule: "r".into(),
-            reason: "why".into(),
-            risk: 50,
-            decision_id: "d".into(),
-            created_ms: 1,
-            expires_ms: 2,
-            answer: None,
-            required: 1,
-            approvers: Vec::new(),
-            used_by: None,
-        }
-    }
-
-    fn pin(tool: &str, digest: &str) -> Pin {
-        Pin {
-            server: "srv".into(),
-            tool: tool.into(),
-            digest: digest.into(),
-            definition: serde_json::json!({"name": tool}),
-            pinned_at: "t".into(),
-            accepted_by: None,
-            changed: None,
-        }
-    }
-
-    fn conforms(state: &State) {
-        let mut changes = state.subscribe();
-
-        let agents = &state.agents;
-        agents.suspend("bot", &suspension("leak")).expect("suspend");
-        agents.suspend("other", &suspension("x")).expect("suspend");
-        agents.resume("other").expect("resume");
-        assert_eq!(
-            agents.suspensions().expect("read"),
-            [("bot".to_owned(), suspension("leak"))]
-        );
-        let b = Breaker {
-            since_ms: 1,
-            until_ms: 2,
-            denials: 3,
-        };
-        agents.open_breaker("bot", &b).expect("open");
-        assert_eq!(agents.breakers().expect("read"), [("bot".to_owned(), b)]);
-        agents.close_breaker("bot").expect("close");
-        assert!(agents.breakers().expect("read").is_empty());
-        let mut day = DaySpend::default();
-        day.add(DAY_MS * 3, 700);
-        agents.save_spend(&[("bot".into(), day)]).expect("spend");
-        day.add(DAY_MS * 3, 50);
-        agents
-            .save_spend(&[("bot".into(), day)])
-            .expect("spend again");
-        let spend = agents.spend().expect("read");
-        assert_eq!(spend.len(), 1);
-        assert_eq!(spend[0].1.today(DAY_MS * 3), 750, "the last save wins");
-
-        let approvals = &state.approvals;
-        approvals
-            .create(&approval("a", ApprovalStatus::Pending))
-            .expect("create");
-        let granted = approval("a", ApprovalStatus::Approved);
-        assert!(
-            !approvals
-                .transition(ApprovalStatus::Approved, &granted)
-                .expect("wrong from")
-        );
-        assert!(
-            approvals
-                .transition(ApprovalStatus::Pending, &granted)
-                .expect("grant")
-        );
-        let used = approval("a", ApprovalStatus::Used);
-        assert!(
-            approvals
-                .transition(ApprovalStatus::Approved, &used)
-                .expect("use")
-        );
-        assert!(
-            !approvals
-                .transition(ApprovalStatus::Approved, &used)
-                .expect("a second use")
-        );
-        assert!(
-            !approvals
-                .transition(
-                    ApprovalStatus::Pending,
-                    &approval("nope", ApprovalStatus::Used)
-                )
-                .expect("unknown")
-        );
-        assert_eq!(
-            approvals.approvals().expect("read")[0].status,
-            ApprovalStatus::Used
-        );
-        approvals.remove("a").expect("remove");
-        assert!(approvals.approvals().expect("read").is_empty());
-
-        let pins = &state.pins;
-        pins.save_pins(&[pin("t1", "d1"), pin("t2", "d2")])
-            .expect("pins");
-        pins.save_pins(&[pin("t1", "d3")]).expect("pins again");
-        let mut all: Vec<(String, String)> = pins
-            .pins()
-            .expect("read")
-            .into_iter()
-            .map(|p| (p.tool, p.digest))
-            .collect();
-        all.sort();
-        assert_eq!(
-            all,
-            [("t1".into(), "d3".into()), ("t2".into(), "d2".into())]
-        );
-
-        let mut heard = Vec::new();
-        while let Ok(c) = changes.try_recv() {
-            heard.push(c);
-        }
-        for expected in [
-            StateChange::Suspended("bot".into()),
-            StateChange::Resumed("other".into()),
-            StateChange::BreakerOpened("bot".into()),
-            StateChange::BreakerClosed("bot".into()),
-            StateChange::Approval("a".into()),
-            StateChange::Pins,
-        ] {
-            assert!(heard.contains(&expected), "{expected:?} not in {heard:?}");
-        }
-    }
-
-    /// Eight threads race to use one granted approval: exactly one wins.
-    fn single_use_holds_under_races(state: &State) {
-        state
-            .approvals
-            .create(&approval("race", ApprovalStatus::Approved))
-            .expect("create");
-        let wins: usize = (0..8)
-            .map(|_| {
-                let store = Arc::clone(&state.approvals);
-                std::thread::spawn(move || {
-                    store
-                        .transition(
-                            ApprovalStatus::Approved,
-                            &approval("race", ApprovalStatus::Used),
-                        )
-                        .expect("transition")
-                })
-            })
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|t| usize::from(t.join().expect("join")))
-            .sum();
-        assert_eq!(wins, 1);
-    }
 
     #[test]
     fn the_redb_store_conforms() {

@@ -15,11 +15,10 @@ use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
 
 use super::{
-    AgentStore, Approval, ApprovalStore, Breaker, DaySpend, Pin, PinChange, PinStore, State,
-    StateChange, StoreError, Suspension,
+    AgentStore, Approval, ApprovalStore, Breaker, DaySpend, Pin, PinStore, State, StateChange,
+    StoreError, Suspension, fallback,
 };
 use crate::decision::ApprovalStatus;
-use crate::time::Clock as _;
 
 /// A stored entry: its key, and its value or why it does not decode.
 type Entry<T> = (String, Result<T, String>);
@@ -94,11 +93,8 @@ impl RedbState {
 
     /// This store behind every state trait.
     pub fn into_state(self) -> State {
-        let changes = self.changes.clone();
-        let me = Arc::new(self);
-        let undecodable = Arc::clone(&me.undecodable);
-        State::new(Arc::clone(&me) as _, Arc::clone(&me) as _, me as _, changes)
-            .with_undecodable(undecodable)
+        let (changes, undecodable) = (self.changes.clone(), Arc::clone(&self.undecodable));
+        State::of(self, changes).with_undecodable(undecodable)
     }
 
     /// Every entry of `table`: decoded, or the key of one that does not
@@ -193,18 +189,10 @@ fn pin_key(server: &str, tool: &str) -> String {
 
 impl AgentStore for RedbState {
     fn suspensions(&self) -> Result<Vec<(String, Suspension)>, StoreError> {
-        // A suspension that does not read back stays in force.
         Ok(self
             .all(SUSPENSIONS)?
             .into_iter()
-            .map(|(agent, s)| {
-                let s = s.unwrap_or_else(|e| Suspension {
-                    reason: format!("the stored suspension does not decode ({e}); kept in force"),
-                    by: "store".into(),
-                    at: crate::time::timestamp(std::time::SystemTime::now()),
-                });
-                (agent, s)
-            })
+            .map(|(agent, s)| (agent, s.unwrap_or_else(|e| fallback::suspension(&e))))
             .collect())
     }
 
@@ -223,19 +211,10 @@ impl AgentStore for RedbState {
     }
 
     fn breakers(&self) -> Result<Vec<(String, Breaker)>, StoreError> {
-        // A breaker that does not read back stays open for an hour.
-        let now = crate::time::SystemClock.now_ms();
         Ok(self
             .all(BREAKERS)?
             .into_iter()
-            .map(|(agent, b)| {
-                let b = b.unwrap_or(Breaker {
-                    since_ms: now,
-                    until_ms: now.saturating_add(3_600_000),
-                    denials: 0,
-                });
-                (agent, b)
-            })
+            .map(|(agent, b)| (agent, b.unwrap_or_else(|_| fallback::breaker())))
             .collect())
     }
 
@@ -258,12 +237,10 @@ impl AgentStore for RedbState {
     }
 
     fn spend(&self) -> Result<Vec<(String, DaySpend)>, StoreError> {
-        // A day's spend that does not read back is spent in full.
-        let now = crate::time::SystemClock.now_ms();
         Ok(self
             .all(SPEND)?
             .into_iter()
-            .map(|(agent, d)| (agent, d.unwrap_or_else(|_| DaySpend::exhausted(now))))
+            .map(|(agent, d)| (agent, d.unwrap_or_else(|_| fallback::spend())))
             .collect())
     }
 
@@ -331,28 +308,13 @@ impl ApprovalStore for RedbState {
 
 impl PinStore for RedbState {
     fn pins(&self) -> Result<Vec<Pin>, StoreError> {
-        // A pin that does not read back is a tool changed: its calls are
-        // denied until an operator accepts what the server lists now.
         Ok(self
             .all(MCP_TOOLS)?
             .into_iter()
             .map(|(key, p)| {
                 p.unwrap_or_else(|e| {
                     let (server, tool) = key.split_once('\0').unwrap_or((&key, ""));
-                    let at = crate::time::timestamp(std::time::SystemTime::now());
-                    Pin {
-                        server: server.to_owned(),
-                        tool: tool.to_owned(),
-                        digest: "sha256:undecodable".into(),
-                        definition: serde_json::Value::Null,
-                        pinned_at: at.clone(),
-                        accepted_by: None,
-                        changed: Some(PinChange {
-                            digest: "sha256:undecodable".into(),
-                            definition: serde_json::json!({"error": format!("the stored pin does not decode: {e}")}),
-                            seen_at: at,
-                        }),
-                    }
+                    fallback::pin(server, tool, &e)
                 })
             })
             .collect())
@@ -378,7 +340,7 @@ impl PinStore for RedbState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::tests::suspension;
+    use crate::state::conformance::suspension;
 
     #[test]
     fn what_is_written_is_read_after_a_reopen() {

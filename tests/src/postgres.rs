@@ -1,0 +1,185 @@
+//! A real PostgreSQL server for the tests: a throwaway cluster in a temp
+//! directory, listening on a free loopback port, stopped when dropped.
+//!
+//! The binaries come from `$ARBITER_PG_BIN`, else the newest
+//! `/usr/lib/postgresql/*/bin` (Debian's `postgresql` package, which
+//! `scripts/test` installs when missing). PostgreSQL refuses to run as
+//! root; as root the cluster is made and run by the `postgres` user the
+//! package creates. Killing the server (or dropping this) leaves no process
+//! behind.
+
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running PostgreSQL cluster of the test's own.
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+    server: Option<Child>,
+}
+
+/// The directory holding `initdb` and `postgres`.
+fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("ARBITER_PG_BIN") {
+        return PathBuf::from(dir);
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL is not installed (Debian's postgresql; scripts/test installs it)")
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_str()?.parse().ok()?;
+            Some((v, e.path().join("bin")))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().expect("a PostgreSQL version").1
+}
+
+fn as_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `program` run as the user that may run PostgreSQL. `setpriv` execs
+/// it in place, so the child is the program itself and killing it kills
+/// the server.
+fn command(program: &Path) -> Command {
+    if as_root() {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=postgres",
+            "--regid=postgres",
+            "--clear-groups",
+            "--",
+        ])
+        .arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+impl Postgres {
+    /// Makes a cluster (one superuser, `arbiter`, trusted on loopback only)
+    /// and starts it; returns once it accepts connections.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        if as_root() {
+            let status = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .expect("chown");
+            assert!(status.success(), "chown of the cluster directory");
+        }
+        let bin = bin_dir();
+        let out = command(&bin.join("initdb"))
+            .arg("-D")
+            .arg(dir.path().join("data"))
+            .args(["-U", "arbiter", "--auth=trust", "--no-sync", "-E", "UTF8"])
+            .output()
+            .expect("initdb runs");
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut pg = Postgres {
+            dir,
+            bin,
+            port: free_port(),
+            server: None,
+        };
+        pg.resume();
+        pg
+    }
+
+    /// The connection URL of its `postgres` database.
+    pub fn url(&self) -> String {
+        format!("postgres://arbiter@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Runs `sql` with `psql` as the superuser; its output.
+    pub fn psql(&self, sql: &str) -> String {
+        let out = command(&self.bin.join("psql"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args([
+                "-U",
+                "arbiter",
+                "-d",
+                "postgres",
+                "-tAq",
+                "-v",
+                "ON_ERROR_STOP=1",
+            ])
+            .args(["-c", sql])
+            .output()
+            .expect("psql runs");
+        assert!(
+            out.status.success(),
+            "psql: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Stops the server at once, as a crash would: `SIGKILL` to its whole
+    /// process group, so no backend keeps serving a connection.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.server.take() {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                // SAFETY: killpg reads only its integer arguments; the group
+                // is the server's own (`process_group(0)` at spawn).
+                unsafe { libc::killpg(pid, libc::SIGKILL) };
+            }
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the stopped server again on the same port and data.
+    pub fn resume(&mut self) {
+        assert!(self.server.is_none(), "already running");
+        let child = command(&self.bin.join("postgres"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .arg("-k")
+            .arg(self.dir.path())
+            // Durability is not what these tests are about.
+            .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("postgres starts");
+        self.server = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = command(&self.bin.join("pg_isready"))
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q"])
+                .status()
+                .is_ok_and(|s| s.success());
+            if ready {
+                return;
+            }
+            assert!(Instant::now() < deadline, "PostgreSQL did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
