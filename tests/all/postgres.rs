@@ -9,23 +9,15 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use arbiter::decision::ApprovalStatus;
+use arbiter::state::conformance::{self, approval};
 use arbiter::state::postgres::{PgOptions, PgState, SCHEMA_VERSION};
-use arbiter::state::{Approval, State, StoreError, conformance};
+use arbiter::state::{State, StoreError};
 use arbiter_tests::postgres::Postgres;
 
 fn open(pg: &Postgres) -> State {
     PgState::open(&PgOptions::new(pg.url()))
         .expect("open")
         .into_state()
-}
-
-fn approval(id: &str, status: ApprovalStatus) -> Approval {
-    serde_json::from_value(serde_json::json!({
-        "id": id, "status": status, "digest": "sha256:00", "policies": {},
-        "request": {}, "rule": "r", "reason": "why", "risk": 50,
-        "decision_id": "d", "created_ms": 1, "expires_ms": 2
-    }))
-    .expect("approval")
 }
 
 #[test]

@@ -62,6 +62,20 @@ fn command(program: &Path) -> Command {
     }
 }
 
+/// Runs `command` to completion; its trimmed output, or a panic naming
+/// `what` with its error output.
+fn succeed(what: &str, command: &mut Command) -> String {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("{what} does not run: {e}"));
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -83,16 +97,12 @@ impl Postgres {
             assert!(status.success(), "chown of the cluster directory");
         }
         let bin = bin_dir();
-        let out = command(&bin.join("initdb"))
-            .arg("-D")
-            .arg(dir.path().join("data"))
-            .args(["-U", "arbiter", "--auth=trust", "--no-sync", "-E", "UTF8"])
-            .output()
-            .expect("initdb runs");
-        assert!(
-            out.status.success(),
-            "initdb: {}",
-            String::from_utf8_lossy(&out.stderr)
+        succeed(
+            "initdb",
+            command(&bin.join("initdb"))
+                .arg("-D")
+                .arg(dir.path().join("data"))
+                .args(["-U", "arbiter", "--auth=trust", "--no-sync", "-E", "UTF8"]),
         );
         let mut pg = Postgres {
             dir,
@@ -111,26 +121,21 @@ impl Postgres {
 
     /// Runs `sql` with `psql` as the superuser; its output.
     pub fn psql(&self, sql: &str) -> String {
-        let out = command(&self.bin.join("psql"))
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args([
-                "-U",
-                "arbiter",
-                "-d",
-                "postgres",
-                "-tAq",
-                "-v",
-                "ON_ERROR_STOP=1",
-            ])
-            .args(["-c", sql])
-            .output()
-            .expect("psql runs");
-        assert!(
-            out.status.success(),
-            "psql: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        succeed(
+            "psql",
+            command(&self.bin.join("psql"))
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .args([
+                    "-U",
+                    "arbiter",
+                    "-d",
+                    "postgres",
+                    "-tAq",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                ])
+                .args(["-c", sql]),
+        )
     }
 
     /// Stops the server at once, as a crash would: `SIGKILL` to its whole

@@ -18,7 +18,8 @@ pub fn suspension(reason: &str) -> Suspension {
     }
 }
 
-fn approval(id: &str, status: ApprovalStatus) -> Approval {
+/// An approval `id` in `status`, asked about nothing in particular.
+pub fn approval(id: &str, status: ApprovalStatus) -> Approval {
     Approval {
         id: id.into(),
         status,
