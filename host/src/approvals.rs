@@ -104,6 +104,9 @@ pub struct Approvals {
     limits: Limits,
     /// Callers waiting now, by agent.
     waiting: Mutex<HashMap<String, usize>>,
+    /// Other replicas write the store too: an approval is read again
+    /// from it before it is used or answered.
+    shared: bool,
 }
 
 /// How many approvals and waiters there may be at once.
@@ -173,7 +176,63 @@ impl Approvals {
             changed: tokio::sync::watch::channel(0).0,
             limits: Limits::of(&crate::config::ApprovalsConfig::default()),
             waiting: Mutex::new(HashMap::new()),
+            shared: false,
         })
+    }
+
+    /// Approvals in a store other replicas share: each is read again from
+    /// the store before it is used or answered, so that what another
+    /// replica did to it is seen even before its notification arrives.
+    #[must_use]
+    pub fn shared(mut self) -> Self {
+        self.shared = true;
+        self
+    }
+
+    /// Reads approval `id` again from the store, for a change another
+    /// replica made.
+    ///
+    /// # Errors
+    /// A [`StoreError`]; then nothing changed here.
+    pub fn refresh(&self, id: &str) -> Result<(), StoreError> {
+        self.refresh_in(&mut self.lock(), id)?;
+        self.bump();
+        Ok(())
+    }
+
+    /// Reads every approval again from the store.
+    ///
+    /// # Errors
+    /// A [`StoreError`]; then nothing changed here.
+    pub fn reload(&self) -> Result<(), StoreError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let fresh = store
+            .approvals()?
+            .into_iter()
+            .map(|a| (a.id.clone(), a))
+            .collect();
+        *self.lock() = fresh;
+        self.bump();
+        Ok(())
+    }
+
+    /// Reads `id` again into `all`, under the caller's lock, so no change
+    /// made here interleaves with the reading.
+    fn refresh_in(&self, all: &mut BTreeMap<String, Approval>, id: &str) -> Result<(), StoreError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        match store.approval(id)? {
+            Some(a) => {
+                all.insert(id.to_owned(), a);
+            }
+            None => {
+                all.remove(id);
+            }
+        }
+        Ok(())
     }
 
     /// Bounds open approvals, kept ones and waiters as `limits` say.
@@ -210,6 +269,15 @@ impl Approvals {
         let now = self.clock.now_ms();
         let mut all = self.lock();
         if let Some(id) = &request.approval_id {
+            if self.shared
+                && let Err(e) = self.refresh_in(&mut all, id)
+            {
+                let reason = format!(
+                    "Arbiter could not read approval `{}` from the shared state: {e}; failing closed.",
+                    truncate(id)
+                );
+                return decision.overruled("failure.approvals", reason);
+            }
             return match self.redeem(&mut all, id, &digest, &asking, &decision, now) {
                 Redeemed::Allowed(a) => {
                     let given = if a.approvers.is_empty() {
@@ -237,14 +305,14 @@ impl Approvals {
                     reason,
                     approval,
                 } => {
-                    let mut d = deny(decision, rule, reason);
+                    let mut d = decision.overruled(rule, reason);
                     d.approval = approval;
                     d
                 }
             };
         }
         if let Some(reason) = self.over_limit(&all, &request.context.agent.id) {
-            return deny(decision, "approval.limit", reason);
+            return decision.overruled("approval.limit", reason);
         }
         let approval = Approval {
             id: uuid::Uuid::now_v7().to_string(),
@@ -271,7 +339,7 @@ impl Approvals {
             let reason = format!(
                 "Arbiter could not keep the approval this action needs: {e}; failing closed."
             );
-            return deny(decision, "failure.approvals", reason);
+            return decision.overruled("failure.approvals", reason);
         }
         decision.approval = Some(reference(&approval));
         all.insert(approval.id.clone(), approval);
@@ -428,6 +496,9 @@ impl Approvals {
         }
         let now = self.clock.now_ms();
         let mut all = self.lock();
+        if self.shared {
+            self.refresh_in(&mut all, id)?;
+        }
         let a = all
             .get_mut(id)
             .ok_or_else(|| ApprovalError::Unknown(id.to_owned()))?;
@@ -751,17 +822,6 @@ fn reference(a: &Approval) -> ApprovalRef {
         id: a.id.clone(),
         status: a.status,
         expires_at: ms_time(a.expires_ms),
-    }
-}
-
-fn deny(decision: Decision, rule: &str, reason: String) -> Decision {
-    Decision {
-        outcome: Outcome::Deny,
-        rule: rule.to_owned(),
-        reason,
-        risk: decision.risk.max(50),
-        params: None,
-        ..decision
     }
 }
 

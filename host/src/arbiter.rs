@@ -14,7 +14,9 @@
 //! | 8 | evidence | [`crate::evidence`] | written to the log before it is answered; counted; traced |
 //! | 9 | shadow | [`crate::shadow`], [`crate::mode::baseline`] | candidates compared and monitored actions counted, off the caller's path |
 //!
-//! After evidence, the agent's counters take the outcome ([`Agents::observe`]).
+//! After approvals, a fleet's shared spend takes an allowed amount
+//! ([`Agents::commit_spend`]); after evidence, the agent's counters take
+//! the outcome ([`Agents::observe`]).
 //! Every door (HTTP decide, the external authorizer, MCP over stdio and
 //! HTTP, the embedded library) calls [`Arbiter::decide`] or
 //! [`Arbiter::decide_async`], so each gets the same admission bound, gates,
@@ -380,10 +382,11 @@ impl Arbiter {
                 )
             })
         });
-        let enriched = match (&self.agents, &refusal) {
+        let mut enriched = match (&self.agents, &refusal) {
             (Some(a), None) => Some(a.enrich(request)),
             _ => None,
         };
+        let spending = enriched.as_mut().and_then(enrich::Enriched::take_spending);
         let history = enriched.as_ref().map_or(&request.history, |e| &e.history);
         // One snapshot of the policy set for the whole decision.
         let set = self.set.load_full();
@@ -417,6 +420,11 @@ impl Arbiter {
         // 7. approvals
         let decision = match &self.approvals {
             Some(a) => a.apply(request, decision),
+            None => decision,
+        };
+        // A fleet's spend takes an allowed amount before it is answered.
+        let decision = match &self.agents {
+            Some(a) => a.commit_spend(request, spending, decision),
             None => decision,
         };
         // 8. evidence: answered only once the log holds it.

@@ -334,6 +334,21 @@ pub struct ApprovalRef {
 }
 
 impl Decision {
+    /// This decision overruled by the host after the policies: a deny
+    /// with `rule` and `reason`, keeping its id, policies and risk (at
+    /// least 50).
+    #[must_use]
+    pub fn overruled(self, rule: &str, reason: String) -> Decision {
+        Decision {
+            outcome: Outcome::Deny,
+            rule: rule.to_owned(),
+            reason,
+            risk: self.risk.max(50),
+            params: None,
+            ..self
+        }
+    }
+
     /// A deny by the host itself, before or instead of any policy: a
     /// gate, a route that matches nothing, a failure of the host.
     pub fn host_deny(rule: &str, reason: String, start: Instant) -> Decision {

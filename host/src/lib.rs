@@ -37,7 +37,7 @@
 //!
 //! | layer | modules | what they are |
 //! |---|---|---|
-//! | 0 | [`decision`], [`time`], [`paths`], [`glob`], `hex` | shared types and helpers |
+//! | 0 | [`decision`], [`time`], [`paths`], [`glob`], [`tls`], `hex` | shared types and helpers |
 //! | 1 | [`engine`], [`signing`], [`admission`], [`combine`] | primitives |
 //! | 2 | [`evaluate`], [`route`] | one policy run; one chain chosen |
 //! | 3 | [`config`] | the configuration's data model and checks |
@@ -45,7 +45,7 @@
 //! | 5 | [`examples`], [`enrich`], [`approvals`], [`mode`] | stages that use them |
 //! | 6 | [`shadow`], [`set`] | candidates off the hot path; the assembler |
 //! | 7 | [`arbiter`] | the flow |
-//! | 8 | [`reload`], [`cases`], [`client`] | what changes or drives the flow |
+//! | 8 | [`reload`], [`cases`], [`client`], [`fleet`] | what changes or drives the flow |
 //! | 9 | [`mcp`] | the MCP door |
 //! | 10 | [`front_door`] | the HTTP door |
 //! | 11 | [`server`] | runs the doors |
@@ -66,6 +66,7 @@ pub mod enrich;
 pub mod evaluate;
 pub mod evidence;
 pub mod examples;
+pub mod fleet;
 pub mod front_door;
 pub mod glob;
 mod hex;
@@ -82,6 +83,7 @@ pub mod shadow;
 pub mod signing;
 pub mod state;
 pub mod time;
+pub mod tls;
 
 pub use arbiter::Arbiter;
 pub use decision::{Action, Context, Decision, History, Outcome, PolicyReport, Principal, Request};

@@ -46,6 +46,7 @@ use crate::enrich::Agents;
 use crate::enrich::pins::Pins;
 use crate::evidence::log::{self, DecisionLog, LogError};
 use crate::evidence::metrics::Metrics;
+use crate::fleet;
 use crate::front_door::http::{self, AppState, HttpOptions, LoadState, Service};
 use crate::load::LoadError;
 use crate::reload::Registry;
@@ -304,7 +305,7 @@ pub async fn bind(
     let clock = options
         .clock
         .map_or_else(|| Arc::new(SystemClock) as Arc<dyn Clock>, |c| c.0);
-    let store = state::open(&state_dir)?;
+    let store = state::from_config(&config.state, &base, &state_dir)?;
     let canary_path = state_dir.join(CANARY_KEY);
     let canary_key =
         crate::paths::secret_key(&canary_path).map_err(|source| StoreError::Database {
@@ -318,6 +319,14 @@ pub async fn bind(
         Arc::clone(&store.agents),
     )?
     .with_metrics(Arc::clone(&metrics));
+    if let Some(spend) = &store.shared_spend {
+        agents = agents.with_fleet(
+            Arc::clone(spend),
+            config.state.exact_spend,
+            Arc::clone(store.feed()),
+            config.state.max_staleness_ms,
+        );
+    }
     let mut approvals = Approvals::open(
         Some(Arc::clone(&store.approvals)),
         clock,
@@ -326,6 +335,9 @@ pub async fn bind(
     )?
     .with_rules(config.approvals.rules.clone())
     .with_limits(crate::approvals::Limits::of(&config.approvals));
+    if store.feed().is_shared() {
+        approvals = approvals.shared();
+    }
     if let Some(log) = &log {
         agents = agents.with_log(Arc::clone(log));
         approvals = approvals.with_log(Arc::clone(log));
@@ -370,6 +382,19 @@ pub async fn bind(
         options.http,
     ));
     let (stop, stop_rx) = watch::channel(false);
+    // A replica of a fleet follows the others' changes.
+    if store.feed().is_shared() {
+        let replica = fleet::Replica {
+            agents: Arc::clone(&agents),
+            approvals: Arc::clone(&approvals),
+            pins: Arc::clone(&pins),
+            metrics: Some(Arc::clone(&metrics)),
+        };
+        let mut stop = stop.subscribe();
+        tokio::spawn(fleet::follow(store.clone(), replica, async move {
+            stopped(&mut stop).await;
+        }));
+    }
     let (ready_tx, ready) = watch::channel(None);
     let reloader = state.reloader.clone();
 

@@ -14,6 +14,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("hex", 0),
     ("paths", 0),
     ("time", 0),
+    ("tls", 0),
     // Primitives: the wasmtime engine, keys and signatures, the bound on
     // decisions in flight, deny-overrides.
     ("admission", 1),
@@ -43,6 +44,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("reload", 8),
     ("cases", 8),
     ("client", 8),
+    ("fleet", 8),
     // The doors.
     ("mcp", 9),
     ("front_door", 10),

@@ -166,3 +166,174 @@ fn a_database_that_goes_away_fails_each_call_promptly() {
         "a use is never granted without the database"
     );
 }
+
+#[test]
+fn spend_added_through_three_replicas_at_once_is_the_sum_and_starts_afresh_each_day() {
+    let pg = Postgres::start();
+    let replicas: Vec<State> = (0..3).map(|_| open(&pg)).collect();
+    let day = 20_000 * 86_400_000;
+    std::thread::scope(|s| {
+        for r in &replicas {
+            s.spawn(move || {
+                let spend = r.shared_spend.as_ref().expect("shared");
+                for _ in 0..50 {
+                    spend.add("bot", day, 7).expect("add");
+                }
+            });
+        }
+    });
+    let spend = replicas[0].shared_spend.as_ref().expect("shared");
+    assert_eq!(spend.today("bot", day).expect("read"), 3 * 50 * 7);
+    // The next day starts at zero; the old one is not added to.
+    assert_eq!(spend.today("bot", day + 86_400_000).expect("read"), 0);
+    assert_eq!(spend.add("bot", day + 86_400_000, 5).expect("add"), 5);
+    assert_eq!(spend.add("bot", day, 1_000).expect("late add"), 0);
+    assert_eq!(spend.today("bot", day + 86_400_000).expect("read"), 5);
+    // A total past what a bigint holds saturates instead of failing.
+    spend.add("rich", day, u64::MAX).expect("huge");
+    assert_eq!(
+        spend.add("rich", day, u64::MAX).expect("huge"),
+        i64::MAX as u64
+    );
+}
+
+#[test]
+fn a_spend_hold_makes_the_other_replicas_wait_and_a_dropped_hold_adds_nothing() {
+    let pg = Postgres::start();
+    let (a, b) = (open(&pg), open(&pg));
+    let day = 20_000 * 86_400_000;
+    let held = a
+        .shared_spend
+        .as_ref()
+        .expect("shared")
+        .hold("bot", day)
+        .expect("hold");
+    assert_eq!(held.today(), 0);
+    let waited = std::thread::scope(|s| {
+        let other = s.spawn(|| {
+            let start = Instant::now();
+            let h = b
+                .shared_spend
+                .as_ref()
+                .expect("shared")
+                .hold("bot", day)
+                .expect("hold");
+            (start.elapsed(), h.today(), h.commit(1).expect("commit"))
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(held.commit(100).expect("commit"), 100);
+        other.join().expect("join")
+    });
+    // b read the spend only after a added to it.
+    assert!(waited.0 >= Duration::from_millis(250), "{:?}", waited.0);
+    assert_eq!((waited.1, waited.2), (100, 101));
+    let dropped = a
+        .shared_spend
+        .as_ref()
+        .expect("shared")
+        .hold("bot", day)
+        .expect("hold");
+    drop(dropped);
+    let spend = b.shared_spend.as_ref().expect("shared");
+    assert_eq!(spend.hold("bot", day).expect("free again").today(), 101);
+}
+
+#[test]
+fn a_replica_hears_the_others_changes_and_a_forged_notification_only_makes_it_read_again() {
+    use arbiter::state::StateChange;
+    let pg = Postgres::start();
+    let (a, b) = (open(&pg), open(&pg));
+    let mut heard = b.subscribe();
+    let wait_in_step = |s: &State| {
+        let start = Instant::now();
+        while s.feed().lost_since().is_some() {
+            // Nobody reads everything again here: catch up by hand.
+            let epoch = s.feed().epoch();
+            s.feed().caught_up(epoch);
+            assert!(start.elapsed() < Duration::from_secs(10), "never joined");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait_in_step(&b);
+    let next = |rx: &mut tokio::sync::broadcast::Receiver<StateChange>| {
+        let start = Instant::now();
+        loop {
+            match rx.try_recv() {
+                Ok(StateChange::Resync) => {}
+                Ok(c) => return c,
+                Err(_) => {
+                    assert!(start.elapsed() < Duration::from_secs(5), "nothing heard");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    };
+    a.agents
+        .suspend("rogue", &conformance::suspension("x"))
+        .expect("suspend");
+    assert_eq!(next(&mut heard), StateChange::Suspended("rogue".into()));
+    a.agents.resume("rogue").expect("resume");
+    assert_eq!(next(&mut heard), StateChange::Resumed("rogue".into()));
+    // Anyone who can reach the database can NOTIFY the channel: what
+    // they send is never taken for state, only a reason to read again.
+    pg.psql("NOTIFY arbiter_state, '{\"table\":\"arbiter_suspensions\",\"op\":\"DELETE\",\"key\":\"victim\"}'");
+    assert_eq!(next(&mut heard), StateChange::Resumed("victim".into()));
+    pg.psql("NOTIFY arbiter_state, 'garbage'");
+    let start = Instant::now();
+    loop {
+        if let Ok(StateChange::Resync) = heard.try_recv() {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "no resync");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Writes through b's own connection are not heard twice.
+    b.agents
+        .suspend("own", &conformance::suspension("x"))
+        .expect("suspend");
+    assert_eq!(next(&mut heard), StateChange::Suspended("own".into()));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(heard.try_recv().is_err(), "b heard its own write twice");
+}
+
+#[test]
+fn attack_another_database_found_at_the_same_address_is_refused_not_taken_for_the_fleet() {
+    let pg = Postgres::start();
+    let state = open(&pg);
+    state
+        .agents
+        .suspend("rogue", &conformance::suspension("x"))
+        .expect("suspend");
+    // An empty database restored in its place: same address, same
+    // tables, another fleet, and none of its suspensions.
+    pg.psql("DELETE FROM arbiter_suspensions; UPDATE arbiter_schema SET fleet = 'impostor'");
+    pg.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'");
+    let start = Instant::now();
+    let e = loop {
+        match state.agents.suspensions() {
+            Err(e) => break e,
+            Ok(_) => assert!(start.elapsed() < Duration::from_secs(10), "still answering"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let chain = |e: &StoreError| {
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            text = format!("{text}: {s}");
+            source = s.source();
+        }
+        text
+    };
+    // The first call may only see its connection end; the next one
+    // reconnects and is refused by name.
+    let refused = |e: &StoreError| chain(e).contains("not the one this replica started with");
+    if !refused(&e) {
+        std::thread::sleep(Duration::from_millis(300));
+        let again = state.agents.suspensions().expect_err("refused");
+        assert!(refused(&again), "{}", chain(&again));
+    }
+    // Nor does the feed come back: decisions stay failed closed.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(state.feed().lost_since().is_some());
+}

@@ -92,7 +92,28 @@ pub fn request(kind: &str, name: &str, params: serde_json::Value) -> Request {
     }
 }
 
+/// A loopback port free now and never handed out before in this process:
+/// a server that is stopped and started again on its port (a killed
+/// database) must not find another test's server there.
+pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+}
+
 pub mod binary;
+pub mod fleet;
 pub mod http;
 pub mod languages;
 pub mod postgres;

@@ -76,13 +76,6 @@ fn succeed(what: &str, command: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 impl Postgres {
     /// Makes a cluster (one superuser, `arbiter`, trusted on loopback only)
     /// and starts it; returns once it accepts connections.
@@ -107,7 +100,7 @@ impl Postgres {
         let mut pg = Postgres {
             dir,
             bin,
-            port: free_port(),
+            port: crate::free_port(),
             server: None,
         };
         pg.resume();
@@ -154,30 +147,45 @@ impl Postgres {
     /// Starts the stopped server again on the same port and data.
     pub fn resume(&mut self) {
         assert!(self.server.is_none(), "already running");
-        let child = command(&self.bin.join("postgres"))
-            .arg("-D")
-            .arg(self.dir.path().join("data"))
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .arg("-k")
-            .arg(self.dir.path())
-            // Durability is not what these tests are about.
-            .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("postgres starts");
-        self.server = Some(child);
+        let log = self.dir.path().join("postgres.log");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
+            let child = self.server.get_or_insert_with(|| {
+                command(&self.bin.join("postgres"))
+                    .arg("-D")
+                    .arg(self.dir.path().join("data"))
+                    .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+                    .arg("-k")
+                    .arg(self.dir.path())
+                    // A killed server must keep what it acknowledged (the
+                    // WAL reaches the OS before a commit returns);
+                    // surviving a power cut is not what these tests are
+                    // about.
+                    .args(["-c", "fsync=off"])
+                    .stdout(Stdio::null())
+                    .stderr(std::fs::File::create(&log).expect("log file"))
+                    .process_group(0)
+                    .spawn()
+                    .expect("postgres starts")
+            });
+            // Just after a kill, the old server's last processes may still
+            // hold its shared memory: this one then exits, and is started
+            // again.
+            if child.try_wait().ok().flatten().is_some() {
+                self.server = None;
+            }
             let ready = command(&self.bin.join("pg_isready"))
                 .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q"])
                 .status()
                 .is_ok_and(|s| s.success());
-            if ready {
+            if ready && self.server.is_some() {
                 return;
             }
-            assert!(Instant::now() < deadline, "PostgreSQL did not start");
+            assert!(
+                Instant::now() < deadline,
+                "PostgreSQL did not start: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -301,13 +301,80 @@ pub enum SafeMode {
 }
 
 /// `[state]`: the host's durable state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StateConfig {
     /// The directory, relative to the configuration file. Default:
     /// `$ARBITER_STATE_DIR`, `$XDG_STATE_HOME/arbiter/state` or
-    /// `~/.local/state/arbiter/state`.
+    /// `~/.local/state/arbiter/state`. With PostgreSQL it still holds
+    /// this replica's own keys and admin socket.
     pub dir: Option<PathBuf>,
+    /// Where approvals, suspensions, breakers, spend and pins are kept.
+    /// Default: `redb`.
+    pub backend: Backend,
+    /// The PostgreSQL connection URL (`postgres://user:pass@host/db`,
+    /// `?sslmode=require` for TLS), or `env:NAME` to read it from a
+    /// variable. Required with `backend = "postgres"`.
+    pub url: Option<String>,
+    /// PEM certificates of the CAs that may sign the database's TLS
+    /// certificate, relative to the configuration file. Default: the
+    /// Mozilla roots.
+    pub ca_file: Option<PathBuf>,
+    /// The longest a call to the database may take. Default: 1000.
+    pub timeout_ms: u64,
+    /// How long a replica that lost the database's change feed keeps
+    /// deciding from what it last heard. Default: 0: it denies
+    /// (`failure.state`) at once.
+    pub max_staleness_ms: u64,
+    /// Serialize each agent's spending decisions across the fleet (a row
+    /// lock from the policy's reading of the spend to its addition), so a
+    /// budget holds exactly. Default: false: replicas deciding one agent
+    /// at once may each spend against the same total.
+    pub exact_spend: bool,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            dir: None,
+            backend: Backend::Redb,
+            url: None,
+            ca_file: None,
+            timeout_ms: 1000,
+            max_staleness_ms: 0,
+            exact_spend: false,
+        }
+    }
+}
+
+/// Where the state is kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// An embedded database in the state directory, for one node.
+    #[default]
+    Redb,
+    /// A PostgreSQL database several replicas share.
+    Postgres,
+}
+
+impl StateConfig {
+    fn check(&self) -> Result<(), String> {
+        match (self.backend, &self.url) {
+            (Backend::Postgres, None) => {
+                Err("`state.backend = \"postgres\"` needs `state.url`".into())
+            }
+            (Backend::Redb, Some(_)) => Err(
+                "`state.url` is for `state.backend = \"postgres\"`; the embedded store needs none"
+                    .into(),
+            ),
+            _ if self.timeout_ms == 0 => Err("`state.timeout_ms` must be at least 1".into()),
+            _ if self.exact_spend && self.backend == Backend::Redb => {
+                Err("`state.exact_spend` is for `state.backend = \"postgres\"`".into())
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// `[rollout]`: the machinery behind modes and candidates
@@ -925,6 +992,7 @@ impl Config {
 
     fn check(&self) -> Result<(), String> {
         self.check_durations()?;
+        self.state.check()?;
         check_mcp(&self.mcp)?;
         self.authorizer.check()?;
         identity::check(&self.identity, &self.admin, &self.approvals.rules)?;
@@ -1342,7 +1410,7 @@ pub fn resolve_secret(value: &str) -> Result<String, String> {
         None => value.to_owned(),
     };
     if secret.is_empty() {
-        return Err("the token is empty".into());
+        return Err("the value is empty".into());
     }
     Ok(secret)
 }
@@ -1350,6 +1418,31 @@ pub fn resolve_secret(value: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_state_backend_takes_only_the_keys_it_uses() {
+        let refused = |text: &str, says: &str| {
+            let e = Config::parse(text, "t").expect_err(text).to_string();
+            assert!(e.contains(says), "{e}");
+        };
+        refused("[state]\nbackend = \"postgres\"\n", "needs `state.url`");
+        refused("[state]\nurl = \"postgres://h/db\"\n", "`state.url` is for");
+        refused(
+            "[state]\nexact_spend = true\n",
+            "`state.exact_spend` is for",
+        );
+        refused(
+            "[state]\nbackend = \"postgres\"\nurl = \"postgres://h/db\"\ntimeout_ms = 0\n",
+            "`state.timeout_ms`",
+        );
+        refused("[state]\nbackend = \"mysql\"\n", "unknown variant");
+        let c = Config::parse(
+            "[state]\nbackend = \"postgres\"\nurl = \"env:ARBITER_TEST_PG\"\nexact_spend = true\n",
+            "t",
+        )
+        .expect("parses");
+        assert_eq!(c.state.backend, Backend::Postgres);
+    }
 
     #[test]
     fn read_and_parse_errors_keep_their_causes() {

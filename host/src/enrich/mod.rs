@@ -17,6 +17,15 @@
 //! (`agent` records) and counted. The day's spend is saved to the store
 //! every second it changed and at shutdown, so a restart does not reset a
 //! budget; the other windows start empty.
+//!
+//! With a store several replicas share ([`Agents::with_fleet`]), what the
+//! others change is read again when the fleet follower hears of it
+//! ([`Agents::reload`]); a replica that may have missed changes for longer
+//! than `max_staleness_ms` denies everything (`failure.state`), since it
+//! cannot know who is suspended. A spending action reads the agent's
+//! fleet-wide spend of the day from the store, and an allowed one adds to
+//! it there before it is answered ([`Agents::commit_spend`]); with
+//! `exact_spend`, the agent's row is held from the reading to the adding.
 
 pub mod history;
 pub mod pins;
@@ -33,7 +42,7 @@ use crate::config::{AgentsConfig, SafeMode};
 use crate::decision::{Decision, History, Outcome, Request};
 use crate::evidence::log::DecisionLog;
 use crate::evidence::metrics::Metrics;
-use crate::state::{AgentStore, DaySpend, StoreError};
+use crate::state::{AgentStore, DaySpend, Feed, SharedSpend, SpendHold, StoreError};
 pub use crate::state::{Breaker, Suspension};
 use crate::time::{Clock, ms_time};
 use history::{Window, amount_cents};
@@ -48,11 +57,16 @@ const MAX_ACTIONS_PER_AGENT: usize = 256;
 const OVERFLOW_AGENT: &str = "*";
 const SHARDS: usize = 16;
 
+/// The rule of a decision denied because the shared state is away.
+pub const STATE_FAILURE_RULE: &str = "failure.state";
+
 /// What stops an agent before any policy runs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Gate {
     /// Nothing.
     Open,
+    /// The shared state cannot be relied on: why.
+    Unavailable(String),
     /// The agent is suspended.
     Suspended(Suspension),
     /// The breaker is open: the safe mode it is in, until when.
@@ -60,7 +74,7 @@ pub enum Gate {
 }
 
 /// The enrich stage's answer for one decision.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Enriched {
     /// When the decision was asked (ms since the epoch).
     pub now_ms: u64,
@@ -70,6 +84,25 @@ pub struct Enriched {
     pub gate: Gate,
     /// The action's key in the agent's windows, made once per decision.
     action: String,
+    /// A spending action's amount, to add to the shared spend if allowed.
+    spending: Option<Spending>,
+}
+
+/// A spending action's amount, to add to a fleet's spend if it is
+/// allowed, and the agent's row while it is held.
+#[derive(Debug)]
+pub struct Spending {
+    cents: u64,
+    now_ms: u64,
+    hold: Option<Box<dyn SpendHold>>,
+}
+
+impl Enriched {
+    /// The spending to commit once the decision is made
+    /// ([`Agents::commit_spend`]).
+    pub fn take_spending(&mut self) -> Option<Spending> {
+        self.spending.take()
+    }
 }
 
 /// One agent's state, for `GET /v1/agents`.
@@ -113,6 +146,15 @@ pub struct Agents {
     store: Option<Arc<dyn AgentStore>>,
     log: Option<Arc<DecisionLog>>,
     metrics: Option<Arc<Metrics>>,
+    fleet: Option<Fleet>,
+}
+
+/// What a replica of a fleet shares with the others.
+struct Fleet {
+    spend: Arc<dyn SharedSpend>,
+    exact: bool,
+    feed: Arc<Feed>,
+    max_staleness_ms: u64,
 }
 
 impl std::fmt::Debug for Agents {
@@ -156,6 +198,7 @@ impl Agents {
             store: None,
             log: None,
             metrics: None,
+            fleet: None,
         }
     }
 
@@ -187,6 +230,74 @@ impl Agents {
         Ok(agents)
     }
 
+    /// Agents of one replica of a fleet: the day's spend is read from and
+    /// added to `spend` (each agent's row held from reading to adding when
+    /// `exact`), and every decision is denied once `feed` has been lost
+    /// for more than `max_staleness_ms`.
+    #[must_use]
+    pub fn with_fleet(
+        mut self,
+        spend: Arc<dyn SharedSpend>,
+        exact: bool,
+        feed: Arc<Feed>,
+        max_staleness_ms: u64,
+    ) -> Self {
+        self.fleet = Some(Fleet {
+            spend,
+            exact,
+            feed,
+            max_staleness_ms,
+        });
+        self
+    }
+
+    /// Why decisions cannot be relied on now, if they cannot: the shared
+    /// state's changes may have been missed for longer than allowed.
+    pub fn unavailable(&self) -> Option<String> {
+        let fleet = self.fleet.as_ref()?;
+        let since = fleet.feed.lost_since()?;
+        let now = self.clock.now_ms();
+        let lost = now.saturating_sub(since);
+        (lost >= fleet.max_staleness_ms).then(|| {
+            format!(
+                "The shared state has not been followed since {} ({lost} ms, past `state.max_staleness_ms` = {}): a suspension made elsewhere could be missed, so every action is denied until it is back.",
+                ms_time(since),
+                fleet.max_staleness_ms
+            )
+        })
+    }
+
+    /// Reads suspensions and open breakers again from the store, for a
+    /// change another replica made.
+    ///
+    /// # Errors
+    /// A [`StoreError`]; then nothing changed here.
+    pub fn reload(&self) -> Result<(), StoreError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let suspended: BTreeMap<String, Suspension> = store.suspensions()?.into_iter().collect();
+        let breakers: HashMap<String, Breaker> = store.breakers()?.into_iter().collect();
+        let n = suspended.len();
+        *self
+            .suspended
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = suspended;
+        for shard in &self.shards {
+            let mut agents = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            for (id, a) in agents.iter_mut() {
+                a.breaker = breakers.get(id).cloned();
+            }
+        }
+        for (agent, b) in breakers {
+            self.with_agent(&agent, |a| a.breaker = Some(b));
+        }
+        if let Some(m) = &self.metrics {
+            m.set_agents_suspended(n as u64);
+        }
+        Ok(())
+    }
+
     /// Writes suspensions and breaker changes to `log`.
     #[must_use]
     pub fn with_log(mut self, log: Arc<DecisionLog>) -> Self {
@@ -208,13 +319,45 @@ impl Agents {
         let now = self.clock.now_ms();
         let agent = &request.context.agent.id;
         let action = action_key(&request.action.kind, &request.action.name);
+        let stopped = |gate| Enriched {
+            now_ms: now,
+            history: History::default(),
+            gate,
+            action: String::new(),
+            spending: None,
+        };
+        if let Some(why) = self.unavailable() {
+            return stopped(Gate::Unavailable(why));
+        }
         if let Some(s) = self.read_suspended().get(agent.as_str()) {
-            return Enriched {
-                now_ms: now,
-                history: History::default(),
-                gate: Gate::Suspended(s.clone()),
-                action,
-            };
+            return stopped(Gate::Suspended(s.clone()));
+        }
+        // A spending action reads the fleet's spend, held if exact.
+        let mut spending = None;
+        let mut shared_today = None;
+        if let (Some(fleet), Some(cents)) = (&self.fleet, amount_cents(&request.action.params)) {
+            let read = crate::state::blocking(|| {
+                if fleet.exact {
+                    fleet.spend.hold(agent, now).map(|h| (h.today(), Some(h)))
+                } else {
+                    fleet.spend.today(agent, now).map(|t| (t, None))
+                }
+            });
+            match read {
+                Ok((today, hold)) => {
+                    shared_today = Some(today);
+                    spending = Some(Spending {
+                        cents,
+                        now_ms: now,
+                        hold,
+                    });
+                }
+                Err(e) => {
+                    return stopped(Gate::Unavailable(format!(
+                        "The agent's spend of the day cannot be read from the shared state: {e}."
+                    )));
+                }
+            }
         }
         let mut closed = None;
         let (history, breaker) = self.with_agent(agent, |a| {
@@ -230,8 +373,12 @@ impl Agents {
                     .get_mut(&action)
                     .map_or(0, |w| w.count(now, MINUTE_MS)),
                 denials_last_hour: a.denials.count(now, HOUR_MS.max(self.window_ms())),
-                spend_today_cents: a.spend.today(now),
+                spend_today_cents: shared_today.unwrap_or_else(|| a.spend.today(now)),
             };
+            if let Some(today) = shared_today {
+                a.spend = DaySpend::default();
+                a.spend.add(now, today);
+            }
             (history, a.breaker.clone())
         });
         if let Some(b) = closed {
@@ -246,13 +393,45 @@ impl Agents {
             history,
             gate,
             action,
+            spending,
+        }
+    }
+
+    /// With a shared spend, before the decision is answered: an allowed
+    /// spending action adds its amount to the agent's spend in the store
+    /// (and lets its row go), and is a deny (`failure.state`) if it
+    /// cannot. Any other outcome lets the row go unchanged.
+    pub fn commit_spend(
+        &self,
+        request: &Request,
+        spending: Option<Spending>,
+        decision: Decision,
+    ) -> Decision {
+        let (Some(fleet), Some(spending)) = (&self.fleet, spending) else {
+            return decision;
+        };
+        if !matches!(decision.outcome, Outcome::Allow | Outcome::Modify) {
+            return decision;
+        }
+        let added = crate::state::blocking(|| match spending.hold {
+            Some(h) => h.commit(spending.cents),
+            None => fleet
+                .spend
+                .add(&request.context.agent.id, spending.now_ms, spending.cents),
+        });
+        match added {
+            Ok(_) => decision,
+            Err(e) => decision.overruled(
+                STATE_FAILURE_RULE,
+                format!("The spend of this action could not be added to the shared state: {e}; failing closed."),
+            ),
         }
     }
 
     /// The stage after the decision: counts the call, a denial and spend,
     /// and opens the breaker if the denials reach the threshold.
     pub fn observe(&self, request: &Request, enriched: &Enriched, outcome: Outcome) {
-        if matches!(enriched.gate, Gate::Suspended(_)) {
+        if matches!(enriched.gate, Gate::Suspended(_) | Gate::Unavailable(_)) {
             return;
         }
         let now = enriched.now_ms;
@@ -311,7 +490,9 @@ impl Agents {
         let Some(store) = &self.store else {
             return Ok(());
         };
-        if !self.spend_dirty.swap(false, Ordering::AcqRel) {
+        // A fleet's spend is added to in the store as it is spent; saving
+        // this replica's view over it would lose the others'.
+        if self.fleet.is_some() || !self.spend_dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
         let now = self.clock.now_ms();
@@ -579,7 +760,7 @@ impl Agents {
 }
 
 /// The gate: what stops an action before any policy runs, in this order:
-/// a suspended agent; an MCP call to a tool whose pinned definition
+/// shared state that cannot be relied on; a suspended agent; an MCP call to a tool whose pinned definition
 /// changed; an open circuit breaker, for a routed action (`read_only` is
 /// the route's flag, `None` when no route matches, which the route stage
 /// then denies).
@@ -591,6 +772,9 @@ pub fn gate(
     start: Instant,
 ) -> Option<Decision> {
     let agent = &request.context.agent.id;
+    if let Some(Gate::Unavailable(why)) = enriched.map(|e| &e.gate) {
+        return Some(Decision::host_deny(STATE_FAILURE_RULE, why.clone(), start));
+    }
     if let Some(Gate::Suspended(s)) = enriched.map(|e| &e.gate) {
         return Some(Decision::host_deny(
             "agent.suspended",
@@ -674,6 +858,7 @@ mod tests {
             history: History::default(),
             gate,
             action: String::new(),
+            spending: None,
         }
     }
 

@@ -102,6 +102,15 @@ pub struct Pins {
     max_per_server: usize,
 }
 
+/// Every pin in `store`, by server and tool.
+fn read(store: &dyn PinStore) -> Result<BTreeMap<(String, String), Pin>, StoreError> {
+    Ok(store
+        .pins()?
+        .into_iter()
+        .map(|pin| ((pin.server.clone(), pin.tool.clone()), pin))
+        .collect())
+}
+
 impl std::fmt::Debug for Pins {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pins").finish_non_exhaustive()
@@ -114,18 +123,29 @@ impl Pins {
     /// # Errors
     /// A [`StoreError`] when the store cannot be read.
     pub fn open(store: Option<Arc<dyn PinStore>>) -> Result<Self, StoreError> {
-        let mut pins = BTreeMap::new();
-        if let Some(s) = &store {
-            for pin in s.pins()? {
-                pins.insert((pin.server.clone(), pin.tool.clone()), pin);
-            }
-        }
+        let pins = match &store {
+            Some(s) => read(s.as_ref())?,
+            None => BTreeMap::new(),
+        };
         Ok(Pins {
             pins: RwLock::new(pins),
             store,
             log: None,
             max_per_server: DEFAULT_MAX_PER_SERVER,
         })
+    }
+
+    /// Reads every pin again from the store, for a change another replica
+    /// made.
+    ///
+    /// # Errors
+    /// A [`StoreError`]; then nothing changed here.
+    pub fn reload(&self) -> Result<(), StoreError> {
+        if let Some(s) = &self.store {
+            let fresh = read(s.as_ref())?;
+            *self.pins.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        }
+        Ok(())
     }
 
     /// These pins, with at most `max` per server.

@@ -14,6 +14,8 @@
 //! | `arbiter_agent_breaker_changes_total` | counter | `change` (`open`, `closed`) |
 //! | `arbiter_agents_suspended` | gauge | |
 //! | `arbiter_state_undecodable_entries` | gauge | |
+//! | `arbiter_state_in_step` | gauge | (1: every change other replicas made is heard; always 1 on one node) |
+//! | `arbiter_state_reconnects_total` | counter | |
 //! | `arbiter_policy_failures_total` | counter | `policy`, `kind` |
 //! | `arbiter_policy_fuel_total` | counter | `policy` |
 //! | `arbiter_decision_duration_seconds` | histogram, µs-resolution buckets | |
@@ -99,6 +101,9 @@ pub struct Metrics {
     breaker_closed: AtomicU64,
     suspended: AtomicU64,
     undecodable: AtomicU64,
+    /// Inverted so the default (one node) reads in step.
+    state_behind: AtomicBool,
+    state_reconnects: AtomicU64,
 }
 
 /// The decision log's counters.
@@ -227,7 +232,14 @@ impl Metrics {
         self.suspended.store(n, Ordering::Relaxed);
     }
 
-    /// Sets how many stored entries did not decode (each failed closed).
+    /// Sets whether the shared state's changes are all heard, and how
+    /// often its connections were made again.
+    pub fn set_state_feed(&self, in_step: bool, reconnects: u64) {
+        self.state_behind.store(!in_step, Ordering::Relaxed);
+        self.state_reconnects.store(reconnects, Ordering::Relaxed);
+    }
+
+    /// Sets how many stored entries did not decode.
     pub fn set_state_undecodable(&self, n: u64) {
         self.undecodable.store(n, Ordering::Relaxed);
     }
@@ -563,6 +575,18 @@ impl Metrics {
                 "gauge",
                 "Stored entries that did not decode, each failed closed on (a suspension kept, a pin changed, a day's budget spent).",
                 self.undecodable.load(Ordering::Relaxed),
+            ),
+            (
+                "arbiter_state_in_step",
+                "gauge",
+                "1 while every change other replicas make to the shared state is heard.",
+                u64::from(!self.state_behind.load(Ordering::Relaxed)),
+            ),
+            (
+                "arbiter_state_reconnects_total",
+                "counter",
+                "Connections to the shared state made again after one was lost.",
+                self.state_reconnects.load(Ordering::Relaxed),
             ),
         ] {
             header(&mut out, name, kind, help);

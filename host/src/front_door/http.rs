@@ -11,7 +11,7 @@
 //! | POST | `/v1/mcp/tools/{server}/observe` | `{"tools": [...]}` from a remote gateway's listing, for a server configured here, with the gateway's own credential: pins them, answers the definitions to show |
 //! | POST, GET, DELETE | `/mcp/{server}` | the MCP gateway: Streamable HTTP proxied to the server's `upstream` ([`crate::mcp::http`]) |
 //! | GET | `/healthz` | alive |
-//! | GET | `/readyz` | 200 once every configured policy has loaded, else 503 |
+//! | GET | `/readyz` | 200 once every configured policy has loaded and the shared state is followed, else 503 |
 //! | GET | `/metrics` | Prometheus text format |
 //!
 //! With `[identity]`, every request presents its agent's credential and
@@ -477,10 +477,17 @@ async fn run(
 
 fn readyz(state: &AppState) -> Response<Body> {
     match state.load.get() {
-        Some(LoadState::Ready(r)) => json_response(
-            StatusCode::OK,
-            &json!({"ready": true, "policies": r.arbiter().policy_set().policies().count()}),
-        ),
+        Some(LoadState::Ready(r)) => match r.arbiter().agents().and_then(|a| a.unavailable()) {
+            // Decisions would all be denied: send traffic elsewhere.
+            Some(why) => json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"ready": false, "reason": why}),
+            ),
+            None => json_response(
+                StatusCode::OK,
+                &json!({"ready": true, "policies": r.arbiter().policy_set().policies().count()}),
+            ),
+        },
         Some(LoadState::Failed(e)) => json_response(
             StatusCode::SERVICE_UNAVAILABLE,
             &json!({"ready": false, "reason": format!("policies failed to load: {e}")}),

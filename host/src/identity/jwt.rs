@@ -319,28 +319,7 @@ fn reason(e: &jsonwebtoken::errors::Error) -> String {
 
 /// An HTTPS-only client trusting Mozilla's roots and `ca`, if given.
 fn https_client(ca: Option<PathBuf>) -> Result<HttpsClient, String> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    if let Some(ca) = &ca {
-        let certs = CertificateDer::pem_file_iter(ca)
-            .map_err(|e| format!("cannot read `{}`: {e}", ca.display()))?;
-        for cert in certs {
-            let cert = cert.map_err(|e| format!("`{}`: {e}", ca.display()))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("`{}`: {e}", ca.display()))?;
-        }
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let tls = crate::tls::client_config(ca.as_deref())?;
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_only()

@@ -125,6 +125,11 @@ pub fn conforms(state: &State) {
         approvals.approvals().expect("read")[0].status,
         ApprovalStatus::Used
     );
+    assert_eq!(
+        approvals.approval("a").expect("read one").map(|a| a.status),
+        Some(ApprovalStatus::Used)
+    );
+    assert_eq!(approvals.approval("nope").expect("read one"), None);
     approvals.remove("a").expect("remove");
     assert!(approvals.approvals().expect("read").is_empty());
 

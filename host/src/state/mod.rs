@@ -12,8 +12,8 @@
 //! state directory, for one node. [`memory`] keeps everything in memory,
 //! for embedders and tests. Both pass one conformance suite (this module's
 //! tests), which a new backend runs too. A store shared by several replicas (a
-//! fleet) implements the same traits in a module of its own, and [`open`]
-//! is the one place that chooses: its atomic [`ApprovalStore::transition`]
+//! fleet, [`postgres`]) implements the same traits in a module of its own,
+//! and [`from_config`] is the one place that chooses: its atomic [`ApprovalStore::transition`]
 //! keeps single use fleet-wide, and [`State::subscribe`] carries the changes
 //! other replicas make.
 
@@ -167,6 +167,14 @@ pub trait ApprovalStore: Send + Sync + fmt::Debug {
     /// # Errors
     /// A [`StoreError`] when the store cannot be read.
     fn approvals(&self) -> Result<Vec<Approval>, StoreError>;
+    /// One approval, read from the store now (for a store other replicas
+    /// share, fresher than any copy in memory).
+    ///
+    /// # Errors
+    /// A [`StoreError`] when the store cannot be read.
+    fn approval(&self, id: &str) -> Result<Option<Approval>, StoreError> {
+        Ok(self.approvals()?.into_iter().find(|a| a.id == id))
+    }
     /// Stores a new approval, committed before it returns.
     ///
     /// # Errors
@@ -201,6 +209,154 @@ pub trait PinStore: Send + Sync + fmt::Debug {
     fn save_pins(&self, pins: &[Pin]) -> Result<(), StoreError>;
 }
 
+/// The day's spend in a store several replicas share: only ever added to,
+/// in one statement, so that no replica's spend overwrites another's.
+pub trait SharedSpend: Send + Sync + fmt::Debug {
+    /// `agent`'s spend on the UTC day of `now_ms`, in cents, fleet-wide.
+    ///
+    /// # Errors
+    /// A [`StoreError`] when the store cannot be read.
+    fn today(&self, agent: &str, now_ms: u64) -> Result<u64, StoreError>;
+    /// Adds `cents` to `agent`'s spend of the day of `now_ms`, committed
+    /// before it returns; the day's total after it.
+    ///
+    /// # Errors
+    /// A [`StoreError`]; then nothing was added.
+    fn add(&self, agent: &str, now_ms: u64, cents: u64) -> Result<u64, StoreError>;
+    /// Takes `agent`'s spend for this caller alone, fleet-wide, until the
+    /// hold is committed or dropped: the spending decisions of one agent
+    /// then run one at a time, and a budget holds exactly.
+    ///
+    /// # Errors
+    /// A [`StoreError`] when the hold cannot be taken.
+    fn hold(&self, agent: &str, now_ms: u64) -> Result<Box<dyn SpendHold>, StoreError>;
+}
+
+/// One agent's spend, held by one decision ([`SharedSpend::hold`]);
+/// dropped without [`SpendHold::commit`], nothing is added.
+pub trait SpendHold: Send + fmt::Debug {
+    /// The day's spend when the hold was taken.
+    fn today(&self) -> u64;
+    /// Adds `cents` and lets the hold go; the day's total after it.
+    ///
+    /// # Errors
+    /// A [`StoreError`]; then nothing was added.
+    fn commit(self: Box<Self>, cents: u64) -> Result<u64, StoreError>;
+}
+
+/// Whether a replica hears every change the others make to a shared
+/// store. A store nobody else writes (embedded, in memory) is always in
+/// step; a shared one is in step from the moment its change feed is
+/// listening and everything it may have missed has been read again.
+#[derive(Debug, Default)]
+pub struct Feed {
+    shared: bool,
+    /// Mirrors `step.lost_since_ms` for the decisions' lock-free read.
+    lost_since_ms: std::sync::atomic::AtomicU64,
+    step: std::sync::Mutex<Step>,
+    reconnects: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Step {
+    /// Bumped each time the feed is joined or lost.
+    epoch: u64,
+    joined: bool,
+    lost_since_ms: u64,
+}
+
+impl Feed {
+    /// The feed of a store other replicas write too: lost (since
+    /// `now_ms`) until it is first joined and caught up.
+    pub fn shared(now_ms: u64) -> Self {
+        Feed {
+            shared: true,
+            lost_since_ms: now_ms.max(1).into(),
+            step: std::sync::Mutex::new(Step {
+                epoch: 0,
+                joined: false,
+                lost_since_ms: now_ms.max(1),
+            }),
+            reconnects: 0.into(),
+        }
+    }
+
+    /// Whether other replicas write the store too.
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
+    /// Since when (ms since the epoch) changes made elsewhere may have
+    /// been missed; `None` while every change is heard.
+    pub fn lost_since(&self) -> Option<u64> {
+        let t = self
+            .lost_since_ms
+            .load(std::sync::atomic::Ordering::Acquire);
+        (t != 0).then_some(t)
+    }
+
+    /// The feed is listening again; returns its epoch, which a reader
+    /// passes to [`Feed::caught_up`] once it has read everything again.
+    pub fn joined(&self) -> u64 {
+        let mut step = self.step();
+        step.epoch += 1;
+        step.joined = true;
+        step.epoch
+    }
+
+    /// The feed was lost at `now_ms` (kept if it was lost already).
+    pub fn lose(&self, now_ms: u64) {
+        self.step().joined = false;
+        self.missed(now_ms);
+    }
+
+    /// The current epoch, read before reading everything again.
+    pub fn epoch(&self) -> u64 {
+        self.step().epoch
+    }
+
+    /// A reader could not apply a change it heard: behind (since `now_ms`)
+    /// until it has read everything again and calls [`Feed::caught_up`]
+    /// with an epoch read after this.
+    pub fn missed(&self, now_ms: u64) {
+        let mut step = self.step();
+        step.epoch += 1;
+        if step.lost_since_ms == 0 {
+            step.lost_since_ms = now_ms.max(1);
+            self.lost_since_ms
+                .store(step.lost_since_ms, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// Everything was read again after `epoch` began: in step, unless the
+    /// feed was lost or joined anew meanwhile.
+    pub fn caught_up(&self, epoch: u64) {
+        let mut step = self.step();
+        if step.joined && step.epoch == epoch {
+            step.lost_since_ms = 0;
+            self.lost_since_ms
+                .store(0, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// Connections to the store made again after one was lost.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Counts a connection made again.
+    pub fn reconnected(&self) {
+        self.reconnects
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn step(&self) -> std::sync::MutexGuard<'_, Step> {
+        self.step
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// A change to the state, as every holder of a [`State`] hears of it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StateChange {
@@ -216,6 +372,9 @@ pub enum StateChange {
     Approval(String),
     /// Pins changed.
     Pins,
+    /// Changes may have been missed (the feed was lost, or a receiver
+    /// fell behind): read everything again.
+    Resync,
 }
 
 /// The state of one Arbiter: each kind behind its trait, and the changes
@@ -228,8 +387,11 @@ pub struct State {
     pub approvals: Arc<dyn ApprovalStore>,
     /// MCP tool pins.
     pub pins: Arc<dyn PinStore>,
+    /// The day's spend added to in place, when replicas share the store.
+    pub shared_spend: Option<Arc<dyn SharedSpend>>,
     changes: tokio::sync::broadcast::Sender<StateChange>,
     undecodable: Arc<std::sync::atomic::AtomicU64>,
+    feed: Arc<Feed>,
 }
 
 impl fmt::Debug for State {
@@ -252,8 +414,10 @@ impl State {
             agents,
             approvals,
             pins,
+            shared_spend: None,
             changes,
             undecodable: Arc::default(),
+            feed: Arc::default(),
         }
     }
 
@@ -273,6 +437,20 @@ impl State {
         self
     }
 
+    /// This state, shared by replicas: spend added to in place, and
+    /// `feed` saying whether their changes are heard.
+    #[must_use]
+    pub fn with_fleet(mut self, spend: Arc<dyn SharedSpend>, feed: Arc<Feed>) -> Self {
+        self.shared_spend = Some(spend);
+        self.feed = feed;
+        self
+    }
+
+    /// Whether the changes other replicas make are heard.
+    pub fn feed(&self) -> &Arc<Feed> {
+        &self.feed
+    }
+
     /// Stored entries read so far that did not decode; each was failed
     /// closed on (a suspension kept, a pin changed, a day's spend used up).
     pub fn undecodable(&self) -> u64 {
@@ -287,12 +465,59 @@ impl State {
     }
 }
 
-/// Opens the state kept in `dir`: the one place a backend is chosen.
+/// Runs `call`, a store call that may wait on a lock or the network,
+/// from a decision's task: on a multi-threaded tokio runtime the worker's
+/// other tasks move to another thread meanwhile, so a decision that holds
+/// what `call` waits for can finish; elsewhere it simply runs.
+pub fn blocking<T>(call: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(call)
+        }
+        _ => call(),
+    }
+}
+
+/// Opens the embedded state kept in `dir`.
 ///
 /// # Errors
 /// A [`StoreError`] naming the file or directory.
 pub fn open(dir: &Path) -> Result<State, StoreError> {
     redb::RedbState::open(dir).map(redb::RedbState::into_state)
+}
+
+/// Opens the state `config` names: the one place a backend is chosen.
+/// `base` is the configuration file's directory; `dir` the state
+/// directory, for the embedded store.
+///
+/// # Errors
+/// A [`StoreError`] naming the store: it cannot be opened, or reached.
+pub fn from_config(
+    config: &crate::config::StateConfig,
+    base: &Path,
+    dir: &Path,
+) -> Result<State, StoreError> {
+    match config.backend {
+        crate::config::Backend::Redb => open(dir),
+        crate::config::Backend::Postgres => {
+            let remote = |what, source: String| StoreError::Remote {
+                target: "`state.url`".into(),
+                what,
+                source: source.into(),
+            };
+            let url = config
+                .url
+                .as_deref()
+                .ok_or_else(|| remote("read the URL", "it is not set".into()))?;
+            let url = crate::config::resolve_secret(url).map_err(|e| remote("read the URL", e))?;
+            let options = postgres::PgOptions {
+                timeout: std::time::Duration::from_millis(config.timeout_ms),
+                ca_file: config.ca_file.as_ref().map(|f| base.join(f)),
+                ..postgres::PgOptions::new(url)
+            };
+            postgres::PgState::open(&options).map(postgres::PgState::into_state)
+        }
+    }
 }
 
 /// Why an agent is suspended.
@@ -344,6 +569,16 @@ impl DaySpend {
         } else {
             0
         }
+    }
+
+    /// The day it counts (days since the Unix epoch, UTC).
+    pub fn day(&self) -> u64 {
+        self.day
+    }
+
+    /// Its cents.
+    pub fn cents(&self) -> u64 {
+        self.cents
     }
 
     /// Adds `cents` to today's spend.

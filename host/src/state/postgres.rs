@@ -1,48 +1,73 @@
-//! A state store in PostgreSQL, for a fleet of replicas that share it.
+//! A state store in PostgreSQL, which a fleet of replicas shares.
 //!
 //! Arbiter creates and migrates its own schema at start, under an advisory
 //! lock so that replicas starting together migrate once; the schema's
 //! version is a row of its own, and a database migrated by a newer Arbiter
 //! is refused by name rather than misread. Values are JSON (`jsonb`), as in
 //! the embedded store, so both fail closed on an entry that does not decode
-//! in the same way. An approval's single use is one conditional `UPDATE`,
-//! so it holds across replicas under races.
+//! in the same way.
 //!
-//! Not yet selectable in the configuration: a replica must also hear the
-//! changes the others make (suspensions in force everywhere within 100 ms)
-//! before a fleet may share this store.
+//! What each kind needs across replicas:
+//! - an approval's single use is one conditional `UPDATE`, so it holds
+//!   under races;
+//! - every write to suspensions, breakers, approvals and pins fires a
+//!   trigger that `NOTIFY`s channel `arbiter_state`; each replica listens
+//!   on a connection of its own and announces what others changed on
+//!   [`State::subscribe`]. A notification is only a hint to read a row
+//!   again, never trusted for its content; one that does not parse, or a
+//!   key too long to carry, asks for everything to be read again. When
+//!   the listening connection is lost, the [`Feed`] says since when, it is
+//!   made again with backoff, and a [`StateChange::Resync`] follows;
+//! - the day's spend is added to in one statement ([`SharedSpend`]), never
+//!   overwritten; an exact budget holds each agent's row (`FOR UPDATE`) on
+//!   a connection of its own from the policy's reading of the spend to its
+//!   addition.
 //!
 //! The stores' traits are synchronous; the client is asynchronous. Each
 //! call runs on this store's own runtime thread and the caller waits for
-//! its answer, up to [`PgOptions::timeout`], so a caller on any thread
-//! (a tokio worker included) may use it.
+//! its answer, up to [`PgOptions::timeout`], so a caller on any thread (a
+//! tokio worker included) may use it. A lost connection is made again on
+//! the next call, no sooner than a backoff that doubles up to 5 s.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::broadcast;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::types::{Json, ToSql};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client, Connection, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
-    AgentStore, Approval, ApprovalStore, Breaker, DaySpend, Pin, PinStore, State, StateChange,
-    StoreError, Suspension, fallback,
+    AgentStore, Approval, ApprovalStore, Breaker, DaySpend, Feed, Pin, PinStore, SharedSpend,
+    SpendHold, State, StateChange, StoreError, Suspension, fallback,
 };
 use crate::decision::ApprovalStatus;
+use crate::time::Clock as _;
 
 /// The schema this binary reads and writes. Each entry of [`MIGRATIONS`]
 /// moves the database one version up.
 pub const SCHEMA_VERSION: i32 = 1;
 
+/// The channel the triggers notify.
+const CHANNEL: &str = "arbiter_state";
+
 /// Every migration, oldest first: `MIGRATIONS[n]` takes version `n` to
 /// `n + 1`.
-const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = ["
+const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [r"
     CREATE TABLE arbiter_suspensions (agent text PRIMARY KEY, value jsonb NOT NULL);
     CREATE TABLE arbiter_breakers (agent text PRIMARY KEY, value jsonb NOT NULL);
-    CREATE TABLE arbiter_spend (agent text PRIMARY KEY, value jsonb NOT NULL);
+    CREATE TABLE arbiter_spend (
+        agent text PRIMARY KEY,
+        day bigint NOT NULL,
+        cents bigint NOT NULL
+    );
     CREATE TABLE arbiter_approvals (
         id text PRIMARY KEY,
         status text NOT NULL,
@@ -54,6 +79,25 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = ["
         value jsonb NOT NULL,
         PRIMARY KEY (server, tool)
     );
+    -- A key too long for a notification's 8000 bytes, even escaped, is
+    -- left out: the listener then reads everything again.
+    CREATE FUNCTION arbiter_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        k text := COALESCE(to_jsonb(NEW), to_jsonb(OLD)) ->> TG_ARGV[0];
+    BEGIN
+        IF octet_length(k) > 1000 THEN k := NULL; END IF;
+        PERFORM pg_notify('arbiter_state',
+            json_build_object('table', TG_TABLE_NAME, 'op', TG_OP, 'key', k)::text);
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER arbiter_notify AFTER INSERT OR UPDATE OR DELETE ON arbiter_suspensions
+        FOR EACH ROW EXECUTE FUNCTION arbiter_notify('agent');
+    CREATE TRIGGER arbiter_notify AFTER INSERT OR UPDATE OR DELETE ON arbiter_breakers
+        FOR EACH ROW EXECUTE FUNCTION arbiter_notify('agent');
+    CREATE TRIGGER arbiter_notify AFTER INSERT OR UPDATE OR DELETE ON arbiter_approvals
+        FOR EACH ROW EXECUTE FUNCTION arbiter_notify('id');
+    CREATE TRIGGER arbiter_notify AFTER INSERT OR UPDATE OR DELETE ON arbiter_pins
+        FOR EACH ROW EXECUTE FUNCTION arbiter_notify('server');
 "];
 
 /// The advisory lock a migration holds ("arbiter" in ASCII).
@@ -62,13 +106,42 @@ const MIGRATION_LOCK: i64 = 0x0061_7262_6974_6572;
 /// Changes announced at once that a slow subscriber may miss.
 const CHANGES: usize = 1024;
 
+/// The first wait before connecting again, and the longest.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(5));
+
+/// The least time a new connection is given.
+const CONNECT: Duration = Duration::from_secs(5);
+
+/// Spend holds one replica may have at once, each on a connection of
+/// its own: a bound on the connections a fleet opens. More wait, within
+/// the call's timeout.
+const HOLDS: usize = 16;
+
+/// Adds `$3` cents to `$1`'s spend of day `$2`, starting the day afresh
+/// when the stored one is older, without overflowing; the total after.
+const ADD_SPEND: &str = "
+    INSERT INTO arbiter_spend AS s VALUES ($1, $2, $3)
+    ON CONFLICT (agent) DO UPDATE SET
+        cents = CASE
+            WHEN s.day = EXCLUDED.day
+                THEN s.cents + LEAST(EXCLUDED.cents, 9223372036854775807 - s.cents)
+            WHEN s.day < EXCLUDED.day THEN EXCLUDED.cents
+            ELSE s.cents END,
+        day = GREATEST(s.day, EXCLUDED.day)
+    RETURNING CASE WHEN day = $2 THEN cents ELSE 0 END";
+
 /// How to reach the database.
 #[derive(Debug, Clone)]
 pub struct PgOptions {
-    /// A libpq-style URL or key-value string.
+    /// A libpq-style URL or key-value string; `sslmode=require` for TLS.
     pub url: String,
-    /// The longest a call may take before it fails. Default: 5 s.
+    /// The longest a call may take before it fails. Default: 1 s.
     pub timeout: Duration,
+    /// PEM certificates of CAs trusted for the server's TLS certificate,
+    /// beside Mozilla's roots.
+    pub ca_file: Option<PathBuf>,
+    /// How often the listening connection is checked. Default: 1 s.
+    pub ping: Duration,
 }
 
 impl PgOptions {
@@ -76,27 +149,353 @@ impl PgOptions {
     pub fn new(url: impl Into<String>) -> Self {
         PgOptions {
             url: url.into(),
-            timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(1),
+            ca_file: None,
+            ping: Duration::from_secs(1),
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One database, reached the same way by every connection of this store.
+struct Link {
+    config: tokio_postgres::Config,
+    tls: Option<MakeRustlsConnect>,
+    /// Where, for messages: the host, port and database, never a password.
+    target: String,
+    timeout: Duration,
+    /// The connection for reads and writes; `None` or closed when lost.
+    client: ArcSwapOption<Client>,
+    /// Serializes reconnecting, and says when the next attempt may be.
+    retry: tokio::sync::Mutex<Backoff>,
+    /// The backend of `client`: its own notifications are not news.
+    own_pid: AtomicI32,
+    connected_once: AtomicBool,
+    feed: Arc<Feed>,
+    changes: broadcast::Sender<StateChange>,
+    /// Idle connections for spend holds.
+    holds: Mutex<Vec<Client>>,
+    /// A place for each hold at once.
+    hold_places: Arc<tokio::sync::Semaphore>,
+    /// The fleet id the database held at start: a database found at the
+    /// same address later with another one (an empty one restored in its
+    /// place) is refused, not taken for the fleet's state.
+    fleet: std::sync::OnceLock<String>,
+}
+
+#[derive(Debug)]
+struct Backoff {
+    next: Option<tokio::time::Instant>,
+    delay: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff {
+            next: None,
+            delay: BACKOFF.0,
+        }
+    }
+
+    fn failed(&mut self) {
+        self.next = Some(tokio::time::Instant::now() + self.delay);
+        self.delay = (self.delay * 2).min(BACKOFF.1);
+    }
+}
+
+/// What a connection does with the notifications it receives.
+#[derive(Clone)]
+struct Listener {
+    changes: broadcast::Sender<StateChange>,
+    link: Arc<Link>,
+}
+
+impl Link {
+    /// A new connection, its messages driven on this runtime; with
+    /// `listener`, its notifications announced. The driver's handle ends
+    /// when the connection does.
+    async fn connect(
+        &self,
+        listener: Option<Listener>,
+    ) -> Result<(Client, tokio::task::JoinHandle<()>), BoxError> {
+        let connect = async {
+            Ok::<_, BoxError>(match &self.tls {
+                Some(tls) => {
+                    let (client, conn) = self.config.connect(tls.clone()).await?;
+                    (client, tokio::spawn(drive(conn, listener)))
+                }
+                None => {
+                    let (client, conn) = self.config.connect(NoTls).await?;
+                    (client, tokio::spawn(drive(conn, listener)))
+                }
+            })
+        };
+        // A connection costs the server a process: on a busy machine it
+        // may take longer than a call should.
+        let limit = self.timeout.max(CONNECT);
+        tokio::time::timeout(limit, connect)
+            .await
+            .map_err(|_| format!("no connection within {limit:?}"))?
+    }
+
+    /// Refuses a database whose fleet id is not the one seen at start.
+    async fn same_database(&self, client: &Client) -> Result<(), BoxError> {
+        let Some(expected) = self.fleet.get() else {
+            return Ok(());
+        };
+        let found: String = client
+            .query_one("SELECT fleet FROM arbiter_schema", &[])
+            .await?
+            .get(0);
+        if &found == expected {
+            Ok(())
+        } else {
+            Err(format!(
+                "the database at {} is not the one this replica started with (fleet {expected}, found {found}); refusing it",
+                self.target
+            )
+            .into())
+        }
+    }
+
+    /// The connection for reads and writes, made again if it was lost and
+    /// the backoff allows.
+    async fn client(&self) -> Result<Arc<Client>, BoxError> {
+        if let Some(c) = self.client.load_full().filter(|c| !c.is_closed()) {
+            return Ok(c);
+        }
+        let mut retry = self.retry.lock().await;
+        // Another caller may have connected while this one waited.
+        if let Some(c) = self.client.load_full().filter(|c| !c.is_closed()) {
+            return Ok(c);
+        }
+        let now = tokio::time::Instant::now();
+        if let Some(next) = retry.next.filter(|n| *n > now) {
+            return Err(format!(
+                "the database is unreachable; the next attempt is in {} ms",
+                (next - now).as_millis()
+            )
+            .into());
+        }
+        let connected = async {
+            let (client, _) = self.connect(None).await?;
+            self.same_database(&client).await?;
+            let pid: i32 = client
+                .query_one("SELECT pg_backend_pid()", &[])
+                .await?
+                .get(0);
+            Ok::<_, BoxError>((client, pid))
+        }
+        .await;
+        match connected {
+            Ok((client, pid)) => {
+                self.own_pid.store(pid, Ordering::Release);
+                if self.connected_once.swap(true, Ordering::AcqRel) {
+                    self.feed.reconnected();
+                    tracing::info!(target = %self.target, "connected to the state database again");
+                }
+                *retry = Backoff::new();
+                let client = Arc::new(client);
+                self.client.store(Some(Arc::clone(&client)));
+                Ok(client)
+            }
+            Err(e) => {
+                retry.failed();
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Drives `conn` until it ends, handing its notifications to `listener`.
+async fn drive<S, T>(mut conn: Connection<S, T>, listener: Option<Listener>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+            Some(Ok(AsyncMessage::Notification(n))) => {
+                if let Some(l) = &listener {
+                    l.heard(n.process_id(), n.channel(), n.payload());
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "a connection to the state database ended");
+                return;
+            }
+            None => return,
+        }
+    }
+}
+
+/// A trigger's notification.
+#[derive(serde::Deserialize)]
+struct Notice {
+    table: String,
+    op: String,
+    key: Option<String>,
+}
+
+impl Listener {
+    /// Announces the change notification `payload` stands for. Its
+    /// content is never trusted: a change only makes a replica read the
+    /// row again, and anything not understood makes it read everything.
+    fn heard(&self, pid: i32, channel: &str, payload: &str) {
+        // Writes through this store's own connection were announced when
+        // they were made.
+        if channel != CHANNEL || pid == self.link.own_pid.load(Ordering::Acquire) {
+            return;
+        }
+        let change = match serde_json::from_str::<Notice>(payload) {
+            Ok(Notice {
+                table,
+                op,
+                key: Some(key),
+            }) => match (table.as_str(), op.as_str()) {
+                ("arbiter_suspensions", "DELETE") => StateChange::Resumed(key),
+                ("arbiter_suspensions", _) => StateChange::Suspended(key),
+                ("arbiter_breakers", "DELETE") => StateChange::BreakerClosed(key),
+                ("arbiter_breakers", _) => StateChange::BreakerOpened(key),
+                ("arbiter_approvals", _) => StateChange::Approval(key),
+                ("arbiter_pins", _) => StateChange::Pins,
+                _ => StateChange::Resync,
+            },
+            _ => {
+                tracing::warn!(
+                    bytes = payload.len(),
+                    "a state notification was not understood; reading everything again"
+                );
+                StateChange::Resync
+            }
+        };
+        // Nobody listening is fine.
+        let _ = self.changes.send(change);
+    }
+}
+
+/// Listens for other replicas' changes for as long as the runtime runs:
+/// joined, the feed is in step once everything was read again; lost, it
+/// says since when, and the connection is made again with backoff.
+async fn listen(link: Arc<Link>, ping: Duration) {
+    let listener = Listener {
+        changes: link.changes.clone(),
+        link: Arc::clone(&link),
+    };
+    let mut delay = BACKOFF.0;
+    let mut joined_once = false;
+    loop {
+        let joined = async {
+            let (client, driver) = link.connect(Some(listener.clone())).await?;
+            link.same_database(&client).await?;
+            tokio::time::timeout(
+                link.timeout,
+                client.batch_execute(&format!("LISTEN {CHANNEL}")),
+            )
+            .await
+            .map_err(|_| "LISTEN timed out")??;
+            Ok::<_, BoxError>((client, driver))
+        }
+        .await;
+        match joined {
+            Ok((client, mut driver)) => {
+                if std::mem::replace(&mut joined_once, true) {
+                    link.feed.reconnected();
+                    tracing::info!(target = %link.target, "hearing the other replicas again");
+                }
+                link.feed.joined();
+                let _ = link.changes.send(StateChange::Resync);
+                delay = BACKOFF.0;
+                let mut tick = tokio::time::interval(ping);
+                loop {
+                    tokio::select! {
+                        _ = &mut driver => break,
+                        _ = tick.tick() => {
+                            let alive = tokio::time::timeout(link.timeout, client.simple_query("")).await;
+                            if !matches!(alive, Ok(Ok(_))) {
+                                break;
+                            }
+                        }
+                    }
+                }
+                driver.abort();
+                tracing::error!(target = %link.target, "lost the state database's change feed; reconnecting");
+            }
+            Err(e) => {
+                tracing::debug!(target = %link.target, error = %e, "the change feed cannot connect");
+            }
+        }
+        link.feed.lose(crate::time::SystemClock.now_ms());
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(BACKOFF.1);
+    }
+}
+
+/// Runs futures on the store's runtime and waits for them, up to a
+/// timeout; shared by the store and its holds.
+#[derive(Clone)]
+struct Exec {
+    handle: tokio::runtime::Handle,
+    link: Arc<Link>,
+}
+
+impl Exec {
+    fn block<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        fut: impl Future<Output = Result<T, BoxError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.block_within(what, self.link.timeout, fut)
+    }
+
+    fn block_within<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        timeout: Duration,
+        fut: impl Future<Output = Result<T, BoxError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.handle.spawn(async move {
+            // A caller that stopped waiting drops what arrives late; a
+            // hold's drop then rolls its transaction back.
+            let _ = tx.send(fut.await);
+        });
+        let fail = |source: BoxError| StoreError::Remote {
+            target: self.link.target.clone(),
+            what,
+            source,
+        };
+        match rx.recv_timeout(timeout) {
+            Ok(result) => result.map_err(fail),
+            Err(_) => Err(fail(format!("no answer within {timeout:?}").into())),
         }
     }
 }
 
 /// The state in a PostgreSQL database.
 pub struct PgState {
-    runtime: tokio::runtime::Runtime,
-    client: Arc<Client>,
-    /// Where, for messages: the host, port and database, never a password.
-    target: String,
-    timeout: Duration,
-    changes: broadcast::Sender<StateChange>,
+    /// Dropped in the background, since a store may be dropped on a
+    /// tokio thread, where a runtime may not be dropped.
+    runtime: Option<tokio::runtime::Runtime>,
+    exec: Exec,
     undecodable: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for PgState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgState")
-            .field("target", &self.target)
+            .field("target", &self.exec.link.target)
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PgState {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
     }
 }
 
@@ -106,11 +505,13 @@ type DbResult<T> = Result<T, tokio_postgres::Error>;
 type Entry<T> = (String, Result<T, String>);
 
 impl PgState {
-    /// Connects, and creates or migrates the schema.
+    /// Connects, creates or migrates the schema, and starts listening for
+    /// the other replicas' changes.
     ///
     /// # Errors
     /// A [`StoreError`] naming the database: the URL does not parse, the
-    /// server cannot be reached, or its schema is newer than this binary's.
+    /// CA file cannot be read, the server cannot be reached, or its schema
+    /// is newer than this binary's.
     pub fn open(options: &PgOptions) -> Result<PgState, StoreError> {
         let config: tokio_postgres::Config =
             options.url.parse().map_err(|e| StoreError::Remote {
@@ -119,93 +520,112 @@ impl PgState {
                 source: Box::new(e),
             })?;
         let target = describe(&config);
+        let remote = |what, source: BoxError| StoreError::Remote {
+            target: target.clone(),
+            what,
+            source,
+        };
+        // TLS when the URL asks for it; `prefer` (the default) stays plain
+        // rather than trusting a certificate nobody checked.
+        let tls = match config.get_ssl_mode() {
+            SslMode::Require => Some(MakeRustlsConnect::new(
+                crate::tls::client_config(options.ca_file.as_deref())
+                    .map_err(|e| remote("set up TLS", e.into()))?,
+            )),
+            _ => None,
+        };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("arbiter-postgres")
             .enable_all()
             .build()
-            .map_err(|e| StoreError::Remote {
-                target: target.clone(),
-                what: "start the client's thread",
-                source: Box::new(e),
-            })?;
-        let client = {
-            let fail = |what| {
-                let target = target.clone();
-                move |e: tokio_postgres::Error| StoreError::Remote {
-                    target,
-                    what,
-                    source: Box::new(e),
-                }
-            };
-            let (client, connection) = runtime
-                .block_on(async {
-                    tokio::time::timeout(options.timeout, config.connect(NoTls)).await
-                })
-                .map_err(|_| StoreError::Remote {
-                    target: target.clone(),
-                    what: "connect",
-                    source: "timed out".into(),
-                })?
-                .map_err(fail("connect"))?;
-            runtime.spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::error!(error = %e, "the state database connection ended");
-                }
-            });
-            let mut client = client;
-            runtime
-                .block_on(migrate(&mut client))
-                .map_err(|e| match e {
-                    Migration::Db(e) => fail("migrate the schema")(e),
-                    Migration::Newer(found) => StoreError::SchemaNewer {
-                        target: target.clone(),
-                        found,
-                        supported: SCHEMA_VERSION,
-                    },
-                })?;
-            Arc::new(client)
-        };
-        Ok(PgState {
-            runtime,
-            client,
-            target,
+            .map_err(|e| remote("start the client's thread", Box::new(e)))?;
+        let link = Arc::new(Link {
+            config,
+            tls,
+            target: target.clone(),
             timeout: options.timeout,
+            client: ArcSwapOption::empty(),
+            retry: tokio::sync::Mutex::new(Backoff::new()),
+            own_pid: AtomicI32::new(0),
+            connected_once: AtomicBool::new(false),
+            feed: Arc::new(Feed::shared(crate::time::SystemClock.now_ms())),
             changes: broadcast::channel(CHANGES).0,
+            holds: Mutex::new(Vec::new()),
+            hold_places: Arc::new(tokio::sync::Semaphore::new(HOLDS)),
+            fleet: std::sync::OnceLock::new(),
+        });
+        let store = PgState {
+            exec: Exec {
+                handle: runtime.handle().clone(),
+                link: Arc::clone(&link),
+            },
+            runtime: Some(runtime),
             undecodable: Arc::new(AtomicU64::new(0)),
-        })
+        };
+        // Migrating may wait for another replica's migration: its own
+        // deadline, longer than a call's.
+        let wait = options.timeout.max(Duration::from_secs(30));
+        let migrating = Arc::clone(&link);
+        let migrated = store
+            .exec
+            .block_within("migrate the schema", wait, async move {
+                let client = migrating.client().await?;
+                let fleet = migrate(&client).await.map_err(|e| match e {
+                    Migration::Db(e) => Box::new(e) as BoxError,
+                    Migration::Newer(found) => Box::new(Newer(found)),
+                })?;
+                let _ = migrating.fleet.set(fleet);
+                Ok(())
+            });
+        if let Err(StoreError::Remote { source, .. }) = &migrated
+            && let Some(Newer(found)) = source.downcast_ref::<Newer>()
+        {
+            return Err(StoreError::SchemaNewer {
+                target,
+                found: *found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        migrated?;
+        store
+            .exec
+            .handle
+            .spawn(listen(Arc::clone(&link), options.ping));
+        Ok(store)
     }
 
-    /// This store behind every state trait.
+    /// This store behind every state trait, with its spend shared and its
+    /// change feed.
     pub fn into_state(self) -> State {
-        let (changes, undecodable) = (self.changes.clone(), Arc::clone(&self.undecodable));
-        State::of(self, changes).with_undecodable(undecodable)
+        let link = Arc::clone(&self.exec.link);
+        let undecodable = Arc::clone(&self.undecodable);
+        let me = Arc::new(self);
+        State::new(
+            Arc::clone(&me) as _,
+            Arc::clone(&me) as _,
+            Arc::clone(&me) as _,
+            link.changes.clone(),
+        )
+        .with_undecodable(undecodable)
+        .with_fleet(me, Arc::clone(&link.feed))
     }
 
     /// Runs `call` with the client on this store's thread and waits for it.
     fn run<T, F>(
         &self,
         what: &'static str,
-        call: impl FnOnce(Arc<Client>) -> F,
+        call: impl FnOnce(Arc<Client>) -> F + Send + 'static,
     ) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: Future<Output = DbResult<T>> + Send + 'static,
     {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let fut = call(Arc::clone(&self.client));
-        self.runtime.spawn(async move {
-            let _ = tx.send(fut.await);
-        });
-        let fail = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Remote {
-            target: self.target.clone(),
-            what,
-            source,
-        };
-        match rx.recv_timeout(self.timeout) {
-            Ok(result) => result.map_err(|e| fail(Box::new(e))),
-            Err(_) => Err(fail(format!("no answer within {:?}", self.timeout).into())),
-        }
+        let link = Arc::clone(&self.exec.link);
+        self.exec.block(what, async move {
+            let client = link.client().await?;
+            Ok(call(client).await?)
+        })
     }
 
     /// Every row of `table` (`key`, `value`): decoded, or the key of one
@@ -239,13 +659,14 @@ impl PgState {
         value: &impl Serialize,
     ) -> Result<serde_json::Value, StoreError> {
         serde_json::to_value(value).map_err(|source| StoreError::Encode {
-            path: self.target.clone().into(),
+            path: self.exec.link.target.clone().into(),
             what,
             source,
         })
     }
 
-    /// Runs `sql` with `params`, then announces `change`.
+    /// Runs `sql` with `params`, then announces `change` to this
+    /// process; the other replicas hear of it from the database.
     fn execute(
         &self,
         what: &'static str,
@@ -261,10 +682,14 @@ impl PgState {
             c.execute(sql, &refs).await
         })?;
         if let Some(change) = change {
-            // Nobody listening is fine.
-            let _ = self.changes.send(change);
+            self.announce(change);
         }
         Ok(n)
+    }
+
+    fn announce(&self, change: StateChange) {
+        // Nobody listening is fine.
+        let _ = self.exec.link.changes.send(change);
     }
 }
 
@@ -286,6 +711,11 @@ enum Migration {
     Newer(i32),
 }
 
+/// The schema version a newer Arbiter left.
+#[derive(Debug, thiserror::Error)]
+#[error("schema version {0}")]
+struct Newer(i32);
+
 impl From<tokio_postgres::Error> for Migration {
     fn from(e: tokio_postgres::Error) -> Self {
         Migration::Db(e)
@@ -293,33 +723,56 @@ impl From<tokio_postgres::Error> for Migration {
 }
 
 /// Brings the schema to [`SCHEMA_VERSION`] in one transaction, holding
-/// the migration lock, so that replicas starting together migrate once.
-async fn migrate(client: &mut Client) -> Result<(), Migration> {
-    let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-        .await?;
-    tx.batch_execute("CREATE TABLE IF NOT EXISTS arbiter_schema (version integer NOT NULL)")
-        .await?;
-    let found: Option<i32> = tx
-        .query_opt("SELECT version FROM arbiter_schema", &[])
-        .await?
-        .map(|row| row.get(0));
-    let from = found.unwrap_or(0);
-    if from > SCHEMA_VERSION {
-        return Err(Migration::Newer(from));
-    }
-    for step in &MIGRATIONS[usize::try_from(from).unwrap_or(0)..] {
-        tx.batch_execute(step).await?;
-    }
-    if found.is_none() {
-        tx.execute("INSERT INTO arbiter_schema VALUES ($1)", &[&SCHEMA_VERSION])
+/// the migration lock, so that replicas starting together migrate once;
+/// the fleet's id, made by the first.
+async fn migrate(client: &Client) -> Result<String, Migration> {
+    client.batch_execute("BEGIN").await?;
+    let migrated = async {
+        client
+            .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await?;
-    } else {
-        tx.execute("UPDATE arbiter_schema SET version = $1", &[&SCHEMA_VERSION])
+        client
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS arbiter_schema (
+                    version integer NOT NULL,
+                    fleet text NOT NULL DEFAULT gen_random_uuid()::text
+                )",
+            )
             .await?;
+        let found: Option<i32> = client
+            .query_opt("SELECT version FROM arbiter_schema", &[])
+            .await?
+            .map(|row| row.get(0));
+        let from = found.unwrap_or(0);
+        if from > SCHEMA_VERSION {
+            return Err(Migration::Newer(from));
+        }
+        for step in &MIGRATIONS[usize::try_from(from).unwrap_or(0)..] {
+            client.batch_execute(step).await?;
+        }
+        if found.is_none() {
+            client
+                .execute("INSERT INTO arbiter_schema VALUES ($1)", &[&SCHEMA_VERSION])
+                .await?;
+        } else {
+            client
+                .execute("UPDATE arbiter_schema SET version = $1", &[&SCHEMA_VERSION])
+                .await?;
+        }
+        let fleet: String = client
+            .query_one("SELECT fleet FROM arbiter_schema", &[])
+            .await?
+            .get(0);
+        Ok(fleet)
     }
-    tx.commit().await?;
-    Ok(())
+    .await;
+    match &migrated {
+        Ok(_) => client.batch_execute("COMMIT").await?,
+        Err(_) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+        }
+    }
+    migrated
 }
 
 fn json(value: serde_json::Value) -> Box<dyn ToSql + Send + Sync> {
@@ -336,6 +789,11 @@ fn status(s: ApprovalStatus) -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
         .unwrap_or_default()
+}
+
+/// A day number or a number of cents as the database's `bigint`.
+fn big(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 impl AgentStore for PgState {
@@ -400,29 +858,196 @@ impl AgentStore for PgState {
     }
 
     fn spend(&self) -> Result<Vec<(String, DaySpend)>, StoreError> {
-        Ok(self
-            .all("arbiter_spend", "agent")?
-            .into_iter()
-            .map(|(agent, d)| (agent, d.unwrap_or_else(|_| fallback::spend())))
+        let rows = self.run("read the spend", |c| async move {
+            c.query("SELECT agent, day, cents FROM arbiter_spend", &[])
+                .await
+        })?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let (agent, day, cents): (String, i64, i64) = (row.get(0), row.get(1), row.get(2));
+                let day = u64::try_from(day).unwrap_or(0);
+                let mut spend = DaySpend::default();
+                spend.add(
+                    day.saturating_mul(super::DAY_MS),
+                    u64::try_from(cents).unwrap_or(0),
+                );
+                (agent, spend)
+            })
             .collect())
     }
 
     fn save_spend(&self, spend: &[(String, DaySpend)]) -> Result<(), StoreError> {
-        let (agents, values): (Vec<String>, Vec<Json<serde_json::Value>>) = spend
-            .iter()
-            .map(|(agent, day)| Ok((agent.clone(), Json(self.encode("spend", day)?))))
-            .collect::<Result<Vec<_>, StoreError>>()?
-            .into_iter()
-            .unzip();
+        let mut agents = Vec::new();
+        let mut days = Vec::new();
+        let mut cents = Vec::new();
+        for (agent, d) in spend {
+            agents.push(agent.clone());
+            days.push(big(d.day()));
+            cents.push(big(d.cents()));
+        }
         // One statement for all of them: one commit.
         self.execute(
             "save the spend",
-            "INSERT INTO arbiter_spend SELECT * FROM unnest($1::text[], $2::jsonb[])
-             ON CONFLICT (agent) DO UPDATE SET value = EXCLUDED.value",
-            vec![Box::new(agents), Box::new(values)],
+            "INSERT INTO arbiter_spend SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[])
+             ON CONFLICT (agent) DO UPDATE SET day = EXCLUDED.day, cents = EXCLUDED.cents",
+            vec![Box::new(agents), Box::new(days), Box::new(cents)],
             None,
         )
         .map(drop)
+    }
+}
+
+impl SharedSpend for PgState {
+    fn today(&self, agent: &str, now_ms: u64) -> Result<u64, StoreError> {
+        let (agent, day) = (agent.to_owned(), big(now_ms / super::DAY_MS));
+        let row = self.run("read the spend", move |c| async move {
+            c.query_opt(
+                "SELECT CASE WHEN day = $2 THEN cents ELSE 0 END FROM arbiter_spend WHERE agent = $1",
+                &[&agent, &day],
+            )
+            .await
+        })?;
+        Ok(row.map_or(0, |r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0)))
+    }
+
+    fn add(&self, agent: &str, now_ms: u64, cents: u64) -> Result<u64, StoreError> {
+        let (agent, day, cents) = (agent.to_owned(), big(now_ms / super::DAY_MS), big(cents));
+        let row = self.run("add to the spend", move |c| async move {
+            c.query_one(ADD_SPEND, &[&agent, &day, &cents]).await
+        })?;
+        Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+    }
+
+    fn hold(&self, agent: &str, now_ms: u64) -> Result<Box<dyn SpendHold>, StoreError> {
+        let (agent, day) = (agent.to_owned(), big(now_ms / super::DAY_MS));
+        let exec = self.exec.clone();
+        let hold = self.exec.block("hold the spend", async move {
+            let link = &exec.link;
+            let place = Arc::clone(&link.hold_places).acquire_owned().await?;
+            let idle = link
+                .holds
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop()
+                .filter(|c| !c.is_closed());
+            let client = match idle {
+                Some(c) => c,
+                None => {
+                    let (c, _) = link.connect(None).await?;
+                    link.same_database(&c).await?;
+                    // Waiting for another replica's hold ends with the
+                    // caller's patience.
+                    c.batch_execute(&format!("SET lock_timeout = {}", link.timeout.as_millis()))
+                        .await?;
+                    c
+                }
+            };
+            // From here the hold owns the connection: dropped on any path,
+            // it rolls back.
+            let mut hold = PgHold {
+                exec: exec.clone(),
+                _place: place,
+                client: Some(client),
+                agent,
+                day,
+                today: 0,
+            };
+            let c = hold.client.as_ref().ok_or("no connection")?;
+            c.batch_execute("BEGIN").await?;
+            c.execute(
+                "INSERT INTO arbiter_spend VALUES ($1, $2, 0) ON CONFLICT (agent) DO NOTHING",
+                &[&hold.agent, &day],
+            )
+            .await?;
+            let row = c
+                .query_one(
+                    "SELECT CASE WHEN day = $2 THEN cents ELSE 0 END FROM arbiter_spend
+                     WHERE agent = $1 FOR UPDATE",
+                    &[&hold.agent, &day],
+                )
+                .await?;
+            hold.today = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+            Ok(hold)
+        })?;
+        Ok(Box::new(hold))
+    }
+}
+
+/// One agent's spend row, locked by a transaction on a connection of its
+/// own until committed or dropped.
+struct PgHold {
+    exec: Exec,
+    /// Given back when the hold ends.
+    _place: tokio::sync::OwnedSemaphorePermit,
+    client: Option<Client>,
+    agent: String,
+    day: i64,
+    today: u64,
+}
+
+impl std::fmt::Debug for PgHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgHold")
+            .field("agent", &self.agent)
+            .field("today", &self.today)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Gives a connection whose transaction ended back to the idle ones.
+fn give_back(link: &Link, client: Client) {
+    let mut idle = link.holds.lock().unwrap_or_else(PoisonError::into_inner);
+    if idle.len() < HOLDS && !client.is_closed() {
+        idle.push(client);
+    }
+}
+
+impl SpendHold for PgHold {
+    fn today(&self) -> u64 {
+        self.today
+    }
+
+    fn commit(mut self: Box<Self>, cents: u64) -> Result<u64, StoreError> {
+        let Some(client) = self.client.take() else {
+            return Err(StoreError::Remote {
+                target: self.exec.link.target.clone(),
+                what: "add to the spend",
+                source: "the hold has no connection".into(),
+            });
+        };
+        let (agent, day, cents) = (self.agent.clone(), self.day, big(cents));
+        let link = Arc::clone(&self.exec.link);
+        self.exec.block("add to the spend", async move {
+            let added = async {
+                let row = client.query_one(ADD_SPEND, &[&agent, &day, &cents]).await?;
+                client.batch_execute("COMMIT").await?;
+                Ok::<_, tokio_postgres::Error>(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+            }
+            .await;
+            match added {
+                Ok(total) => {
+                    give_back(&link, client);
+                    Ok(total)
+                }
+                // The connection is dropped with its transaction: the
+                // server rolls it back.
+                Err(e) => Err(Box::new(e) as BoxError),
+            }
+        })
+    }
+}
+
+impl Drop for PgHold {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            let link = Arc::clone(&self.exec.link);
+            self.exec.handle.spawn(async move {
+                if client.batch_execute("ROLLBACK").await.is_ok() {
+                    give_back(&link, client);
+                }
+            });
+        }
     }
 }
 
@@ -433,6 +1058,23 @@ impl ApprovalStore for PgState {
             .into_iter()
             .filter_map(|(_, a)| a.ok())
             .collect())
+    }
+
+    fn approval(&self, id: &str) -> Result<Option<Approval>, StoreError> {
+        let key = id.to_owned();
+        let row = self.run("read an approval", move |c| async move {
+            c.query_opt("SELECT value FROM arbiter_approvals WHERE id = $1", &[&key])
+                .await
+        })?;
+        Ok(row.and_then(|row| {
+            let Json(value): Json<serde_json::Value> = row.get(0);
+            serde_json::from_value(value)
+                .inspect_err(|e| {
+                    self.undecodable.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(approval = id, error = %e, "a stored approval does not decode; it allows nothing");
+                })
+                .ok()
+        }))
     }
 
     fn create(&self, approval: &Approval) -> Result<(), StoreError> {
@@ -467,7 +1109,7 @@ impl ApprovalStore for PgState {
             None,
         )? == 1;
         if changed {
-            let _ = self.changes.send(StateChange::Approval(next.id.clone()));
+            self.announce(StateChange::Approval(next.id.clone()));
         }
         Ok(changed)
     }
