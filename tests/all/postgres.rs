@@ -337,3 +337,24 @@ fn attack_another_database_found_at_the_same_address_is_refused_not_taken_for_th
     std::thread::sleep(Duration::from_millis(500));
     assert!(state.feed().lost_since().is_some());
 }
+
+#[test]
+fn tls_is_used_when_the_url_asks_and_a_server_certificate_nobody_vouches_for_is_refused() {
+    let pg = Postgres::start_tls();
+    let url = format!("{}?sslmode=require", pg.url());
+    let mut options = PgOptions::new(&url);
+    options.ca_file = Some(pg.ca_file());
+    let state = PgState::open(&options).expect("open over TLS").into_state();
+    conformance::conforms(&state);
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE ssl AND application_name = ''"),
+        "2",
+        "the store's two connections (calls and the feed) are encrypted"
+    );
+    // The server's certificate from a CA the replica was not given.
+    let e = PgState::open(&PgOptions::new(&url)).expect_err("untrusted");
+    assert!(matches!(e, StoreError::Remote { .. }), "{e:?}");
+    // Plaintext is refused by this server: nothing falls back to it.
+    let e = PgState::open(&PgOptions::new(pg.url())).expect_err("plaintext");
+    assert!(matches!(e, StoreError::Remote { .. }), "{e:?}");
+}

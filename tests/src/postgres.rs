@@ -80,6 +80,22 @@ impl Postgres {
     /// Makes a cluster (one superuser, `arbiter`, trusted on loopback only)
     /// and starts it; returns once it accepts connections.
     pub fn start() -> Self {
+        Self::make(false)
+    }
+
+    /// As [`Postgres::start`], but it accepts TLS connections only, with a
+    /// certificate for `127.0.0.1` from a CA of its own
+    /// ([`Postgres::ca_file`]).
+    pub fn start_tls() -> Self {
+        Self::make(true)
+    }
+
+    /// The PEM of the CA that signed a TLS cluster's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    fn make(tls: bool) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         if as_root() {
             let status = Command::new("chown")
@@ -103,8 +119,52 @@ impl Postgres {
             port: crate::free_port(),
             server: None,
         };
+        if tls {
+            pg.only_tls();
+        }
         pg.resume();
         pg
+    }
+
+    /// A CA, a certificate it signs for `127.0.0.1`, `ssl = on`, and
+    /// loopback connections without TLS refused.
+    fn only_tls(&self) {
+        let ca_key = rcgen::KeyPair::generate().expect("ca key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).expect("ca");
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().expect("server key");
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .expect("params")
+            .signed_by(&key, &issuer)
+            .expect("server certificate");
+        std::fs::write(self.ca_file(), ca.pem()).expect("ca.pem");
+        let data = self.dir.path().join("data");
+        let files = [
+            ("server.crt", cert.pem()),
+            ("server.key", key.serialize_pem()),
+            (
+                "pg_hba.conf",
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n".to_owned(),
+            ),
+        ];
+        for (name, text) in files {
+            let path = data.join(name);
+            std::fs::write(&path, text).expect("write");
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("chmod");
+            if as_root() {
+                succeed(
+                    "chown",
+                    Command::new("chown").arg("postgres:postgres").arg(&path),
+                );
+            }
+        }
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).expect("postgresql.conf");
+        text.push_str("\nssl = on\n");
+        std::fs::write(&conf, text).expect("postgresql.conf");
     }
 
     /// The connection URL of its `postgres` database.
@@ -117,6 +177,9 @@ impl Postgres {
         succeed(
             "psql",
             command(&self.bin.join("psql"))
+                // Its own home: not root's, which it may not read as
+                // `postgres` when it looks for client certificates.
+                .env("HOME", self.dir.path())
                 .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
                 .args([
                     "-U",
