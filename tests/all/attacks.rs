@@ -453,16 +453,7 @@ struct Idp {
 
 impl Idp {
     fn start(jwks: &Value) -> Self {
-        let ca_key = rcgen::KeyPair::generate().expect("ca key");
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca = ca_params.self_signed(&ca_key).expect("ca");
-        let issuer = rcgen::Issuer::new(ca_params, ca_key);
-        let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
-        let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
-            .expect("params")
-            .signed_by(&leaf_key, &issuer)
-            .expect("leaf");
+        let (ca, leaf, leaf_key) = arbiter_tests::certificate_for("localhost");
         let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))

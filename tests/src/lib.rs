@@ -112,6 +112,22 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// A CA of the test's own and a certificate it signs for `name` (a host
+/// name or an IP address): the CA, the certificate and its key.
+pub fn certificate_for(name: &str) -> (rcgen::Certificate, rcgen::Certificate, rcgen::KeyPair) {
+    let ca_key = rcgen::KeyPair::generate().expect("ca key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+        .expect("params")
+        .signed_by(&key, &issuer)
+        .expect("certificate");
+    (ca, cert, key)
+}
+
 pub mod binary;
 pub mod fleet;
 pub mod http;

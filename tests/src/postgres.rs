@@ -129,16 +129,7 @@ impl Postgres {
     /// A CA, a certificate it signs for `127.0.0.1`, `ssl = on`, and
     /// loopback connections without TLS refused.
     fn only_tls(&self) {
-        let ca_key = rcgen::KeyPair::generate().expect("ca key");
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca = ca_params.self_signed(&ca_key).expect("ca");
-        let issuer = rcgen::Issuer::new(ca_params, ca_key);
-        let key = rcgen::KeyPair::generate().expect("server key");
-        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
-            .expect("params")
-            .signed_by(&key, &issuer)
-            .expect("server certificate");
+        let (ca, cert, key) = crate::certificate_for("127.0.0.1");
         std::fs::write(self.ca_file(), ca.pem()).expect("ca.pem");
         let data = self.dir.path().join("data");
         let files = [

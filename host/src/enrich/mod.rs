@@ -256,7 +256,8 @@ impl Agents {
     pub fn unavailable(&self) -> Option<String> {
         let fleet = self.fleet.as_ref()?;
         let since = fleet.feed.lost_since()?;
-        let now = self.clock.now_ms();
+        // The feed keeps wall-clock times, whatever clock decides.
+        let now = crate::time::SystemClock.now_ms();
         let lost = now.saturating_sub(since);
         (lost >= fleet.max_staleness_ms).then(|| {
             format!(
