@@ -6,7 +6,9 @@
 //! that cannot be read, a receiver that fell behind, or a feed joined
 //! again makes it read everything, and until it has, the [`Feed`] says
 //! the replica is behind, so its decisions fail closed
-//! ([`crate::enrich::Agents::unavailable`]).
+//! ([`crate::enrich::Agents::unavailable`]). Alongside, [`merge`] trades
+//! the agents' sliding windows' counts with the others every
+//! `state.window_merge_ms`.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -139,5 +141,43 @@ impl Batch {
             r.pins.reload().map_err(failed("pins"))?;
         }
         Ok(())
+    }
+}
+
+/// Exchanges `agents`' window counts with the other replicas every
+/// `every` until `stop` resolves, and once more then, so what this replica
+/// counted last still reaches them.
+pub async fn merge(agents: Arc<Agents>, every: Duration, stop: impl Future<Output = ()>) {
+    let mut ticks = tokio::time::interval(every);
+    // A late tick is not made up for with a burst.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stop);
+    let mut failing = false;
+    loop {
+        let last = tokio::select! {
+            _ = ticks.tick() => false,
+            () = &mut stop => true,
+        };
+        let a = Arc::clone(&agents);
+        let exchanged = tokio::task::spawn_blocking(move || a.exchange())
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        match exchanged {
+            Ok(_) if failing => {
+                tracing::info!("the sliding windows are merged with the fleet again");
+                failing = false;
+            }
+            Ok(_) => {}
+            // Once per outage, not at every tick.
+            Err(e) if !failing => {
+                tracing::warn!(error = %e, "the sliding windows could not be merged with the fleet; their counts are kept and sent later");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+        if last {
+            return;
+        }
     }
 }

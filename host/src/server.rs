@@ -319,13 +319,14 @@ pub async fn bind(
         Arc::clone(&store.agents),
     )?
     .with_metrics(Arc::clone(&metrics));
-    if let Some(spend) = &store.shared_spend {
-        agents = agents.with_fleet(
-            Arc::clone(spend),
-            config.state.exact_spend,
-            Arc::clone(store.feed()),
-            config.state.max_staleness_ms,
-        );
+    if let (Some(spend), Some(windows)) = (&store.shared_spend, &store.shared_windows) {
+        agents = agents.with_fleet(crate::enrich::Shared {
+            spend: Arc::clone(spend),
+            windows: Arc::clone(windows),
+            exact_spend: config.state.exact_spend,
+            feed: Arc::clone(store.feed()),
+            max_staleness_ms: config.state.max_staleness_ms,
+        });
     }
     let mut approvals = Approvals::open(
         Some(Arc::clone(&store.approvals)),
@@ -382,7 +383,9 @@ pub async fn bind(
         options.http,
     ));
     let (stop, stop_rx) = watch::channel(false);
-    // A replica of a fleet follows the others' changes.
+    // A replica of a fleet follows the others' changes, and merges its
+    // windows with theirs until its decisions have drained.
+    let mut merging = None;
     if store.feed().is_shared() {
         let replica = fleet::Replica {
             agents: Arc::clone(&agents),
@@ -390,10 +393,19 @@ pub async fn bind(
             pins: Arc::clone(&pins),
             metrics: Some(Arc::clone(&metrics)),
         };
-        let mut stop = stop.subscribe();
+        let mut follow_stop = stop.subscribe();
         tokio::spawn(fleet::follow(store.clone(), replica, async move {
-            stopped(&mut stop).await;
+            stopped(&mut follow_stop).await;
         }));
+        let (drained, merge_stop) = oneshot::channel::<()>();
+        let task = tokio::spawn(fleet::merge(
+            Arc::clone(&agents),
+            Duration::from_millis(config.state.window_merge_ms),
+            async move {
+                let _ = merge_stop.await;
+            },
+        ));
+        merging = Some((drained, task));
     }
     let (ready_tx, ready) = watch::channel(None);
     let reloader = state.reloader.clone();
@@ -490,6 +502,10 @@ pub async fn bind(
     let serve = tokio::spawn(async move {
         let _ = decisions.await;
         let _ = admin_serve.await;
+        if let Some((drained, task)) = merging {
+            let _ = drained.send(());
+            let _ = task.await;
+        }
     });
     tracing::info!(%addr, admin = %admin, "listening");
     Ok(Bound {

@@ -2,8 +2,9 @@
 //! approval is used once across them, a suspension made through one is in
 //! force on the others at once, a budget spent through all three holds,
 //! the database going away fails every replica closed and its return
-//! recovers them by themselves, and a replica killed loses nothing it
-//! acknowledged.
+//! recovers them by themselves, a replica killed loses nothing it
+//! acknowledged, and an agent's calls per minute are counted across the
+//! fleet.
 
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -20,13 +21,18 @@ struct Fleet {
 
 /// A database and three replicas, with `state` added to their `[state]`.
 fn fleet(state: &str) -> Fleet {
+    fleet_with(state, POLICIES)
+}
+
+/// [`fleet`] serving `policies`.
+fn fleet_with(state: &str, policies: &str) -> Fleet {
     let pg = Postgres::start();
     let dir = tempfile::tempdir().expect("dir");
     let replicas = ["a", "b", "c"]
         .iter()
         .map(|n| {
             let state = format!("{}{state}", Replica::on_postgres(&pg.url()));
-            Replica::start(n, &dir.path().join(n), &state, POLICIES)
+            Replica::start(n, &dir.path().join(n), &state, policies)
         })
         .collect();
     Fleet {
@@ -348,4 +354,63 @@ fn a_replica_killed_loses_nothing_it_acknowledged() {
         verdict(&f.replicas[0].decide(&purchase("rogue"))).1,
         "agent.suspended"
     );
+}
+
+#[test]
+fn calls_per_minute_are_counted_across_the_fleet_and_the_limit_holds_on_every_replica() {
+    // Rate-guard allows 20 calls a minute, whichever replica decides.
+    let policies = "[[policies]]\nname = \"rate-guard\"\nexample = \"rate-guard\"\n\
+        settings = { max_denials_per_hour = 1000000, max_calls_per_minute = 20, max_same_action_per_minute = 1000000, daily_budget_cents = 1000000 }\n\
+        [[routes]]\nkind = \"tool\"\nchain = [\"rate-guard\"]\n";
+    let f = fleet_with("", policies);
+    let call = json!({
+        "action": {"kind": "tool", "name": "search.web", "params": {}},
+        "context": {"agent": {"id": "chatty"}},
+    });
+    // 20 calls at once, 7, 7 and 6 through the three replicas: fewer than
+    // 20 were counted before each, so each is allowed.
+    let answers: Vec<Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..20)
+            .map(|i| {
+                let (r, call) = (&f.replicas[i % 3], &call);
+                s.spawn(move || r.decide(call))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("caller"))
+            .collect()
+    });
+    assert!(
+        answers.iter().all(|d| verdict(d).0 == "allow"),
+        "{answers:?}"
+    );
+    let answered = Instant::now();
+    // Every replica counts all 20 within the merge bound.
+    for r in &f.replicas {
+        while r.calls_last_minute("chatty") < 20 {
+            assert!(
+                answered.elapsed() < Duration::from_secs(20),
+                "{} counts {} of 20",
+                r.name,
+                r.calls_last_minute("chatty")
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(r.calls_last_minute("chatty"), 20, "{}", r.name);
+    }
+    println!(
+        "every replica counted the fleet's 20 calls {} ms after the last answer (window_merge_ms = 100)",
+        answered.elapsed().as_millis()
+    );
+    // Each replica saw about 7 of them itself; each denies the 21st.
+    for r in &f.replicas {
+        let d = r.decide(&call);
+        assert_eq!(
+            verdict(&d),
+            ("deny".into(), "rate.calls".into()),
+            "{}: {d}",
+            r.name
+        );
+    }
 }

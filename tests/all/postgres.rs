@@ -3,7 +3,8 @@
 //! when replicas race for it, the schema is migrated once by replicas that
 //! start together, a database migrated by a newer Arbiter is refused, and
 //! a database that is away is an error that names it, never a hang and
-//! never the password.
+//! never the password; the windows' counts of several processes add up,
+//! each sees only the others', and they age out.
 
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use arbiter::decision::ApprovalStatus;
 use arbiter::state::conformance::{self, approval};
 use arbiter::state::postgres::{PgOptions, PgState, SCHEMA_VERSION};
-use arbiter::state::{State, StoreError};
+use arbiter::state::{BucketCount, State, StoreError, WindowTotals};
 use arbiter_tests::postgres::Postgres;
 
 fn open(pg: &Postgres) -> State {
@@ -357,4 +358,152 @@ fn tls_is_used_when_the_url_asks_and_a_server_certificate_nobody_vouches_for_is_
     // Plaintext is refused by this server: nothing falls back to it.
     let e = PgState::open(&PgOptions::new(pg.url())).expect_err("plaintext");
     assert!(matches!(e, StoreError::Remote { .. }), "{e:?}");
+}
+
+fn bucket(agent: &str, counter: &[u8], second: u64, n: u64) -> BucketCount {
+    BucketCount {
+        agent: agent.into(),
+        counter: counter.to_vec(),
+        second,
+        n,
+    }
+}
+
+fn sorted(mut totals: Vec<WindowTotals>) -> Vec<(String, Vec<u8>, [u64; 3])> {
+    totals.sort_by(|a, b| (&a.agent, &a.counter).cmp(&(&b.agent, &b.counter)));
+    totals
+        .into_iter()
+        .map(|t| (t.agent, t.counter, t.counts))
+        .collect()
+}
+
+#[test]
+fn window_counts_of_several_processes_add_up_each_sees_the_others_and_they_age_out() {
+    let pg = Postgres::start();
+    let (a, b) = (open(&pg), open(&pg));
+    let (a, b) = (
+        a.shared_windows.expect("shared"),
+        b.shared_windows.expect("shared"),
+    );
+    // Minute, ten minutes, hour.
+    let spans = [60_000, 600_000, 3_600_000];
+    let now = 1_800_000_000_000;
+    let s = now / 1000;
+    // An agent id and a counter that text could not hold travel intact.
+    let odd = "bot\0two";
+    a.exchange(
+        "a",
+        &[
+            bucket("bot", b"c", s - 10, 3),
+            bucket("bot", b"c", s - 120, 2),
+            bucket(odd, b"a\0x", s - 1_000, 5),
+        ],
+        now,
+        spans,
+    )
+    .expect("a sends");
+    // The same key again adds to it.
+    a.exchange("a", &[bucket("bot", b"c", s - 10, 1)], now, spans)
+        .expect("a sends again");
+    let seen = b
+        .exchange("b", &[bucket("bot", b"c", s, 7)], now, spans)
+        .expect("b exchanges");
+    assert_eq!(
+        sorted(seen),
+        vec![
+            ("bot".to_owned(), b"c".to_vec(), [4, 6, 6]),
+            (odd.to_owned(), b"a\0x".to_vec(), [0, 0, 5]),
+        ],
+        "b sees a's counts, not its own"
+    );
+    let seen = a.exchange("a", &[], now, spans).expect("a reads");
+    assert_eq!(
+        sorted(seen),
+        vec![("bot".to_owned(), b"c".to_vec(), [7, 7, 7])]
+    );
+    // A second counts while its last millisecond is inside: the bucket of
+    // `s - 10` leaves the minute at (s - 10) * 1000 + 999 + 60 000.
+    let edge = (s - 10) * 1000 + 999 + 60_000;
+    let counts = |now| {
+        sorted(b.exchange("b", &[], now, spans).expect("read"))
+            .into_iter()
+            .find(|(agent, ..)| agent == "bot")
+            .map_or([0; 3], |(.., c)| c)
+    };
+    assert_eq!(counts(edge - 1)[0], 4);
+    assert_eq!(counts(edge)[0], 0);
+    // Past the longest span everything is forgotten, by any process.
+    assert_eq!(
+        sorted(b.exchange("b", &[], now + 3_700_000, spans).expect("read")),
+        vec![]
+    );
+    assert_eq!(pg.psql("SELECT count(*) FROM arbiter_windows"), "0");
+}
+
+#[test]
+fn a_database_of_the_previous_schema_is_migrated_to_the_windows() {
+    let pg = Postgres::start();
+    drop(open(&pg));
+    pg.psql("DROP TABLE arbiter_windows; UPDATE arbiter_schema SET version = 1");
+    let state = open(&pg);
+    assert_eq!(
+        pg.psql("SELECT version FROM arbiter_schema"),
+        SCHEMA_VERSION.to_string()
+    );
+    let windows = state.shared_windows.expect("shared");
+    windows
+        .exchange("a", &[bucket("bot", b"d", 1, 1)], 1_000, [60_000; 3])
+        .expect("the new table is there");
+}
+
+#[test]
+fn window_counts_made_while_the_database_is_away_are_sent_when_it_is_back() {
+    use arbiter::config::AgentsConfig;
+    use arbiter::enrich::{Agents, Shared};
+    use arbiter::time::SystemClock;
+    use arbiter::{Outcome, Request};
+
+    let mut pg = Postgres::start();
+    let replica = |state: &State| {
+        Agents::in_memory(AgentsConfig::default(), Arc::new(SystemClock)).with_fleet(Shared {
+            spend: state.shared_spend.clone().expect("shared"),
+            windows: state.shared_windows.clone().expect("shared"),
+            exact_spend: false,
+            feed: Arc::clone(state.feed()),
+            // The feed is not followed here; only the windows are tested.
+            max_staleness_ms: u64::MAX,
+        })
+    };
+    let (sa, sb) = (open(&pg), open(&pg));
+    let (a, b) = (replica(&sa), replica(&sb));
+    let call: Request = serde_json::from_value(serde_json::json!({
+        "action": {"kind": "tool", "name": "search.web"},
+        "context": {"agent": {"id": "bot"}},
+    }))
+    .expect("request");
+    let decide = |n: usize| {
+        for _ in 0..n {
+            let enriched = a.enrich(&call);
+            a.observe(&call, &enriched, Outcome::Allow);
+        }
+    };
+    decide(5);
+    pg.kill();
+    assert!(a.exchange().is_err(), "no database, no exchange");
+    decide(2);
+    pg.resume();
+    let start = Instant::now();
+    while let Err(e) = a.exchange() {
+        assert!(start.elapsed() < Duration::from_secs(30), "{e}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    while b.exchange().is_err() {
+        assert!(start.elapsed() < Duration::from_secs(30), "b reconnects");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let seen = b.report(Some("bot"));
+    assert_eq!(seen[0].calls_last_minute, 7, "{seen:?}");
+    assert_eq!(seen[0].actions_last_minute.get("tool search.web"), Some(&7));
+    // a counts its own once, not again through the store.
+    assert_eq!(a.report(Some("bot"))[0].calls_last_minute, 7);
 }

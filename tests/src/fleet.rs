@@ -129,6 +129,22 @@ impl Replica {
         r.json()
     }
 
+    /// `GET path` on the admin plane with `token`.
+    pub fn admin_get(&self, token: &str, path: &str) -> http::Reply {
+        let auth = format!("Bearer {token}");
+        http::send(self.admin, "GET", path, &[("authorization", &auth)], b"")
+    }
+
+    /// `agent`'s calls in the last minute as this replica counts them
+    /// (`GET /v1/agents`).
+    pub fn calls_last_minute(&self, agent: &str) -> u64 {
+        let r = self.admin_get(ADMIN, &format!("/v1/agents?agent={agent}"));
+        assert_eq!(r.status, 200, "{}: {}", self.name, r.body);
+        r.json()["agents"][0]["calls_last_minute"]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
     /// `POST path` on the admin plane with `token` and a JSON `body`.
     pub fn admin_post(&self, token: &str, path: &str, body: &serde_json::Value) -> http::Reply {
         let auth = format!("Bearer {token}");

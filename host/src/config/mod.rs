@@ -331,6 +331,10 @@ pub struct StateConfig {
     /// budget holds exactly. Default: false: replicas deciding one agent
     /// at once may each spend against the same total.
     pub exact_spend: bool,
+    /// How often a replica sends its sliding windows' counts to the others
+    /// and reads theirs, in ms: what another replica decided in the last
+    /// `window_merge_ms` may be missing from a count. Default: 100.
+    pub window_merge_ms: u64,
 }
 
 impl Default for StateConfig {
@@ -343,6 +347,7 @@ impl Default for StateConfig {
             timeout_ms: 1000,
             max_staleness_ms: 0,
             exact_spend: false,
+            window_merge_ms: 100,
         }
     }
 }
@@ -369,6 +374,9 @@ impl StateConfig {
                     .into(),
             ),
             _ if self.timeout_ms == 0 => Err("`state.timeout_ms` must be at least 1".into()),
+            _ if !(10..=60_000).contains(&self.window_merge_ms) => {
+                Err("`state.window_merge_ms` must be between 10 and 60000".into())
+            }
             _ if self.exact_spend && self.backend == Backend::Redb => {
                 Err("`state.exact_spend` is for `state.backend = \"postgres\"`".into())
             }
@@ -1434,6 +1442,10 @@ mod tests {
         refused(
             "[state]\nbackend = \"postgres\"\nurl = \"postgres://h/db\"\ntimeout_ms = 0\n",
             "`state.timeout_ms`",
+        );
+        refused(
+            "[state]\nbackend = \"postgres\"\nurl = \"postgres://h/db\"\nwindow_merge_ms = 0\n",
+            "`state.window_merge_ms` must be between 10 and 60000",
         );
         refused("[state]\nbackend = \"mysql\"\n", "unknown variant");
         let c = Config::parse(

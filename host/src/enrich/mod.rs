@@ -26,8 +26,10 @@
 //! fleet-wide spend of the day from the store, and an allowed one adds to
 //! it there before it is answered ([`Agents::commit_spend`]); with
 //! `exact_spend`, the agent's row is held from the reading to the adding.
+//! The sliding windows are merged across the fleet ([`merge`]).
 
 pub mod history;
+mod merge;
 pub mod pins;
 
 use std::collections::{BTreeMap, HashMap};
@@ -42,7 +44,7 @@ use crate::config::{AgentsConfig, SafeMode};
 use crate::decision::{Decision, History, Outcome, Request};
 use crate::evidence::log::DecisionLog;
 use crate::evidence::metrics::Metrics;
-use crate::state::{AgentStore, DaySpend, Feed, SharedSpend, SpendHold, StoreError};
+use crate::state::{AgentStore, DaySpend, Feed, SharedSpend, SharedWindows, SpendHold, StoreError};
 pub use crate::state::{Breaker, Suspension};
 use crate::time::{Clock, ms_time};
 use history::{Window, amount_cents};
@@ -131,6 +133,8 @@ struct Agent {
     denials: Window,
     spend: DaySpend,
     breaker: Option<Breaker>,
+    /// Counted here and not yet sent to the fleet.
+    unsent: merge::Unsent,
 }
 
 /// The state of every agent the host has seen.
@@ -147,14 +151,30 @@ pub struct Agents {
     log: Option<Arc<DecisionLog>>,
     metrics: Option<Arc<Metrics>>,
     fleet: Option<Fleet>,
+    /// The other replicas' windows, as of the last exchange.
+    remote: arc_swap::ArcSwap<HashMap<String, merge::Remote>>,
 }
 
 /// What a replica of a fleet shares with the others.
+#[derive(Debug)]
+pub struct Shared {
+    /// The day's spend.
+    pub spend: Arc<dyn SharedSpend>,
+    /// The sliding windows' counts.
+    pub windows: Arc<dyn SharedWindows>,
+    /// Whether each agent's spending decisions are serialized.
+    pub exact_spend: bool,
+    /// Whether the others' changes are heard.
+    pub feed: Arc<Feed>,
+    /// How long decisions go on after the feed is lost.
+    pub max_staleness_ms: u64,
+}
+
 struct Fleet {
-    spend: Arc<dyn SharedSpend>,
-    exact: bool,
-    feed: Arc<Feed>,
-    max_staleness_ms: u64,
+    shared: Shared,
+    /// This process among all that ever shared the store: its windows'
+    /// counts are kept under it, so a restart never counts them twice.
+    instance: String,
 }
 
 impl std::fmt::Debug for Agents {
@@ -199,6 +219,7 @@ impl Agents {
             log: None,
             metrics: None,
             fleet: None,
+            remote: arc_swap::ArcSwap::default(),
         }
     }
 
@@ -231,22 +252,15 @@ impl Agents {
     }
 
     /// Agents of one replica of a fleet: the day's spend is read from and
-    /// added to `spend` (each agent's row held from reading to adding when
-    /// `exact`), and every decision is denied once `feed` has been lost
-    /// for more than `max_staleness_ms`.
+    /// added to the shared store (each agent's row held from reading to
+    /// adding with `exact_spend`), the windows are merged through it, and
+    /// every decision is denied once the feed has been lost for more than
+    /// `max_staleness_ms`.
     #[must_use]
-    pub fn with_fleet(
-        mut self,
-        spend: Arc<dyn SharedSpend>,
-        exact: bool,
-        feed: Arc<Feed>,
-        max_staleness_ms: u64,
-    ) -> Self {
+    pub fn with_fleet(mut self, shared: Shared) -> Self {
         self.fleet = Some(Fleet {
-            spend,
-            exact,
-            feed,
-            max_staleness_ms,
+            shared,
+            instance: uuid::Uuid::now_v7().to_string(),
         });
         self
     }
@@ -254,7 +268,7 @@ impl Agents {
     /// Why decisions cannot be relied on now, if they cannot: the shared
     /// state's changes may have been missed for longer than allowed.
     pub fn unavailable(&self) -> Option<String> {
-        let fleet = self.fleet.as_ref()?;
+        let fleet = &self.fleet.as_ref()?.shared;
         let since = fleet.feed.lost_since()?;
         // The feed keeps wall-clock times, whatever clock decides.
         let now = crate::time::SystemClock.now_ms();
@@ -337,8 +351,9 @@ impl Agents {
         let mut spending = None;
         let mut shared_today = None;
         if let (Some(fleet), Some(cents)) = (&self.fleet, amount_cents(&request.action.params)) {
+            let fleet = &fleet.shared;
             let read = crate::state::blocking(|| {
-                if fleet.exact {
+                if fleet.exact_spend {
                     fleet.spend.hold(agent, now).map(|h| (h.today(), Some(h)))
                 } else {
                     fleet.spend.today(agent, now).map(|t| (t, None))
@@ -361,6 +376,8 @@ impl Agents {
             }
         }
         let mut closed = None;
+        let remote = self.remote.load();
+        let elsewhere = merge::Elsewhere(remote.get(agent.as_str()));
         let (history, breaker) = self.with_agent(agent, |a| {
             if let Some(b) = &a.breaker
                 && now >= b.until_ms
@@ -368,12 +385,19 @@ impl Agents {
                 closed = a.breaker.take();
             }
             let history = History {
-                calls_last_minute: a.calls.count(now, MINUTE_MS),
+                calls_last_minute: a
+                    .calls
+                    .count(now, MINUTE_MS)
+                    .saturating_add(elsewhere.calls()),
                 same_action_last_minute: a
                     .actions
                     .get_mut(&action)
-                    .map_or(0, |w| w.count(now, MINUTE_MS)),
-                denials_last_hour: a.denials.count(now, HOUR_MS.max(self.window_ms())),
+                    .map_or(0, |w| w.count(now, MINUTE_MS))
+                    .saturating_add(elsewhere.action(&action)),
+                denials_last_hour: a
+                    .denials
+                    .count(now, HOUR_MS.max(self.window_ms()))
+                    .saturating_add(elsewhere.denials(merge::DENIALS)),
                 spend_today_cents: shared_today.unwrap_or_else(|| a.spend.today(now)),
             };
             if let Some(today) = shared_today {
@@ -408,7 +432,7 @@ impl Agents {
         spending: Option<Spending>,
         decision: Decision,
     ) -> Decision {
-        let (Some(fleet), Some(spending)) = (&self.fleet, spending) else {
+        let (Some(Fleet { shared: fleet, .. }), Some(spending)) = (&self.fleet, spending) else {
             return decision;
         };
         if !matches!(decision.outcome, Outcome::Allow | Outcome::Modify) {
@@ -440,6 +464,9 @@ impl Agents {
         let action = &enriched.action;
         let threshold = self.config.breaker_denials;
         let window = self.window_ms();
+        let merging = self.fleet.is_some();
+        let remote = self.remote.load();
+        let elsewhere = merge::Elsewhere(remote.get(agent.as_str()));
         let opened = self.with_agent(agent, |a| {
             a.calls.add(now);
             // Keys are allocated only for an action first seen.
@@ -451,6 +478,9 @@ impl Agents {
             match a.actions.get_mut(key) {
                 Some(w) => w.add(now),
                 None => a.actions.entry(key.to_owned()).or_default().add(now),
+            }
+            if merging {
+                a.unsent.add(key, outcome == Outcome::Deny, now);
             }
             match outcome {
                 Outcome::Deny => a.denials.add(now),
@@ -465,7 +495,10 @@ impl Agents {
             if outcome != Outcome::Deny || threshold == 0 || a.breaker.is_some() {
                 return None;
             }
-            let denials = a.denials.count(now, window);
+            let denials = a
+                .denials
+                .count(now, window)
+                .saturating_add(elsewhere.denials(merge::BREAKER));
             (denials >= threshold).then(|| {
                 let b = Breaker {
                     since_ms: now,
@@ -529,7 +562,8 @@ impl Agents {
                     && a.actions.is_empty()
                     && a.denials.count(now, denials) == 0
                     && a.breaker.is_none()
-                    && a.spend.today(now) == 0;
+                    && a.spend.today(now) == 0
+                    && a.unsent.is_empty();
                 evicted += usize::from(idle);
                 !idle
             });
@@ -685,6 +719,7 @@ impl Agents {
     pub fn report(&self, only: Option<&str>) -> Vec<AgentReport> {
         let now = self.clock.now_ms();
         let suspended = self.read_suspended().clone();
+        let remote = self.remote.load();
         let mut out: BTreeMap<String, AgentReport> = BTreeMap::new();
         for shard in &self.shards {
             let mut agents = shard.lock().unwrap_or_else(PoisonError::into_inner);
@@ -692,22 +727,59 @@ impl Agents {
                 if only.is_some_and(|o| o != id) {
                     continue;
                 }
-                let actions_last_minute = a
+                let elsewhere = merge::Elsewhere(remote.get(id.as_str()));
+                let mut actions: BTreeMap<&str, u32> = a
                     .actions
                     .iter_mut()
-                    .map(|(k, w)| (k.replace('\0', " "), w.count(now, MINUTE_MS)))
+                    .map(|(k, w)| (k.as_str(), w.count(now, MINUTE_MS)))
+                    .collect();
+                for (k, n) in elsewhere.actions() {
+                    let e = actions.entry(k).or_default();
+                    *e = e.saturating_add(n);
+                }
+                let actions_last_minute = actions
+                    .into_iter()
                     .filter(|(_, n)| *n > 0)
+                    .map(|(k, n)| (k.replace('\0', " "), n))
                     .collect();
                 out.insert(
                     id.clone(),
                     AgentReport {
                         agent: id.clone(),
-                        calls_last_minute: a.calls.count(now, MINUTE_MS),
+                        calls_last_minute: a
+                            .calls
+                            .count(now, MINUTE_MS)
+                            .saturating_add(elsewhere.calls()),
                         actions_last_minute,
-                        denials_last_hour: a.denials.count(now, HOUR_MS.max(self.window_ms())),
+                        denials_last_hour: a
+                            .denials
+                            .count(now, HOUR_MS.max(self.window_ms()))
+                            .saturating_add(elsewhere.denials(merge::DENIALS)),
                         spend_today_cents: a.spend.today(now),
                         suspended: suspended.get(id).cloned(),
                         breaker: a.breaker.clone().filter(|b| now < b.until_ms),
+                    },
+                );
+            }
+        }
+        // Agents only other replicas have seen.
+        for (id, r) in remote.iter() {
+            if only.is_none_or(|o| o == id) && !out.contains_key(id) {
+                let elsewhere = merge::Elsewhere(Some(r));
+                out.insert(
+                    id.clone(),
+                    AgentReport {
+                        agent: id.clone(),
+                        calls_last_minute: elsewhere.calls(),
+                        actions_last_minute: elsewhere
+                            .actions()
+                            .filter(|(_, n)| *n > 0)
+                            .map(|(k, n)| (k.replace('\0', " "), n))
+                            .collect(),
+                        denials_last_hour: elsewhere.denials(merge::DENIALS),
+                        spend_today_cents: 0,
+                        suspended: suspended.get(id).cloned(),
+                        breaker: None,
                     },
                 );
             }

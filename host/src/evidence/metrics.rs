@@ -16,6 +16,7 @@
 //! | `arbiter_state_undecodable_entries` | gauge | |
 //! | `arbiter_state_in_step` | gauge | (1: every change other replicas made is heard; always 1 on one node) |
 //! | `arbiter_state_reconnects_total` | counter | |
+//! | `arbiter_state_window_merge_failures_total` | counter | |
 //! | `arbiter_policy_failures_total` | counter | `policy`, `kind` |
 //! | `arbiter_policy_fuel_total` | counter | `policy` |
 //! | `arbiter_decision_duration_seconds` | histogram, µs-resolution buckets | |
@@ -104,6 +105,7 @@ pub struct Metrics {
     /// Inverted so the default (one node) reads in step.
     state_behind: AtomicBool,
     state_reconnects: AtomicU64,
+    window_merge_failures: AtomicU64,
 }
 
 /// The decision log's counters.
@@ -237,6 +239,12 @@ impl Metrics {
     pub fn set_state_feed(&self, in_step: bool, reconnects: u64) {
         self.state_behind.store(!in_step, Ordering::Relaxed);
         self.state_reconnects.store(reconnects, Ordering::Relaxed);
+    }
+
+    /// Counts an exchange of the sliding windows with the fleet that
+    /// failed.
+    pub fn window_merge_failed(&self) {
+        self.window_merge_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Sets how many stored entries did not decode.
@@ -587,6 +595,12 @@ impl Metrics {
                 "counter",
                 "Connections to the shared state made again after one was lost.",
                 self.state_reconnects.load(Ordering::Relaxed),
+            ),
+            (
+                "arbiter_state_window_merge_failures_total",
+                "counter",
+                "Exchanges of the sliding windows' counts with the other replicas that failed; the counts are sent at the next.",
+                self.window_merge_failures.load(Ordering::Relaxed),
             ),
         ] {
             header(&mut out, name, kind, help);

@@ -232,6 +232,52 @@ pub trait SharedSpend: Send + Sync + fmt::Debug {
     fn hold(&self, agent: &str, now_ms: u64) -> Result<Box<dyn SpendHold>, StoreError>;
 }
 
+/// Counts of what agents did, in one-second buckets, that replicas add to
+/// and read each other's from: the fleet-wide part of the sliding windows.
+pub trait SharedWindows: Send + Sync + fmt::Debug {
+    /// Adds `counts` under `instance` (this process), forgets buckets that
+    /// left the longest of `spans`, and returns what every other instance
+    /// counted per agent and counter in the windows of `spans` ms ending at
+    /// `now_ms`. A bucket counts while any part of its second is inside a
+    /// window, so a remote event is counted up to 999 ms longer than exact,
+    /// never shorter.
+    ///
+    /// # Errors
+    /// A [`StoreError`]; then nothing was added.
+    fn exchange(
+        &self,
+        instance: &str,
+        counts: &[BucketCount],
+        now_ms: u64,
+        spans: [u64; 3],
+    ) -> Result<Vec<WindowTotals>, StoreError>;
+}
+
+/// Events of one counter of one agent in one second.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketCount {
+    /// The agent's id.
+    pub agent: String,
+    /// Which counter, as bytes the store keeps as they are.
+    pub counter: Vec<u8>,
+    /// Seconds since the epoch.
+    pub second: u64,
+    /// Events in it.
+    pub n: u64,
+}
+
+/// What the other instances counted for one counter of one agent, in each
+/// window of [`SharedWindows::exchange`]'s `spans`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowTotals {
+    /// The agent's id.
+    pub agent: String,
+    /// Which counter.
+    pub counter: Vec<u8>,
+    /// Events in each window.
+    pub counts: [u64; 3],
+}
+
 /// One agent's spend, held by one decision ([`SharedSpend::hold`]);
 /// dropped without [`SpendHold::commit`], nothing is added.
 pub trait SpendHold: Send + fmt::Debug {
@@ -389,6 +435,9 @@ pub struct State {
     pub pins: Arc<dyn PinStore>,
     /// The day's spend added to in place, when replicas share the store.
     pub shared_spend: Option<Arc<dyn SharedSpend>>,
+    /// The agents' windows merged across replicas, when they share the
+    /// store.
+    pub shared_windows: Option<Arc<dyn SharedWindows>>,
     changes: tokio::sync::broadcast::Sender<StateChange>,
     undecodable: Arc<std::sync::atomic::AtomicU64>,
     feed: Arc<Feed>,
@@ -415,6 +464,7 @@ impl State {
             approvals,
             pins,
             shared_spend: None,
+            shared_windows: None,
             changes,
             undecodable: Arc::default(),
             feed: Arc::default(),
@@ -437,11 +487,17 @@ impl State {
         self
     }
 
-    /// This state, shared by replicas: spend added to in place, and
-    /// `feed` saying whether their changes are heard.
+    /// This state, shared by replicas: spend added to in place, windows
+    /// merged, and `feed` saying whether their changes are heard.
     #[must_use]
-    pub fn with_fleet(mut self, spend: Arc<dyn SharedSpend>, feed: Arc<Feed>) -> Self {
+    pub fn with_fleet(
+        mut self,
+        spend: Arc<dyn SharedSpend>,
+        windows: Arc<dyn SharedWindows>,
+        feed: Arc<Feed>,
+    ) -> Self {
         self.shared_spend = Some(spend);
+        self.shared_windows = Some(windows);
         self.feed = feed;
         self
     }

@@ -21,7 +21,10 @@
 //! - the day's spend is added to in one statement ([`SharedSpend`]), never
 //!   overwritten; an exact budget holds each agent's row (`FOR UPDATE`) on
 //!   a connection of its own from the policy's reading of the spend to its
-//!   addition.
+//!   addition;
+//! - the agents' sliding windows are merged: each process adds its counts
+//!   per second under an id of its own and reads the sum of the others'
+//!   ([`SharedWindows`]).
 //!
 //! The stores' traits are synchronous; the client is asynchronous. Each
 //! call runs on this store's own runtime thread and the caller waits for
@@ -45,22 +48,24 @@ use tokio_postgres::{AsyncMessage, Client, Connection, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
-    AgentStore, Approval, ApprovalStore, Breaker, DaySpend, Feed, Pin, PinStore, SharedSpend,
-    SpendHold, State, StateChange, StoreError, Suspension, fallback,
+    AgentStore, Approval, ApprovalStore, Breaker, BucketCount, DaySpend, Feed, Pin, PinStore,
+    SharedSpend, SharedWindows, SpendHold, State, StateChange, StoreError, Suspension,
+    WindowTotals, fallback,
 };
 use crate::decision::ApprovalStatus;
 use crate::time::Clock as _;
 
 /// The schema this binary reads and writes. Each entry of [`MIGRATIONS`]
 /// moves the database one version up.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// The channel the triggers notify.
 const CHANNEL: &str = "arbiter_state";
 
 /// Every migration, oldest first: `MIGRATIONS[n]` takes version `n` to
 /// `n + 1`.
-const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [r"
+const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
+    r"
     CREATE TABLE arbiter_suspensions (agent text PRIMARY KEY, value jsonb NOT NULL);
     CREATE TABLE arbiter_breakers (agent text PRIMARY KEY, value jsonb NOT NULL);
     CREATE TABLE arbiter_spend (
@@ -98,7 +103,21 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [r"
         FOR EACH ROW EXECUTE FUNCTION arbiter_notify('id');
     CREATE TRIGGER arbiter_notify AFTER INSERT OR UPDATE OR DELETE ON arbiter_pins
         FOR EACH ROW EXECUTE FUNCTION arbiter_notify('server');
-"];
+",
+    r"
+    -- Each process's counts per agent, counter and second; ids as bytes,
+    -- since an agent id or action name may hold what text cannot (NUL).
+    CREATE TABLE arbiter_windows (
+        instance text NOT NULL,
+        agent bytea NOT NULL,
+        counter bytea NOT NULL,
+        second bigint NOT NULL,
+        n bigint NOT NULL,
+        PRIMARY KEY (instance, agent, counter, second)
+    );
+    CREATE INDEX arbiter_windows_second ON arbiter_windows (second);
+",
+];
 
 /// The advisory lock a migration holds ("arbiter" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0061_7262_6974_6572;
@@ -608,7 +627,7 @@ impl PgState {
             link.changes.clone(),
         )
         .with_undecodable(undecodable)
-        .with_fleet(me, Arc::clone(&link.feed))
+        .with_fleet(Arc::clone(&me) as _, me, Arc::clone(&link.feed))
     }
 
     /// Runs `call` with the client on this store's thread and waits for it.
@@ -895,6 +914,66 @@ impl AgentStore for PgState {
             None,
         )
         .map(drop)
+    }
+}
+
+/// Adds one process's window counts, each key once per call.
+const ADD_WINDOWS: &str = "INSERT INTO arbiter_windows
+    SELECT $1, * FROM unnest($2::bytea[], $3::bytea[], $4::bigint[], $5::bigint[])
+    ON CONFLICT (instance, agent, counter, second)
+    DO UPDATE SET n = arbiter_windows.n + excluded.n";
+
+/// The other processes' counts in three windows; a second counts while
+/// its last millisecond is inside.
+const READ_WINDOWS: &str = "SELECT agent, counter,
+        COALESCE(sum(n) FILTER (WHERE second * 1000 + 999 > $2), 0)::bigint,
+        COALESCE(sum(n) FILTER (WHERE second * 1000 + 999 > $3), 0)::bigint,
+        COALESCE(sum(n) FILTER (WHERE second * 1000 + 999 > $4), 0)::bigint
+    FROM arbiter_windows
+    WHERE instance <> $1 AND second * 1000 + 999 > LEAST($2, $3, $4)
+    GROUP BY agent, counter";
+
+impl SharedWindows for PgState {
+    fn exchange(
+        &self,
+        instance: &str,
+        counts: &[BucketCount],
+        now_ms: u64,
+        spans: [u64; 3],
+    ) -> Result<Vec<WindowTotals>, StoreError> {
+        let instance = instance.to_owned();
+        let agents: Vec<Vec<u8>> = counts
+            .iter()
+            .map(|c| c.agent.clone().into_bytes())
+            .collect();
+        let counters: Vec<Vec<u8>> = counts.iter().map(|c| c.counter.clone()).collect();
+        let seconds: Vec<i64> = counts.iter().map(|c| big(c.second)).collect();
+        let ns: Vec<i64> = counts.iter().map(|c| big(c.n)).collect();
+        let cuts = spans.map(|s| big(now_ms.saturating_sub(s)));
+        let oldest = big(now_ms.saturating_sub(spans.into_iter().max().unwrap_or(0)) / 1000);
+        let rows = self.run("exchange the windows", move |c| async move {
+            if !agents.is_empty() {
+                c.execute(ADD_WINDOWS, &[&instance, &agents, &counters, &seconds, &ns])
+                    .await?;
+            }
+            // Any process forgets for all: a stopped one's rows age out too.
+            c.execute("DELETE FROM arbiter_windows WHERE second < $1", &[&oldest])
+                .await?;
+            c.query(READ_WINDOWS, &[&instance, &cuts[0], &cuts[1], &cuts[2]])
+                .await
+        })?;
+        Ok(rows
+            .iter()
+            .filter_map(|row| {
+                let agent = String::from_utf8(row.get(0)).ok()?;
+                let count = |i| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
+                Some(WindowTotals {
+                    agent,
+                    counter: row.get(1),
+                    counts: [count(2), count(3), count(4)],
+                })
+            })
+            .collect())
     }
 }
 
