@@ -286,11 +286,16 @@ pub async fn bind(
     let engine = Engine::new(&config.engine)?;
     let metrics = Arc::new(Metrics::new());
     let state_dir = state::resolve_dir(&config.state, &base).ok_or(StoreError::NoDirectory)?;
+    let replica = state::replica(&config.state, &state_dir)?;
+    if let Some(name) = &replica {
+        tracing::info!(replica = %name, "a replica of a fleet");
+    }
     let log = if config.log.enabled {
         let mut log_config = config.log.clone();
         if log_config.checkpoint_key.is_none() {
             log_config.checkpoint_key = Some(log::default_checkpoint_key(&state_dir)?);
         }
+        log_config.replica = replica;
         Some(Arc::new(DecisionLog::open(
             &log_config,
             &base,

@@ -3,9 +3,10 @@
 //! force on the others at once, a budget spent through all three holds,
 //! the database going away fails every replica closed and its return
 //! recovers them by themselves, a replica killed loses nothing it
-//! acknowledged, and an agent's calls per minute are counted across the
-//! fleet.
+//! acknowledged, an agent's calls per minute are counted across the
+//! fleet, and each replica's log names it and verifies with the others'.
 
+use std::ffi::OsStr;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -413,4 +414,116 @@ fn calls_per_minute_are_counted_across_the_fleet_and_the_limit_holds_on_every_re
             r.name
         );
     }
+}
+
+/// `arbiter log ARGS`: its exit code and standard output.
+fn log_command(args: &[&OsStr]) -> (i32, String) {
+    let out = std::process::Command::new(arbiter_tests::binary::arbiter())
+        .arg("log")
+        .args(args)
+        .output()
+        .expect("arbiter log");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let code = out.status.code().unwrap_or(-1);
+    assert!(
+        code == 0 || code == 1,
+        "{code}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (code, stdout)
+}
+
+#[test]
+fn each_replica_names_itself_in_its_log_and_the_fleets_logs_verify_and_merge_by_time() {
+    let f = fleet("");
+    for i in 0..30 {
+        let d = f.replicas[i % 3].decide(&purchase("audited"));
+        assert_eq!(verdict(&d).0, "allow", "{d}");
+    }
+    // Each replica made itself a name at first start and kept it.
+    let names: Vec<String> = f
+        .replicas
+        .iter()
+        .map(|r| {
+            std::fs::read_to_string(r.dir.join("state/replica"))
+                .expect("replica name")
+                .trim()
+                .to_owned()
+        })
+        .collect();
+    assert!(names.iter().all(|n| n.starts_with("r-")), "{names:?}");
+    assert_eq!(
+        names
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        3
+    );
+    let dirs: Vec<std::path::PathBuf> = f.replicas.iter().map(Replica::log_dir).collect();
+    let mut args: Vec<&OsStr> = vec![OsStr::new("verify")];
+    args.extend(dirs.iter().map(|d| d.as_os_str()));
+    let keys: Vec<std::path::PathBuf> = f
+        .replicas
+        .iter()
+        .map(|r| r.dir.join("state/checkpoint.pub"))
+        .collect();
+    for k in &keys {
+        args.extend([OsStr::new("--key"), k.as_os_str()]);
+    }
+    let (code, out) = log_command(&args);
+    assert_eq!(code, 0, "{out}");
+    for n in &names {
+        assert!(out.contains(&format!("replica: {n}")), "{out}");
+    }
+    assert!(out.contains("fleet: 3 of 3 logs verified"), "{out}");
+
+    // The query merges the three logs by time; every record names its
+    // replica, ten each.
+    let mut args: Vec<&OsStr> = vec![OsStr::new("query")];
+    args.extend(dirs.iter().map(|d| d.as_os_str()));
+    args.extend([OsStr::new("--agent"), OsStr::new("audited")]);
+    let (code, out) = log_command(&args);
+    assert_eq!(code, 0, "{out}");
+    let records: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a record"))
+        .collect();
+    assert_eq!(records.len(), 30, "{out}");
+    let times: Vec<&str> = records
+        .iter()
+        .map(|r| r["ts"].as_str().expect("ts"))
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    for n in &names {
+        assert_eq!(
+            records
+                .iter()
+                .filter(|r| r["replica"] == n.as_str())
+                .count(),
+            10,
+            "{n}"
+        );
+    }
+
+    // attack: a replica's log given twice (a copy passed off as another
+    // replica's) is refused by name.
+    let copy = f.replicas[0].dir.join("copy");
+    std::fs::create_dir(&copy).expect("copy dir");
+    for entry in std::fs::read_dir(&dirs[0]).expect("log dir") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), copy.join(entry.file_name())).expect("copy");
+    }
+    let args: Vec<&OsStr> = vec![
+        OsStr::new("verify"),
+        dirs[0].as_os_str(),
+        copy.as_os_str(),
+        OsStr::new("--key"),
+        keys[0].as_os_str(),
+    ];
+    let (code, out) = log_command(&args);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("replica `{}` writes both", names[0])),
+        "{out}"
+    );
 }

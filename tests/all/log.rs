@@ -128,7 +128,7 @@ fn every_decision_is_one_verified_record_with_everything_an_auditor_needs() {
     assert_eq!(v.unsigned_tail, 0);
 
     let mut seen = Vec::new();
-    audit::query(&logs(dir.path()), &Filter::default(), |p| {
+    audit::query(&[logs(dir.path())], &Filter::default(), |p| {
         seen.push(p.clone());
         true
     })
@@ -156,7 +156,7 @@ fn every_decision_is_one_verified_record_with_everything_an_auditor_needs() {
     let outcomes: Vec<&str> = decisions.iter().map(|d| d.outcome.as_str()).collect();
     assert_eq!(&outcomes[..3], ["allow", "require-approval", "deny"]);
 
-    let s = audit::stats(&logs(dir.path()), &Filter::default()).expect("stats");
+    let s = audit::stats(&[logs(dir.path())], &Filter::default()).expect("stats");
     assert_eq!(s.decisions, 25);
     assert_eq!(s.by_outcome["allow"], 9);
     assert_eq!(s.by_outcome["require-approval"], 8);
@@ -168,7 +168,7 @@ fn every_decision_is_one_verified_record_with_everything_an_auditor_needs() {
         ..Filter::default()
     };
     assert_eq!(
-        audit::stats(&logs(dir.path()), &denied)
+        audit::stats(&[logs(dir.path())], &denied)
             .expect("stats")
             .decisions,
         8
@@ -178,7 +178,7 @@ fn every_decision_is_one_verified_record_with_everything_an_auditor_needs() {
         ..Filter::default()
     };
     assert_eq!(
-        audit::stats(&logs(dir.path()), &nobody)
+        audit::stats(&[logs(dir.path())], &nobody)
             .expect("stats")
             .decisions,
         0
@@ -188,7 +188,7 @@ fn every_decision_is_one_verified_record_with_everything_an_auditor_needs() {
         ..Filter::default()
     };
     assert_eq!(
-        audit::stats(&logs(dir.path()), &future)
+        audit::stats(&[logs(dir.path())], &future)
             .expect("stats")
             .decisions,
         0
@@ -221,7 +221,7 @@ fn params_are_stored_as_configured() {
         };
         write_log(log, 6);
         verify(dir.path()).expect("verifies");
-        audit::query(&logs(dir.path()), &Filter::default(), |p| {
+        audit::query(&[logs(dir.path())], &Filter::default(), |p| {
             check(p.data());
             true
         })
@@ -559,7 +559,7 @@ fn a_full_disk_fails_decisions_closed_and_they_recover_when_it_frees() {
         .sum();
     assert_eq!(counted, denied_count);
     // And every decision that was allowed is in the log.
-    let allowed = audit::stats(&log, &Filter::default())
+    let allowed = audit::stats(&[&log], &Filter::default())
         .expect("stats")
         .decisions;
     assert!(allowed >= 2, "{allowed}");
@@ -631,7 +631,7 @@ fn a_server_records_every_answered_decision_before_answering() {
     // Before shutdown: every answered decision is already in the file.
     let log = logs(dir.path());
     let mut logged = Vec::new();
-    audit::query(&log, &Filter::default(), |p| {
+    audit::query(&[&log], &Filter::default(), |p| {
         logged.push(
             p.data()["decision_id"]
                 .as_str()

@@ -32,7 +32,8 @@ pub struct Replica {
     pub addr: SocketAddr,
     /// The admin plane.
     pub admin: SocketAddr,
-    dir: PathBuf,
+    /// Its directory: configuration, `state/`, `log/`.
+    pub dir: PathBuf,
     child: Option<Child>,
 }
 

@@ -1,4 +1,5 @@
-//! `arbiter log`: what an auditor runs on a decision log directory.
+//! `arbiter log`: what an auditor runs on a decision log directory, or on
+//! a fleet's several (one per replica).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -18,33 +19,38 @@ use crate::state;
 #[derive(Debug, Subcommand)]
 pub(super) enum LogCommand {
     /// Check every record's hash and link, the checkpoint signatures and
-    /// the checkpoints file. Prints what verified, or the first broken
-    /// sequence number and what is wrong; exits 1 if broken.
+    /// the checkpoints file, of each log given. Prints what verified, or
+    /// the first broken sequence number and what is wrong, per log, then
+    /// the fleet's; exits 1 if any is broken.
     Verify(VerifyLogArgs),
-    /// Print the decision records that match, one JSON object per line.
+    /// Print the decision records that match, one JSON object per line;
+    /// several logs merged by time.
     Query(QueryArgs),
-    /// Count the decision records that match, by outcome, policy and rule.
+    /// Count the decision records that match, by outcome, policy, rule
+    /// and replica.
     Stats(StatsArgs),
 }
 
 #[derive(Debug, Args)]
 pub(super) struct VerifyLogArgs {
-    /// The log directory.
-    dir: PathBuf,
+    /// The log directories: one, or one per replica of a fleet.
+    #[arg(required = true, value_name = "DIR")]
+    dirs: Vec<PathBuf>,
     /// The checkpoint key's public file, kept where whoever can write the
     /// log cannot [default: the public half of the key the configuration
-    /// names]. Never read from the log directory.
+    /// names]. Never read from the log directory. Once for all logs, or
+    /// once per log in the order of the directories.
     #[arg(long, value_name = "FILE", conflicts_with = "config")]
-    key: Option<PathBuf>,
+    key: Vec<PathBuf>,
     /// The configuration whose `log.checkpoint_key` (its `.pub` half) and
     /// checkpoints file to use [default: the embedded default, whose key is
-    /// in the state directory].
+    /// in the state directory]. Once for all logs, or once per log.
     #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
+    config: Vec<PathBuf>,
     /// The checkpoints file; verify fails when it is missing [default:
-    /// the configuration's, or DIR/checkpoints.jsonl].
+    /// the configuration's, or DIR/checkpoints.jsonl]. Once per log.
     #[arg(long, value_name = "FILE")]
-    checkpoints: Option<PathBuf>,
+    checkpoints: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -72,8 +78,9 @@ struct FilterArgs {
 
 #[derive(Debug, Args)]
 pub(super) struct QueryArgs {
-    /// The log directory.
-    dir: PathBuf,
+    /// The log directories: one, or one per replica of a fleet.
+    #[arg(required = true, value_name = "DIR")]
+    dirs: Vec<PathBuf>,
     #[command(flatten)]
     filter: FilterArgs,
     /// At most this many records.
@@ -83,8 +90,9 @@ pub(super) struct QueryArgs {
 
 #[derive(Debug, Args)]
 pub(super) struct StatsArgs {
-    /// The log directory.
-    dir: PathBuf,
+    /// The log directories: one, or one per replica of a fleet.
+    #[arg(required = true, value_name = "DIR")]
+    dirs: Vec<PathBuf>,
     #[command(flatten)]
     filter: FilterArgs,
     /// Print JSON instead of a table.
@@ -107,13 +115,39 @@ pub(super) fn existing_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The public key and checkpoints file `verify` checks against: from
-/// `--key`, or the configuration; never from the log directory itself.
-fn verify_options(args: &VerifyLogArgs) -> anyhow::Result<VerifyOptions> {
-    let (key_path, checkpoints) = match &args.key {
-        Some(key) => (key.clone(), args.dir.join(log::CHECKPOINTS_FILE)),
+/// The `i`th of `given` for the `i`th of `n` logs: none, one for all, or
+/// one each.
+fn nth<'a>(
+    given: &'a [PathBuf],
+    i: usize,
+    n: usize,
+    flag: &str,
+) -> anyhow::Result<Option<&'a PathBuf>> {
+    match given.len() {
+        0 => Ok(None),
+        1 if flag != "--checkpoints" || n == 1 => Ok(given.first()),
+        len if len == n => Ok(given.get(i)),
+        len => bail!(
+            "{len} {flag} for {n} logs: give it once per log, in the order of the directories{}",
+            if flag == "--checkpoints" {
+                ""
+            } else {
+                ", or once for all"
+            }
+        ),
+    }
+}
+
+/// The public key and checkpoints file `verify` checks the `i`th log
+/// against: from `--key`, or the configuration; never from the log
+/// directory itself.
+fn verify_options(args: &VerifyLogArgs, i: usize) -> anyhow::Result<VerifyOptions> {
+    let n = args.dirs.len();
+    let dir = &args.dirs[i];
+    let (key_path, checkpoints) = match nth(&args.key, i, n, "--key")? {
+        Some(key) => (key.clone(), dir.join(log::CHECKPOINTS_FILE)),
         None => {
-            let (config, base) = match &args.config {
+            let (config, base) = match nth(&args.config, i, n, "--config")? {
                 Some(path) => Config::from_file(path)?,
                 None => (Config::default_config()?, PathBuf::new()),
             };
@@ -125,11 +159,11 @@ fn verify_options(args: &VerifyLogArgs) -> anyhow::Result<VerifyOptions> {
             };
             (
                 log::public_key_path(&private),
-                log::checkpoints_path(&config.log, &args.dir),
+                log::checkpoints_path(&config.log, dir),
             )
         }
     };
-    if crate::paths::is_inside(&key_path, &args.dir) {
+    if crate::paths::is_inside(&key_path, dir) {
         bail!(
             "the checkpoint key `{}` is inside the log directory it would vouch for: whoever can rewrite the log can rewrite it; give a copy kept elsewhere",
             key_path.display()
@@ -145,43 +179,109 @@ fn verify_options(args: &VerifyLogArgs) -> anyhow::Result<VerifyOptions> {
         .with_context(|| format!("checkpoint key `{}`", key_path.display()))?;
     Ok(VerifyOptions {
         key,
-        checkpoints_file: Some(args.checkpoints.clone().unwrap_or(checkpoints)),
+        checkpoints_file: Some(
+            nth(&args.checkpoints, i, n, "--checkpoints")?
+                .cloned()
+                .unwrap_or(checkpoints),
+        ),
     })
 }
 
 fn verify(args: &VerifyLogArgs) -> anyhow::Result<ExitCode> {
-    existing_dir(&args.dir)?;
-    let options = verify_options(args)?;
-    match audit::verify(&args.dir, &options)? {
-        Ok(v) => {
-            println!(
-                "verified {} records and {} checkpoints in {} segments; head: record {} {}",
-                v.records, v.checkpoints, v.segments, v.head_seq, v.head_hash
-            );
-            if v.unsigned_tail > 0 {
-                println!(
-                    "note: the last {} records follow the last checkpoint: chained, not yet signed",
-                    v.unsigned_tail
-                );
-            }
-            if v.torn_tail_bytes > 0 {
-                println!(
-                    "note: the last line is incomplete ({} bytes): a write in progress, or torn by a crash (the next start cuts it and says so)",
-                    v.torn_tail_bytes
-                );
-            }
-            if v.first_seq > 1 {
-                println!(
-                    "note: records before {} were let go by retention, as a retention record in the chain says",
-                    v.first_seq
-                );
-            }
-            Ok(ExitCode::SUCCESS)
+    for dir in &args.dirs {
+        existing_dir(dir)?;
+    }
+    let many = args.dirs.len() > 1;
+    let mut verified = Vec::new();
+    let mut broken = 0;
+    for (i, dir) in args.dirs.iter().enumerate() {
+        let options = verify_options(args, i)?;
+        if many {
+            println!("{}:", dir.display());
         }
-        Err(b) => {
-            println!("broken at record {}: {}: {}", b.seq, b.kind, b.detail);
-            Ok(ExitCode::from(EXIT_FAILURES))
+        match audit::verify(dir, &options)? {
+            Ok(v) => {
+                print_verified(&v);
+                verified.push((dir, v));
+            }
+            Err(b) => {
+                println!("broken at record {}: {}: {}", b.seq, b.kind, b.detail);
+                broken += 1;
+            }
         }
+    }
+    if !many {
+        return Ok(if broken == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(EXIT_FAILURES)
+        });
+    }
+    // A replica's name in two logs is one log copied, or two replicas
+    // configured alike: either way their records cannot be told apart.
+    let mut named: std::collections::BTreeMap<&str, &Path> = std::collections::BTreeMap::new();
+    for (dir, v) in &verified {
+        for r in &v.replicas {
+            if let Some(other) = named.insert(r, dir) {
+                println!(
+                    "broken: replica `{r}` writes both `{}` and `{}`: a copied log, or two replicas with one name",
+                    other.display(),
+                    dir.display()
+                );
+                broken += 1;
+            }
+        }
+    }
+    let records: u64 = verified.iter().map(|(_, v)| v.records).sum();
+    let first = verified
+        .iter()
+        .map(|(_, v)| v.first_ts.as_str())
+        .filter(|t| !t.is_empty())
+        .min();
+    let last = verified.iter().map(|(_, v)| v.head_ts.as_str()).max();
+    println!(
+        "fleet: {} of {} logs verified, {records} records{}",
+        verified.len(),
+        args.dirs.len(),
+        match (first, last) {
+            (Some(f), Some(l)) => format!(" from {f} to {l}"),
+            _ => String::new(),
+        }
+    );
+    Ok(if broken == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILURES)
+    })
+}
+
+fn print_verified(v: &audit::Verified) {
+    println!(
+        "verified {} records and {} checkpoints in {} segments; head: record {} {}",
+        v.records, v.checkpoints, v.segments, v.head_seq, v.head_hash
+    );
+    match v.replicas.as_slice() {
+        [] => {}
+        [one] => println!("replica: {one}"),
+        many => println!("replicas: {} (renamed along the way)", many.join(", ")),
+    }
+    if v.unsigned_tail > 0 {
+        println!(
+            "note: the last {} records follow the last checkpoint: chained, not yet signed",
+            v.unsigned_tail
+        );
+    }
+    if v.torn_tail_bytes > 0 {
+        println!(
+            "note: the last line is incomplete ({} bytes): a write in progress, or torn by a crash (the next start cuts it and says so)",
+            v.torn_tail_bytes
+        );
+    }
+    if v.first_seq > 1 {
+        println!(
+            "note: records before {} were let go by retention, as a retention record in the chain says",
+            v.first_seq
+        );
     }
 }
 
@@ -212,12 +312,14 @@ pub(super) fn time(text: &str) -> anyhow::Result<SystemTime> {
 }
 
 fn query(args: &QueryArgs) -> anyhow::Result<ExitCode> {
-    existing_dir(&args.dir)?;
+    for dir in &args.dirs {
+        existing_dir(dir)?;
+    }
     let filter = filter(&args.filter)?;
     let mut out = std::io::stdout().lock();
     let mut left = args.limit.unwrap_or(usize::MAX);
     let mut failed = None;
-    audit::query(&args.dir, &filter, |p| {
+    audit::query(&args.dirs, &filter, |p| {
         if left == 0 {
             return false;
         }
@@ -241,8 +343,10 @@ fn query(args: &QueryArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn stats(args: &StatsArgs) -> anyhow::Result<ExitCode> {
-    existing_dir(&args.dir)?;
-    let s = audit::stats(&args.dir, &filter(&args.filter)?)?;
+    for dir in &args.dirs {
+        existing_dir(dir)?;
+    }
+    let s = audit::stats(&args.dirs, &filter(&args.filter)?)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(ExitCode::SUCCESS);
@@ -256,6 +360,12 @@ fn stats(args: &StatsArgs) -> anyhow::Result<ExitCode> {
     for (policy, outcomes) in &s.by_policy {
         let parts: Vec<String> = outcomes.iter().map(|(o, n)| format!("{o} {n}")).collect();
         println!("  {policy}: {}", parts.join(", "));
+    }
+    if !s.by_replica.is_empty() {
+        println!("\nby replica:");
+        for (replica, n) in &s.by_replica {
+            println!("  {n:>10}  {replica}");
+        }
     }
     println!("\nby rule:");
     let mut rules: Vec<_> = s.by_rule.iter().collect();

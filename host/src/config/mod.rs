@@ -335,6 +335,11 @@ pub struct StateConfig {
     /// and reads theirs, in ms: what another replica decided in the last
     /// `window_merge_ms` may be missing from a count. Default: 100.
     pub window_merge_ms: u64,
+    /// This replica's name in the fleet, in every decision record it
+    /// writes: letters, digits, `.`, `_` and `-`, at most 64. Default with
+    /// PostgreSQL: one made at first start and kept in the state directory;
+    /// with the embedded store, none.
+    pub replica: Option<String>,
 }
 
 impl Default for StateConfig {
@@ -348,6 +353,7 @@ impl Default for StateConfig {
             max_staleness_ms: 0,
             exact_spend: false,
             window_merge_ms: 100,
+            replica: None,
         }
     }
 }
@@ -374,6 +380,9 @@ impl StateConfig {
                     .into(),
             ),
             _ if self.timeout_ms == 0 => Err("`state.timeout_ms` must be at least 1".into()),
+            _ if self.replica.as_deref().is_some_and(|r| !valid_replica(r)) => {
+                Err("`state.replica` must be 1 to 64 letters, digits, `.`, `_` or `-`".into())
+            }
             _ if !(10..=60_000).contains(&self.window_merge_ms) => {
                 Err("`state.window_merge_ms` must be between 10 and 60000".into())
             }
@@ -383,6 +392,15 @@ impl StateConfig {
             _ => Ok(()),
         }
     }
+}
+
+/// Whether `name` may name a replica: it goes into every record and onto
+/// the command line, so only plain characters.
+pub fn valid_replica(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// `[rollout]`: the machinery behind modes and candidates
@@ -470,6 +488,10 @@ pub struct LogConfig {
     pub on_failure: LogFailurePolicy,
     /// `[log.retention]`: when whole sealed segments are removed.
     pub retention: RetentionConfig,
+    /// The replica id every record carries: `state.replica`, filled in by
+    /// the server, never read from `[log]`.
+    #[serde(skip)]
+    pub replica: Option<String>,
 }
 
 /// `[log.retention]`: the oldest sealed segments leave once the log is too
@@ -502,6 +524,7 @@ impl Default for LogConfig {
             max_segment_age_s: 86_400,
             on_failure: LogFailurePolicy::Deny,
             retention: RetentionConfig::default(),
+            replica: None,
         }
     }
 }
@@ -1448,6 +1471,12 @@ mod tests {
             "`state.window_merge_ms` must be between 10 and 60000",
         );
         refused("[state]\nbackend = \"mysql\"\n", "unknown variant");
+        for bad in ["", "a b", "a\\\"b", &"r".repeat(65)] {
+            refused(
+                &format!("[state]\nreplica = \"{bad}\"\n"),
+                "`state.replica` must be",
+            );
+        }
         let c = Config::parse(
             "[state]\nbackend = \"postgres\"\nurl = \"env:ARBITER_TEST_PG\"\nexact_spend = true\n",
             "t",

@@ -1,6 +1,7 @@
 //! Reading a decision log back, as an auditor does: [`verify`] checks the
 //! hash chain, the checkpoint signatures and the checkpoints file;
-//! [`query`] and [`stats`] filter and count decision records.
+//! [`query`] and [`stats`] filter and count decision records, of one log
+//! or of a fleet's several, merged by time.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -80,6 +81,14 @@ pub struct Verified {
     /// An incomplete last line (a write in progress, or torn by a crash
     /// and not yet repaired by a restart): its length in bytes.
     pub torn_tail_bytes: usize,
+    /// The replica names the records carry, in the order they first
+    /// appear: none for a single node's log, one for a fleet replica's,
+    /// more if it was renamed.
+    pub replicas: Vec<String>,
+    /// When the first record and the last were written (RFC 3339).
+    pub first_ts: String,
+    /// When the last record was written.
+    pub head_ts: String,
 }
 
 /// Whose signature checkpoints must carry, and where their copies are.
@@ -265,6 +274,15 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> Result<Result<Verified, Br
             } else {
                 v.unsigned_tail += 1;
             }
+            if let Some(r) = p.replica()
+                && !v.replicas.iter().any(|known| known == r)
+            {
+                v.replicas.push(r.to_owned());
+            }
+            if v.records == 0 {
+                v.first_ts = p.ts().to_owned();
+            }
+            v.head_ts = p.ts().to_owned();
             v.records += 1;
             v.head_seq = p.seq;
             v.head_hash = p.hash;
@@ -462,29 +480,91 @@ impl Filter {
     }
 }
 
-/// Calls `each` with every decision record of `dir` that `filter` keeps,
-/// oldest first, until it returns false. Lines that are not records are
-/// passed over (`verify` is the place to find them).
+/// One log's records, oldest first, one segment in memory at a time.
+struct Reader {
+    files: std::vec::IntoIter<PathBuf>,
+    bytes: Vec<u8>,
+    at: usize,
+}
+
+impl Reader {
+    fn open(dir: &Path) -> Result<Reader, AuditError> {
+        Ok(Reader {
+            files: list(dir)?.into_iter(),
+            bytes: Vec::new(),
+            at: 0,
+        })
+    }
+
+    /// The next whole line that is a record; lines that are not, and an
+    /// incomplete last line, are passed over (`verify` finds them).
+    fn next(&mut self) -> Result<Option<Parsed>, AuditError> {
+        loop {
+            if let Some(end) = self.bytes[self.at..].iter().position(|b| *b == b'\n') {
+                let line = &self.bytes[self.at..self.at + end];
+                self.at += end + 1;
+                if let Some(p) = Parsed::from_line(line) {
+                    return Ok(Some(p));
+                }
+                continue;
+            }
+            let Some(path) = self.files.next() else {
+                return Ok(None);
+            };
+            self.bytes = read(&path)?;
+            self.at = 0;
+        }
+    }
+
+    /// The next decision record `filter` keeps.
+    fn next_kept(&mut self, filter: &Filter) -> Result<Option<Parsed>, AuditError> {
+        while let Some(p) = self.next()? {
+            if p.kind == "decision" && filter.matches(&p) {
+                return Ok(Some(p));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Calls `each` with every decision record of the logs in `dirs` that
+/// `filter` keeps, until it returns false: each log oldest first, and
+/// several merged by the time each record was written (ties in the order
+/// of `dirs`).
 ///
 /// # Errors
 /// An [`AuditError`] when a file cannot be read.
-pub fn query(
-    dir: &Path,
+pub fn query<P: AsRef<Path>>(
+    dirs: &[P],
     filter: &Filter,
     mut each: impl FnMut(&Parsed) -> bool,
 ) -> Result<(), AuditError> {
-    for path in list(dir)? {
-        let bytes = read(&path)?;
-        for line in lines(&name(&path), &bytes).0 {
-            let Some(p) = Parsed::from_line(line.bytes) else {
-                continue;
-            };
-            if p.kind == "decision" && filter.matches(&p) && !each(&p) {
-                return Ok(());
-            }
+    let mut readers = dirs
+        .iter()
+        .map(|d| Reader::open(d.as_ref()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut heads = readers
+        .iter_mut()
+        .map(|r| r.next_kept(filter))
+        .collect::<Result<Vec<_>, _>>()?;
+    loop {
+        // `min_by` keeps the first of equals: ties go in the order of dirs.
+        let earliest = heads
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| h.as_ref().map(|p| (i, p.ts())))
+            .min_by(|a, b| a.1.cmp(b.1))
+            .map(|(i, _)| i);
+        let Some(i) = earliest else {
+            return Ok(());
+        };
+        if let Some(p) = heads[i].take()
+            && !each(&p)
+        {
+            return Ok(());
         }
+        heads[i] = readers[i].next_kept(filter)?;
     }
-    Ok(())
 }
 
 /// Counts of the decision records a filter keeps.
@@ -498,18 +578,23 @@ pub struct Stats {
     pub by_policy: BTreeMap<String, BTreeMap<String, u64>>,
     /// By deciding rule.
     pub by_rule: BTreeMap<String, u64>,
+    /// By the replica that decided, for a fleet's logs.
+    pub by_replica: BTreeMap<String, u64>,
 }
 
-/// Counts the decision records of `dir` that `filter` keeps.
+/// Counts the decision records of the logs in `dirs` that `filter` keeps.
 ///
 /// # Errors
 /// An [`AuditError`] when a file cannot be read.
-pub fn stats(dir: &Path, filter: &Filter) -> Result<Stats, AuditError> {
+pub fn stats<P: AsRef<Path>>(dirs: &[P], filter: &Filter) -> Result<Stats, AuditError> {
     let mut s = Stats::default();
-    query(dir, filter, |p| {
+    query(dirs, filter, |p| {
         let d = p.data();
         let text = |v: &Value| v.as_str().unwrap_or("?").to_owned();
         s.decisions += 1;
+        if let Some(r) = p.replica() {
+            *s.by_replica.entry(r.to_owned()).or_default() += 1;
+        }
         *s.by_outcome.entry(text(&d["outcome"])).or_default() += 1;
         *s.by_rule.entry(text(&d["rule"])).or_default() += 1;
         for q in d["policies"].as_array().into_iter().flatten() {

@@ -359,6 +359,7 @@ impl DecisionLog {
                 gap: None,
                 closed: false,
                 rotate: false,
+                replica: config.replica.clone(),
             }),
             work: Condvar::new(),
             out: Mutex::new(Output {
@@ -744,6 +745,8 @@ struct Chain {
     closed: bool,
     /// The segment is full or old: the log's thread starts the next.
     rotate: bool,
+    /// The fleet replica named in every record.
+    replica: Option<String>,
 }
 
 /// The files. Whoever holds this writes what is pending; everyone else
@@ -795,7 +798,13 @@ impl Chain {
                 crate::hex::encode(&key.sign_message(&record::checkpoint_message(seq, hash)))
             })
         };
-        self.head = record::append_line(&mut self.pending, kind, data, &self.head, seq, &ts, sign);
+        let place = record::Place {
+            prev_hash: &self.head,
+            replica: self.replica.as_deref(),
+            seq,
+            ts: &ts,
+        };
+        self.head = record::append_line(&mut self.pending, kind, data, place, sign);
         if kind == "checkpoint" {
             self.since_checkpoint = 0;
         } else {

@@ -6,9 +6,14 @@
 //! One JSON object per line:
 //!
 //! ```json
-//! {"data": {...}, "prev_hash": "sha256:…", "seq": 42, "ts": "2026-12-01T05:44:00.123456Z",
-//!  "type": "decision", "hash": "sha256:…"}
+//! {"data": {...}, "prev_hash": "sha256:…", "replica": "a", "seq": 42,
+//!  "ts": "2026-12-01T05:44:00.123456Z", "type": "decision", "hash": "sha256:…"}
 //! ```
+//!
+//! `replica` names the replica of a fleet that wrote the record (its
+//! `state.replica`); a single node's records have none. It is hashed like
+//! every other field, so a record cannot be moved to another replica's
+//! name.
 //!
 //! `type` is `decision`, `checkpoint`, `gap`, `crash` or `open`, and `data`
 //! holds what that type records (see [`DecisionData`] and the
@@ -89,6 +94,19 @@ pub fn canonical(value: &Value) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
+/// Where a record stands in its log: the fields around its `data`.
+#[derive(Debug, Clone, Copy)]
+pub struct Place<'a> {
+    /// The hash of the record before it.
+    pub prev_hash: &'a str,
+    /// The replica that writes the log, if it is one of a fleet.
+    pub replica: Option<&'a str>,
+    /// Its sequence number.
+    pub seq: u64,
+    /// When it was written (RFC 3339).
+    pub ts: &'a str,
+}
+
 /// Appends one record to `out` as the line the log holds: the canonical
 /// body built from its parts (`data` must be canonical JSON), then `hash`
 /// (and `signature`, when `sign` gives one for the hash) and a newline.
@@ -97,22 +115,30 @@ pub fn append_line(
     out: &mut Vec<u8>,
     kind: &str,
     data: &[u8],
-    prev_hash: &str,
-    seq: u64,
-    ts: &str,
+    place: Place<'_>,
     sign: impl FnOnce(&str) -> Option<String>,
 ) -> String {
     use std::io::Write as _;
+    let Place {
+        prev_hash,
+        replica,
+        seq,
+        ts,
+    } = place;
     let start = out.len();
     out.extend_from_slice(b"{\"data\":");
     out.extend_from_slice(data);
     out.extend_from_slice(b",\"prev_hash\":\"");
     out.extend_from_slice(prev_hash.as_bytes());
+    out.push(b'"');
+    if let Some(replica) = replica {
+        out.extend_from_slice(b",\"replica\":");
+        // Escaped as the canonical encoding escapes it; writing a string to
+        // a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, replica);
+    }
     // Writing to a Vec cannot fail.
-    let _ = write!(
-        out,
-        "\",\"seq\":{seq},\"ts\":\"{ts}\",\"type\":\"{kind}\"}}"
-    );
+    let _ = write!(out, ",\"seq\":{seq},\"ts\":\"{ts}\",\"type\":\"{kind}\"}}");
     let hash = sha256(&out[start..]);
     out.pop();
     out.extend_from_slice(b",\"hash\":\"");
@@ -185,6 +211,11 @@ impl Parsed {
     /// The record's `ts`.
     pub fn ts(&self) -> &str {
         self.value["ts"].as_str().unwrap_or_default()
+    }
+
+    /// The replica that wrote it, for a fleet's log.
+    pub fn replica(&self) -> Option<&str> {
+        self.value["replica"].as_str()
     }
 }
 
@@ -548,13 +579,17 @@ mod tests {
             let rule = ParamsRule::new(storage, &["PASSWORD".into()]);
             let data = DecisionData::new(&req, &req.history, &dec, &rule).encode();
             let mut written = Vec::new();
+            let replica = (storage == ParamsStorage::Full).then_some("b-\"1\\");
             let hash = append_line(
                 &mut written,
                 "decision",
                 &data,
-                GENESIS,
-                7,
-                "2026-12-01T00:00:00.000001Z",
+                Place {
+                    prev_hash: GENESIS,
+                    replica,
+                    seq: 7,
+                    ts: "2026-12-01T00:00:00.000001Z",
+                },
                 |_| Some("00".into()),
             );
             let parsed = Parsed::from_line(&written[..written.len() - 1]).expect("parses");
@@ -566,6 +601,7 @@ mod tests {
             assert_eq!(parsed.computed, hash);
             assert_eq!((parsed.seq, parsed.kind.as_str()), (7, "decision"));
             assert_eq!(parsed.signature.as_deref(), Some("00"));
+            assert_eq!(parsed.replica(), replica);
             let data = parsed.data();
             assert_eq!(
                 data["params_sha256"],
@@ -593,10 +629,21 @@ mod tests {
         )
         .encode();
         let mut written = Vec::new();
-        append_line(&mut written, "decision", &data, GENESIS, 1, "t", |_| None);
+        let place = Place {
+            prev_hash: GENESIS,
+            replica: Some("a"),
+            seq: 1,
+            ts: "t",
+        };
+        append_line(&mut written, "decision", &data, place, |_| None);
         let written = String::from_utf8(written).expect("utf-8");
         let edited = written.replace("sha256:ab", "sha256:cd");
         let p = Parsed::from_line(edited.trim_end().as_bytes()).expect("parses");
+        assert_ne!(p.computed, p.hash);
+        // Nor can a record be moved to another replica's name.
+        let moved = written.replace("\"replica\":\"a\"", "\"replica\":\"b\"");
+        assert_ne!(moved, written);
+        let p = Parsed::from_line(moved.trim_end().as_bytes()).expect("parses");
         assert_ne!(p.computed, p.hash);
         // Re-spacing the JSON is not a change of content.
         let spaced = written.replace(",\"seq\":", ", \"seq\" : ");

@@ -71,7 +71,7 @@ pub fn replay(
         policy: Some(policy.to_owned()),
         ..filter.clone()
     };
-    audit::query(dir, &filter, |p| {
+    audit::query(&[dir], &filter, |p| {
         out.records += 1;
         let rebuilt = match rebuild(p, policy) {
             Ok(r) => r,

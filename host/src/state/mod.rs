@@ -576,6 +576,69 @@ pub fn from_config(
     }
 }
 
+/// The file in the state directory that keeps a replica's made-up name.
+pub const REPLICA_FILE: &str = "replica";
+
+/// This replica's name in a fleet, for its decision records:
+/// `state.replica`, else, with a shared store, one made at first start and
+/// kept in `dir`; a single node has none.
+///
+/// # Errors
+/// A [`StoreError`] when the kept name cannot be read or made, or is not
+/// one a configuration could give.
+pub fn replica(
+    config: &crate::config::StateConfig,
+    dir: &Path,
+) -> Result<Option<String>, StoreError> {
+    if let Some(name) = &config.replica {
+        return Ok(Some(name.clone()));
+    }
+    if config.backend == crate::config::Backend::Redb {
+        return Ok(None);
+    }
+    let path = dir.join(REPLICA_FILE);
+    let failed = |source: std::io::Error| StoreError::Database {
+        path: path.clone(),
+        what: "this replica's name",
+        source: Box::new(source),
+    };
+    let name = match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().to_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut bytes = [0u8; 4];
+            getrandom::fill(&mut bytes)
+                .map_err(|e| failed(std::io::Error::other(e.to_string())))?;
+            let made = format!("r-{}", crate::hex::encode(&bytes));
+            crate::paths::create_private_dir(dir).map_err(failed)?;
+            // Written whole under another name first, so a crash never
+            // leaves an empty name behind.
+            let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+            crate::paths::write_new(&tmp, format!("{made}\n").as_bytes(), 0o600).map_err(failed)?;
+            let linked = std::fs::hard_link(&tmp, &path);
+            let _ = std::fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => made,
+                // Another process made one first: theirs is the name.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    std::fs::read_to_string(&path)
+                        .map_err(failed)?
+                        .trim()
+                        .to_owned()
+                }
+                Err(e) => return Err(failed(e)),
+            }
+        }
+        Err(e) => return Err(failed(e)),
+    };
+    if !crate::config::valid_replica(&name) {
+        return Err(failed(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "it is not 1 to 64 letters, digits, `.`, `_` or `-`",
+        )));
+    }
+    Ok(Some(name))
+}
+
 /// Why an agent is suspended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Suspension {
@@ -803,5 +866,29 @@ mod tests {
         let state = memory::MemoryState::new().into_state();
         conforms(&state);
         single_use_holds_under_races(&state);
+    }
+
+    #[test]
+    fn a_replica_keeps_the_name_it_made_and_a_configured_one_wins() {
+        use crate::config::{Backend, StateConfig};
+        let dir = tempfile::tempdir().expect("dir");
+        let shared = StateConfig {
+            backend: Backend::Postgres,
+            url: Some("postgres://h/db".into()),
+            ..StateConfig::default()
+        };
+        assert_eq!(replica(&StateConfig::default(), dir.path()).expect("redb"), None);
+        let made = replica(&shared, dir.path()).expect("made").expect("a name");
+        assert!(made.starts_with("r-") && made.len() == 10, "{made}");
+        assert_eq!(replica(&shared, dir.path()).expect("kept"), Some(made));
+        let named = StateConfig {
+            replica: Some("eu-1".into()),
+            ..shared.clone()
+        };
+        assert_eq!(replica(&named, dir.path()).expect("named"), Some("eu-1".into()));
+        // A kept name no configuration could give is refused, not used.
+        std::fs::write(dir.path().join(REPLICA_FILE), "a\"b\n").expect("write");
+        let e = replica(&shared, dir.path()).expect_err("refused");
+        assert!(e.to_string().contains("name"), "{e}");
     }
 }
