@@ -150,6 +150,7 @@ pub struct Bound {
     ready: watch::Receiver<Option<Result<(), String>>>,
     reloader: ReloadHandle,
     log: Option<Arc<DecisionLog>>,
+    feed: Arc<state::Feed>,
 }
 
 impl Bound {
@@ -168,7 +169,9 @@ impl Bound {
         &self.state.metrics
     }
 
-    /// Waits for the first load: `Ok` once every policy is in service.
+    /// Waits for the first load: `Ok` once every policy is in service
+    /// and, for a replica of a fleet, once it follows the shared state
+    /// (until then it could only deny, `failure.state`).
     ///
     /// # Errors
     /// [`ServeError::Load`] with each policy's error.
@@ -180,10 +183,22 @@ impl Bound {
             .map_err(|_| ServeError::Internal("the loader ended without a result".into()))?
             .clone();
         match outcome {
-            Some(Ok(())) => Ok(()),
-            Some(Err(e)) => Err(ServeError::Load(e.lines().map(str::to_owned).collect())),
-            None => Err(ServeError::Internal("no load result".into())),
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(ServeError::Load(e.lines().map(str::to_owned).collect())),
+            None => return Err(ServeError::Internal("no load result".into())),
         }
+        let started = std::time::Instant::now();
+        let mut said = false;
+        while self.feed.lost_since().is_some() {
+            if !said && started.elapsed() > Duration::from_secs(2) {
+                tracing::warn!(
+                    "waiting to follow the shared state; until then every decision is denied (`failure.state`)"
+                );
+                said = true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
     }
 
     /// A handle to ask for reloads (SIGHUP) while [`Bound::wait`] runs.
@@ -522,6 +537,7 @@ pub async fn bind(
         ready,
         reloader,
         log,
+        feed: Arc::clone(store.feed()),
     })
 }
 

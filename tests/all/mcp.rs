@@ -133,8 +133,16 @@ struct Setup {
 impl Setup {
     fn new(body: &str) -> Self {
         let dir = tempfile::tempdir().expect("dir");
+        // With ARBITER_TEST_STATE=postgres, pins and approvals are kept in
+        // PostgreSQL by every process of the setup.
+        let shared = if arbiter_tests::postgres::state_on_postgres() {
+            let url = arbiter_tests::postgres::database_for(&dir.path().join("state"));
+            format!("backend = \"postgres\"\nurl = \"{url}\"\ntimeout_ms = 5000\n")
+        } else {
+            String::new()
+        };
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[log]\ndir = \"log\"\n[state]\ndir = \"state\"\n[cache]\nenabled = false\n{body}"
+            "[server]\nlisten = \"127.0.0.1:0\"\n[log]\ndir = \"log\"\n[state]\ndir = \"state\"\n{shared}[cache]\nenabled = false\n{body}"
         );
         std::fs::write(dir.path().join("arbiter.toml"), text).expect("config");
         Setup { dir }

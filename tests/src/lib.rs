@@ -330,6 +330,23 @@ impl Server {
             }
             _ => None,
         };
+        let mut config = config;
+        if postgres::state_on_postgres() && config.state.backend == arbiter::config::Backend::Redb {
+            let base = path
+                .as_deref()
+                .and_then(Path::parent)
+                .unwrap_or(Path::new(""));
+            let dir = options
+                .overrides
+                .state_dir
+                .clone()
+                .or_else(|| config.state.dir.as_ref().map(|d| base.join(d)))
+                .expect("a state directory");
+            config.state.backend = arbiter::config::Backend::Postgres;
+            config.state.url = Some(postgres::database_for(&dir));
+            // A loaded test machine is given seconds.
+            config.state.timeout_ms = 5000;
+        }
         // The admin plane on a loopback port, so tests reach it with the
         // same raw client; the Unix socket default has tests of its own.
         if options.overrides.admin_listen.is_none() && config.admin.listen.is_none() {
@@ -365,7 +382,8 @@ impl Server {
         }
     }
 
-    /// Binds and waits until every policy has loaded.
+    /// Binds and waits until every policy has loaded (and, on
+    /// PostgreSQL, until the server follows its state).
     pub fn start(config: arbiter::config::Config, options: arbiter::server::ServeOptions) -> Self {
         let server = Self::bind(config, options);
         server.ready().expect("ready");

@@ -7,6 +7,12 @@
 //! root; as root the cluster is made and run by the `postgres` user the
 //! package creates. Killing the server (or dropping this) leaves no process
 //! behind.
+//!
+//! With `ARBITER_TEST_STATE=postgres`, every test server
+//! ([`crate::Server`]) keeps its state in PostgreSQL instead of the
+//! embedded store: a database of its own per state directory
+//! ([`database_for`]), in one cluster the test process shares and stops
+//! at exit. `scripts/test` runs the approvals, agents and MCP suites so.
 
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -215,7 +221,7 @@ impl Postgres {
                     // WAL reaches the OS before a commit returns);
                     // surviving a power cut is not what these tests are
                     // about.
-                    .args(["-c", "fsync=off"])
+                    .args(["-c", "fsync=off", "-c", "max_connections=300"])
                     .stdout(Stdio::null())
                     .stderr(std::fs::File::create(&log).expect("log file"))
                     .process_group(0)
@@ -243,6 +249,57 @@ impl Postgres {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// The variable that moves every test server's state to PostgreSQL.
+pub const STATE_ENV: &str = "ARBITER_TEST_STATE";
+
+/// Whether test servers keep their state in PostgreSQL
+/// (`ARBITER_TEST_STATE=postgres`); any other value is refused.
+pub fn state_on_postgres() -> bool {
+    match std::env::var(STATE_ENV).as_deref() {
+        Ok("postgres") => true,
+        Ok("redb") | Err(std::env::VarError::NotPresent) => false,
+        Ok(other) => panic!("{STATE_ENV}={other}: say `postgres` or `redb`"),
+        Err(e) => panic!("{STATE_ENV}: {e}"),
+    }
+}
+
+/// The cluster the test process shares, made at first use.
+static SHARED: std::sync::Mutex<Option<Postgres>> = std::sync::Mutex::new(None);
+
+extern "C" fn stop_shared() {
+    // At exit: the cluster is killed and its directory removed.
+    if let Ok(mut shared) = SHARED.lock() {
+        drop(shared.take());
+    }
+}
+
+/// The URL of a database of its own for the server whose state directory
+/// is `dir`, in the cluster this test process shares: the same directory
+/// gives the same database, so a restarted server finds its state.
+pub fn database_for(dir: &Path) -> String {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut shared = SHARED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if shared.is_none() {
+        *shared = Some(Postgres::start());
+        // SAFETY: registers a plain function without arguments, run once
+        // by `exit`.
+        unsafe { libc::atexit(stop_shared) };
+    }
+    let pg = shared.as_ref().expect("started");
+    let mut hasher = std::hash::DefaultHasher::new();
+    dir.hash(&mut hasher);
+    let name = format!("s_{:016x}", hasher.finish());
+    if pg.psql(&format!(
+        "SELECT count(*) FROM pg_database WHERE datname = '{name}'"
+    )) == "0"
+    {
+        pg.psql(&format!("CREATE DATABASE {name}"));
+    }
+    format!("postgres://arbiter@127.0.0.1:{}/{name}", pg.port)
 }
 
 impl Drop for Postgres {

@@ -877,7 +877,10 @@ mod tests {
             url: Some("postgres://h/db".into()),
             ..StateConfig::default()
         };
-        assert_eq!(replica(&StateConfig::default(), dir.path()).expect("redb"), None);
+        assert_eq!(
+            replica(&StateConfig::default(), dir.path()).expect("redb"),
+            None
+        );
         let made = replica(&shared, dir.path()).expect("made").expect("a name");
         assert!(made.starts_with("r-") && made.len() == 10, "{made}");
         assert_eq!(replica(&shared, dir.path()).expect("kept"), Some(made));
@@ -885,7 +888,10 @@ mod tests {
             replica: Some("eu-1".into()),
             ..shared.clone()
         };
-        assert_eq!(replica(&named, dir.path()).expect("named"), Some("eu-1".into()));
+        assert_eq!(
+            replica(&named, dir.path()).expect("named"),
+            Some("eu-1".into())
+        );
         // A kept name no configuration could give is refused, not used.
         std::fs::write(dir.path().join(REPLICA_FILE), "a\"b\n").expect("write");
         let e = replica(&shared, dir.path()).expect_err("refused");
