@@ -153,6 +153,10 @@ pub struct Agents {
     fleet: Option<Fleet>,
     /// The other replicas' windows, as of the last exchange.
     remote: arc_swap::ArcSwap<HashMap<String, merge::Remote>>,
+    /// Breakers opened or closed here and not yet stored, and how many
+    /// were stored: a reload that overlaps either keeps this replica's
+    /// breakers, since what it read may predate them.
+    breaker_writes: (AtomicUsize, AtomicUsize),
 }
 
 /// What a replica of a fleet shares with the others.
@@ -220,6 +224,7 @@ impl Agents {
             metrics: None,
             fleet: None,
             remote: arc_swap::ArcSwap::default(),
+            breaker_writes: Default::default(),
         }
     }
 
@@ -291,6 +296,7 @@ impl Agents {
         let Some(store) = &self.store else {
             return Ok(());
         };
+        let stored = self.breaker_writes.1.load(Ordering::Acquire);
         let suspended: BTreeMap<String, Suspension> = store.suspensions()?.into_iter().collect();
         let breakers: HashMap<String, Breaker> = store.breakers()?.into_iter().collect();
         let n = suspended.len();
@@ -298,14 +304,28 @@ impl Agents {
             .suspended
             .write()
             .unwrap_or_else(PoisonError::into_inner) = suspended;
+        // Checked under each shard's lock, where a breaker changes: a change
+        // made here meanwhile is announced once stored, and the reload
+        // that follows reads it.
+        let settled = || {
+            self.breaker_writes.0.load(Ordering::Acquire) == 0
+                && self.breaker_writes.1.load(Ordering::Acquire) == stored
+        };
         for shard in &self.shards {
             let mut agents = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            if !settled() {
+                break;
+            }
             for (id, a) in agents.iter_mut() {
                 a.breaker = breakers.get(id).cloned();
             }
         }
         for (agent, b) in breakers {
-            self.with_agent(&agent, |a| a.breaker = Some(b));
+            self.with_agent(&agent, |a| {
+                if settled() {
+                    a.breaker = Some(b);
+                }
+            });
         }
         if let Some(m) = &self.metrics {
             m.set_agents_suspended(n as u64);
@@ -382,6 +402,7 @@ impl Agents {
             if let Some(b) = &a.breaker
                 && now >= b.until_ms
             {
+                self.breaker_writes.0.fetch_add(1, Ordering::AcqRel);
                 closed = a.breaker.take();
             }
             let history = History {
@@ -506,6 +527,7 @@ impl Agents {
                         .saturating_add(self.config.breaker_cooldown_s.saturating_mul(1000)),
                     denials,
                 };
+                self.breaker_writes.0.fetch_add(1, Ordering::AcqRel);
                 a.breaker = Some(b.clone());
                 b
             })
@@ -581,6 +603,12 @@ impl Agents {
         self.config.breaker_window_s.saturating_mul(1000)
     }
 
+    /// A breaker changed here has reached the store (or failed to).
+    fn breaker_stored(&self) {
+        self.breaker_writes.1.fetch_add(1, Ordering::AcqRel);
+        self.breaker_writes.0.fetch_sub(1, Ordering::AcqRel);
+    }
+
     fn breaker_opened(&self, agent: &str, b: &Breaker) {
         tracing::warn!(agent, denials = b.denials, until = %ms_time(b.until_ms), "circuit breaker opened");
         if let Some(s) = &self.store
@@ -588,6 +616,7 @@ impl Agents {
         {
             tracing::error!(agent, error = %e, "the open breaker is not stored; a restart would close it");
         }
+        self.breaker_stored();
         self.event(serde_json::json!({
             "agent": agent,
             "change": "breaker-open",
@@ -607,6 +636,7 @@ impl Agents {
         {
             tracing::error!(agent, error = %e, "the closed breaker is still stored; a restart would reopen it until its end");
         }
+        self.breaker_stored();
         self.event(serde_json::json!({
             "agent": agent,
             "change": "breaker-closed",
