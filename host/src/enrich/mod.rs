@@ -153,10 +153,39 @@ pub struct Agents {
     fleet: Option<Fleet>,
     /// The other replicas' windows, as of the last exchange.
     remote: arc_swap::ArcSwap<HashMap<String, merge::Remote>>,
-    /// Breakers opened or closed here and not yet stored, and how many
-    /// were stored: a reload that overlaps either keeps this replica's
-    /// breakers, since what it read may predate them.
-    breaker_writes: (AtomicUsize, AtomicUsize),
+    /// Suspensions and breakers changed here, in flight and done.
+    writes: Writes,
+}
+
+/// Changes of suspensions and breakers made on this replica: those not yet
+/// stored, and how many were. A reload that overlaps one keeps this
+/// replica's view, since what it read may predate the change; the change's
+/// own announcement brings the reload that reads it.
+#[derive(Debug, Default)]
+struct Writes {
+    pending: AtomicUsize,
+    done: AtomicUsize,
+}
+
+impl Writes {
+    fn begin(&self) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The change is stored (or failed to be) and in force here.
+    fn end(&self) {
+        self.done.fetch_add(1, Ordering::AcqRel);
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn mark(&self) -> usize {
+        self.done.load(Ordering::Acquire)
+    }
+
+    /// No change began since `mark` was taken, nor is one under way.
+    fn settled_since(&self, mark: usize) -> bool {
+        self.pending.load(Ordering::Acquire) == 0 && self.done.load(Ordering::Acquire) == mark
+    }
 }
 
 /// What a replica of a fleet shares with the others.
@@ -224,7 +253,7 @@ impl Agents {
             metrics: None,
             fleet: None,
             remote: arc_swap::ArcSwap::default(),
-            breaker_writes: Default::default(),
+            writes: Writes::default(),
         }
     }
 
@@ -296,20 +325,20 @@ impl Agents {
         let Some(store) = &self.store else {
             return Ok(());
         };
-        let stored = self.breaker_writes.1.load(Ordering::Acquire);
+        let mark = self.writes.mark();
         let suspended: BTreeMap<String, Suspension> = store.suspensions()?.into_iter().collect();
         let breakers: HashMap<String, Breaker> = store.breakers()?.into_iter().collect();
-        let n = suspended.len();
-        *self
-            .suspended
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = suspended;
-        // Checked under each shard's lock, where a breaker changes: a change
-        // made here meanwhile is announced once stored, and the reload
-        // that follows reads it.
-        let settled = || {
-            self.breaker_writes.0.load(Ordering::Acquire) == 0
-                && self.breaker_writes.1.load(Ordering::Acquire) == stored
+        // Checked under the lock each change takes here.
+        let settled = || self.writes.settled_since(mark);
+        let n = {
+            let mut all = self
+                .suspended
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            if settled() {
+                *all = suspended;
+            }
+            all.len()
         };
         for shard in &self.shards {
             let mut agents = shard.lock().unwrap_or_else(PoisonError::into_inner);
@@ -402,7 +431,7 @@ impl Agents {
             if let Some(b) = &a.breaker
                 && now >= b.until_ms
             {
-                self.breaker_writes.0.fetch_add(1, Ordering::AcqRel);
+                self.writes.begin();
                 closed = a.breaker.take();
             }
             let history = History {
@@ -527,7 +556,7 @@ impl Agents {
                         .saturating_add(self.config.breaker_cooldown_s.saturating_mul(1000)),
                     denials,
                 };
-                self.breaker_writes.0.fetch_add(1, Ordering::AcqRel);
+                self.writes.begin();
                 a.breaker = Some(b.clone());
                 b
             })
@@ -603,12 +632,6 @@ impl Agents {
         self.config.breaker_window_s.saturating_mul(1000)
     }
 
-    /// A breaker changed here has reached the store (or failed to).
-    fn breaker_stored(&self) {
-        self.breaker_writes.1.fetch_add(1, Ordering::AcqRel);
-        self.breaker_writes.0.fetch_sub(1, Ordering::AcqRel);
-    }
-
     fn breaker_opened(&self, agent: &str, b: &Breaker) {
         tracing::warn!(agent, denials = b.denials, until = %ms_time(b.until_ms), "circuit breaker opened");
         if let Some(s) = &self.store
@@ -616,7 +639,7 @@ impl Agents {
         {
             tracing::error!(agent, error = %e, "the open breaker is not stored; a restart would close it");
         }
-        self.breaker_stored();
+        self.writes.end();
         self.event(serde_json::json!({
             "agent": agent,
             "change": "breaker-open",
@@ -636,7 +659,7 @@ impl Agents {
         {
             tracing::error!(agent, error = %e, "the closed breaker is still stored; a restart would reopen it until its end");
         }
-        self.breaker_stored();
+        self.writes.end();
         self.event(serde_json::json!({
             "agent": agent,
             "change": "breaker-closed",
@@ -682,17 +705,12 @@ impl Agents {
             "reason": reason,
             "to": "suspended",
         }))?;
-        if let Some(store) = &self.store {
-            store.suspend(agent, &s)?;
-        }
-        let n = {
-            let mut all = self
-                .suspended
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
-            all.insert(agent.to_owned(), s.clone());
-            all.len()
-        };
+        let n = self.change_suspensions(
+            |store| store.suspend(agent, &s),
+            |all| {
+                all.insert(agent.to_owned(), s.clone());
+            },
+        )?;
         if let Some(m) = &self.metrics {
             m.set_agents_suspended(n as u64);
         }
@@ -716,22 +734,37 @@ impl Agents {
             "from": "suspended",
             "to": "running",
         }))?;
-        if let Some(store) = &self.store {
-            store.resume(agent)?;
-        }
-        let n = {
-            let mut all = self
-                .suspended
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
-            all.remove(agent);
-            all.len()
-        };
+        let n = self.change_suspensions(
+            |store| store.resume(agent),
+            |all| {
+                all.remove(agent);
+            },
+        )?;
         if let Some(m) = &self.metrics {
             m.set_agents_suspended(n as u64);
         }
         tracing::warn!(agent, by, "agent resumed");
         Ok(was)
+    }
+
+    /// Stores a change of suspensions, then puts it in force here; returns
+    /// how many agents are suspended.
+    fn change_suspensions(
+        &self,
+        store: impl FnOnce(&dyn AgentStore) -> Result<(), StoreError>,
+        apply: impl FnOnce(&mut BTreeMap<String, Suspension>),
+    ) -> Result<usize, StoreError> {
+        self.writes.begin();
+        let changed = self.store.as_deref().map_or(Ok(()), store).map(|()| {
+            let mut all = self
+                .suspended
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            apply(&mut all);
+            all.len()
+        });
+        self.writes.end();
+        changed
     }
 
     /// An operator's change: an `admin` record, which must be written.
@@ -1117,6 +1150,78 @@ mod tests {
             Gate::Suspended(_)
         ));
         agents.resume("a", "me").expect("resumes");
+        assert_eq!(agents.enrich(&request("a")).gate, Gate::Open);
+    }
+
+    /// A store whose reads of suspensions stop after reading, until told
+    /// to go on: what a follower's reload sees when a change is made here
+    /// while it runs.
+    #[derive(Debug)]
+    struct Paused {
+        inner: crate::state::memory::MemoryState,
+        read: Mutex<std::sync::mpsc::Sender<()>>,
+        go: Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl AgentStore for Paused {
+        fn suspensions(&self) -> Result<Vec<(String, Suspension)>, StoreError> {
+            let read = self.inner.suspensions();
+            let _ = self.read.lock().map(|s| s.send(()));
+            let _ = self.go.lock().map(|r| r.recv());
+            read
+        }
+        fn suspend(&self, agent: &str, s: &Suspension) -> Result<(), StoreError> {
+            self.inner.suspend(agent, s)
+        }
+        fn resume(&self, agent: &str) -> Result<(), StoreError> {
+            self.inner.resume(agent)
+        }
+        fn breakers(&self) -> Result<Vec<(String, Breaker)>, StoreError> {
+            self.inner.breakers()
+        }
+        fn open_breaker(&self, agent: &str, b: &Breaker) -> Result<(), StoreError> {
+            self.inner.open_breaker(agent, b)
+        }
+        fn close_breaker(&self, agent: &str) -> Result<(), StoreError> {
+            self.inner.close_breaker(agent)
+        }
+        fn spend(&self) -> Result<Vec<(String, DaySpend)>, StoreError> {
+            self.inner.spend()
+        }
+        fn save_spend(&self, spend: &[(String, DaySpend)]) -> Result<(), StoreError> {
+            self.inner.save_spend(spend)
+        }
+    }
+
+    #[test]
+    fn a_reload_that_read_before_a_resume_here_does_not_suspend_again() {
+        let (read_tx, read_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel();
+        let inner = crate::state::memory::MemoryState::new();
+        let at = Suspension {
+            reason: "why".into(),
+            by: "me".into(),
+            at: ms_time(0),
+        };
+        inner.suspend("a", &at).expect("stored");
+        let store = Arc::new(Paused {
+            inner,
+            read: Mutex::new(read_tx),
+            go: Mutex::new(go_rx),
+        });
+        // Opening reads once; let it through.
+        go_tx.send(()).expect("go");
+        let agents =
+            Agents::durable(AgentsConfig::default(), Arc::new(Fixed(0)), store).expect("opens");
+        read_rx.recv().expect("read at opening");
+        std::thread::scope(|s| {
+            let reload = s.spawn(|| agents.reload());
+            // The reload has read `a` suspended; now it is resumed here.
+            read_rx.recv().expect("the reload reads");
+            agents.resume("a", "me").expect("resumes");
+            go_tx.send(()).expect("go");
+            reload.join().expect("no panic").expect("reloads");
+        });
         assert_eq!(agents.enrich(&request("a")).gate, Gate::Open);
     }
 }
