@@ -319,7 +319,11 @@ impl Approvals {
             status: Status::Pending,
             digest,
             policies: asking,
-            request: json!({"action": request.action, "context": request.context}),
+            request: json!({
+                "action": request.action,
+                "context": request.context,
+                "history": request.history,
+            }),
             rule: decision.rule.clone(),
             reason: decision.reason.clone(),
             risk: decision.risk,
@@ -334,6 +338,17 @@ impl Approvals {
             ),
             approvers: Vec::new(),
             used_by: None,
+            verdicts: decision
+                .policies
+                .iter()
+                .map(|p| crate::state::Verdict {
+                    policy: p.name.clone(),
+                    outcome: p.outcome.as_str().to_owned(),
+                    rule: p.rule.clone(),
+                    reason: p.reason.clone(),
+                    risk: p.risk,
+                })
+                .collect(),
         };
         if let Err(e) = self.create(&approval) {
             let reason = format!(
@@ -638,6 +653,11 @@ impl Approvals {
             }
             all.remove(&id);
         }
+    }
+
+    /// A receiver that changes whenever any approval does, for live views.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     /// Waits until approval `id` changes or `wait` passes, and returns it

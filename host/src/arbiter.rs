@@ -199,6 +199,11 @@ impl Arbiter {
         self.agents.as_ref()
     }
 
+    /// The decision log, when there is one.
+    pub fn log(&self) -> Option<&Arc<DecisionLog>> {
+        self.log.as_ref()
+    }
+
     /// This arbiter with the shadow queue and baseline sized by `config`;
     /// before its first decision.
     #[must_use]

@@ -26,8 +26,8 @@
 //! Around the flow: [`load`] brings one policy into service, [`set`]
 //! assembles a whole policy set from configuration, [`reload`] changes what
 //! serves at run time, [`state`] keeps what must survive a restart behind
-//! traits. The doors: [`front_door`] (HTTP), [`mcp`] (MCP gateway), run by
-//! [`server`] and [`cli`].
+//! traits. The doors: [`front_door`] (HTTP), [`mcp`] (MCP gateway), with
+//! [`console`] for people on the admin plane, run by [`server`] and [`cli`].
 //!
 //! # Layers
 //!
@@ -48,8 +48,9 @@
 //! | 8 | [`reload`], [`cases`], [`client`], [`fleet`] | what changes or drives the flow |
 //! | 9 | [`mcp`] | the MCP door |
 //! | 10 | [`front_door`] | the HTTP door |
-//! | 11 | [`server`] | runs the doors |
-//! | 12 | [`cli`] | the command line |
+//! | 11 | [`console`] | the operator console, on the admin plane |
+//! | 12 | [`server`] | runs the doors |
+//! | 13 | [`cli`] | the command line |
 #![deny(missing_docs)]
 
 pub mod admission;
@@ -60,6 +61,7 @@ pub mod cli;
 pub mod client;
 pub mod combine;
 pub mod config;
+pub mod console;
 pub mod decision;
 pub mod engine;
 pub mod enrich;

@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use http_body_util::BodyExt as _;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -396,6 +397,7 @@ pub async fn bind(
     let (admin_listener, admin) = bind_admin(&admin_listen, &base).await?;
     warn_if_open(&config, addr, &admin);
     let config = Arc::new(config);
+    let console_config = config.console.clone();
     let state = Arc::new(AppState::new(
         Arc::clone(&config),
         base.clone(),
@@ -513,9 +515,29 @@ pub async fn bind(
             }
         }
     });
+    let console = console_config.enabled.then(|| {
+        let samples = Arc::new(crate::console::samples::Samples::new());
+        let mut samples_stop = stop.subscribe();
+        tokio::spawn(crate::console::samples::run(
+            Arc::clone(&state.metrics),
+            Arc::clone(&samples),
+            async move { stopped(&mut samples_stop).await },
+        ));
+        let listen = match &admin {
+            AdminEndpoint::Tcp(a) => Some(*a),
+            AdminEndpoint::Unix(_) => None,
+        };
+        Arc::new(crate::console::Console::new(
+            &console_config,
+            listen,
+            samples,
+            stop.subscribe(),
+        ))
+    });
     let admin_serve = tokio::spawn(admin_loop(
         admin_listener,
         Arc::clone(&state),
+        console,
         stop.subscribe(),
     ));
     let decisions = tokio::spawn(accept_loop(listener, Arc::clone(&state), stop_rx));
@@ -640,6 +662,7 @@ enum Conn {
 async fn admin_loop(
     listener: AdminListener,
     state: Arc<AppState>,
+    console: Option<Arc<crate::console::Console>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
@@ -664,8 +687,20 @@ async fn admin_loop(
         let header_timeout = state.service.load().config.server.header_timeout();
         let write_timeout = state.service.load().config.server.write_timeout();
         let state = Arc::clone(&state);
-        let service =
-            service_fn(move |req| crate::front_door::admin::serve(Arc::clone(&state), req));
+        let console = console.clone();
+        let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let (state, console) = (Arc::clone(&state), console.clone());
+            async move {
+                match console {
+                    Some(c) if crate::console::is_console_path(req.uri().path()) => {
+                        crate::console::serve(c, state, req).await
+                    }
+                    _ => crate::front_door::admin::serve(state, req)
+                        .await
+                        .map(|r| r.map(|b| b.map_err(|never| match never {}).boxed())),
+                }
+            }
+        });
         let mut builder = http1::Builder::new();
         builder
             .timer(TokioTimer::new())

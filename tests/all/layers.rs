@@ -48,9 +48,11 @@ const LAYERS: &[(&str, u8)] = &[
     // The doors.
     ("mcp", 9),
     ("front_door", 10),
-    ("server", 11),
-    ("cli", 12),
-    ("main", 13),
+    // The operator console, on the admin plane's functions.
+    ("console", 11),
+    ("server", 12),
+    ("cli", 13),
+    ("main", 14),
 ];
 
 /// Imports that break the rule on purpose, each with its reason.

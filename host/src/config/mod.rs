@@ -20,8 +20,10 @@ use crate::engine::EngineConfig;
 use crate::evaluate::Limits;
 use crate::route::RouteSpec;
 
+mod console;
 mod identity;
 
+pub use console::ConsoleConfig;
 pub use identity::{
     ASYMMETRIC, AdminConfig, AdminListen, AgentToken, ApprovalRule, IdentityConfig, JwtConfig,
     OperatorToken, Role,
@@ -87,6 +89,9 @@ pub struct Config {
     /// The MCP gateway: servers Arbiter stands in front of.
     #[serde(default)]
     pub mcp: McpConfig,
+    /// The operator console on the admin listener.
+    #[serde(default)]
+    pub console: ConsoleConfig,
 }
 
 /// `[mcp]`: the MCP servers the gateway governs ([`crate::mcp`]).
@@ -1026,6 +1031,7 @@ impl Config {
         self.state.check()?;
         check_mcp(&self.mcp)?;
         self.authorizer.check()?;
+        self.console.check()?;
         identity::check(&self.identity, &self.admin, &self.approvals.rules)?;
         if self.identity.enabled() && self.auth.decide_token.is_some() {
             return Err("with `[identity]`, each caller presents its own credential: remove `auth.decide_token`".into());

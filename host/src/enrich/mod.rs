@@ -718,22 +718,31 @@ impl Agents {
         Ok(s)
     }
 
-    /// Lifts `agent`'s suspension.
+    /// Lifts `agent`'s suspension, with the operator's reason if given.
     ///
     /// # Errors
     /// [`AgentError`]: not suspended, or the store or the log cannot take
     /// it.
-    pub fn resume(&self, agent: &str, by: &str) -> Result<Suspension, AgentError> {
+    pub fn resume(
+        &self,
+        agent: &str,
+        reason: Option<&str>,
+        by: &str,
+    ) -> Result<Suspension, AgentError> {
         let Some(was) = self.read_suspended().get(agent).cloned() else {
             return Err(AgentError::NotSuspended(agent.to_owned()));
         };
-        self.record(serde_json::json!({
+        let mut record = serde_json::json!({
             "actor": by,
             "agent": agent,
             "change": "resume",
             "from": "suspended",
             "to": "running",
-        }))?;
+        });
+        if let Some(reason) = reason.filter(|r| !r.trim().is_empty()) {
+            record["reason"] = reason.into();
+        }
+        self.record(record)?;
         let n = self.change_suspensions(
             |store| store.resume(agent),
             |all| {
@@ -1141,7 +1150,7 @@ mod tests {
             Err(AgentError::Empty(_))
         ));
         assert!(matches!(
-            agents.resume("a", "me"),
+            agents.resume("a", None, "me"),
             Err(AgentError::NotSuspended(_))
         ));
         agents.suspend("a", "why", "me").expect("suspends");
@@ -1149,7 +1158,7 @@ mod tests {
             agents.enrich(&request("a")).gate,
             Gate::Suspended(_)
         ));
-        agents.resume("a", "me").expect("resumes");
+        agents.resume("a", None, "me").expect("resumes");
         assert_eq!(agents.enrich(&request("a")).gate, Gate::Open);
     }
 
@@ -1218,7 +1227,7 @@ mod tests {
             let reload = s.spawn(|| agents.reload());
             // The reload has read `a` suspended; now it is resumed here.
             read_rx.recv().expect("the reload reads");
-            agents.resume("a", "me").expect("resumes");
+            agents.resume("a", None, "me").expect("resumes");
             go_tx.send(()).expect("go");
             reload.join().expect("no panic").expect("reloads");
         });

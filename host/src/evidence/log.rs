@@ -371,6 +371,7 @@ impl DecisionLog {
             }),
             sync_handle: Mutex::new(Arc::new(sync_handle)),
             checkpoints: Mutex::new(checkpoints),
+            checkpoints_path,
             key,
             dir: dir.clone(),
             sync_interval: Duration::from_millis(config.sync_interval_ms),
@@ -408,6 +409,15 @@ impl DecisionLog {
     /// The directory.
     pub fn dir(&self) -> &Path {
         &self.shared.dir
+    }
+
+    /// What `arbiter log verify` checks this log against: the public half
+    /// of its checkpoint key and its checkpoints file.
+    pub fn verify_options(&self) -> super::audit::VerifyOptions {
+        super::audit::VerifyOptions {
+            key: self.shared.key.public(),
+            checkpoints_file: Some(self.shared.checkpoints_path.clone()),
+        }
     }
 
     /// Records `decision`, made for `request` with the host's `history` of
@@ -772,6 +782,7 @@ struct Shared {
     /// a write.
     sync_handle: Mutex<Arc<File>>,
     checkpoints: Mutex<File>,
+    checkpoints_path: PathBuf,
     key: KeyPair,
     dir: PathBuf,
     sync_interval: Duration,

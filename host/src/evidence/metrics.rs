@@ -89,6 +89,30 @@ impl Histogram {
     }
 }
 
+/// The counters the operator console draws, at one moment; differences
+/// of two give what happened between them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Decisions by outcome.
+    pub decisions: BTreeMap<String, u64>,
+    /// Decisions in each latency bucket ([`Snapshot::LATENCY_BOUNDS_MICROS`]),
+    /// then those above the last bound.
+    pub latency: Vec<u64>,
+    /// Failures (traps, fuel, deadline, ...) by policy.
+    pub policy_failures: BTreeMap<String, u64>,
+    /// Versions refused by the load pipeline, by policy.
+    pub load_failures: BTreeMap<String, u64>,
+    /// Shadow evaluations waiting.
+    pub shadow_pending: u64,
+    /// Shadow evaluations dropped because the queue was full.
+    pub shadow_dropped: u64,
+}
+
+impl Snapshot {
+    /// The latency buckets' upper bounds, in microseconds.
+    pub const LATENCY_BOUNDS_MICROS: &[u64] = LATENCY_BUCKETS_MICROS;
+}
+
 /// Every counter Arbiter keeps. Cheap to share behind an `Arc`.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -636,6 +660,46 @@ impl Metrics {
             );
         }
         out
+    }
+
+    /// The figures the operator console draws, read together.
+    pub fn snapshot(&self) -> Snapshot {
+        let c = self.lock();
+        let mut latency: Vec<u64> = self
+            .latency
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let counted: u64 = latency.iter().sum();
+        latency.push(
+            self.latency
+                .count
+                .load(Ordering::Relaxed)
+                .saturating_sub(counted),
+        );
+        Snapshot {
+            decisions: c
+                .decisions
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), *v))
+                .collect(),
+            latency,
+            policy_failures: c
+                .policies
+                .iter()
+                .map(|(name, p)| (name.clone(), p.failures.values().sum()))
+                .collect(),
+            load_failures: c.load_failures.iter().fold(
+                BTreeMap::new(),
+                |mut all, ((name, _), n)| {
+                    *all.entry(name.clone()).or_default() += n;
+                    all
+                },
+            ),
+            shadow_pending: self.shadow_pending.load(Ordering::Relaxed),
+            shadow_dropped: c.shadow_dropped.values().sum(),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Counters> {

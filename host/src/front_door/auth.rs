@@ -107,6 +107,33 @@ impl Credentials {
     }
 }
 
+impl Credentials {
+    /// Whether any operator credential is configured: without one nobody
+    /// can sign in to the console.
+    pub fn operators_configured(&self) -> bool {
+        self.operators.configured()
+    }
+
+    /// The operator `token` names now: its roles as configured at this
+    /// moment, a JWT's expiry checked again. The console calls it on every
+    /// request of a session.
+    ///
+    /// # Errors
+    /// 401 for a token that names no operator (any more), 503 when the
+    /// identity provider's keys cannot be had.
+    pub async fn operator_of(&self, token: &str) -> Result<Operator, FrontDoorError> {
+        if !self.operators.configured() {
+            return Err(FrontDoorError::Unauthorized(
+                "no operator credential is configured".into(),
+            ));
+        }
+        self.operators
+            .authenticate(Some(token))
+            .await
+            .map_err(refused)
+    }
+}
+
 /// Refuses `op` unless it holds `role`.
 ///
 /// # Errors

@@ -610,8 +610,9 @@ fn reply_headers(from: &HeaderMap) -> HeaderMap {
     h
 }
 
-/// A body fed by a channel, for rewritten event streams.
-struct ChannelBody(mpsc::Receiver<Bytes>);
+/// A body fed by a channel, for event streams: it ends when the sender
+/// is dropped.
+pub(crate) struct ChannelBody(pub(crate) mpsc::Receiver<Bytes>);
 
 impl HttpBody for ChannelBody {
     type Data = Bytes;

@@ -36,6 +36,7 @@ pub fn approval(id: &str, status: ApprovalStatus) -> Approval {
         required: 1,
         approvers: Vec::new(),
         used_by: None,
+        verdicts: Vec::new(),
     }
 }
 

@@ -798,6 +798,25 @@ pub struct Approval {
     /// The decision that used it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub used_by: Option<String>,
+    /// What each policy of the asking decision said, for the person
+    /// deciding (empty in approvals stored before it was kept).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verdicts: Vec<Verdict>,
+}
+
+/// One policy's answer in the decision that asked for an approval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// The policy.
+    pub policy: String,
+    /// Its outcome, as on the wire.
+    pub outcome: String,
+    /// Its rule.
+    pub rule: String,
+    /// Its reason.
+    pub reason: String,
+    /// Its risk, 0 to 100.
+    pub risk: u8,
 }
 
 fn one() -> u8 {

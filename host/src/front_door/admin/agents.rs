@@ -68,6 +68,23 @@ pub(crate) async fn agent_change(
 ) -> Result<Response<Body>, FrontDoorError> {
     let body: AgentChangeBody = admin_body(service, req).await?.unwrap_or_default();
     let id = percent_decode(&id, false)?;
+    let reason = match body.reason {
+        None if suspend => Some(required(None, r#"{"reason": "leaking data"}"#)?),
+        r => r,
+    };
+    let done = change(state, id, suspend, reason, op).await?;
+    Ok(json_response(StatusCode::OK, &done))
+}
+
+/// Suspends or resumes agent `id` as `op`, with `reason` (required to
+/// suspend): the one path of the API, the CLI and the console.
+pub(crate) async fn change(
+    state: &AppState,
+    id: String,
+    suspend: bool,
+    reason: Option<String>,
+    op: &Operator,
+) -> Result<serde_json::Value, FrontDoorError> {
     let arbiter = state.arbiter().ok_or(FrontDoorError::NotReady)?;
     let agents =
         Arc::clone(arbiter.agents().ok_or_else(|| {
@@ -75,10 +92,10 @@ pub(crate) async fn agent_change(
         })?);
     let by = op.name.clone();
     let result = if suspend {
-        let reason = required(body.reason, r#"{"reason": "leaking data"}"#)?;
+        let reason = reason.unwrap_or_default();
         tokio::task::spawn_blocking(move || agents.suspend(&id, &reason, &by)).await
     } else {
-        tokio::task::spawn_blocking(move || agents.resume(&id, &by)).await
+        tokio::task::spawn_blocking(move || agents.resume(&id, reason.as_deref(), &by)).await
     };
     let done = result
         .map_err(|e| FrontDoorError::Unavailable(format!("the task failed: {e}")))?
@@ -94,8 +111,5 @@ pub(crate) async fn agent_change(
                 FrontDoorError::Unavailable(e.to_string())
             }
         })?;
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({"suspended": suspend, "suspension": done}),
-    ))
+    Ok(json!({"suspended": suspend, "suspension": done}))
 }

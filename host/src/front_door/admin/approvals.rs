@@ -128,24 +128,40 @@ pub(crate) async fn approval_answer(
         admin_body(service, req).await?,
         r#"{"reason": "PO 1182 checked with finance"}"#,
     )?;
-    let approvals = Arc::clone(approvals_of(state)?);
     let id = percent_decode(&id, false)?;
-    // An approver limited to some policies or rules answers only those.
-    if let Some(a) = approvals.get(&id) {
-        let in_scope = |globs: &[String], name: &str| globs.iter().any(|g| glob(g, name));
-        let policies_ok = a.policies.keys().all(|p| in_scope(&op.policies, p));
-        if !policies_ok || !in_scope(&op.rules, &a.rule) {
-            return Err(FrontDoorError::Denied(format!(
-                "approver `{}` may not answer approvals of rule `{}` asked by {}",
-                op.name,
-                a.rule,
-                a.policies.keys().cloned().collect::<Vec<_>>().join(", ")
-            )));
-        }
+    let done = answer(state, id, granted, body.reason.unwrap_or_default(), op).await?;
+    Ok(json_response(StatusCode::OK, &done))
+}
+
+/// Whether `op` may answer `approval` at all: an approver limited to some
+/// policies or rules answers only those.
+pub(crate) fn in_scope(op: &Operator, approval: &crate::approvals::Approval) -> bool {
+    let matches = |globs: &[String], name: &str| globs.iter().any(|g| glob(g, name));
+    approval.policies.keys().all(|p| matches(&op.policies, p)) && matches(&op.rules, &approval.rule)
+}
+
+/// Approves or declines approval `id` as `op`, with `reason`: the one path
+/// of the API, the CLI and the console.
+pub(crate) async fn answer(
+    state: &AppState,
+    id: String,
+    granted: bool,
+    reason: String,
+    op: &Operator,
+) -> Result<crate::approvals::Approval, FrontDoorError> {
+    let approvals = Arc::clone(approvals_of(state)?);
+    if let Some(a) = approvals.get(&id)
+        && !in_scope(op, &a)
+    {
+        return Err(FrontDoorError::Denied(format!(
+            "approver `{}` may not answer approvals of rule `{}` asked by {}",
+            op.name,
+            a.rule,
+            a.policies.keys().cloned().collect::<Vec<_>>().join(", ")
+        )));
     }
     let by = op.name.clone();
-    let reason = body.reason.unwrap_or_default();
-    let done = tokio::task::spawn_blocking(move || approvals.answer(&id, granted, &by, &reason))
+    tokio::task::spawn_blocking(move || approvals.answer(&id, granted, &by, &reason))
         .await
         .map_err(|e| FrontDoorError::Unavailable(format!("the task failed: {e}")))?
         .map_err(|e| match e {
@@ -159,6 +175,5 @@ pub(crate) async fn approval_answer(
             ApprovalError::Store(_) | ApprovalError::Unrecorded(_) => {
                 FrontDoorError::Unavailable(e.to_string())
             }
-        })?;
-    Ok(json_response(StatusCode::OK, &done))
+        })
 }

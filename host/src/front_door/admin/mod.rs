@@ -49,6 +49,7 @@ use crate::identity::Operator;
 /// The path prefixes only the admin plane serves.
 const ADMIN_PREFIXES: &[&str] = &[
     "/v1/whoami",
+    "/console",
     "/v1/policies",
     "/v1/reload",
     "/v1/ab/",

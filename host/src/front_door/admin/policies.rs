@@ -28,15 +28,26 @@ pub(crate) async fn rollback(
     op: &Operator,
 ) -> Result<Response<Body>, FrontDoorError> {
     let body: RollbackBody = admin_body(service, req).await?.unwrap_or_default();
+    let done = roll_back(state, &name, body.version.as_deref(), op)?;
+    Ok(json_response(StatusCode::OK, &done))
+}
+
+/// Serves `version` of policy `name` again (the one before the serving, if
+/// `None`) as `op`: the one path of the API, the CLI and the console.
+pub(crate) fn roll_back(
+    state: &AppState,
+    name: &str,
+    version: Option<&str>,
+    op: &Operator,
+) -> Result<crate::reload::RolledBack, FrontDoorError> {
     let registry = state.registry().ok_or(FrontDoorError::NotReady)?;
-    match registry.rollback(&name, body.version.as_deref(), &op.name) {
-        Ok(done) => Ok(json_response(StatusCode::OK, &done)),
-        Err(e @ RollbackError::UnknownPolicy(_)) => {
-            Err(FrontDoorError::UnknownPolicy(e.to_string()))
-        }
-        Err(e @ RollbackError::Unrecorded(_)) => Err(FrontDoorError::Unavailable(e.to_string())),
-        Err(e) => Err(FrontDoorError::Conflict(e.to_string())),
-    }
+    registry
+        .rollback(name, version, &op.name)
+        .map_err(|e| match e {
+            RollbackError::UnknownPolicy(_) => FrontDoorError::UnknownPolicy(e.to_string()),
+            RollbackError::Unrecorded(_) => FrontDoorError::Unavailable(e.to_string()),
+            _ => FrontDoorError::Conflict(e.to_string()),
+        })
 }
 
 pub(crate) fn policies(state: &AppState, service: &Service) -> Response<Body> {

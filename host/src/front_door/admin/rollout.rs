@@ -31,11 +31,22 @@ pub(crate) async fn set_mode(
     op: &Operator,
 ) -> Result<Response<Body>, FrontDoorError> {
     let body: ModeBody = required(admin_body(service, req).await?, r#"{"mode": "monitor"}"#)?;
-    let registry = state.registry().ok_or(FrontDoorError::NotReady)?;
-    let done = registry
-        .set_mode(&name, body.mode, &op.name)
-        .map_err(rollout_error)?;
+    let done = mode_to(state, &name, body.mode, op)?;
     Ok(json_response(StatusCode::OK, &done))
+}
+
+/// Sets policy `name`'s mode as `op`: the one path of the API, the CLI and
+/// the console.
+pub(crate) fn mode_to(
+    state: &AppState,
+    name: &str,
+    mode: Mode,
+    op: &Operator,
+) -> Result<crate::reload::ModeChanged, FrontDoorError> {
+    let registry = state.registry().ok_or(FrontDoorError::NotReady)?;
+    registry
+        .set_mode(name, mode, &op.name)
+        .map_err(rollout_error)
 }
 
 /// The body of `POST /v1/policies/{name}/promote`.
@@ -53,15 +64,25 @@ pub(crate) async fn promote(
     op: &Operator,
 ) -> Result<Response<Body>, FrontDoorError> {
     let body: PromoteBody = required(admin_body(service, req).await?, r#"{"candidate": "v2"}"#)?;
+    let done = promote_candidate(state, name, body.candidate, op).await?;
+    Ok(json_response(StatusCode::OK, &done))
+}
+
+/// Promotes candidate `candidate` of policy `name` as `op`: the one path of
+/// the API, the CLI and the console.
+pub(crate) async fn promote_candidate(
+    state: &AppState,
+    name: String,
+    candidate: String,
+    op: &Operator,
+) -> Result<crate::reload::Promoted, FrontDoorError> {
     let registry = Arc::clone(state.registry().ok_or(FrontDoorError::NotReady)?);
     let actor = op.name.clone();
     // A promotion compiles: off the reactor.
-    let done =
-        tokio::task::spawn_blocking(move || registry.promote(&name, &body.candidate, &actor))
-            .await
-            .map_err(|e| FrontDoorError::Unavailable(format!("the promotion task failed: {e}")))?
-            .map_err(rollout_error)?;
-    Ok(json_response(StatusCode::OK, &done))
+    tokio::task::spawn_blocking(move || registry.promote(&name, &candidate, &actor))
+        .await
+        .map_err(|e| FrontDoorError::Unavailable(format!("the promotion task failed: {e}")))?
+        .map_err(rollout_error)
 }
 
 pub(crate) fn rollout_error(e: RolloutError) -> FrontDoorError {
