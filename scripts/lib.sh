@@ -47,6 +47,26 @@ ensure_mcp_peers() {
     touch "$stamp"
 }
 
+# The console tests' real browser: Debian's Chromium, driven by
+# playwright-core from npm (pinned; it never downloads a browser of its
+# own), installed once into $ARBITER_BROWSER_PEERS (default
+# target/browser-peers).
+PLAYWRIGHT_VERSION=1.64.1
+ensure_browser_peers() {
+    ensure_debian_package chromium /usr/bin/chromium
+    local dir=${ARBITER_BROWSER_PEERS:-$PWD/target/browser-peers}
+    local stamp="$dir/.installed-$PLAYWRIGHT_VERSION"
+    if [ -f "$stamp" ]; then
+        return
+    fi
+    echo "installing playwright-core $PLAYWRIGHT_VERSION into $dir (once)" >&2
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    (cd "$dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install -q --no-audit --no-fund --no-save \
+        "playwright-core@$PLAYWRIGHT_VERSION" >/dev/null)
+    touch "$stamp"
+}
+
 # The toolchains that build the Go, JavaScript and Python example policies,
 # pinned, installed once into $ARBITER_TOOLCHAINS (default
 # ~/.cache/arbiter-toolchains, which outlives a clean clone; each tool has a

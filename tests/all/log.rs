@@ -1017,6 +1017,28 @@ fn retention_lets_whole_sealed_segments_go_and_says_so() {
 }
 
 #[test]
+fn segments_still_rotate_when_every_record_is_checkpointed() {
+    // A checkpoint after each record left nothing to sign when a full
+    // segment asked to be sealed, and the request was dropped: one segment
+    // grew without bound, and retention could free nothing.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = LogConfig {
+        max_segment_bytes: 4096,
+        checkpoint_every: 1,
+        checkpoint_interval_ms: 20,
+        ..config(dir.path())
+    };
+    write_paced(log, 40, Duration::from_millis(2));
+    let all = segments(&logs(dir.path())).expect("list");
+    assert!(all.len() >= 4, "{all:?}");
+    for s in &all[..all.len() - 1] {
+        let len = std::fs::metadata(s).expect("size").len();
+        assert!(len < 3 * 4096, "{} is {len} bytes", s.display());
+    }
+    verify(dir.path()).expect("verifies");
+}
+
+#[test]
 fn retention_by_age_lets_old_sealed_segments_go() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = LogConfig {

@@ -8,6 +8,7 @@ mod bounds;
 mod bypass;
 mod chain;
 mod concurrency;
+mod console;
 mod fleet;
 mod hostile;
 mod languages;

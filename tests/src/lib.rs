@@ -129,6 +129,7 @@ pub fn certificate_for(name: &str) -> (rcgen::Certificate, rcgen::Certificate, r
 }
 
 pub mod binary;
+pub mod browser;
 pub mod fleet;
 pub mod http;
 pub mod languages;

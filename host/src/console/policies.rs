@@ -22,6 +22,10 @@ const SAMPLES_SHOWN: usize = 5;
 
 pub(crate) struct VersionView {
     version: String,
+    /// What a rollback to it posts: its digest, or nothing for the one
+    /// loaded just before the serving one (a promoted candidate can share
+    /// its bytes, and so its digest, with the version it replaced).
+    rollback_to: Option<String>,
     short: String,
     loaded_at: String,
     signer: String,
@@ -89,6 +93,7 @@ fn version_view(v: &crate::reload::VersionStatus) -> VersionView {
     VersionView {
         short: view::short(&v.version),
         version: v.version.clone(),
+        rollback_to: Some(v.version.clone()),
         loaded_at: v.loaded_at.clone(),
         signer: v.signer.as_ref().map_or_else(
             || "unsigned".to_owned(),
@@ -212,7 +217,15 @@ fn policy_view(ctx: &Ctx<'_>, p: &PolicyStatus) -> PolicyView {
             .filter(|m| **m != p.mode)
             .map(|m| m.as_str())
             .collect(),
-        versions: p.versions.iter().map(version_view).collect(),
+        versions: {
+            let mut all: Vec<VersionView> = p.versions.iter().map(version_view).collect();
+            if let Some(i) = all.iter().position(|v| v.serving)
+                && let Some(before) = all.get_mut(i + 1)
+            {
+                before.rollback_to = None;
+            }
+            all
+        },
         last_attempt,
         last_error,
         candidates,

@@ -1060,13 +1060,25 @@ impl Shared {
             if rotate {
                 c.rotate = false;
             }
-            if c.since_checkpoint == 0 || c.gap.is_some() || (c.closed && !seal) {
+            if c.gap.is_some() || (c.closed && !seal) {
                 return;
             }
-            c.push_checkpoint(&self.key);
-            c.take()
+            if c.since_checkpoint == 0 {
+                // The segment already ends in a checkpoint (with
+                // `checkpoint_every = 1`, always): nothing to sign, but a
+                // full segment is still sealed and a new one begun.
+                if !rotate {
+                    return;
+                }
+                None
+            } else {
+                c.push_checkpoint(&self.key);
+                Some(c.take())
+            }
         };
-        if !self.write(&mut out, batch) {
+        if let Some(batch) = batch
+            && !self.write(&mut out, batch)
+        {
             tracing::error!("decision log: checkpoint not written");
             return;
         }

@@ -1,0 +1,582 @@
+//! The operator console: end to end in a real browser (Debian's Chromium
+//! driven by playwright-core, `tests/console/e2e.mjs`) against a real
+//! `arbiter serve`, and its guards attacked over raw HTTP, each attack
+//! named and its refusal asserted.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use arbiter::config::{CandidateConfig, CandidateRole, Config, OperatorToken, Role};
+use arbiter::identity::token_digest;
+use arbiter::server::ServeOptions;
+use arbiter_tests::http::{self, Reply};
+use arbiter_tests::{Server, browser, log_records, refused, server_config};
+use serde_json::{Value, json};
+
+const ALICE: &str = "console-alice-token";
+const BOB: &str = "console-bob-token";
+const AUDREY: &str = "console-audrey-token";
+
+fn operator(name: &str, token: &str, roles: &[Role]) -> OperatorToken {
+    OperatorToken {
+        name: name.into(),
+        sha256: token_digest(token),
+        roles: roles.to_vec(),
+        policies: vec!["*".into()],
+        rules: vec!["*".into()],
+    }
+}
+
+/// Procurement on every route; alice approves and operates, bob approves,
+/// audrey audits.
+fn config(candidates: Vec<CandidateConfig>) -> Config {
+    let mut config = server_config(&[("procurement", "procurement", json!({}))]);
+    config.policies[0].candidates = candidates;
+    config.admin.operators = vec![
+        operator("alice", ALICE, &[Role::Approver, Role::Operator]),
+        operator("bob", BOB, &[Role::Approver]),
+        operator("audrey", AUDREY, &[Role::Auditor]),
+    ];
+    config
+}
+
+fn input(server: &Server) -> Value {
+    json!({
+        "admin": format!("http://{}", server.admin),
+        "decide": format!("http://{}", server.addr),
+        "tokens": {"alice": ALICE, "bob": BOB, "audrey": AUDREY},
+    })
+}
+
+fn start_logging(config: Config, log: &Path) -> Server {
+    let mut options = ServeOptions::default();
+    options.overrides.log_dir = Some(log.to_owned());
+    Server::start(config, options)
+}
+
+#[test]
+fn in_a_browser_a_live_request_is_approved_once_and_the_log_names_the_approver() {
+    let log = tempfile::tempdir().expect("log");
+    let server = start_logging(config(Vec::new()), log.path());
+    let found = browser::scenario("approve", &input(&server));
+    let id = found["approval"].as_str().expect("approval id");
+    drop(server);
+    let answers = log_records(log.path(), "admin");
+    let answer = answers
+        .iter()
+        .find(|r| r["approval"] == id)
+        .unwrap_or_else(|| panic!("no admin record for {id}: {answers:?}"));
+    assert_eq!(answer["actor"], "alice", "{answer}");
+    assert_eq!(answer["reason"], "PO 1182 checked with finance", "{answer}");
+}
+
+#[test]
+fn in_a_browser_own_requests_auditors_and_forged_posts_are_refused() {
+    let server = Server::start(config(Vec::new()), Default::default());
+    let found = browser::scenario("refusals", &input(&server));
+    let id = found["approval"].as_str().expect("approval id");
+    let r = http::send(
+        server.admin,
+        "GET",
+        &format!("/v1/approvals/{id}"),
+        &[("authorization", &format!("Bearer {ALICE}"))],
+        b"",
+    );
+    assert_eq!(
+        r.json()["status"],
+        "pending",
+        "nothing was answered: {}",
+        r.body
+    );
+}
+
+#[test]
+fn in_a_browser_a_suspension_from_the_console_denies_the_agent() {
+    let log = tempfile::tempdir().expect("log");
+    let server = start_logging(config(Vec::new()), log.path());
+    browser::scenario("suspend", &input(&server));
+    drop(server);
+    let changes: Vec<(Value, Value, Value)> = log_records(log.path(), "admin")
+        .into_iter()
+        .filter(|r| r["agent"] == "rogue-bot")
+        .map(|r| (r["change"].clone(), r["actor"].clone(), r["reason"].clone()))
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            (
+                json!("suspend"),
+                json!("alice"),
+                json!("wiring money to unknown payees")
+            ),
+            (json!("resume"), json!("alice"), json!("payees checked")),
+        ]
+    );
+}
+
+#[test]
+fn in_a_browser_modes_promotion_and_rollback_go_through_the_admin_plane() {
+    let lenient = CandidateConfig {
+        id: "lenient".into(),
+        role: CandidateRole::Shadow,
+        percent: None,
+        file: None,
+        example: None,
+        settings: Some(json!({"approval_over": 6000})),
+        limits: None,
+    };
+    let server = Server::start(config(vec![lenient]), Default::default());
+    // Decisions the candidate answers otherwise, for its matrix.
+    for amount in [5500, 5800, 100] {
+        let r = http::post_json(
+            server.addr,
+            "/v1/decide",
+            &json!({
+                "action": {"kind": "tool", "name": "payments.transfer", "params": {"amount": amount}},
+                "context": {"agent": {"id": "bot"}},
+            }),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    arbiter_tests::wait_for("the shadow comparisons", || {
+        let r = http::send(
+            server.admin,
+            "GET",
+            "/v1/ab/procurement",
+            &[("authorization", &format!("Bearer {AUDREY}"))],
+            b"",
+        );
+        r.json()["pairs"][0]["compared"] == 3
+    });
+    browser::scenario("rollout", &input(&server));
+    let status = http::send(
+        server.admin,
+        "GET",
+        "/v1/policies",
+        &[("authorization", &format!("Bearer {AUDREY}"))],
+        b"",
+    )
+    .json();
+    let p = &status["policies"][0];
+    assert_eq!(p["mode"], "enforce", "{p}");
+    assert_eq!(p["versions"].as_array().map(Vec::len), Some(2), "{p}");
+}
+
+#[test]
+fn in_a_browser_a_tampered_copy_of_the_log_shows_where_it_breaks() {
+    let (log, state) = (
+        tempfile::tempdir().expect("log"),
+        tempfile::tempdir().expect("state"),
+    );
+    let mut first = config(Vec::new());
+    first.state.dir = Some(state.path().to_owned());
+    // Small segments, each record under a checkpoint: a server opens a log
+    // whose older segments were changed (only `verify` reads them all).
+    first.log.max_segment_bytes = 4096;
+    first.log.checkpoint_every = 1;
+    first.log.checkpoint_interval_ms = 20;
+    let server = start_logging(first, log.path());
+    let decide = |agent: &str, amount: u64| {
+        let r = http::post_json(
+            server.addr,
+            "/v1/decide",
+            &json!({
+                "action": {"kind": "tool", "name": "payments.transfer", "params": {"amount": amount}},
+                "context": {"agent": {"id": agent}},
+            }),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+    };
+    decide("procurement-bot", 48000);
+    decide("procurement-bot", 9000);
+    let segments = || {
+        std::fs::read_dir(log.path())
+            .expect("log")
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("decisions-"))
+            .count()
+    };
+    arbiter_tests::wait_for("a second segment", || {
+        decide("other", 10);
+        segments() >= 2
+    });
+    decide("other", 10);
+    arbiter_tests::wait_for("a checkpoint over the last decision", || {
+        let last_decision = log_records(log.path(), "decision").len();
+        let checkpoints =
+            std::fs::read_to_string(log.path().join("checkpoints.jsonl")).unwrap_or_default();
+        let covered = checkpoints
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|v| v["seq"].as_u64())
+            .max()
+            .unwrap_or(0);
+        // Every decision and more lie at or under the last checkpoint.
+        let seqs: Vec<u64> = std::fs::read_dir(log.path())
+            .expect("log")
+            .filter_map(|e| std::fs::read_to_string(e.expect("entry").path()).ok())
+            .flat_map(|t| t.lines().map(str::to_owned).collect::<Vec<_>>())
+            .filter_map(|l| serde_json::from_str::<Value>(&l).ok())
+            .filter(|v| v["type"] == "decision")
+            .filter_map(|v| v["seq"].as_u64())
+            .collect();
+        seqs.len() == last_decision && seqs.iter().all(|s| *s <= covered)
+    });
+    server.stop().expect("clean stop");
+
+    // A copy, with the second decision's amount changed in place.
+    let copy = tempfile::tempdir().expect("copy");
+    let mut broken_seq = None;
+    for entry in std::fs::read_dir(log.path()).expect("log") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() || path.file_name().is_some_and(|n| n == ".lock") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("read");
+        let mut decisions = 0;
+        let lines: Vec<String> = text
+            .lines()
+            .map(|line| {
+                let v: Value = serde_json::from_str(line).unwrap_or(Value::Null);
+                if v["type"] == "decision" {
+                    decisions += 1;
+                    if decisions == 2 {
+                        broken_seq = v["seq"].as_u64();
+                        return line.replace("9000", "900");
+                    }
+                }
+                line.to_owned()
+            })
+            .collect();
+        let out = copy.path().join(path.file_name().expect("name"));
+        std::fs::write(
+            &out,
+            lines.join("\n") + if text.ends_with('\n') { "\n" } else { "" },
+        )
+        .expect("write");
+    }
+    let broken_seq = broken_seq.expect("a second decision to tamper with");
+
+    // A server pointed at the copy, trusting the same checkpoint key.
+    let mut second = config(Vec::new());
+    second.log.checkpoint_key = Some(state.path().join("checkpoint.key"));
+    let server = start_logging(second, copy.path());
+    let mut input = input(&server);
+    input["broken_seq"] = broken_seq.into();
+    input["approvals_asked"] = 2.into();
+    let found = browser::scenario("tampered", &input);
+    assert_eq!(found["broken_seq"], broken_seq);
+}
+
+/// A console session over raw HTTP: its cookie and CSRF token.
+struct Session {
+    cookie: String,
+    csrf: String,
+}
+
+fn set_cookie(r: &Reply, name: &str) -> Option<String> {
+    r.headers
+        .iter()
+        .filter(|(k, _)| k == "set-cookie")
+        .find_map(|(_, v)| v.strip_prefix(&format!("{name}=")))
+        .map(|v| v.split(';').next().unwrap_or_default().to_owned())
+}
+
+fn csrf_in(body: &str) -> String {
+    body.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("a CSRF token in the page")
+        .to_owned()
+}
+
+fn form(admin: SocketAddr, path: &str, cookie: &str, extra: &[(&str, &str)], body: &str) -> Reply {
+    let mut headers = vec![
+        ("content-type", "application/x-www-form-urlencoded"),
+        ("cookie", cookie),
+    ];
+    headers.extend_from_slice(extra);
+    http::send(admin, "POST", path, &headers, body.as_bytes())
+}
+
+fn sign_in(admin: SocketAddr, token: &str) -> Session {
+    let page = http::send(admin, "GET", "/console/login", &[], b"");
+    let login = set_cookie(&page, "arbiter_console_login").expect("login cookie");
+    let cookie = format!("arbiter_console_login={login}");
+    let r = form(
+        admin,
+        "/console/login",
+        &cookie,
+        &[],
+        &format!("csrf={login}&token={token}"),
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    let session = format!(
+        "arbiter_console={}",
+        set_cookie(&r, "arbiter_console").expect("session")
+    );
+    let home = http::send(admin, "GET", "/console", &[("cookie", &session)], b"");
+    assert_eq!(home.status, 200, "{}", home.body);
+    Session {
+        csrf: csrf_in(&home.body),
+        cookie: session,
+    }
+}
+
+#[test]
+fn the_session_cookie_is_strict_and_every_page_forbids_inline_script_and_framing() {
+    let server = Server::start(config(Vec::new()), Default::default());
+    let page = http::send(server.admin, "GET", "/console/login", &[], b"");
+    let login = set_cookie(&page, "arbiter_console_login").expect("login cookie");
+    let r = form(
+        server.admin,
+        "/console/login",
+        &format!("arbiter_console_login={login}"),
+        &[],
+        &format!("csrf={login}&token={ALICE}"),
+    );
+    let cookie = r
+        .headers
+        .iter()
+        .find(|(k, v)| k == "set-cookie" && v.starts_with("arbiter_console="))
+        .map(|(_, v)| v.clone())
+        .expect("a session cookie");
+    for part in ["HttpOnly", "SameSite=Strict", "Path=/console"] {
+        assert!(cookie.contains(part), "{cookie}");
+    }
+    assert!(
+        !cookie.contains("Secure"),
+        "plain HTTP on loopback: {cookie}"
+    );
+    let s = sign_in(server.admin, ALICE);
+    for path in [
+        "/console",
+        "/console/approvals",
+        "/console/agents",
+        "/console/policies",
+        "/console/decisions",
+        "/console/login",
+        "/console/nowhere",
+    ] {
+        let r = http::send(server.admin, "GET", path, &[("cookie", &s.cookie)], b"");
+        let csp = r.header("content-security-policy").unwrap_or_default();
+        assert!(
+            csp.contains("script-src 'self'")
+                && csp.contains("frame-ancestors 'none'")
+                && !csp.contains("unsafe"),
+            "{path}: {csp}"
+        );
+        assert_eq!(r.header("x-frame-options"), Some("DENY"), "{path}");
+        assert_eq!(r.header("cache-control"), Some("no-store"), "{path}");
+        assert!(!r.body.contains("style=\""), "{path}: an inline style");
+        assert!(!r.body.contains("<script>"), "{path}: an inline script");
+    }
+    // The decision plane does not serve the console.
+    let r = http::send(server.addr, "GET", "/console/login", &[], b"");
+    assert_eq!(r.status, 404, "{}", r.body);
+}
+
+#[test]
+fn attacks_on_the_console_are_refused() {
+    let mut c = config(Vec::new());
+    c.console.max_streams = 1;
+    let server = Server::start(c, Default::default());
+    let admin = server.admin;
+    let alice = sign_in(admin, ALICE);
+    let audrey = sign_in(admin, AUDREY);
+    let asked = http::post_json(
+        server.addr,
+        "/v1/decide",
+        &json!({
+            "action": {"kind": "tool", "name": "payments.transfer", "params": {"amount": 48000}},
+            "context": {"agent": {"id": "procurement-bot"}},
+        }),
+    )
+    .json();
+    let id = asked["approval"]["id"]
+        .as_str()
+        .expect("an approval")
+        .to_owned();
+    let approve = format!("/console/approvals/{id}/approve");
+    let post = |s: &Session, extra: &[(&str, &str)], body: &str| {
+        form(admin, &approve, &s.cookie, extra, body)
+    };
+    let with_token = |s: &Session| format!("csrf={}&reason=ok", s.csrf);
+
+    let r = post(&alice, &[], "reason=ok");
+    refused("a post without the CSRF token", r.status == 403, &r.body);
+    let r = post(&alice, &[], &format!("csrf={}&reason=ok", audrey.csrf));
+    refused(
+        "a post with another session's CSRF token",
+        r.status == 403,
+        &r.body,
+    );
+    let r = post(
+        &alice,
+        &[("origin", "http://evil.example")],
+        &with_token(&alice),
+    );
+    refused("a post from another origin", r.status == 403, &r.body);
+    let r = post(
+        &alice,
+        &[("sec-fetch-site", "cross-site")],
+        &with_token(&alice),
+    );
+    refused(
+        "a post a browser marks cross-site",
+        r.status == 403,
+        &r.body,
+    );
+    let r = post(&audrey, &[], &format!("csrf={}&reason=forged", audrey.csrf));
+    refused(
+        "an auditor's forged approval",
+        r.status == 403 && r.body.contains("approver"),
+        &r.body,
+    );
+    let r = post(&alice, &[], &format!("{}&by=mallory", with_token(&alice)));
+    refused(
+        "a field naming someone else as the approver",
+        r.status == 400,
+        &r.body,
+    );
+    let r = post(&alice, &[], &format!("{}&reason=twice", with_token(&alice)));
+    refused("a field given twice", r.status == 400, &r.body);
+    let r = post(&alice, &[], &format!("csrf={}&reason=", alice.csrf));
+    refused("an answer without a reason", r.status == 400, &r.body);
+    let huge = format!("{}&reason={}", with_token(&alice), "x".repeat(64 * 1024));
+    let r = post(&alice, &[], &huge);
+    refused("a form over the limit", r.status == 413, &r.body);
+    let r = http::send(
+        admin,
+        "POST",
+        &approve,
+        &[
+            ("content-type", "application/json"),
+            ("cookie", &alice.cookie),
+        ],
+        br#"{"reason":"json"}"#,
+    );
+    refused("a post that is not a form", r.status == 415, &r.body);
+    let r = http::send(
+        admin,
+        "GET",
+        "/console/approvals",
+        &[("cookie", "arbiter_console=forged")],
+        b"",
+    );
+    refused(
+        "a forged session cookie",
+        r.status == 303 && r.header("location") == Some("/console/login"),
+        &r.body,
+    );
+    let r = form(
+        admin,
+        &approve,
+        "arbiter_console=forged",
+        &[],
+        "csrf=x&reason=ok",
+    );
+    refused("a post with a forged session", r.status == 401, &r.body);
+    let r = form(admin, "/console/login", "", &[], &format!("token={ALICE}"));
+    refused(
+        "a sign-in without its form's token",
+        r.status == 403,
+        &r.body,
+    );
+    let page = http::send(admin, "GET", "/console/login", &[], b"");
+    let login = set_cookie(&page, "arbiter_console_login").expect("login cookie");
+    let r = form(
+        admin,
+        "/console/login",
+        &format!("arbiter_console_login={login}"),
+        &[],
+        &format!("csrf={login}&token=guess"),
+    );
+    refused(
+        "a sign-in with a wrong token",
+        r.status == 401 && set_cookie(&r, "arbiter_console").is_none(),
+        &r.body,
+    );
+    // A page elsewhere that rebinds its own name to this address.
+    let mut s = http::connect(admin);
+    std::io::Write::write_all(
+        &mut s,
+        format!(
+            "GET /console/approvals HTTP/1.1\r\nHost: evil.example:{}\r\nCookie: {}\r\nConnection: close\r\n\r\n",
+            admin.port(),
+            alice.cookie
+        )
+        .as_bytes(),
+    )
+    .expect("write");
+    let r = http::read_reply(&mut s).expect("a reply");
+    refused("a request naming another host", r.status == 421, &r.body);
+    // The live view: one stream at most here. The first is open once its
+    // head has come.
+    let mut stream = http::connect(admin);
+    std::io::Write::write_all(
+        &mut stream,
+        format!(
+            "GET /console/events HTTP/1.1\r\nHost: {admin}\r\nCookie: {}\r\n\r\n",
+            alice.cookie
+        )
+        .as_bytes(),
+    )
+    .expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = std::io::Read::read(&mut stream, &mut byte).expect("the stream's head");
+        assert_eq!(
+            n,
+            1,
+            "the stream closed: {}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(
+        head.starts_with("http/1.1 200") && head.contains("text/event-stream"),
+        "{head}"
+    );
+    let r = http::send(
+        admin,
+        "GET",
+        "/console/events",
+        &[("cookie", &alice.cookie)],
+        b"",
+    );
+    refused(
+        "a live view past `console.max_streams`",
+        r.status == 429,
+        &r.body,
+    );
+    drop(stream);
+
+    let r = http::send(
+        admin,
+        "GET",
+        &format!("/v1/approvals/{id}"),
+        &[("authorization", &format!("Bearer {ALICE}"))],
+        b"",
+    );
+    assert_eq!(
+        r.json()["status"],
+        "pending",
+        "no attack answered it: {}",
+        r.body
+    );
+
+    // Signed out, the cookie opens nothing.
+    let r = form(
+        admin,
+        "/console/logout",
+        &alice.cookie,
+        &[],
+        &format!("csrf={}", alice.csrf),
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    let r = http::send(admin, "GET", "/console", &[("cookie", &alice.cookie)], b"");
+    refused("a signed-out session's cookie", r.status == 303, &r.body);
+}
