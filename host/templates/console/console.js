@@ -39,9 +39,17 @@ document.addEventListener("DOMContentLoaded", () => {
   const list = document.getElementById("approvals-list");
   if (list && window.EventSource) {
     const events = new EventSource("/console/events");
-    events.addEventListener("approvals", () => refreshInbox(list));
+    // Once a form is sent the page is on its way out: the answer itself
+    // raises an event, and redrawing the list then would pull the form
+    // out from under its own submission.
+    let leaving = false;
+    const leave = () => { leaving = true; events.close(); };
+    document.addEventListener("submit", leave);
+    window.addEventListener("pagehide", leave);
+    const refresh = () => { if (!leaving) refreshInbox(list); };
+    events.addEventListener("approvals", refresh);
     // After a reconnect, catch up with anything missed meanwhile.
-    events.addEventListener("open", () => refreshInbox(list));
+    events.addEventListener("open", refresh);
   }
   countDown();
   setInterval(countDown, 1000);
