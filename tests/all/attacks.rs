@@ -16,7 +16,9 @@ use arbiter::identity::token_digest;
 use arbiter::server::ServeOptions;
 use arbiter::signing::KeyPair;
 use arbiter_tests::http::{Reply, send};
-use arbiter_tests::{Server, artifacts, refused, replace_by_rename, server_config, wait_for};
+use arbiter_tests::{
+    Server, artifacts, operator, refused, replace_by_rename, server_config, wait_for,
+};
 use serde_json::{Value, json};
 
 /// A request with a bearer token and a JSON body.
@@ -50,16 +52,6 @@ fn agent_token(token: &str, agent: &str, user: Option<&str>) -> AgentToken {
         agent: agent.into(),
         roles: vec!["procurement".into()],
         user: user.map(str::to_owned),
-    }
-}
-
-fn operator(name: &str, token: &str, roles: &[Role]) -> OperatorToken {
-    OperatorToken {
-        name: name.into(),
-        sha256: token_digest(token),
-        roles: roles.to_vec(),
-        policies: vec!["*".into()],
-        rules: vec!["*".into()],
     }
 }
 

@@ -6,26 +6,15 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use arbiter::config::{CandidateConfig, CandidateRole, Config, OperatorToken, Role};
-use arbiter::identity::token_digest;
+use arbiter::config::{CandidateConfig, CandidateRole, Config, Role};
 use arbiter::server::ServeOptions;
 use arbiter_tests::http::{self, Reply};
-use arbiter_tests::{Server, browser, log_records, refused, server_config};
+use arbiter_tests::{Server, browser, log_records, operator, refused, server_config};
 use serde_json::{Value, json};
 
 const ALICE: &str = "console-alice-token";
 const BOB: &str = "console-bob-token";
 const AUDREY: &str = "console-audrey-token";
-
-fn operator(name: &str, token: &str, roles: &[Role]) -> OperatorToken {
-    OperatorToken {
-        name: name.into(),
-        sha256: token_digest(token),
-        roles: roles.to_vec(),
-        policies: vec!["*".into()],
-        rules: vec!["*".into()],
-    }
-}
 
 /// Procurement on every route; alice approves and operates, bob approves,
 /// audrey audits.
@@ -38,6 +27,18 @@ fn config(candidates: Vec<CandidateConfig>) -> Config {
         operator("audrey", AUDREY, &[Role::Auditor]),
     ];
     config
+}
+
+/// Where approval `id` stands, as the admin API says.
+fn status_of(admin: SocketAddr, id: &str) -> Value {
+    let r = http::send(
+        admin,
+        "GET",
+        &format!("/v1/approvals/{id}"),
+        &[("authorization", &format!("Bearer {ALICE}"))],
+        b"",
+    );
+    r.json()["status"].clone()
 }
 
 fn input(server: &Server) -> Value {
@@ -75,18 +76,10 @@ fn in_a_browser_own_requests_auditors_and_forged_posts_are_refused() {
     let server = Server::start(config(Vec::new()), Default::default());
     let found = browser::scenario("refusals", &input(&server));
     let id = found["approval"].as_str().expect("approval id");
-    let r = http::send(
-        server.admin,
-        "GET",
-        &format!("/v1/approvals/{id}"),
-        &[("authorization", &format!("Bearer {ALICE}"))],
-        b"",
-    );
     assert_eq!(
-        r.json()["status"],
+        status_of(server.admin, id),
         "pending",
-        "nothing was answered: {}",
-        r.body
+        "nothing was answered"
     );
 }
 
@@ -554,19 +547,7 @@ fn attacks_on_the_console_are_refused() {
     );
     drop(stream);
 
-    let r = http::send(
-        admin,
-        "GET",
-        &format!("/v1/approvals/{id}"),
-        &[("authorization", &format!("Bearer {ALICE}"))],
-        b"",
-    );
-    assert_eq!(
-        r.json()["status"],
-        "pending",
-        "no attack answered it: {}",
-        r.body
-    );
+    assert_eq!(status_of(admin, &id), "pending", "no attack answered it");
 
     // Signed out, the cookie opens nothing.
     let r = form(

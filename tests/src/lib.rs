@@ -230,6 +230,22 @@ pub fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// A named operator with a static token and `roles`, answering for every
+/// policy and rule.
+pub fn operator(
+    name: &str,
+    token: &str,
+    roles: &[arbiter::config::Role],
+) -> arbiter::config::OperatorToken {
+    arbiter::config::OperatorToken {
+        name: name.into(),
+        sha256: arbiter::identity::token_digest(token),
+        roles: roles.to_vec(),
+        policies: vec!["*".into()],
+        rules: vec!["*".into()],
+    }
+}
+
 /// A configuration serving `policies` (embedded example names, or files
 /// given as `name=path`) on one route for everything, on a free loopback
 /// port, with no compile cache and a small engine.

@@ -113,7 +113,7 @@ pub(super) async fn page(ctx: &Ctx<'_>, query: &str) -> Reply {
     let dir = log_dir(ctx)?;
     let scan = dir.clone();
     // A search reads the log from the start: off the reactor.
-    let (rows, more) = tokio::task::spawn_blocking(move || {
+    let (rows, more) = off_reactor(move || {
         let mut kept = std::collections::VecDeque::with_capacity(SHOWN + 1);
         let mut more = false;
         audit::query(&[&scan], &filter, |p| {
@@ -126,14 +126,7 @@ pub(super) async fn page(ctx: &Ctx<'_>, query: &str) -> Reply {
         })
         .map(|()| (kept.into_iter().rev().collect::<Vec<_>>(), more))
     })
-    .await
-    .map_err(|e| {
-        Refusal::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("the search failed: {e}"),
-        )
-    })?
-    .map_err(|e| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    .await?;
     let verified = ctx
         .console
         .verified
@@ -156,6 +149,21 @@ pub(super) async fn page(ctx: &Ctx<'_>, query: &str) -> Reply {
             verified,
         },
     )
+}
+
+/// Runs a scan of the log on a blocking thread.
+async fn off_reactor<T: Send + 'static>(
+    scan: impl FnOnce() -> Result<T, audit::AuditError> + Send + 'static,
+) -> Result<T, Refusal> {
+    tokio::task::spawn_blocking(scan)
+        .await
+        .map_err(|e| {
+            Refusal::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the search failed: {e}"),
+            )
+        })?
+        .map_err(|e| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
 }
 
 fn row(d: &Value, ts: &str) -> Row {
@@ -185,7 +193,7 @@ fn row(d: &Value, ts: &str) -> Row {
 pub(super) async fn record(ctx: &Ctx<'_>, id: &str) -> Reply {
     let dir = log_dir(ctx)?;
     let wanted = id.to_owned();
-    let found = tokio::task::spawn_blocking(move || {
+    let found = off_reactor(move || {
         let mut found = None;
         audit::query(&[&dir], &Filter::default(), |p| {
             if p.data()["decision_id"].as_str() == Some(wanted.as_str()) {
@@ -198,14 +206,7 @@ pub(super) async fn record(ctx: &Ctx<'_>, id: &str) -> Reply {
         })
         .map(|()| found)
     })
-    .await
-    .map_err(|e| {
-        Refusal::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("the search failed: {e}"),
-        )
-    })?
-    .map_err(|e| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    .await?;
     let record = found.ok_or_else(|| {
         Refusal::new(
             StatusCode::NOT_FOUND,
