@@ -81,15 +81,19 @@ fn time(field: &str, v: &str) -> Result<Option<SystemTime>, Refusal> {
     })
 }
 
-fn log_dir(ctx: &Ctx<'_>) -> Result<std::path::PathBuf, Refusal> {
+/// The server's decision log, or why there is none.
+fn log_of<'a>(ctx: &Ctx<'a>) -> Result<&'a crate::evidence::log::DecisionLog, Refusal> {
     let arbiter = ctx.state.arbiter().ok_or(FrontDoorError::NotReady)?;
-    let log = arbiter.log().ok_or_else(|| {
+    arbiter.log().map(|l| &**l).ok_or_else(|| {
         Refusal::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "the decision log is off (`log.enabled = false`)",
         )
-    })?;
-    Ok(log.dir().to_owned())
+    })
+}
+
+fn log_dir(ctx: &Ctx<'_>) -> Result<std::path::PathBuf, Refusal> {
+    Ok(log_of(ctx)?.dir().to_owned())
 }
 
 pub(super) async fn page(ctx: &Ctx<'_>, query: &str) -> Reply {
@@ -229,13 +233,7 @@ pub(super) async fn record(ctx: &Ctx<'_>, id: &str) -> Reply {
 /// `arbiter log verify` would, and keeps the result for the page.
 pub(super) async fn verify(ctx: &Ctx<'_>, fields: Fields) -> Reply {
     fields.only(&[])?;
-    let arbiter = ctx.state.arbiter().ok_or(FrontDoorError::NotReady)?;
-    let log = arbiter.log().ok_or_else(|| {
-        Refusal::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the decision log is off (`log.enabled = false`)",
-        )
-    })?;
+    let log = log_of(ctx)?;
     let (dir, options) = (log.dir().to_owned(), log.verify_options());
     let result = tokio::task::spawn_blocking(move || audit::verify(&dir, &options))
         .await
