@@ -31,7 +31,8 @@
 //! first record's `prev_hash` is [`GENESIS`].
 //!
 //! The writer produces this encoding directly (its structs declare their
-//! fields in byte order); a reader parses the line, removes `hash` and
+//! fields in byte order, and the JSON values it keeps go through
+//! [`Canonical`]); a reader parses the line, removes `hash` and
 //! `signature`, and writes the value back out. A unit test holds the two
 //! to the same bytes.
 
@@ -83,15 +84,61 @@ pub fn value_sha256(value: &Value) -> String {
     }
     let mut h = Hashing(Sha256::new());
     // Writing a `Value` into a sink that never fails cannot fail.
-    let _ = serde_json::to_writer(&mut h, value);
+    let _ = serde_json::to_writer(&mut h, &Canonical(value));
     digest_text(&h.0.finalize())
 }
 
 /// The canonical encoding of a JSON value.
 pub fn canonical(value: &Value) -> Vec<u8> {
-    // `serde_json::Map` is a BTreeMap (no `preserve_order`), so keys come
-    // out sorted; `canonical_matches_the_writer` guards this.
-    serde_json::to_vec(value).unwrap_or_default()
+    serde_json::to_vec(&Canonical(value)).unwrap_or_default()
+}
+
+/// A JSON value that serializes with object keys in byte order at every
+/// depth, whatever order its maps keep.
+///
+/// `serde_json::Map` is sorted only while no crate in the build turns on
+/// `preserve_order`; features unify across a build, so a dependency added
+/// anywhere would otherwise change what a record hashes to, and a log
+/// written by one build would fail to verify in another.
+pub struct Canonical<'a>(pub &'a Value);
+
+impl Serialize for Canonical<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        match self.0 {
+            Value::Object(map) => {
+                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                // Already sorted whenever the map is a BTreeMap: no work then.
+                if !entries.is_sorted_by(|a, b| a.0 <= b.0) {
+                    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                }
+                let mut out = serializer.serialize_map(Some(entries.len()))?;
+                for (k, v) in entries {
+                    out.serialize_entry(k, &Canonical(v))?;
+                }
+                out.end()
+            }
+            Value::Array(items) => {
+                let mut out = serializer.serialize_seq(Some(items.len()))?;
+                for v in items {
+                    out.serialize_element(&Canonical(v))?;
+                }
+                out.end()
+            }
+            other => other.serialize(serializer),
+        }
+    }
+}
+
+/// Serializes a kept value (params) canonically.
+fn canonical_kept<S: serde::Serializer>(
+    value: &Option<Cow<'_, Value>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(v) => Canonical(v).serialize(serializer),
+        None => serializer.serialize_none(),
+    }
 }
 
 /// Where a record stands in its log: the fields around its `data`.
@@ -283,11 +330,17 @@ pub struct DecisionData<'a> {
     micros: u64,
     mode: Mode,
     /// With modify: the params the action must run with, as stored.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "canonical_kept"
+    )]
     modified_params: Option<Cow<'a, Value>>,
     /// What the caller was told.
     outcome: Outcome,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "canonical_kept"
+    )]
     params: Option<Cow<'a, Value>>,
     params_sha256: String,
     policies: Vec<PolicyData<'a>>,
@@ -332,7 +385,10 @@ struct PolicyData<'a> {
     mode: Mode,
     name: &'a str,
     outcome: Outcome,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "canonical_kept"
+    )]
     params: Option<Cow<'a, Value>>,
     reason: &'a str,
     risk: u8,
@@ -616,6 +672,36 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn keys_are_sorted_whatever_order_the_map_keeps() {
+        // Inserted out of order: with `preserve_order` on in this build the
+        // map keeps that order, and the encoding must not.
+        let mut inner = serde_json::Map::new();
+        inner.insert("b".into(), json!(1));
+        inner.insert("a".into(), json!([{"y": 1, "x": 2}]));
+        let mut outer = serde_json::Map::new();
+        outer.insert("z".into(), Value::Object(inner));
+        outer.insert("é".into(), json!(null));
+        outer.insert("A".into(), json!("q"));
+        let value = Value::Object(outer);
+        let golden = r#"{"A":"q","z":{"a":[{"x":2,"y":1}],"b":1},"é":null}"#;
+        assert_eq!(String::from_utf8(canonical(&value)).expect("utf-8"), golden);
+        assert_eq!(value_sha256(&value), sha256(golden.as_bytes()));
+
+        // The writer sorts the params it keeps, too.
+        let mut req = request();
+        req.action.params = value;
+        let data = DecisionData::new(
+            &req,
+            &req.history,
+            &decision(),
+            &ParamsRule::new(ParamsStorage::Full, &[]),
+        )
+        .encode();
+        let text = String::from_utf8(data).expect("utf-8");
+        assert!(text.contains(&format!("\"params\":{golden}")), "{text}");
     }
 
     #[test]
