@@ -1,6 +1,6 @@
 //! A small HTTP/1.1 client for the commands that talk to a running server
 //! (`arbiter rollback`, `arbiter status`): its admin plane's Unix socket
-//! (`unix:PATH`) or plain `http://`, JSON in and out.
+//! (`unix:PATH`), `http://` or `https://`, JSON in and out.
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
@@ -8,6 +8,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, Uri};
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use std::sync::Arc;
 use tokio::net::{TcpStream, UnixStream};
 
 /// Header a gateway can use instead of `Authorization` to present its
@@ -21,16 +23,25 @@ pub struct ServerAddress {
     authority: String,
     /// The Unix socket to connect to, instead of `authority`.
     socket: Option<std::path::PathBuf>,
+    /// For `https://`: the host name the certificate must carry, and the
+    /// client configuration that checks it.
+    tls: Option<(ServerName<'static>, Arc<rustls::ClientConfig>)>,
     token: Option<String>,
 }
 
 impl ServerAddress {
-    /// Parses `http://host:port` or `unix:PATH`; `token` is sent as a
-    /// bearer token.
+    /// Parses `http://host:port`, `https://host:port` or `unix:PATH`;
+    /// `token` is sent as a bearer token. Over `https://` the server's
+    /// certificate must chain to Mozilla's roots or to a certificate in
+    /// `ca` (a PEM file).
     ///
     /// # Errors
-    /// When the URL is neither `http://` with a host nor `unix:` a path.
-    pub fn new(url: &str, token: Option<String>) -> anyhow::Result<Self> {
+    /// When the URL is none of those, or `ca` cannot be read.
+    pub fn new(
+        url: &str,
+        token: Option<String>,
+        ca: Option<&std::path::Path>,
+    ) -> anyhow::Result<Self> {
         if let Some(path) = url.strip_prefix("unix:") {
             if path.is_empty() {
                 bail!("`{url}`: `unix:` needs the socket's path");
@@ -38,25 +49,41 @@ impl ServerAddress {
             return Ok(ServerAddress {
                 authority: "localhost".into(),
                 socket: Some(path.into()),
+                tls: None,
                 token,
             });
         }
         let uri: Uri = url
             .parse()
             .with_context(|| format!("`{url}` is not a URL"))?;
-        if uri.scheme_str() != Some("http") {
-            bail!("`{url}`: only http:// is supported; put TLS in front of the admin port");
-        }
+        let (https, default_port) = match uri.scheme_str() {
+            Some("http") => (false, 80),
+            Some("https") => (true, 443),
+            _ => bail!("`{url}`: the address must be http://, https:// or unix:"),
+        };
         let Some(authority) = uri.authority() else {
             bail!("`{url}` has no host");
         };
+        let tls = if https {
+            let host = authority
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let name = ServerName::try_from(host.to_owned())
+                .with_context(|| format!("`{url}`: `{host}` is not a host name"))?;
+            let config = crate::tls::client_config(ca).map_err(anyhow::Error::msg)?;
+            Some((name, Arc::new(config)))
+        } else {
+            None
+        };
         let authority = match authority.port() {
             Some(_) => authority.to_string(),
-            None => format!("{}:80", authority.host()),
+            None => format!("{}:{default_port}", authority.host()),
         };
         Ok(ServerAddress {
             authority,
             socket: None,
+            tls,
             token,
         })
     }
@@ -85,10 +112,28 @@ impl ServerAddress {
                 let stream = TcpStream::connect(&self.authority)
                     .await
                     .with_context(|| format!("cannot reach the server at {}", self.authority))?;
-                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .context("HTTP handshake")?;
-                (sender, tokio::spawn(conn))
+                match &self.tls {
+                    None => {
+                        let (sender, conn) =
+                            hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                                .await
+                                .context("HTTP handshake")?;
+                        (sender, tokio::spawn(conn))
+                    }
+                    Some((name, config)) => {
+                        let stream = tokio_rustls::TlsConnector::from(Arc::clone(config))
+                            .connect(name.clone(), stream)
+                            .await
+                            .with_context(|| {
+                                format!("TLS with {} (is $ARBITER_ADMIN_CA set?)", self.authority)
+                            })?;
+                        let (sender, conn) =
+                            hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                                .await
+                                .context("HTTP handshake")?;
+                        (sender, tokio::spawn(conn))
+                    }
+                }
             }
         };
         let mut req = Request::builder()

@@ -90,6 +90,9 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    /// The admin plane's certificate or key could not be used.
+    #[error("cannot serve the admin plane over TLS: {0}")]
+    AdminTls(String),
     /// Policies failed their first load; each error names policy and step.
     #[error("{} of the configured policies failed to load:\n  {}", .0.len(), .0.join("\n  "))]
     Load(Vec<String>),
@@ -130,6 +133,18 @@ pub enum AdminEndpoint {
     Unix(PathBuf),
     /// A TCP address.
     Tcp(SocketAddr),
+    /// A TCP address, over TLS (`admin.tls`).
+    Tls(SocketAddr),
+}
+
+impl AdminEndpoint {
+    /// The TCP address, when it is one.
+    pub fn tcp(&self) -> Option<SocketAddr> {
+        match self {
+            AdminEndpoint::Tcp(a) | AdminEndpoint::Tls(a) => Some(*a),
+            AdminEndpoint::Unix(_) => None,
+        }
+    }
 }
 
 impl std::fmt::Display for AdminEndpoint {
@@ -137,6 +152,7 @@ impl std::fmt::Display for AdminEndpoint {
         match self {
             AdminEndpoint::Unix(p) => write!(f, "unix:{}", p.display()),
             AdminEndpoint::Tcp(a) => write!(f, "http://{a}"),
+            AdminEndpoint::Tls(a) => write!(f, "https://{a}"),
         }
     }
 }
@@ -394,7 +410,8 @@ pub async fn bind(
         .listen
         .clone()
         .unwrap_or_else(|| AdminListen::Unix(state_dir.join(ADMIN_SOCKET)));
-    let (admin_listener, admin) = bind_admin(&admin_listen, &base).await?;
+    let (admin_listener, admin) =
+        bind_admin(&admin_listen, config.admin.tls.as_ref(), &base).await?;
     warn_if_open(&config, addr, &admin);
     let config = Arc::new(config);
     let console_config = config.console.clone();
@@ -523,13 +540,10 @@ pub async fn bind(
             Arc::clone(&samples),
             async move { stopped(&mut samples_stop).await },
         ));
-        let listen = match &admin {
-            AdminEndpoint::Tcp(a) => Some(*a),
-            AdminEndpoint::Unix(_) => None,
-        };
         Arc::new(crate::console::Console::new(
             &console_config,
-            listen,
+            admin.tcp(),
+            matches!(admin, AdminEndpoint::Tls(_)),
             samples,
             stop.subscribe(),
         ))
@@ -571,13 +585,15 @@ pub const CANARY_KEY: &str = "canary.key";
 /// A bound admin listener.
 enum AdminListener {
     Unix(UnixListener),
-    Tcp(TcpListener),
+    /// With the acceptor that wraps each connection in TLS, if configured.
+    Tcp(TcpListener, Option<tokio_rustls::TlsAcceptor>),
 }
 
 /// Binds the admin plane: a Unix socket that is owner-only before anyone
-/// can reach it, or a TCP address.
+/// can reach it, or a TCP address, with TLS when `tls` says so.
 async fn bind_admin(
     listen: &AdminListen,
+    tls: Option<&crate::config::ServerTls>,
     base: &Path,
 ) -> Result<(AdminListener, AdminEndpoint), ServeError> {
     let fail = |source| ServeError::AdminBind {
@@ -586,9 +602,26 @@ async fn bind_admin(
     };
     match listen {
         AdminListen::Tcp(addr) => {
+            // The certificate is read before the port opens, so a bad one
+            // never leaves a listener that cannot finish a handshake.
+            let acceptor = match tls {
+                Some(t) => {
+                    let config = crate::tls::server_config(
+                        &base.join(&t.cert_file),
+                        &base.join(&t.key_file),
+                    )
+                    .map_err(ServeError::AdminTls)?;
+                    Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+                }
+                None => None,
+            };
             let l = TcpListener::bind(addr).await.map_err(fail)?;
             let bound = l.local_addr().map_err(fail)?;
-            Ok((AdminListener::Tcp(l), AdminEndpoint::Tcp(bound)))
+            let endpoint = match acceptor {
+                Some(_) => AdminEndpoint::Tls(bound),
+                None => AdminEndpoint::Tcp(bound),
+            };
+            Ok((AdminListener::Tcp(l, acceptor), endpoint))
         }
         AdminListen::Unix(path) => {
             let path = base.join(path);
@@ -643,7 +676,7 @@ fn warn_if_open(config: &Config, addr: SocketAddr, admin: &AdminEndpoint) {
     if open && !addr.ip().is_loopback() {
         tracing::warn!(%addr, "the decision plane listens beyond loopback and asks no credential: anyone who reaches it decides as any agent; configure `[identity]` or `auth.decide_token`");
     }
-    if let AdminEndpoint::Tcp(a) = admin
+    if let Some(a) = admin.tcp()
         && !a.ip().is_loopback()
         && !config.admin.has_operators()
         && config.auth.admin_token.is_none()
@@ -655,7 +688,7 @@ fn warn_if_open(config: &Config, addr: SocketAddr, admin: &AdminEndpoint) {
 /// An accepted admin connection.
 enum Conn {
     Unix(tokio::net::UnixStream),
-    Tcp(tokio::net::TcpStream),
+    Tcp(tokio::net::TcpStream, Option<tokio_rustls::TlsAcceptor>),
 }
 
 /// Serves the admin plane until `stop`, then drains it.
@@ -671,7 +704,9 @@ async fn admin_loop(
             a = async {
                 match &listener {
                     AdminListener::Unix(l) => l.accept().await.map(|(s, _)| Conn::Unix(s)),
-                    AdminListener::Tcp(l) => l.accept().await.map(|(s, _)| Conn::Tcp(s)),
+                    AdminListener::Tcp(l, tls) => {
+                        l.accept().await.map(|(s, _)| Conn::Tcp(s, tls.clone()))
+                    }
                 }
             } => a,
             () = stopped(&mut stop) => break,
@@ -711,10 +746,33 @@ async fn admin_loop(
                 let conn = graceful.watch(builder.serve_connection(TokioIo::new(s), service));
                 tokio::spawn(conn);
             }
-            Conn::Tcp(s) => {
+            Conn::Tcp(s, None) => {
                 let s = io::WriteTimeout::new(s, write_timeout);
                 let conn = graceful.watch(builder.serve_connection(TokioIo::new(s), service));
                 tokio::spawn(conn);
+            }
+            Conn::Tcp(s, Some(acceptor)) => {
+                let s = io::WriteTimeout::new(s, write_timeout);
+                let watcher = graceful.watcher();
+                // The handshake runs in the connection's task, bounded like
+                // the request head, so a client that never finishes one
+                // holds neither the accept loop nor a task for long.
+                tokio::spawn(async move {
+                    let s = match tokio::time::timeout(header_timeout, acceptor.accept(s)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "admin TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!("admin TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let _ = watcher
+                        .watch(builder.serve_connection(TokioIo::new(s), service))
+                        .await;
+                });
             }
         }
     }

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use arbiter::config::{CandidateConfig, CandidateRole, Config, Role};
+use arbiter::config::{AdminListen, CandidateConfig, CandidateRole, Config, Role, ServerTls};
 use arbiter::server::ServeOptions;
 use arbiter_tests::http::{self, Reply};
 use arbiter_tests::{Server, browser, log_records, operator, refused, server_config};
@@ -217,7 +217,7 @@ fn in_a_browser_a_tampered_copy_of_the_log_shows_where_it_breaks() {
     });
     server.stop().expect("clean stop");
 
-    // A copy, with the second decision's amount changed in place.
+    // A copy, with the second decision's amount (9000) changed in place.
     let copy = tempfile::tempdir().expect("copy");
     let mut broken_seq = None;
     for entry in std::fs::read_dir(log.path()).expect("log") {
@@ -226,17 +226,14 @@ fn in_a_browser_a_tampered_copy_of_the_log_shows_where_it_breaks() {
             continue;
         }
         let text = std::fs::read_to_string(&path).expect("read");
-        let mut decisions = 0;
         let lines: Vec<String> = text
             .lines()
             .map(|line| {
                 let v: Value = serde_json::from_str(line).unwrap_or(Value::Null);
-                if v["type"] == "decision" {
-                    decisions += 1;
-                    if decisions == 2 {
-                        broken_seq = v["seq"].as_u64();
-                        return line.replace("9000", "900");
-                    }
+                if v["type"] == "decision" && v["data"]["params"]["amount"] == 9000 {
+                    assert!(broken_seq.is_none(), "one decision of 9000");
+                    broken_seq = v["seq"].as_u64();
+                    return line.replace("\"amount\":9000", "\"amount\":900");
                 }
                 line.to_owned()
             })
@@ -560,4 +557,245 @@ fn attacks_on_the_console_are_refused() {
     assert_eq!(r.status, 303, "{}", r.body);
     let r = http::send(admin, "GET", "/console", &[("cookie", &alice.cookie)], b"");
     refused("a signed-out session's cookie", r.status == 303, &r.body);
+}
+
+/// The admin plane on TLS (`[admin.tls]`): the console's cookies are
+/// `Secure` and browsers are told to keep to HTTPS; the CLI reaches it
+/// only when it trusts the certificate; plain HTTP and clients trusting
+/// another CA get nothing.
+#[test]
+fn over_tls_the_console_cookies_are_secure_and_the_cli_checks_the_certificate() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (ca, cert, key) = arbiter_tests::certificate_for("127.0.0.1");
+    let ca_pem = ca.pem();
+    let files = [
+        ("ca.pem", ca_pem.clone()),
+        ("admin.pem", cert.pem()),
+        ("admin.key", key.serialize_pem()),
+    ];
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).expect("write");
+    }
+    let mut c = config(Vec::new());
+    c.admin.listen = Some(AdminListen::Tcp("127.0.0.1:0".parse().expect("addr")));
+    c.admin.tls = Some(ServerTls {
+        cert_file: dir.path().join("admin.pem"),
+        key_file: dir.path().join("admin.key"),
+    });
+    let server = Server::start(c, Default::default());
+    let admin = server.admin;
+    let tls = |method: &str, path: &str, headers: &[(&str, &str)], body: &str| {
+        http::send_tls(admin, &ca_pem, method, path, headers, body.as_bytes())
+            .expect("an answer over TLS")
+    };
+
+    let page = tls("GET", "/console/login", &[], "");
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_eq!(
+        page.header("strict-transport-security"),
+        Some("max-age=31536000")
+    );
+    let login = set_cookie(&page, "arbiter_console_login").expect("login cookie");
+    let signed_in = tls(
+        "POST",
+        "/console/login",
+        &[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("cookie", &format!("arbiter_console_login={login}")),
+            ("origin", &format!("https://{admin}")),
+        ],
+        &format!("csrf={login}&token={ALICE}"),
+    );
+    assert_eq!(signed_in.status, 303, "{}", signed_in.body);
+    let cookies: Vec<&str> = signed_in
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "set-cookie")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(cookies.len(), 2, "{cookies:?}");
+    for c in &cookies {
+        assert!(
+            c.ends_with("; Secure") && c.contains("HttpOnly") && c.contains("SameSite=Strict"),
+            "{c}"
+        );
+    }
+    let session = set_cookie(&signed_in, "arbiter_console").expect("session");
+    let home = tls(
+        "GET",
+        "/console",
+        &[("cookie", &format!("arbiter_console={session}"))],
+        "",
+    );
+    assert_eq!(home.status, 200, "{}", home.body);
+
+    // Attack: plain HTTP to the TLS port, hoping for an answer in the clear.
+    let plain = std::panic::catch_unwind(|| http::send(admin, "GET", "/v1/approvals", &[], b""));
+    assert!(
+        plain.map_or(true, |r| r.status == 0),
+        "plain HTTP was answered on the TLS port"
+    );
+    // Attack: a client that does not trust our CA is not talked to.
+    let (other, _, _) = arbiter_tests::certificate_for("127.0.0.1");
+    assert!(
+        http::send_tls(admin, &other.pem(), "GET", "/console/login", &[], b"").is_none(),
+        "a handshake against another CA succeeded"
+    );
+
+    // The CLI: with the CA it reads the admin plane; without it, it
+    // refuses the certificate and says what to set.
+    let cli = |ca: Option<&Path>| {
+        let mut cmd = std::process::Command::new(arbiter_tests::binary::arbiter());
+        cmd.args(["status", "--admin", &format!("https://{admin}")])
+            .env("ARBITER_ADMIN_TOKEN", ALICE)
+            .env_remove("ARBITER_ADMIN_CA");
+        if let Some(ca) = ca {
+            cmd.env("ARBITER_ADMIN_CA", ca);
+        }
+        cmd.output().expect("arbiter status")
+    };
+    let ok = cli(Some(&dir.path().join("ca.pem")));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&ok.stdout).contains("policy  procurement"),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    let refused = cli(None);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("ARBITER_ADMIN_CA") && err.contains("certificate"),
+        "{err}"
+    );
+}
+
+/// A certificate that does not go with its key, or a missing key file,
+/// stops the start with the files named, before any port opens.
+#[test]
+fn a_bad_admin_certificate_stops_the_start_naming_the_files() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (_, cert, _) = arbiter_tests::certificate_for("127.0.0.1");
+    let (_, _, other_key) = arbiter_tests::certificate_for("127.0.0.1");
+    std::fs::write(dir.path().join("admin.pem"), cert.pem()).expect("write");
+    std::fs::write(dir.path().join("other.key"), other_key.serialize_pem()).expect("write");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for (key, says) in [
+        ("other.key", "do not make a certificate and its key"),
+        ("missing.key", "missing.key"),
+    ] {
+        let mut c = config(Vec::new());
+        c.admin.listen = Some(AdminListen::Tcp("127.0.0.1:0".parse().expect("addr")));
+        c.admin.tls = Some(ServerTls {
+            cert_file: dir.path().join("admin.pem"),
+            key_file: dir.path().join(key),
+        });
+        let mut options = ServeOptions::default();
+        options.overrides.state_dir = Some(dir.path().join("state"));
+        options.overrides.log_dir = Some(dir.path().join("log"));
+        let e = match runtime.block_on(arbiter::server::bind(c, None, options)) {
+            Ok(_) => panic!("{key}: served"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains("over TLS") && e.contains(says), "{e}");
+    }
+}
+
+/// An operator taken out of the configuration is signed out at their next
+/// request, and putting them back does not revive the old session; an
+/// operator whose roles shrink loses the buttons and the actions at once.
+#[test]
+fn an_operator_removed_from_the_configuration_loses_their_session() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("arbiter.toml");
+    let write = |operators: &[(&str, &str, &str)]| {
+        let mut text = "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [state]\ndir = \"state\"\n[log]\ndir = \"log\"\n\
+             [[policies]]\nname = \"procurement\"\nexample = \"procurement\"\n\
+             [[routes]]\nchain = [\"procurement\"]\n"
+            .to_owned();
+        for (name, token, role) in operators {
+            text.push_str(&format!(
+                "[[admin.operators]]\nname = \"{name}\"\nsha256 = \"{}\"\nroles = [\"{role}\"]\n",
+                arbiter::identity::token_digest(token)
+            ));
+        }
+        std::fs::write(&path, text).expect("config");
+    };
+    write(&[("alice", ALICE, "operator"), ("bob", BOB, "approver")]);
+    let server = Server::start_file(&path);
+    let admin = server.admin;
+    let alice = sign_in(admin, ALICE);
+    let bob = sign_in(admin, BOB);
+    let agents = |s: &Session| {
+        http::send(
+            admin,
+            "GET",
+            "/console/agents",
+            &[("cookie", &s.cookie)],
+            b"",
+        )
+    };
+    assert!(agents(&alice).body.contains("Suspend an agent not listed"));
+
+    // Bob leaves; Alice becomes an auditor.
+    write(&[("alice", ALICE, "auditor")]);
+    server.reload();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while agents(&bob).status != 303 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bob's session outlived his removal"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(agents(&bob).header("location"), Some("/console/login"));
+    let page = agents(&alice);
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        !page.body.contains(">Suspend<"),
+        "an auditor was offered a suspension"
+    );
+    let post = form(
+        admin,
+        "/console/agents/bot/suspend",
+        &alice.cookie,
+        &[],
+        &format!("csrf={}&reason=looping", alice.csrf),
+    );
+    assert_eq!(post.status, 403, "{}", post.body);
+
+    // Bob is back in the configuration; his old cookie still opens nothing.
+    write(&[("alice", ALICE, "auditor"), ("bob", BOB, "approver")]);
+    server.reload();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !http::send(
+        admin,
+        "GET",
+        "/v1/approvals",
+        &[("authorization", &format!("Bearer {BOB}"))],
+        b"",
+    )
+    .status
+    .eq(&200)
+    {
+        assert!(std::time::Instant::now() < deadline, "bob was not restored");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(agents(&bob).status, 303);
+    let r = form(
+        admin,
+        "/console/logout",
+        &bob.cookie,
+        &[],
+        &format!("csrf={}", bob.csrf),
+    );
+    assert_eq!(r.status, 401, "{}", r.body);
 }

@@ -41,6 +41,50 @@ pub fn send(
     body: &[u8],
 ) -> Reply {
     let mut s = connect(addr);
+    write_request(&mut s, addr, method, path, headers, body);
+    read_reply(&mut s).expect("a reply")
+}
+
+/// As [`send`], over TLS, trusting only the PEM certificates in `ca`;
+/// `None` when the handshake or the exchange fails.
+pub fn send_tls(
+    addr: SocketAddr,
+    ca: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<Reply> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(cert.expect("a PEM certificate")).expect("a CA");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = ServerName::from(addr.ip());
+    let tls = rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("tls");
+    let mut s = rustls::StreamOwned::new(tls, connect(addr));
+    let mut head = Vec::new();
+    write_request(&mut head, addr, method, path, headers, body);
+    s.write_all(&head).ok()?;
+    read_reply(&mut s)
+}
+
+fn write_request(
+    s: &mut impl Write,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) {
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if !body.is_empty() || method == "POST" {
         head.push_str(&format!("Content-Length: {}\r\n", body.len()));
@@ -51,7 +95,6 @@ pub fn send(
     head.push_str("\r\n");
     s.write_all(head.as_bytes()).expect("write head");
     s.write_all(body).expect("write body");
-    read_reply(&mut s).expect("a reply")
 }
 
 /// `POST path` with a JSON body.
@@ -80,7 +123,7 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
 
 /// Reads until the server closes the connection; `None` if it closed
 /// without a byte.
-pub fn read_reply(s: &mut TcpStream) -> Option<Reply> {
+pub fn read_reply(s: &mut impl Read) -> Option<Reply> {
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
     if raw.is_empty() {

@@ -384,10 +384,10 @@ impl Server {
         let bound = runtime
             .block_on(arbiter::server::bind(config, path, options))
             .expect("bind");
-        let admin = match bound.admin_endpoint() {
-            arbiter::server::AdminEndpoint::Tcp(a) => *a,
-            arbiter::server::AdminEndpoint::Unix(_) => bound.local_addr(),
-        };
+        let admin = bound
+            .admin_endpoint()
+            .tcp()
+            .unwrap_or_else(|| bound.local_addr());
         Server {
             addr: bound.local_addr(),
             admin,

@@ -206,7 +206,7 @@ fn stdio(args: StdioArgs, global: &Global) -> anyhow::Result<ExitCode> {
 /// The stdio gateway asking a running decision service.
 fn stdio_remote(args: &StdioArgs, url: &str, config: &Config) -> anyhow::Result<ExitCode> {
     let g = &args.gateway;
-    let address = ServerAddress::new(url, std::env::var("ARBITER_TOKEN").ok())?;
+    let address = ServerAddress::new(url, std::env::var("ARBITER_TOKEN").ok(), None)?;
     let server = config.mcp.server(&g.name).cloned().unwrap_or_default();
     let runtime = runtime()?;
     let result = runtime.block_on(async {

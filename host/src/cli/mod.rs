@@ -183,9 +183,10 @@ struct VerifyArgs {
 
 #[derive(Debug, Args)]
 pub(super) struct RemoteArgs {
-    /// The server's admin plane: `unix:PATH` or `http://HOST:PORT`
-    /// [default: $ARBITER_ADMIN, else the socket `admin.sock` in the
-    /// default state directory].
+    /// The server's admin plane: `unix:PATH`, `http://HOST:PORT` or
+    /// `https://HOST:PORT` (its certificate checked against Mozilla's
+    /// roots and the PEM file $ARBITER_ADMIN_CA) [default: $ARBITER_ADMIN,
+    /// else the socket `admin.sock` in the default state directory].
     #[arg(long, visible_alias = "server", value_name = "ADDRESS")]
     admin: Option<String>,
 }
@@ -484,7 +485,8 @@ fn verify(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// A running server's admin plane, with the operator's token from
-/// $ARBITER_ADMIN_TOKEN.
+/// $ARBITER_ADMIN_TOKEN and, for `https://`, a private CA from
+/// $ARBITER_ADMIN_CA.
 pub(super) fn remote(args: &RemoteArgs) -> anyhow::Result<ServerAddress> {
     let token = std::env::var("ARBITER_ADMIN_TOKEN").ok();
     let address = match &args.admin {
@@ -498,7 +500,8 @@ pub(super) fn remote(args: &RemoteArgs) -> anyhow::Result<ServerAddress> {
             }
         },
     };
-    ServerAddress::new(&address, token)
+    let ca = std::env::var_os("ARBITER_ADMIN_CA").map(PathBuf::from);
+    ServerAddress::new(&address, token, ca.as_deref())
 }
 
 pub(super) fn call(

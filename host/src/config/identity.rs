@@ -114,6 +114,21 @@ pub struct AdminConfig {
     /// Operators from an identity provider's JWTs (`[admin.jwt]`); their
     /// roles claim names Arbiter's roles.
     pub jwt: Option<JwtConfig>,
+    /// TLS on a TCP admin listener (`[admin.tls]`), so operator tokens
+    /// and console cookies never cross the network in the clear.
+    pub tls: Option<ServerTls>,
+}
+
+/// A listener's TLS: its certificate chain and private key, PEM files
+/// relative to the configuration file. Read at start; a change needs a
+/// restart.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTls {
+    /// The certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
 }
 
 impl AdminConfig {
@@ -278,6 +293,9 @@ pub(super) fn check(
                 o.name
             ));
         }
+    }
+    if admin.tls.is_some() && !matches!(admin.listen, Some(AdminListen::Tcp(_))) {
+        return Err("`admin.tls` needs `admin.listen` to be HOST:PORT: a Unix socket is reached only on this machine, with its file's permissions".into());
     }
     for (key, jwt) in [("identity.jwt", &identity.jwt), ("admin.jwt", &admin.jwt)] {
         let Some(j) = jwt else { continue };

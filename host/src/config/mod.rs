@@ -26,7 +26,7 @@ mod identity;
 pub use console::ConsoleConfig;
 pub use identity::{
     ASYMMETRIC, AdminConfig, AdminListen, AgentToken, ApprovalRule, IdentityConfig, JwtConfig,
-    OperatorToken, Role,
+    OperatorToken, Role, ServerTls,
 };
 
 /// The configuration Arbiter runs with when given none: the five example
@@ -1371,6 +1371,9 @@ impl Config {
         if self.admin.listen != new.admin.listen {
             changed.push("admin.listen");
         }
+        if self.admin.tls != new.admin.tls {
+            changed.push("admin.tls");
+        }
         if self.engine != new.engine {
             changed.push("engine");
         }
@@ -1550,6 +1553,10 @@ mod tests {
                 "[identity.jwt]\njwks = \"http://idp/jwks\"\nissuer = \"i\"\naudience = \"a\"\n"
                     .to_owned(),
                 "https://",
+            ),
+            (
+                "[admin.tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n".to_owned(),
+                "`admin.tls` needs `admin.listen` to be HOST:PORT",
             ),
         ] {
             let e = Config::parse(&text, "t.toml").expect_err(says);

@@ -75,7 +75,7 @@ fn login_page_status(state: &AppState, status: StatusCode, message: Option<&str>
         configured,
     };
     let mut r = html(status, &page)?;
-    set_cookie(&mut r, &cookie(state, LOGIN_COOKIE, &csrf, 600));
+    set_cookie(&mut r, &cookie(LOGIN_COOKIE, &csrf, 600));
     Ok(r)
 }
 
@@ -118,8 +118,8 @@ pub(super) async fn login(console: &Console, state: &AppState, req: Request<Inco
     tracing::info!(operator = %op.name, "console sign-in");
     let max_age = service.config.console.session_max_s;
     let mut r = redirect("/console");
-    set_cookie(&mut r, &cookie(state, session::COOKIE, &id, max_age));
-    set_cookie(&mut r, &expired_cookie(state, LOGIN_COOKIE));
+    set_cookie(&mut r, &cookie(session::COOKIE, &id, max_age));
+    set_cookie(&mut r, &expired_cookie(LOGIN_COOKIE));
     Ok(r)
 }
 

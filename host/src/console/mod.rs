@@ -67,6 +67,8 @@ pub struct Console {
     stop: watch::Receiver<bool>,
     /// The admin listener's own address, a name a browser may use.
     listen: Option<SocketAddr>,
+    /// Whether the admin listener speaks TLS.
+    tls: bool,
     /// The last verification of the decision log, for the decisions page.
     verified: Mutex<Option<decisions::Verification>>,
     clock: SystemClock,
@@ -74,11 +76,12 @@ pub struct Console {
 
 impl Console {
     /// A console for a server configured by `config`, listening (over TCP)
-    /// at `listen`, drawing its overview from `samples`, ending its event
-    /// streams when `stop` turns true.
+    /// at `listen`, with TLS when `tls`, drawing its overview from
+    /// `samples`, ending its event streams when `stop` turns true.
     pub fn new(
         config: &crate::config::ConsoleConfig,
         listen: Option<SocketAddr>,
+        tls: bool,
         samples: Arc<samples::Samples>,
         stop: watch::Receiver<bool>,
     ) -> Self {
@@ -92,6 +95,7 @@ impl Console {
             streams: Arc::new(Semaphore::new(config.max_streams)),
             stop,
             listen,
+            tls,
             verified: Mutex::new(None),
             clock: SystemClock,
         }
@@ -194,7 +198,8 @@ pub async fn serve(
     state
         .metrics
         .record_response("console", response.status().as_u16());
-    Ok(secured(response))
+    let secure = console.tls || state.service.load().config.console.secure_cookie;
+    Ok(secured(response, secure))
 }
 
 async fn handle(console: &Console, state: &AppState, req: Request<Incoming>) -> Reply {
@@ -265,7 +270,7 @@ async fn post(ctx: &mut Ctx<'_>, path: &str, fields: form::Fields) -> Reply {
             fields.only(&[])?;
             ctx.console.sessions.close(&ctx.session);
             let mut r = redirect("/console/login");
-            set_cookie(&mut r, &expired_cookie(ctx.state, session::COOKIE));
+            set_cookie(&mut r, &expired_cookie(session::COOKIE));
             Ok(r)
         }
         ["approvals", id, verb @ ("approve" | "decline")] => {
@@ -379,9 +384,27 @@ fn refused(refusal: &Refusal) -> Response<Body> {
     })
 }
 
-/// Adds the headers every console response carries.
-fn secured(mut r: Response<Body>) -> Response<Body> {
+/// Adds the headers every console response carries; over TLS (or behind
+/// a proxy that terminates it, `console.secure_cookie`), its cookies are
+/// `Secure` and browsers are told to keep to HTTPS.
+fn secured(mut r: Response<Body>, secure: bool) -> Response<Body> {
     let h = r.headers_mut();
+    if secure {
+        let cookies: Vec<HeaderValue> = h
+            .get_all(SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(|v| HeaderValue::from_str(&format!("{v}; Secure")).ok())
+            .collect();
+        h.remove(SET_COOKIE);
+        for c in cookies {
+            h.append(SET_COOKIE, c);
+        }
+        h.insert(
+            HeaderName::from_static("strict-transport-security"),
+            HeaderValue::from_static("max-age=31536000"),
+        );
+    }
     for (k, v) in [
         ("content-security-policy", CSP),
         ("x-frame-options", "DENY"),
@@ -400,20 +423,14 @@ fn secured(mut r: Response<Body>) -> Response<Body> {
     r
 }
 
-/// Whether the session cookie must be `Secure`.
-fn secure(state: &AppState) -> bool {
-    state.service.load().config.console.secure_cookie
-}
-
 /// A cookie of the console's: `HttpOnly`, `SameSite=Strict`, only for
-/// `/console`, `Secure` when the console is reached over TLS.
-fn cookie(state: &AppState, name: &str, value: &str, max_age_s: u64) -> String {
-    let secure = if secure(state) { "; Secure" } else { "" };
-    format!("{name}={value}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={max_age_s}{secure}")
+/// `/console` (and `Secure` over TLS, added by [`secured`]).
+fn cookie(name: &str, value: &str, max_age_s: u64) -> String {
+    format!("{name}={value}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={max_age_s}")
 }
 
-fn expired_cookie(state: &AppState, name: &str) -> String {
-    cookie(state, name, "", 0)
+fn expired_cookie(name: &str) -> String {
+    cookie(name, "", 0)
 }
 
 fn set_cookie(r: &mut Response<Body>, cookie: &str) {
