@@ -103,23 +103,14 @@ impl ServerAddress {
                 let stream = UnixStream::connect(path)
                     .await
                     .with_context(|| format!("cannot reach the admin socket {}", path.display()))?;
-                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .context("HTTP handshake")?;
-                (sender, tokio::spawn(conn))
+                handshake(stream).await?
             }
             None => {
                 let stream = TcpStream::connect(&self.authority)
                     .await
                     .with_context(|| format!("cannot reach the server at {}", self.authority))?;
                 match &self.tls {
-                    None => {
-                        let (sender, conn) =
-                            hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                                .await
-                                .context("HTTP handshake")?;
-                        (sender, tokio::spawn(conn))
-                    }
+                    None => handshake(stream).await?,
                     Some((name, config)) => {
                         let stream = tokio_rustls::TlsConnector::from(Arc::clone(config))
                             .connect(name.clone(), stream)
@@ -127,11 +118,7 @@ impl ServerAddress {
                             .with_context(|| {
                                 format!("TLS with {} (is $ARBITER_ADMIN_CA set?)", self.authority)
                             })?;
-                        let (sender, conn) =
-                            hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                                .await
-                                .context("HTTP handshake")?;
-                        (sender, tokio::spawn(conn))
+                        handshake(stream).await?
                     }
                 }
             }
@@ -165,6 +152,22 @@ impl ServerAddress {
         })?;
         Ok((status, json))
     }
+}
+
+type Connection = (
+    hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+);
+
+/// HTTP/1.1 over `stream`, its connection driven by a task of its own.
+async fn handshake<S>(stream: S) -> anyhow::Result<Connection>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .context("HTTP handshake")?;
+    Ok((sender, tokio::spawn(conn)))
 }
 
 /// The server's error message from an error body, or the whole body.
