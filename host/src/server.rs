@@ -623,6 +623,9 @@ async fn bind_admin(
             };
             Ok((AdminListener::Tcp(l, acceptor), endpoint))
         }
+        AdminListen::Unix(_) if tls.is_some() => Err(ServeError::AdminTls(
+            "`admin.tls` is set but the admin plane listens on a Unix socket (`--admin-listen`?); give it HOST:PORT".into(),
+        )),
         AdminListen::Unix(path) => {
             let path = base.join(path);
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

@@ -674,22 +674,26 @@ fn over_tls_the_console_cookies_are_secure_and_the_cli_checks_the_certificate() 
     );
 }
 
-/// A certificate that does not go with its key, or a missing key file,
-/// stops the start with the files named, before any port opens.
+/// A certificate that does not go with its key, a missing key file, or TLS
+/// asked of a Unix socket (a command-line override) stops the start with
+/// the reason, before any port opens.
 #[test]
 fn a_bad_admin_certificate_stops_the_start_naming_the_files() {
     let dir = tempfile::tempdir().expect("dir");
-    let (_, cert, _) = arbiter_tests::certificate_for("127.0.0.1");
+    let (_, cert, key) = arbiter_tests::certificate_for("127.0.0.1");
     let (_, _, other_key) = arbiter_tests::certificate_for("127.0.0.1");
     std::fs::write(dir.path().join("admin.pem"), cert.pem()).expect("write");
+    std::fs::write(dir.path().join("admin.key"), key.serialize_pem()).expect("write");
     std::fs::write(dir.path().join("other.key"), other_key.serialize_pem()).expect("write");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    for (key, says) in [
-        ("other.key", "do not make a certificate and its key"),
-        ("missing.key", "missing.key"),
+    let socket = AdminListen::Unix(dir.path().join("admin.sock"));
+    for (key, listen, says) in [
+        ("other.key", None, "do not make a certificate and its key"),
+        ("missing.key", None, "missing.key"),
+        ("admin.key", Some(socket), "listens on a Unix socket"),
     ] {
         let mut c = config(Vec::new());
         c.admin.listen = Some(AdminListen::Tcp("127.0.0.1:0".parse().expect("addr")));
@@ -700,6 +704,7 @@ fn a_bad_admin_certificate_stops_the_start_naming_the_files() {
         let mut options = ServeOptions::default();
         options.overrides.state_dir = Some(dir.path().join("state"));
         options.overrides.log_dir = Some(dir.path().join("log"));
+        options.overrides.admin_listen = listen;
         let e = match runtime.block_on(arbiter::server::bind(c, None, options)) {
             Ok(_) => panic!("{key}: served"),
             Err(e) => e.to_string(),
