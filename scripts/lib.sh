@@ -47,6 +47,26 @@ ensure_mcp_peers() {
     touch "$stamp"
 }
 
+# Envoy's gRPC authorizer's real client: grpcio with the Python code
+# generated from Envoy's own protos (xds-protos), pinned, in a virtualenv
+# under $ARBITER_GRPC_PEERS (default target/grpc-peers).
+GRPCIO_VERSION=1.76.0
+XDS_PROTOS_VERSION=1.85.0
+ensure_grpc_peers() {
+    local dir=${ARBITER_GRPC_PEERS:-$PWD/target/grpc-peers}
+    local stamp="$dir/.installed-$GRPCIO_VERSION-$XDS_PROTOS_VERSION"
+    if [ -f "$stamp" ]; then
+        return
+    fi
+    echo "installing the gRPC peers into $dir (once)" >&2
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    python3 -m venv "$dir/venv"
+    "$dir/venv/bin/pip" install -q --disable-pip-version-check \
+        "grpcio==$GRPCIO_VERSION" "xds-protos==$XDS_PROTOS_VERSION"
+    touch "$stamp"
+}
+
 # The console tests' real browser: Debian's Chromium, driven by
 # playwright-core from npm (pinned; it never downloads a browser of its
 # own), installed once into $ARBITER_BROWSER_PEERS (default

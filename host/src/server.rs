@@ -161,6 +161,8 @@ impl std::fmt::Display for AdminEndpoint {
 pub struct Bound {
     addr: SocketAddr,
     admin: AdminEndpoint,
+    /// Where Envoy's gRPC authorizer listens, if it is served.
+    grpc: Option<SocketAddr>,
     state: Arc<AppState>,
     stop: watch::Sender<bool>,
     serve: JoinHandle<()>,
@@ -179,6 +181,11 @@ impl Bound {
     /// Where the admin plane listens.
     pub fn admin_endpoint(&self) -> &AdminEndpoint {
         &self.admin
+    }
+
+    /// Where Envoy's gRPC authorizer listens (`authorizer.grpc_listen`).
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc
     }
 
     /// The metrics registry the server records into.
@@ -413,6 +420,22 @@ pub async fn bind(
     let (admin_listener, admin) =
         bind_admin(&admin_listen, config.admin.tls.as_ref(), &base).await?;
     warn_if_open(&config, addr, &admin);
+    let grpc_listener = match config.authorizer.grpc_listen {
+        Some(at) => {
+            let l = TcpListener::bind(at)
+                .await
+                .map_err(|source| ServeError::Bind { addr: at, source })?;
+            Some(l)
+        }
+        None => None,
+    };
+    let grpc_addr = match &grpc_listener {
+        Some(l) => Some(l.local_addr().map_err(|source| ServeError::Bind {
+            addr: config.authorizer.grpc_listen.unwrap_or(addr),
+            source,
+        })?),
+        None => None,
+    };
     let config = Arc::new(config);
     let console_config = config.console.clone();
     let state = Arc::new(AppState::new(
@@ -554,19 +577,25 @@ pub async fn bind(
         console,
         stop.subscribe(),
     ));
+    let grpc_serve =
+        grpc_listener.map(|l| tokio::spawn(grpc_loop(l, Arc::clone(&state), stop.subscribe())));
     let decisions = tokio::spawn(accept_loop(listener, Arc::clone(&state), stop_rx));
     let serve = tokio::spawn(async move {
         let _ = decisions.await;
         let _ = admin_serve.await;
+        if let Some(g) = grpc_serve {
+            let _ = g.await;
+        }
         if let Some((drained, task)) = merging {
             let _ = drained.send(());
             let _ = task.await;
         }
     });
-    tracing::info!(%addr, admin = %admin, "listening");
+    tracing::info!(%addr, admin = %admin, grpc_authorizer = ?grpc_addr, "listening");
     Ok(Bound {
         addr,
         admin,
+        grpc: grpc_addr,
         state,
         stop,
         serve,
@@ -788,6 +817,31 @@ async fn admin_loop(
     drop(listener);
     let grace = state.service.load().config.server.shutdown_grace();
     let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
+}
+
+/// Serves Envoy's gRPC authorizer until `stop`, bounded like the decision
+/// plane: messages by `server.max_body_bytes`, each call by the header and
+/// body timeouts, streams per connection and connections in flight.
+async fn grpc_loop(listener: TcpListener, state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
+    let server = state.service.load().config.server.clone();
+    let service =
+        crate::front_door::ext_authz_grpc::service(Arc::clone(&state), server.max_body_bytes);
+    let result = tonic::transport::Server::builder()
+        .timeout(server.header_timeout() + Duration::from_millis(server.body_timeout_ms))
+        .concurrency_limit_per_connection(256)
+        .max_concurrent_streams(256)
+        .http2_max_header_list_size(64 * 1024)
+        // One service: any other path is the generated server's
+        // `UNIMPLEMENTED`, with no router in between.
+        .serve_with_incoming_shutdown(
+            service,
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async move { stopped(&mut stop).await },
+        )
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "the gRPC authorizer stopped");
+    }
 }
 
 async fn accept_loop(listener: TcpListener, state: Arc<AppState>, mut stop: watch::Receiver<bool>) {

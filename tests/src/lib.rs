@@ -309,6 +309,13 @@ impl Server {
         Self::bind_from(config, Some(path.to_owned()), Default::default())
     }
 
+    /// Where Envoy's gRPC authorizer listens, when configured.
+    pub fn grpc_addr(&self) -> Option<std::net::SocketAddr> {
+        self.bound
+            .as_ref()
+            .and_then(arbiter::server::Bound::grpc_addr)
+    }
+
     /// The registry of what serves, once loaded.
     pub fn registry(&self) -> std::sync::Arc<arbiter::reload::Registry> {
         self.bound

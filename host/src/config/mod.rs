@@ -758,6 +758,9 @@ pub struct AuthorizerConfig {
     /// Headers of the original request copied into `params.headers`.
     /// Default: `content-type`, `content-length`, `user-agent`.
     pub forward_headers: Vec<String>,
+    /// Where Envoy's gRPC authorizer (`envoy.service.auth.v3.Authorization`)
+    /// listens, on a listener of its own. Default: none, not served.
+    pub grpc_listen: Option<SocketAddr>,
 }
 
 impl Default for AuthorizerConfig {
@@ -775,6 +778,7 @@ impl Default for AuthorizerConfig {
             forward_headers: ["content-type", "content-length", "user-agent"]
                 .map(str::to_owned)
                 .to_vec(),
+            grpc_listen: None,
         }
     }
 }
@@ -1373,6 +1377,9 @@ impl Config {
         }
         if self.admin.tls != new.admin.tls {
             changed.push("admin.tls");
+        }
+        if self.authorizer.grpc_listen != new.authorizer.grpc_listen {
+            changed.push("authorizer.grpc_listen");
         }
         if self.engine != new.engine {
             changed.push("engine");

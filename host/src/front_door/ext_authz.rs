@@ -82,9 +82,7 @@ pub fn request_from(
             .filter(|v| !v.is_empty())
     };
     let trusted = |name: &Option<String>| name.as_deref().and_then(header);
-    let method = trusted(&config.original_method_header)
-        .unwrap_or(method.as_str())
-        .to_ascii_uppercase();
+    let method = trusted(&config.original_method_header).unwrap_or(method.as_str());
     let original = match trusted(&config.original_uri_header) {
         Some(u) => u.to_owned(),
         None => {
@@ -96,6 +94,28 @@ pub fn request_from(
             }
         }
     };
+    let host = trusted(&config.host_header).or_else(|| header("host"));
+    request_for(config, method, &original, host.unwrap_or(""), headers)
+}
+
+/// Builds the decision request for an original request given as its
+/// method, its path with query (`original`), its host and its headers:
+/// what Envoy's gRPC `Check` carries in its attributes.
+pub fn request_for(
+    config: &AuthorizerConfig,
+    method: &str,
+    original: &str,
+    host: &str,
+    headers: &HeaderMap,
+) -> Original {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    let method = method.to_ascii_uppercase();
     // A fragment never reaches a server; a proxy that sends one is odd,
     // and the path before it is what counts.
     let original = original.split('#').next().unwrap_or_default();
@@ -105,10 +125,7 @@ pub fn request_from(
         // The raw path, shown (bounded) in the log beside the deny.
         Err(e) => (raw_path.chars().take(2048).collect(), Some(e)),
     };
-    let host = trusted(&config.host_header)
-        .or_else(|| header("host"))
-        .unwrap_or("")
-        .to_owned();
+    let host = host.to_owned();
     let forwarded: Map<String, Value> = config
         .forward_headers
         .iter()

@@ -402,59 +402,77 @@ async fn authz(
     // `Authorization` belongs to the original request here: with
     // `[identity]`, the agent's credential is in Arbiter's own header.
     let who = service.credentials.caller(req.headers(), false).await?;
-    let ext_authz::Original {
-        mut request,
-        problem,
-    } = ext_authz::request_from(
+    let original = ext_authz::request_from(
         &service.config.authorizer,
         req.method(),
         req.uri(),
         req.headers(),
     );
-    if let Some(who) = &who {
+    let decision = decide_original(state, original, who.as_ref()).await?;
+    let (allowed, body) = authorizer_answer(&decision);
+    let status = if allowed {
+        StatusCode::OK
+    } else {
+        StatusCode::FORBIDDEN
+    };
+    let mut r = json_response(status, &body);
+    set_decision_id(&mut r, &decision);
+    Ok(r)
+}
+
+/// Decides an authorizer's original request, as `who` when the caller's
+/// credential names an agent; a path that cannot be decided on is denied
+/// before any policy runs.
+pub(crate) async fn decide_original(
+    state: &AppState,
+    original: ext_authz::Original,
+    who: Option<&crate::identity::AgentIdentity>,
+) -> Result<Decision, FrontDoorError> {
+    let ext_authz::Original {
+        mut request,
+        problem,
+    } = original;
+    if let Some(who) = who {
         auth::bind(&mut request.context, who)?;
     }
-    let decision = match problem {
-        None => run(state, request, false).await?,
+    match problem {
+        None => run(state, request, false).await,
         Some(p) => {
             let arbiter = state.arbiter().ok_or(FrontDoorError::NotReady)?;
             let reason = format!("Denied before any policy ran: {p}.");
             arbiter
                 .try_refuse_async(request, p.rule(), reason)
                 .await
-                .map_err(|s| FrontDoorError::Saturated(s.limit))?
+                .map_err(|s| FrontDoorError::Saturated(s.limit))
         }
-    };
-    let (status, reason) = match decision.outcome {
-        Outcome::Allow => (StatusCode::OK, decision.reason.clone()),
-        Outcome::Deny => (StatusCode::FORBIDDEN, decision.reason.clone()),
-        Outcome::RequireApproval => (
-            StatusCode::FORBIDDEN,
-            format!(
-                "Approval required, which an authorizer cannot wait for: {}",
-                decision.reason
-            ),
+    }
+}
+
+/// What an authorizer answers for `decision`: whether the request may go
+/// on, and the body saying why. Only allow lets it: an authorizer cannot
+/// wait for an approval or rewrite the request, so those fail closed.
+pub(crate) fn authorizer_answer(decision: &Decision) -> (bool, serde_json::Value) {
+    let reason = match decision.outcome {
+        Outcome::Allow | Outcome::Deny => decision.reason.clone(),
+        Outcome::RequireApproval => format!(
+            "Approval required, which an authorizer cannot wait for: {}",
+            decision.reason
         ),
-        // A gateway's authorizer cannot rewrite the request: fail closed.
-        Outcome::Modify => (
-            StatusCode::FORBIDDEN,
-            format!(
-                "A policy requires the request to be modified, which an authorizer cannot do: {}",
-                decision.reason
-            ),
+        Outcome::Modify => format!(
+            "A policy requires the request to be modified, which an authorizer cannot do: {}",
+            decision.reason
         ),
     };
+    let allowed = decision.outcome == Outcome::Allow;
     let body = json!({
         "decision_id": decision.decision_id,
         "outcome": decision.outcome,
-        "allowed": status == StatusCode::OK,
+        "allowed": allowed,
         "reason": reason,
         "rule": decision.rule,
         "risk": decision.risk,
     });
-    let mut r = json_response(status, &body);
-    set_decision_id(&mut r, &decision);
-    Ok(r)
+    (allowed, body)
 }
 
 /// Decides through the arbiter's one flow; a saturated arbiter is a 503.

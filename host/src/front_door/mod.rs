@@ -8,5 +8,6 @@ pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod ext_authz;
+pub mod ext_authz_grpc;
 pub mod http;
 pub mod wire;
