@@ -12,9 +12,8 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 use arbiter::config::Config;
-use arbiter::route::RouteSpec;
 use arbiter::server::ServeOptions;
-use arbiter_tests::{Server, artifacts, log_records, refused, server_config};
+use arbiter_tests::{Server, authorizer_config, log_records, refused};
 use serde_json::{Value, json};
 
 fn repo() -> PathBuf {
@@ -67,23 +66,10 @@ fn check(addr: SocketAddr, calls: &Value) -> Vec<Value> {
     answers
 }
 
-/// `/admin` paths denied by a policy of their own, every other path by
-/// `misbehave`'s last segment (`allow`, `deny`, `approve`, `modify`); the
-/// agent from a header Envoy forwards.
+/// [`authorizer_config`], with the agent from a header Envoy forwards and
+/// the gRPC authorizer on a loopback port.
 fn config() -> Config {
-    let misbehave = format!("file:{}", artifacts::MISBEHAVE);
-    let deny = format!("file:{}", artifacts::VERDICT_DENY);
-    let mut config = server_config(&[
-        ("misbehave", misbehave.as_str(), json!({})),
-        ("admin-guard", deny.as_str(), json!({})),
-    ]);
-    config.routes = vec![
-        RouteSpec {
-            name: "* /admin*".into(),
-            ..RouteSpec::all(["admin-guard"])
-        },
-        RouteSpec::all(["misbehave"]),
-    ];
+    let mut config = authorizer_config();
     config.authorizer.agent_header = Some("x-agent-id".into());
     config.authorizer.grpc_listen = Some("127.0.0.1:0".parse().expect("addr"));
     config

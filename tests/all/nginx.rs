@@ -12,10 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use arbiter::route::RouteSpec;
 use arbiter::server::ServeOptions;
 use arbiter_tests::http::send;
-use arbiter_tests::{Server, artifacts, refused, server_config};
+use arbiter_tests::{Server, authorizer_config, refused};
 use serde_json::json;
 
 fn nginx_binary() -> PathBuf {
@@ -199,19 +198,7 @@ fn free_port() -> u16 {
 /// and the agent come from headers nginx sets; `/admin` paths are denied
 /// by a policy of their own, every other path by `misbehave`'s last segment.
 fn authorizer() -> Server {
-    let misbehave = format!("file:{}", artifacts::MISBEHAVE);
-    let deny = format!("file:{}", artifacts::VERDICT_DENY);
-    let mut config = server_config(&[
-        ("misbehave", misbehave.as_str(), json!({})),
-        ("admin-guard", deny.as_str(), json!({})),
-    ]);
-    config.routes = vec![
-        RouteSpec {
-            name: "* /admin*".into(),
-            ..RouteSpec::all(["admin-guard"])
-        },
-        RouteSpec::all(["misbehave"]),
-    ];
+    let mut config = authorizer_config();
     let a = &mut config.authorizer;
     a.original_uri_header = Some("x-original-uri".into());
     a.original_method_header = Some("x-original-method".into());

@@ -246,6 +246,26 @@ pub fn operator(
     }
 }
 
+/// An external authorizer's configuration: `/admin` paths denied by a
+/// policy of their own, every other path decided by `misbehave` on its last
+/// segment (`allow`, `deny`, `approve`, `modify`).
+pub fn authorizer_config() -> arbiter::config::Config {
+    let misbehave = format!("file:{}", artifacts::MISBEHAVE);
+    let deny = format!("file:{}", artifacts::VERDICT_DENY);
+    let mut config = server_config(&[
+        ("misbehave", misbehave.as_str(), serde_json::json!({})),
+        ("admin-guard", deny.as_str(), serde_json::json!({})),
+    ]);
+    config.routes = vec![
+        RouteSpec {
+            name: "* /admin*".into(),
+            ..RouteSpec::all(["admin-guard"])
+        },
+        RouteSpec::all(["misbehave"]),
+    ];
+    config
+}
+
 /// A configuration serving `policies` (embedded example names, or files
 /// given as `name=path`) on one route for everything, on a free loopback
 /// port, with no compile cache and a small engine.

@@ -66,6 +66,16 @@ pub struct Original {
     pub problem: Option<PathProblem>,
 }
 
+/// The value of header `name`, trimmed; `None` when absent, empty or not
+/// text.
+fn header_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
 /// Builds the decision request for the original request behind `method`,
 /// `uri` and `headers`.
 pub fn request_from(
@@ -74,13 +84,7 @@ pub fn request_from(
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Original {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-    };
+    let header = |name: &str| header_value(headers, name);
     let trusted = |name: &Option<String>| name.as_deref().and_then(header);
     let method = trusted(&config.original_method_header).unwrap_or(method.as_str());
     let original = match trusted(&config.original_uri_header) {
@@ -108,13 +112,7 @@ pub fn request_for(
     host: &str,
     headers: &HeaderMap,
 ) -> Original {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-    };
+    let header = |name: &str| header_value(headers, name);
     let method = method.to_ascii_uppercase();
     // A fragment never reaches a server; a proxy that sends one is odd,
     // and the path before it is what counts.
@@ -156,13 +154,7 @@ pub fn request_for(
 /// Agent, user, environment and session from the headers `config` names;
 /// empty where it names none.
 pub fn context_from(config: &AuthorizerConfig, headers: &HeaderMap) -> Context {
-    let trusted = |name: &Option<String>| {
-        name.as_deref()
-            .and_then(|n| headers.get(n))
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-    };
+    let trusted = |name: &Option<String>| name.as_deref().and_then(|n| header_value(headers, n));
     let principal = |id_header: &Option<String>, roles_header: &Option<String>| {
         trusted(id_header).map(|id| Principal {
             id: id.to_owned(),
