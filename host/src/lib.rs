@@ -23,7 +23,8 @@
 //! | what a decision leaves behind: log, metrics | [`evidence`] |
 //! | candidates beside the serving version, divergence, replay | [`shadow`] |
 //!
-//! Around the flow: [`load`] brings one policy into service, [`set`]
+//! Around the flow: [`load`] brings one policy into service (from a file,
+//! or pulled from a registry by [`oci`]), [`set`]
 //! assembles a whole policy set from configuration, [`reload`] changes what
 //! serves at run time, [`state`] keeps what must survive a restart behind
 //! traits. The doors: [`front_door`] (HTTP), [`mcp`] (MCP gateway), with
@@ -39,7 +40,7 @@
 //! |---|---|---|
 //! | 0 | [`decision`], [`time`], [`paths`], [`glob`], [`tls`], `hex` | shared types and helpers |
 //! | 1 | [`engine`], [`signing`], [`admission`], [`combine`] | primitives |
-//! | 2 | [`evaluate`], [`route`] | one policy run; one chain chosen |
+//! | 2 | [`evaluate`], [`route`], [`oci`] | one policy run; one chain chosen; policies from an OCI registry |
 //! | 3 | [`config`] | the configuration's data model and checks |
 //! | 4 | [`state`], [`evidence`], [`load`], [`identity`] | durable state, evidence, the load pipeline, credentials |
 //! | 5 | [`examples`], [`enrich`], [`approvals`], [`mode`] | stages that use them |
@@ -76,6 +77,7 @@ pub mod identity;
 pub mod load;
 pub mod mcp;
 pub mod mode;
+pub mod oci;
 pub mod paths;
 pub mod reload;
 pub mod route;

@@ -53,7 +53,7 @@ use crate::load::LoadError;
 use crate::reload::Registry;
 pub use crate::reload::watch::ReloadHandle;
 use crate::reload::watch::Watcher;
-use crate::set::{open_cache, specs_from_config};
+use crate::set::{check_examples, open_cache};
 use crate::state::{self, StoreError};
 use crate::time::{Clock, SystemClock};
 
@@ -321,7 +321,7 @@ pub async fn bind(
         .map(Path::to_owned)
         .unwrap_or_default();
     // Refuse a missing example policy before binding.
-    specs_from_config(&config, &base)?;
+    check_examples(&config)?;
     let engine = Engine::new(&config.engine)?;
     let metrics = Arc::new(Metrics::new());
     let state_dir = state::resolve_dir(&config.state, &base).ok_or(StoreError::NoDirectory)?;
@@ -478,6 +478,7 @@ pub async fn bind(
     let hold = options.hold_load;
     let overrides = options.overrides;
     let loader_log = log.clone();
+    let mut poll_stop = stop.subscribe();
     tokio::spawn(async move {
         if let Some(hold) = hold {
             let _ = hold.await;
@@ -515,6 +516,12 @@ pub async fn bind(
                     Ok(w) => loader_reloader.install(w),
                     Err(e) => tracing::error!(error = %e, "no hot reload"),
                 }
+                tokio::spawn(crate::reload::oci::poll(
+                    Arc::clone(&registry),
+                    async move {
+                        stopped(&mut poll_stop).await;
+                    },
+                ));
                 let _ = loader_state.load.set(LoadState::Ready(registry));
                 loader_state.metrics.set_ready(true);
                 tracing::info!(policies = n, "ready");

@@ -255,9 +255,12 @@ pub fn specs_from_config(config: &Config, base: &Path) -> Result<Vec<PolicySpec>
                     ..config.trust.clone()
                 }),
             };
-            let source = source_of(&p.name, p.file.as_deref(), p.example.as_deref(), base)?
-                // `Config::parse` refuses a policy with neither.
-                .unwrap_or_else(|| Source::File(base.join(&p.name)));
+            let source = match &p.oci {
+                Some(reference) => oci_source(config, base, &p.name, reference)?,
+                None => source_of(&p.name, p.file.as_deref(), p.example.as_deref(), base)?
+                    // `Config::parse` refuses a policy with neither.
+                    .unwrap_or_else(|| Source::File(base.join(&p.name))),
+            };
             Ok(PolicySpec {
                 name: p.name.clone(),
                 source,
@@ -268,6 +271,56 @@ pub fn specs_from_config(config: &Config, base: &Path) -> Result<Vec<PolicySpec>
             })
         })
         .collect()
+}
+
+/// Refuses a configuration naming an example policy this build does not
+/// embed, before anything is bound or pulled.
+///
+/// # Errors
+/// A [`LoadError`] at the read step for the first such policy.
+pub fn check_examples(config: &Config) -> Result<(), LoadError> {
+    for p in &config.policies {
+        if p.example.is_some() {
+            source_of(&p.name, None, p.example.as_deref(), Path::new(""))?;
+        }
+    }
+    Ok(())
+}
+
+/// The stored artifact policy `policy`'s `reference` loads: the digest it
+/// last served, else the one pulled for its first load.
+///
+/// # Errors
+/// A [`LoadError`] at the read step when the store has nothing for it.
+pub fn oci_source(
+    config: &Config,
+    base: &Path,
+    policy: &str,
+    reference: &str,
+) -> Result<Source, LoadError> {
+    let fail = |problem: String| LoadError {
+        policy: policy.to_owned(),
+        source_desc: format!("oci:{reference}"),
+        step: load::LoadStep::Read,
+        problem: load::LoadProblem::NotPulled(problem),
+    };
+    let store = config
+        .oci
+        .open_store(base)
+        .map_err(|e| fail(e.to_string()))?;
+    let digest = store
+        .pinned(reference)
+        .map_err(|e| fail(e.to_string()))?
+        .ok_or_else(|| fail("it has not been pulled, and the store has nothing for it".into()))?;
+    let stored = store
+        .get(&digest, config.oci.max_component_bytes)
+        .map_err(|e| fail(e.to_string()))?
+        .ok_or_else(|| fail(format!("{digest} is missing or damaged in the store")))?;
+    Ok(Source::Oci {
+        reference: reference.to_owned(),
+        digest,
+        component: stored.component,
+    })
 }
 
 /// Where a configured component is: a file relative to `base`, or an

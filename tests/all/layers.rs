@@ -21,9 +21,10 @@ const LAYERS: &[(&str, u8)] = &[
     ("combine", 1),
     ("engine", 1),
     ("signing", 1),
-    // Running one policy; choosing a chain.
+    // Running one policy; choosing a chain; fetching policies.
     ("evaluate", 2),
     ("route", 2),
+    ("oci", 2),
     // The configuration's data model and its checks.
     ("config", 3),
     // Durable state, evidence, and the load pipeline.

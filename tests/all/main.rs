@@ -18,6 +18,7 @@ mod load;
 mod log;
 mod mcp;
 mod nginx;
+mod oci;
 mod postgres;
 mod properties;
 mod reload;

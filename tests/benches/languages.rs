@@ -84,7 +84,10 @@ fn main() {
         .into_iter()
         .map(|lang| {
             let size = match lang.source() {
-                Source::File(path) => std::fs::metadata(path).expect("built").len() as usize,
+                Source::File(path)
+                | Source::Oci {
+                    component: path, ..
+                } => std::fs::metadata(path).expect("built").len() as usize,
                 Source::Bytes { bytes, .. } => bytes.len(),
             };
             let start = Instant::now();

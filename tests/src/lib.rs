@@ -134,6 +134,7 @@ pub mod fleet;
 pub mod http;
 pub mod languages;
 pub mod postgres;
+pub mod registry;
 
 /// The body of a plain tool call by agent `bot`, for servers whose every
 /// route takes it.

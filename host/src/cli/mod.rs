@@ -26,6 +26,7 @@ mod agents;
 mod approvals;
 mod log;
 mod mcp;
+mod oci;
 mod rollout;
 
 /// Exit code for a run that worked but found failures (`arbiter test`).
@@ -101,6 +102,12 @@ enum Command {
     /// Check a component's signature against public keys or a
     /// configuration's [trust].
     Verify(VerifyArgs),
+    /// Sign a policy component and publish it, with its signature, as
+    /// one OCI artifact (registry password from $ARBITER_REGISTRY_PASSWORD).
+    Push(oci::PushArgs),
+    /// Pull a policy artifact from an OCI registry and verify its
+    /// signature against public keys or a configuration's [trust].
+    Pull(oci::PullArgs),
     /// On a running server, serve an earlier version of a policy at once
     /// (admin token from $ARBITER_ADMIN_TOKEN).
     Rollback(RollbackArgs),
@@ -329,6 +336,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token(args) => token(&args),
         Command::Sign(args) => sign(&args),
         Command::Verify(args) => verify(&args),
+        Command::Push(args) => oci::push(&args),
+        Command::Pull(args) => oci::pull(&args),
         Command::Rollback(args) => rollback(&args),
         Command::Status(args) => status(&args),
         Command::Log(command) => log::run(&command),
@@ -393,7 +402,36 @@ fn keygen(args: &KeygenArgs) -> anyhow::Result<ExitCode> {
 /// Creates `path` with `mode` (owner-only for secrets) from the start; an
 /// existing file is never overwritten.
 fn sign(args: &SignArgs) -> anyhow::Result<ExitCode> {
-    let key_file = &args.key;
+    let bytes = std::fs::read(&args.component)
+        .with_context(|| format!("cannot read `{}`", args.component.display()))?;
+    let (signature, key_id) = signature_by(&args.key, &args.name, &args.version, &bytes)?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| signature_path(&args.component));
+    // Written beside, then renamed: a watching server never sees half.
+    let tmp = out.with_extension("sig.tmp");
+    std::fs::write(&tmp, signature.to_json())
+        .and_then(|()| std::fs::rename(&tmp, &out))
+        .with_context(|| format!("cannot write `{}`", out.display()))?;
+    println!(
+        "signed `{}` {} (sha256:{}) with key `{key_id}`: {}",
+        args.name,
+        args.version,
+        signature.payload.sha256,
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bytes` signed as policy `name` at `version` with the private key in
+/// `key_file` (refused unless owner-only), and the key's id.
+fn signature_by(
+    key_file: &Path,
+    name: &str,
+    version: &str,
+    bytes: &[u8],
+) -> anyhow::Result<(SignatureFile, String)> {
     let meta = std::fs::metadata(key_file)
         .with_context(|| format!("cannot read `{}`", key_file.display()))?;
     if let Some(mode) = crate::paths::shared_mode(&meta) {
@@ -406,53 +444,12 @@ fn sign(args: &SignArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot read `{}`", key_file.display()))?;
     let pair =
         KeyPair::from_private_file(&text).with_context(|| format!("`{}`", key_file.display()))?;
-    let bytes = std::fs::read(&args.component)
-        .with_context(|| format!("cannot read `{}`", args.component.display()))?;
-    let signature = pair.sign(
-        &args.name,
-        &args.version,
-        &bytes,
-        std::time::SystemTime::now(),
-    )?;
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| signature_path(&args.component));
-    // Written beside, then renamed: a watching server never sees half.
-    let tmp = out.with_extension("sig.tmp");
-    std::fs::write(&tmp, signature.to_json())
-        .and_then(|()| std::fs::rename(&tmp, &out))
-        .with_context(|| format!("cannot write `{}`", out.display()))?;
-    println!(
-        "signed `{}` {} (sha256:{}) with key `{}`: {}",
-        args.name,
-        args.version,
-        signature.payload.sha256,
-        pair.id(),
-        out.display()
-    );
-    Ok(ExitCode::SUCCESS)
+    let signature = pair.sign(name, version, bytes, std::time::SystemTime::now())?;
+    Ok((signature, pair.id().to_owned()))
 }
 
 fn verify(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
-    let mut trust = match &args.config {
-        Some(path) => Config::from_file(path)?.0.trust,
-        None => TrustConfig::default(),
-    };
-    for path in &args.keys {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read `{}`", path.display()))?;
-        let key = PublicKey::from_file(&text).with_context(|| format!("`{}`", path.display()))?;
-        trust.keys.push(TrustedKey {
-            id: key.id().to_owned(),
-            public_key: key.hex(),
-            policies: vec!["*".into()],
-        });
-    }
-    if trust.keys.is_empty() {
-        bail!("no keys to verify with: give --key FILE.pub or --config FILE");
-    }
-    trust.require_signatures = true;
+    let trust = trust_from(&args.keys, args.config.as_deref())?;
     let sig = signature_path(&args.component);
     let name = match &args.name {
         Some(n) => n.clone(),
@@ -466,22 +463,56 @@ fn verify(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
             Err(e) => return Err(anyhow::Error::new(e).context(format!("`{}`", sig.display()))),
         },
     };
+    let (version, signer) = verified(name.clone(), Source::File(args.component.clone()), trust)?;
+    println!(
+        "ok: `{name}` {} ({version}) signed by `{}` at {}",
+        signer.version, signer.key_id, signer.signed_at
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The component at `source` through the verify stage as policy `name`,
+/// a signature required: its version and signer.
+fn verified(
+    name: String,
+    source: Source,
+    trust: TrustConfig,
+) -> anyhow::Result<(String, load::Signer)> {
     let spec = PolicySpec {
         name,
-        source: Source::File(args.component.clone()),
+        source,
         settings: serde_json::json!({}),
         limits: Limits::default(),
         smoke: Vec::new(),
         trust: std::sync::Arc::new(trust),
     };
     let (version, signer) = load::verify_signature(&spec)?;
-    // Signatures are required above, so a pass always names its signer.
-    let signer = signer.context("no signer")?;
-    println!(
-        "ok: `{}` {} ({version}) signed by `{}` at {}",
-        spec.name, signer.version, signer.key_id, signer.signed_at
-    );
-    Ok(ExitCode::SUCCESS)
+    // Signatures are required, so a pass always names its signer.
+    Ok((version, signer.context("no signer")?))
+}
+
+/// The trust to verify with: a configuration's `[trust]` and public key
+/// files, each trusted for every policy; signatures required.
+fn trust_from(keys: &[PathBuf], config: Option<&Path>) -> anyhow::Result<TrustConfig> {
+    let mut trust = match config {
+        Some(path) => Config::from_file(path)?.0.trust,
+        None => TrustConfig::default(),
+    };
+    for path in keys {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read `{}`", path.display()))?;
+        let key = PublicKey::from_file(&text).with_context(|| format!("`{}`", path.display()))?;
+        trust.keys.push(TrustedKey {
+            id: key.id().to_owned(),
+            public_key: key.hex(),
+            policies: vec!["*".into()],
+        });
+    }
+    if trust.keys.is_empty() {
+        bail!("no keys to verify with: give --key FILE.pub or --config FILE");
+    }
+    trust.require_signatures = true;
+    Ok(trust)
 }
 
 /// A running server's admin plane, with the operator's token from

@@ -92,6 +92,9 @@ pub struct Config {
     /// The operator console on the admin listener.
     #[serde(default)]
     pub console: ConsoleConfig,
+    /// Policies from OCI registries: the store, tag polling, registries.
+    #[serde(default)]
+    pub oci: crate::oci::OciConfig,
 }
 
 /// `[mcp]`: the MCP servers the gateway governs ([`crate::mcp`]).
@@ -855,6 +858,11 @@ pub struct PolicyConfig {
     pub file: Option<PathBuf>,
     /// An example policy embedded in the binary, instead of `file`.
     pub example: Option<String>,
+    /// An OCI reference to pull the signed policy from, instead of
+    /// `file`: `registry/repository:tag` (checked every `oci.poll_s`) or
+    /// `registry/repository@sha256:…`.
+    #[serde(default)]
+    pub oci: Option<String>,
     /// Settings passed to the policy, as JSON. Default: `{}`.
     #[serde(default = "empty_settings")]
     pub settings: serde_json::Value,
@@ -887,6 +895,7 @@ impl PolicyConfig {
             name: name.to_owned(),
             file,
             example,
+            oci: None,
             settings: empty_settings(),
             limits: Limits::default(),
             smoke: Vec::new(),
@@ -1117,6 +1126,7 @@ impl Config {
         {
             return Err("`rollout.shadow_queue`, `rollout.shadow_queue_bytes`, `rollout.shadow_workers` and `rollout.baseline_max_actions` must be at least 1".into());
         }
+        self.oci.check()?;
         if self.reload.keep_versions == 0 {
             return Err("`reload.keep_versions` must be at least 1".into());
         }
@@ -1128,14 +1138,20 @@ impl Config {
             if !names.insert(p.name.as_str()) {
                 return Err(format!("policy `{}` is configured twice", p.name));
             }
-            match (&p.file, &p.example) {
-                (Some(_), None) | (None, Some(_)) => {}
-                _ => {
-                    return Err(format!(
-                        "policy `{}`: give exactly one of `file` and `example`",
+            let sources = [p.file.is_some(), p.example.is_some(), p.oci.is_some()];
+            if sources.iter().filter(|s| **s).count() != 1 {
+                return Err(format!(
+                    "policy `{}`: give exactly one of `file`, `example` and `oci`",
+                    p.name
+                ));
+            }
+            if let Some(r) = &p.oci {
+                r.parse::<oci_client::Reference>().map_err(|e| {
+                    format!(
+                        "policy `{}`: `oci = \"{r}\"` is not an OCI reference: {e}",
                         p.name
-                    ));
-                }
+                    )
+                })?;
             }
             check_candidates(p)?;
         }
@@ -1402,6 +1418,9 @@ impl Config {
         if self.approvals != new.approvals {
             changed.push("approvals");
         }
+        if self.oci.store != new.oci.store {
+            changed.push("oci.store");
+        }
         changed
     }
 }
@@ -1516,6 +1535,42 @@ mod tests {
         assert!(cause.downcast_ref::<toml::de::Error>().is_some());
         assert!(e.to_string().starts_with("configuration `t.toml`: "), "{e}");
         assert!(e.to_string().contains("listen"), "{e}");
+    }
+
+    #[test]
+    fn oci_settings_that_cannot_work_are_refused() {
+        let policy = |source: &str| format!("[[policies]]\nname = \"p\"\n{source}\n");
+        for (text, says) in [
+            (
+                policy("oci = \"r.example/p:1\"\nfile = \"p.wasm\""),
+                "exactly one of `file`, `example` and `oci`",
+            ),
+            (policy("oci = \"R E/p::\""), "is not an OCI reference"),
+            (
+                "[[oci.registries]]\nhost = \"r.example\"\nusername = \"u\"\n".to_owned(),
+                "`username` goes with one of",
+            ),
+            (
+                "[[oci.registries]]\nhost = \"r.example\"\n[[oci.registries]]\nhost = \"r.example\"\n"
+                    .to_owned(),
+                "configured twice",
+            ),
+            (
+                "[[oci.registries]]\nhost = \"https://r.example/v2\"\n".to_owned(),
+                "must be a registry host",
+            ),
+            ("[oci]\npoll_s = 0\n".to_owned(), "must be at least 1"),
+        ] {
+            let e = Config::parse(&text, "t.toml").expect_err(says);
+            assert!(e.to_string().contains(says), "{e}");
+        }
+        let ok = Config::parse(
+            &policy(
+                "oci = \"r.example:5000/policies/p@sha256:0000000000000000000000000000000000000000000000000000000000000000\"",
+            ),
+            "t.toml",
+        );
+        assert!(ok.is_ok(), "{ok:?}");
     }
 
     #[test]

@@ -33,6 +33,15 @@ use crate::evaluate::{Evaluation, InstancePool, Limits, PolicyFailure, PolicyPre
 pub enum Source {
     /// A `.wasm` file.
     File(PathBuf),
+    /// An artifact pulled from an OCI registry, read from the store.
+    Oci {
+        /// The reference as configured (a tag or a digest).
+        reference: String,
+        /// The manifest digest it resolved to.
+        digest: String,
+        /// The component in the store; its signature is beside it.
+        component: PathBuf,
+    },
     /// Bytes in memory, with a label for messages (e.g. `embedded:procurement`).
     Bytes {
         /// What to call it in messages.
@@ -46,6 +55,12 @@ impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Source::File(p) => write!(f, "{}", p.display()),
+            Source::Oci {
+                reference, digest, ..
+            } if reference.ends_with(digest.as_str()) => write!(f, "oci:{reference}"),
+            Source::Oci {
+                reference, digest, ..
+            } => write!(f, "oci:{reference}@{digest}"),
             Source::Bytes { label, .. } => f.write_str(label),
         }
     }
@@ -229,6 +244,9 @@ pub enum LoadProblem {
         /// The examples this build has.
         known: Vec<String>,
     },
+    /// An OCI policy has nothing in the store to load.
+    #[error("{0}")]
+    NotPulled(String),
     /// The serving version was replaced while a reload ran.
     #[error("the serving version vanished during the reload")]
     Vanished,

@@ -168,7 +168,10 @@ pub fn load_with_settings(
 
 fn read(source: &Source) -> Result<Arc<[u8]>, LoadProblem> {
     match source {
-        Source::File(path) => std::fs::read(path)
+        Source::File(path)
+        | Source::Oci {
+            component: path, ..
+        } => std::fs::read(path)
             .map(Arc::from)
             .map_err(|e| LoadProblem::Read(Arc::new(e))),
         Source::Bytes { bytes, .. } => Ok(Arc::clone(bytes)),

@@ -1,4 +1,5 @@
-//! The verify stage: the component's detached signature (`FILE.sig`)
+//! The verify stage: the component's detached signature (`FILE.sig`, or
+//! the signature layer of an OCI artifact, stored beside its component)
 //! against the configured trust ([`TrustConfig`]).
 //!
 //! With `require_signatures`, a component without a valid signature by a
@@ -99,7 +100,10 @@ pub(super) fn verify(
     digest: &str,
 ) -> Result<Option<Signer>, LoadProblem> {
     let (file, missing) = match source {
-        Source::File(path) => {
+        Source::File(path)
+        | Source::Oci {
+            component: path, ..
+        } => {
             let sig = signature_path(path);
             match SignatureFile::read(&sig) {
                 Ok(f) => (f, format!("there is no `{}`", sig.display())),

@@ -13,6 +13,7 @@
 //! thread, so loads never race each other; a rollback takes the lock
 //! directly and applies at once.
 
+pub mod oci;
 mod rollback;
 mod rollout;
 mod status;
@@ -229,6 +230,7 @@ impl Registry {
         config_path: Option<PathBuf>,
         base: PathBuf,
     ) -> Result<Self, Vec<LoadError>> {
+        oci::ensure_pulled(&config, &base)?;
         let assembly =
             set::assemble(&engine, cache.as_ref(), &config, &base).map_err(|e| vec![e])?;
         if !assembly.set.failures().is_empty() {
@@ -242,7 +244,7 @@ impl Registry {
             }
         }
         let set = assembly.set;
-        Ok(Registry {
+        let registry = Registry {
             config_path: config_path.clone(),
             arbiter: Arbiter::new(engine, set).configured(&config),
             cache,
@@ -264,7 +266,9 @@ impl Registry {
                 policies: records,
                 targets_generation: 0,
             }),
-        })
+        };
+        registry.pin_served();
+        Ok(registry)
     }
 
     /// Records every decision in `log` (see [`Arbiter::with_log`]), and
@@ -357,6 +361,19 @@ impl Registry {
     /// fails, or the log cannot take the record, the previous version
     /// keeps serving and the failure is recorded.
     pub fn reload_policy(&self, name: &str, actor: &str) -> Reloaded {
+        self.reload_from(name, actor, None)
+    }
+
+    /// Loads policy `name` from `source` (an OCI tag's new digest, pulled
+    /// into the store) through the whole pipeline and, if it passes,
+    /// swaps it in and makes `source` the policy's source from then on,
+    /// with an `admin` record naming both digests. If any step fails, the
+    /// previous version keeps serving from its own source.
+    pub fn reload_policy_from(&self, name: &str, actor: &str, source: Source) -> Reloaded {
+        self.reload_from(name, actor, Some(source))
+    }
+
+    fn reload_from(&self, name: &str, actor: &str, source: Option<Source>) -> Reloaded {
         let (spec, serving) = {
             let state = self.lock();
             let Some(record) = state.policies.get(name) else {
@@ -364,11 +381,15 @@ impl Registry {
             };
             (record.spec.clone(), self.serving(name))
         };
+        let mut next = spec.clone();
+        if let Some(source) = source {
+            next.source = source;
+        }
         // The slow part, off the lock: decisions and rollbacks go on.
         let result = load::load_if_changed(
             self.arbiter.engine(),
             self.cache.as_ref(),
-            &spec,
+            &next,
             serving.as_deref(),
         );
         let mut guard = self.lock();
@@ -379,27 +400,43 @@ impl Registry {
         if record.spec != spec {
             return Reloaded::Superseded;
         }
+        let moved =
+            (next.source != spec.source).then(|| oci::Moved::new(&spec.source, &next.source));
         match result {
             Ok(None) => {
                 record.attempt = Attempt::ok();
+                if moved.is_some() {
+                    // A new artifact holding the serving component: the
+                    // new source is taken, nothing else changes.
+                    record.spec.source = next.source.clone();
+                    record.configured.0.source = next.source;
+                }
                 self.count_reload(name, "unchanged");
                 Reloaded::Unchanged
             }
             Ok(Some(loaded)) => {
                 let before = serving.map(|s| s.version.clone()).unwrap_or_default();
-                if let Err(e) = self.admin_record(serde_json::json!({
+                let mut data = serde_json::json!({
                     "actor": actor,
                     "change": "policy-file",
                     "from": before,
                     "policy": name,
                     "to": loaded.version,
-                })) {
+                });
+                if let Some(m) = &moved {
+                    m.describe(&mut data);
+                }
+                if let Err(e) = self.admin_record(data) {
                     tracing::error!(policy = name, error = %e, "the new version is not recorded, so it does not serve");
                     record.attempt = Attempt::failed("record", e.to_string());
                     return Reloaded::Unrecorded(e);
                 }
                 let loaded = Arc::new(loaded);
                 let from = self.swap_in(Arc::clone(&loaded));
+                if moved.is_some() {
+                    record.spec.source = next.source.clone();
+                    record.configured.0.source = next.source;
+                }
                 remember(record, loaded, state.config.reload.keep_versions);
                 record.attempt = Attempt::ok();
                 self.count_reload(name, "swapped");
@@ -470,6 +507,7 @@ impl Registry {
                     reloaded = ?change.reloaded,
                     "configuration reloaded"
                 );
+                self.pin_served();
                 (Attempt::ok(), "applied")
             }
             Err(e) => {
@@ -515,6 +553,8 @@ impl Registry {
         if !restart.is_empty() {
             return Err(ConfigRefused::NeedsRestart(restart));
         }
+        // A policy new to OCI is pulled before its spec can name it.
+        oci::ensure_pulled(&config, &self.base).map_err(|mut e| e.swap_remove(0))?;
         let specs = specs_from_config(&config, &self.base)?;
         let rollout_specs = rollout_specs_from_config(&config, &specs, &self.base)?;
         // Load what is new or changed, off the lock; any failure refuses
