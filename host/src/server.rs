@@ -24,6 +24,7 @@
 //! ([`crate::front_door::admin`]), by default a Unix socket, mode 0600, in
 //! the state directory. Neither serves the other's paths.
 
+mod grpc;
 mod io;
 
 use std::net::SocketAddr;
@@ -585,7 +586,7 @@ pub async fn bind(
         stop.subscribe(),
     ));
     let grpc_serve =
-        grpc_listener.map(|l| tokio::spawn(grpc_loop(l, Arc::clone(&state), stop.subscribe())));
+        grpc_listener.map(|l| tokio::spawn(grpc::serve(l, Arc::clone(&state), stop.subscribe())));
     let decisions = tokio::spawn(accept_loop(listener, Arc::clone(&state), stop_rx));
     let serve = tokio::spawn(async move {
         let _ = decisions.await;
@@ -824,31 +825,6 @@ async fn admin_loop(
     drop(listener);
     let grace = state.service.load().config.server.shutdown_grace();
     let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
-}
-
-/// Serves Envoy's gRPC authorizer until `stop`, bounded like the decision
-/// plane: messages by `server.max_body_bytes`, each call by the header and
-/// body timeouts, streams per connection and connections in flight.
-async fn grpc_loop(listener: TcpListener, state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
-    let server = state.service.load().config.server.clone();
-    let service =
-        crate::front_door::ext_authz_grpc::service(Arc::clone(&state), server.max_body_bytes);
-    let result = tonic::transport::Server::builder()
-        .timeout(server.header_timeout() + Duration::from_millis(server.body_timeout_ms))
-        .concurrency_limit_per_connection(256)
-        .max_concurrent_streams(256)
-        .http2_max_header_list_size(64 * 1024)
-        // One service: any other path is the generated server's
-        // `UNIMPLEMENTED`, with no router in between.
-        .serve_with_incoming_shutdown(
-            service,
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async move { stopped(&mut stop).await },
-        )
-        .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "the gRPC authorizer stopped");
-    }
 }
 
 async fn accept_loop(listener: TcpListener, state: Arc<AppState>, mut stop: watch::Receiver<bool>) {

@@ -244,3 +244,54 @@ fn attacks_on_the_grpc_authorizer_are_refused() {
         &answers[8],
     );
 }
+
+/// Opens a TCP connection to `addr`, sends HTTP/2's client preface, and
+/// says whether the server's first frame arrives within `wait`: only a
+/// connection the server accepted gets one.
+fn answered(addr: SocketAddr, wait: std::time::Duration) -> (std::net::TcpStream, bool) {
+    use std::io::Read as _;
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .expect("preface");
+    s.set_read_timeout(Some(wait)).expect("timeout");
+    let mut frame = [0u8; 9];
+    let got = s.read_exact(&mut frame).is_ok();
+    (s, got)
+}
+
+#[test]
+fn grpc_connections_are_capped_and_cannot_hold_the_shutdown() {
+    let mut config = config();
+    config.server.max_connections = 2;
+    config.server.shutdown_grace_ms = 500;
+    let server = Server::start(config, ServeOptions::default());
+    let addr = server.grpc_addr().expect("grpc");
+    let long = std::time::Duration::from_secs(20);
+    let (first, ok) = answered(addr, long);
+    assert!(ok, "the first connection is served");
+    let (_second, ok) = answered(addr, long);
+    assert!(ok, "the second connection is served");
+    // Past `max_connections`: left in the backlog, not served...
+    let (mut third, ok) = answered(addr, std::time::Duration::from_millis(500));
+    refused(
+        "a gRPC connection past max_connections",
+        !ok,
+        "it was served",
+    );
+    // ...until a place frees.
+    drop(first);
+    third.set_read_timeout(Some(long)).expect("timeout");
+    let mut frame = [0u8; 9];
+    std::io::Read::read_exact(&mut third, &mut frame).expect("served once a place is free");
+
+    // Open connections that never close cannot hold the shutdown past
+    // its grace period.
+    let (done, stopped) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(server.stop());
+    });
+    let result = stopped
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the server stopped with gRPC connections held open");
+    result.expect("a clean stop");
+}

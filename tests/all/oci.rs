@@ -96,6 +96,50 @@ fn plain(registry: &OciRegistry) -> RegistryConfig {
     }
 }
 
+/// A plain-HTTP registry, a trusted key `team`, and the tag `gate:live`
+/// a server follows.
+struct Plain {
+    registry: OciRegistry,
+    dir: tempfile::TempDir,
+    team: KeyPair,
+    team_key: PathBuf,
+    tag: String,
+}
+
+impl Plain {
+    fn new() -> Self {
+        let registry = OciRegistry::start(None, false);
+        let dir = tempfile::tempdir().expect("dir");
+        let (team, team_key) = key(dir.path(), "team");
+        let tag = format!("{}/policies/gate:live", registry.host());
+        Plain {
+            registry,
+            dir,
+            team,
+            team_key,
+            tag,
+        }
+    }
+
+    /// `arbiter push` to `reference` (the tag when `None`).
+    fn push(
+        &self,
+        component: &str,
+        key: Option<&Path>,
+        name: &str,
+        reference: Option<&str>,
+    ) -> String {
+        let reference = reference.unwrap_or(&self.tag);
+        push(component, key, name, reference, &["--plain-http"], &[]).expect("push")
+    }
+
+    /// A server following the tag, its store in the fixture's directory.
+    fn config(&self) -> Config {
+        let store = self.dir.path().join("store");
+        config(&self.tag, &store, &self.team, plain(&self.registry))
+    }
+}
+
 fn outcome(server: &Server) -> String {
     decide(server.addr)["outcome"]
         .as_str()
@@ -109,23 +153,10 @@ fn status(server: &Server) -> Value {
 
 #[test]
 fn a_policy_follows_its_tag_and_serves_from_the_store_with_the_registry_down() {
-    let mut registry = OciRegistry::start(None, false);
-    let dir = tempfile::tempdir().expect("dir");
-    let (team, team_key) = key(dir.path(), "team");
-    let tag = format!("{}/policies/gate:live", registry.host());
-    let http = ["--plain-http"];
-    let first = push(
-        artifacts::VERDICT_ALLOW,
-        Some(&team_key),
-        "gate",
-        &tag,
-        &http,
-        &[],
-    )
-    .expect("push");
-
-    let store = dir.path().join("store");
-    let config = config(&tag, &store, &team, plain(&registry));
+    let mut f = Plain::new();
+    let (tag, team_key) = (f.tag.clone(), f.team_key.clone());
+    let first = f.push(artifacts::VERDICT_ALLOW, Some(&team_key), "gate", None);
+    let config = f.config();
     let server = Server::start(config.clone(), Default::default());
     assert_eq!(outcome(&server), "allow");
     let s = status(&server);
@@ -133,15 +164,7 @@ fn a_policy_follows_its_tag_and_serves_from_the_store_with_the_registry_down() {
     assert_eq!(s["signer"]["key_id"], "team", "{s}");
 
     // The tag moves: the poll pulls the new artifact and reloads.
-    let second = push(
-        artifacts::VERDICT_DENY,
-        Some(&team_key),
-        "gate",
-        &tag,
-        &http,
-        &[],
-    )
-    .expect("push");
+    let second = f.push(artifacts::VERDICT_DENY, Some(&team_key), "gate", None);
     wait_for("the tag's new digest to serve", || {
         outcome(&server) == "deny"
     });
@@ -158,71 +181,56 @@ fn a_policy_follows_its_tag_and_serves_from_the_store_with_the_registry_down() {
     server.stop().expect("stop");
 
     // The registry goes down; a restart serves what served, from the store.
-    registry.kill();
+    f.registry.kill();
     let server = Server::start(config, Default::default());
     assert_eq!(outcome(&server), "deny");
     assert_eq!(status(&server)["source"], format!("oci:{tag}@{second}"));
     server.stop().expect("stop");
 
     // A digest reference never moves, and `arbiter pull` verifies it.
-    registry.resume();
-    let pinned = format!("{}/policies/gate@{first}", registry.host());
-    let out = dir.path().join("pulled.wasm");
+    f.registry.resume();
+    let pinned = format!("{}/policies/gate@{first}", f.registry.host());
+    let out = f.dir.path().join("pulled.wasm");
     let out_arg = out.display().to_string();
-    let team_pub = dir.path().join("team.pub").display().to_string();
-    let (ok, text) = run(
-        &[
-            "pull",
-            "--plain-http",
-            "--key",
-            &team_pub,
-            "--out",
-            &out_arg,
-            &pinned,
-        ],
-        &[],
-    );
+    let team_pub = f.dir.path().join("team.pub").display().to_string();
+    let pull = [
+        "pull",
+        "--plain-http",
+        "--key",
+        &team_pub,
+        "--out",
+        &out_arg,
+        &pinned,
+    ];
+    let (ok, text) = run(&pull, &[]);
     assert!(ok, "{text}");
     assert!(text.contains("signed by `team`"), "{text}");
     assert_eq!(
         std::fs::read(&out).expect("pulled"),
         std::fs::read(artifacts::VERDICT_ALLOW).expect("component")
     );
-    assert!(dir.path().join("pulled.wasm.sig").is_file());
+    assert!(f.dir.path().join("pulled.wasm.sig").is_file());
 }
 
 #[test]
 fn refused_artifacts_leave_the_old_version_serving() {
-    let registry = OciRegistry::start(None, false);
-    let dir = tempfile::tempdir().expect("dir");
-    let (team, team_key) = key(dir.path(), "team");
-    let (_, stranger_key) = key(dir.path(), "stranger");
-    let tag = format!("{}/policies/gate:live", registry.host());
-    let http = ["--plain-http"];
-    push(
-        artifacts::VERDICT_ALLOW,
-        Some(&team_key),
-        "gate",
-        &tag,
-        &http,
-        &[],
-    )
-    .expect("push");
-    let store = dir.path().join("store");
-    let server = Server::start(
-        config(&tag, &store, &team, plain(&registry)),
-        Default::default(),
-    );
+    let f = Plain::new();
+    let team_key = f.team_key.clone();
+    let (_, stranger_key) = key(f.dir.path(), "stranger");
+    f.push(artifacts::VERDICT_ALLOW, Some(&team_key), "gate", None);
+    let server = Server::start(f.config(), Default::default());
     let serving = status(&server)["version"].clone();
     assert!(serving.is_string());
     assert_eq!(outcome(&server), "allow");
 
     // Each attack moves the tag; the poll must refuse what it names, and
     // the version that served keeps serving.
-    let attempt_names = |what: &str, expect: &str, before: &Value| {
+    let moved_to = |what: &str, expect: &str, push: &dyn Fn()| {
+        let before = status(&server)["last_attempt"].clone();
+        push();
         wait_for(what, || {
             let s = status(&server);
-            s["last_attempt"] != *before
+            s["last_attempt"] != before
                 && s["last_attempt"]["error"]
                     .as_str()
                     .is_some_and(|e| e.contains(expect))
@@ -234,72 +242,39 @@ fn refused_artifacts_leave_the_old_version_serving() {
 
     // A blob altered in the registry's storage after it was pushed: the
     // component is staged under another tag, edited on disk, then tagged.
-    let staging = format!("{}/policies/gate:staging", registry.host());
-    push(
+    let staging = format!("{}/policies/gate:staging", f.registry.host());
+    f.push(
         artifacts::VERDICT_DENY,
         Some(&team_key),
         "gate",
-        &staging,
-        &http,
-        &[],
-    )
-    .expect("push");
+        Some(&staging),
+    );
     let deny = std::fs::read(artifacts::VERDICT_DENY).expect("component");
-    let blob = registry.blob_path(&arbiter::load::version_of(&deny));
+    let blob = f.registry.blob_path(&arbiter::load::version_of(&deny));
     let mut tampered = std::fs::read(&blob).expect("blob");
     let last = tampered.len() - 1;
     tampered[last] ^= 0xff;
     std::fs::write(&blob, &tampered).expect("tamper");
-    let before = status(&server)["last_attempt"].clone();
-    push(
-        artifacts::VERDICT_DENY,
-        Some(&team_key),
-        "gate",
-        &tag,
-        &http,
-        &[],
-    )
-    .expect("push");
-    attempt_names("a blob tampered with in the registry", "altered", &before);
-
-    // Signed by a key the server does not trust.
-    let before = status(&server)["last_attempt"].clone();
-    push(
-        artifacts::MISBEHAVE,
-        Some(&stranger_key),
-        "gate",
-        &tag,
-        &http,
-        &[],
-    )
-    .expect("push");
-    attempt_names(
+    moved_to("a blob tampered with in the registry", "altered", &|| {
+        f.push(artifacts::VERDICT_DENY, Some(&team_key), "gate", None);
+    });
+    moved_to(
         "an artifact signed by an untrusted key",
         "not trusted",
-        &before,
+        &|| {
+            f.push(artifacts::MISBEHAVE, Some(&stranger_key), "gate", None);
+        },
     );
-
-    // Signed by the trusted key, but as another policy.
-    let before = status(&server)["last_attempt"].clone();
-    push(
-        artifacts::MISBEHAVE,
-        Some(&team_key),
-        "other",
-        &tag,
-        &http,
-        &[],
-    )
-    .expect("push");
-    attempt_names(
+    moved_to(
         "an artifact signed for another policy",
         "signed as policy `other`",
-        &before,
+        &|| {
+            f.push(artifacts::MISBEHAVE, Some(&team_key), "other", None);
+        },
     );
-
-    // Moved to an unsigned artifact.
-    let before = status(&server)["last_attempt"].clone();
-    push(artifacts::MISBEHAVE, None, "gate", &tag, &http, &[]).expect("push");
-    attempt_names("a tag moved to an unsigned artifact", "unsigned", &before);
+    moved_to("a tag moved to an unsigned artifact", "unsigned", &|| {
+        f.push(artifacts::MISBEHAVE, None, "gate", None);
+    });
 
     // The serving version was never replaced.
     assert!(
