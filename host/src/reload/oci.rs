@@ -145,6 +145,11 @@ impl Registry {
     /// Pins, for each OCI policy, the digest it serves now, so a restart
     /// loads it first.
     pub fn pin_served(&self) {
+        let sources = self.oci_sources();
+        if sources.is_empty() {
+            // No store is made for a configuration without OCI policies.
+            return;
+        }
         let config = self.config();
         let store = match config.oci.open_store(&self.base) {
             Ok(s) => s,
@@ -153,7 +158,7 @@ impl Registry {
                 return;
             }
         };
-        for (name, reference, digest) in self.oci_sources() {
+        for (name, reference, digest) in sources {
             if let Err(e) = store.pin(&reference, &digest, PinKind::Served) {
                 tracing::warn!(policy = name, error = %e, "what serves could not be pinned");
             }
