@@ -1775,7 +1775,7 @@ mod tests {
         .expect_err("refused");
         assert!(
             e.to_string()
-                .contains("exactly one of `file` and `example`"),
+                .contains("exactly one of `file`, `example` and `oci`"),
             "{e}"
         );
     }
