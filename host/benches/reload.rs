@@ -139,6 +139,7 @@ fn leb128(mut n: usize) -> Vec<u8> {
 
 fn request() -> Request {
     Request {
+        trace: None,
         approval_id: None,
         action: Action {
             kind: "tool".into(),

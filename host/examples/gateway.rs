@@ -128,6 +128,7 @@ async fn handle(
         }
     };
     let request = Request {
+        trace: None,
         approval_id: None,
         action: Action {
             kind: "tool".into(),

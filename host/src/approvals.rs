@@ -871,6 +871,7 @@ mod tests {
 
     fn request(amount: u64, approval_id: Option<&str>) -> Request {
         Request {
+            trace: None,
             action: Action {
                 kind: "tool".into(),
                 name: "payments.transfer".into(),

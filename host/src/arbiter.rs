@@ -49,6 +49,7 @@ use crate::mode::{self, MONITOR_RULE, Mode};
 use crate::route::{self, RouteSpec, RouteTable};
 use crate::set::{self, PolicySet, open_cache};
 use crate::shadow::{self, Shadow};
+use crate::telemetry::{Stage, Telemetry, Timeline};
 
 /// The rule of a request refused for a name past its limit
 /// ([`Request::too_long`]).
@@ -81,6 +82,8 @@ pub struct Arbiter {
     pins: Option<Arc<Pins>>,
     /// Keys the canary buckets, so a caller cannot choose its bucket.
     canary_key: Arc<[u8; 32]>,
+    /// Where traced decisions' spans go, when exported.
+    telemetry: Option<Telemetry>,
 }
 
 /// What modes and candidates keep beside the decisions.
@@ -133,7 +136,15 @@ impl Arbiter {
             approvals: None,
             pins: None,
             canary_key: Arc::new(random_key()),
+            telemetry: None,
         }
+    }
+
+    /// This arbiter, exporting a span tree for each sampled decision.
+    #[must_use]
+    pub fn with_telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = Some(telemetry);
+        self
     }
 
     /// This arbiter, with canary buckets keyed by `key`: a server keeps it
@@ -373,8 +384,13 @@ impl Arbiter {
         start: Instant,
         refusal: Option<Decision>,
     ) -> Result<Decision, Saturated> {
+        let mut timeline = match &self.telemetry {
+            Some(t) => t.timeline(request.trace),
+            None => Timeline::off(),
+        };
         // 1. admission
         let _admitted = self.admission.admit()?;
+        timeline.mark(Stage::Admission);
         // 2. gate: what the host knows of the agent, and what stops it.
         // Names past their limit are refused before the host keeps any of
         // them, whichever door they came through.
@@ -393,11 +409,13 @@ impl Arbiter {
         };
         let spending = enriched.as_mut().and_then(enrich::Enriched::take_spending);
         let history = enriched.as_ref().map_or(&request.history, |e| &e.history);
+        timeline.mark(Stage::Enrich);
         // One snapshot of the policy set for the whole decision.
         let set = self.set.load_full();
         let (agent, action) = (&request.context.agent.id, &request.action);
         let route = set.routes().route(agent, &action.kind, &action.name);
         let read_only = route.map(|r| r.read_only);
+        timeline.mark(Stage::Route);
         let gated = refusal.or_else(|| {
             enrich::gate(
                 request,
@@ -407,13 +425,18 @@ impl Arbiter {
                 start,
             )
         });
+        timeline.mark(Stage::Gate);
         let decided = match (gated, route) {
             (Some(denied), _) => Decided::from(denied),
             // 3. route
             (None, None) => Decided::from(route::unmatched(request, start)),
             // 4. to 6.: evaluate each policy through its mode, combine.
             (None, Some(route)) => {
-                self.evaluate_chain(&set, &route.chain, request, history, yielding, start)
+                let chain = Chain {
+                    set: &set,
+                    names: &route.chain,
+                };
+                self.evaluate_chain(chain, request, history, yielding, start, &mut timeline)
                     .await
             }
         };
@@ -432,6 +455,7 @@ impl Arbiter {
             Some(a) => a.commit_spend(request, spending, decision),
             None => decision,
         };
+        timeline.mark(Stage::Approvals);
         // 8. evidence: answered only once the log holds it.
         let decision = evidence::record(
             self.log.as_deref(),
@@ -440,6 +464,10 @@ impl Arbiter {
             history,
             decision,
         );
+        timeline.mark(Stage::Evidence);
+        if let Some(t) = &self.telemetry {
+            t.decided(timeline, request, &decision);
+        }
         if let (Some(agents), Some(e)) = (&self.agents, &enriched) {
             agents.observe(request, e, decision.outcome);
         }
@@ -456,12 +484,12 @@ impl Arbiter {
     /// then the reports folded through the modes.
     async fn evaluate_chain(
         &self,
-        set: &PolicySet,
-        chain: &[String],
+        Chain { set, names: chain }: Chain<'_>,
         request: &Request,
         history: &crate::decision::History,
         yielding: bool,
         start: Instant,
+        timeline: &mut Timeline,
     ) -> Decided {
         let Ok(_permit) = self.permits.acquire().await else {
             return host_failure("the instance pool is closed").into();
@@ -480,6 +508,7 @@ impl Arbiter {
         let mut shadows = Vec::new();
         let mut monitored = false;
         for name in chain {
+            let started = timeline.now();
             let rollout = set.rollout(name);
             let mode = rollout.map_or(Mode::Enforce, |r| r.mode);
             let mut report = match set.policy(name) {
@@ -533,12 +562,15 @@ impl Arbiter {
                 input.set_params(params);
             }
             reports.push(report);
+            timeline.policy(started);
         }
+        timeline.mark(Stage::Evaluate);
         if reports.is_empty() {
             // `Config` refuses empty chains; a set built by hand may not.
             return route::unmatched(request, start).into();
         }
         let decision = combined(reports, start);
+        timeline.mark(Stage::Combine);
         Decided {
             decision,
             shadows,
@@ -598,6 +630,12 @@ fn combined(reports: Vec<PolicyReport>, start: Instant) -> Decision {
         micros: crate::decision::micros_since(start),
         policies: reports,
     }
+}
+
+/// The chain a route chose, in the set it is taken from.
+struct Chain<'a> {
+    set: &'a PolicySet,
+    names: &'a [String],
 }
 
 /// A decision and what is to follow it off the caller's path.

@@ -112,6 +112,7 @@ fn run_one(engine: &Engine, policies: &BTreeMap<String, LoadedPolicy>, case: &Ca
         action: case.action.clone(),
         context: case.context.clone(),
         history: case.history,
+        trace: None,
     });
     result(compare(&case.expect, &decision), Some(decision))
 }

@@ -94,6 +94,10 @@ pub struct Request {
     /// The approval this request asks again with, after a require-approval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval_id: Option<String>,
+    /// The caller's trace, from its door's `traceparent`; a decision's
+    /// spans continue it. Never read from a request's body.
+    #[serde(skip)]
+    pub trace: Option<crate::traceparent::TraceParent>,
 }
 
 /// The longest names a request may carry, in bytes: beyond them a name is

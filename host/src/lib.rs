@@ -20,7 +20,7 @@
 //! | how much each answer binds, which version answers | [`mode`] |
 //! | fold a chain | [`combine`], [`mode::fold`] |
 //! | require-approval answered by a person, bound to the action | [`approvals`] |
-//! | what a decision leaves behind: log, metrics | [`evidence`] |
+//! | what a decision leaves behind: log, metrics, spans | [`evidence`], [`telemetry`] |
 //! | candidates beside the serving version, divergence, replay | [`shadow`] |
 //!
 //! Around the flow: [`load`] brings one policy into service (from a file,
@@ -38,9 +38,9 @@
 //!
 //! | layer | modules | what they are |
 //! |---|---|---|
-//! | 0 | [`decision`], [`time`], [`paths`], [`glob`], [`tls`], `hex` | shared types and helpers |
+//! | 0 | [`decision`], [`time`], [`paths`], [`glob`], [`tls`], [`traceparent`], `hex` | shared types and helpers |
 //! | 1 | [`engine`], [`signing`], [`admission`], [`combine`] | primitives |
-//! | 2 | [`evaluate`], [`route`], [`oci`] | one policy run; one chain chosen; policies from an OCI registry |
+//! | 2 | [`evaluate`], [`route`], [`oci`], [`telemetry`] | one policy run; one chain chosen; policies from an OCI registry; spans and records over OTLP |
 //! | 3 | [`config`] | the configuration's data model and checks |
 //! | 4 | [`state`], [`evidence`], [`load`], [`identity`] | durable state, evidence, the load pipeline, credentials |
 //! | 5 | [`examples`], [`enrich`], [`approvals`], [`mode`] | stages that use them |
@@ -86,8 +86,10 @@ pub mod set;
 pub mod shadow;
 pub mod signing;
 pub mod state;
+pub mod telemetry;
 pub mod time;
 pub mod tls;
+pub mod traceparent;
 
 pub use arbiter::Arbiter;
 pub use decision::{Action, Context, Decision, History, Outcome, PolicyReport, Principal, Request};

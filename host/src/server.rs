@@ -56,6 +56,7 @@ pub use crate::reload::watch::ReloadHandle;
 use crate::reload::watch::Watcher;
 use crate::set::{check_examples, open_cache};
 use crate::state::{self, StoreError};
+use crate::telemetry::Telemetry;
 use crate::time::{Clock, SystemClock};
 
 /// Why the service could not start or had to stop.
@@ -70,6 +71,9 @@ pub enum ServeError {
     /// The decision log could not be opened.
     #[error(transparent)]
     Log(#[from] LogError),
+    /// The OTLP exporter.
+    #[error(transparent)]
+    Telemetry(#[from] crate::telemetry::TelemetryError),
     /// The durable state could not be opened.
     #[error(transparent)]
     State(#[from] StoreError),
@@ -170,6 +174,7 @@ pub struct Bound {
     ready: watch::Receiver<Option<Result<(), String>>>,
     reloader: ReloadHandle,
     log: Option<Arc<DecisionLog>>,
+    telemetry: Option<Telemetry>,
     feed: Arc<state::Feed>,
 }
 
@@ -257,6 +262,8 @@ impl Bound {
             ready,
             reloader,
             log,
+            telemetry,
+            state,
             ..
         } = self;
         let mut ready_rx = ready.clone();
@@ -287,6 +294,12 @@ impl Bound {
         // Every answered decision is written; seal the log with a checkpoint.
         if let Some(log) = log {
             let _ = tokio::task::spawn_blocking(move || log.close()).await;
+        }
+        // Then what is queued for the collector, the log's last records
+        // (its checkpoint) included, within the grace period.
+        if let Some(t) = telemetry {
+            let grace = state.service.load().config.server.shutdown_grace();
+            let _ = tokio::task::spawn_blocking(move || t.shutdown(grace)).await;
         }
         served.map_err(|e| ServeError::Internal(format!("the server task failed: {e}")))?;
         // A failed first load is the outcome, however the server stopped.
@@ -347,6 +360,13 @@ pub async fn bind(
         );
         None
     };
+    let telemetry = Telemetry::start(&config.telemetry)?;
+    if let Some(t) = &telemetry {
+        metrics.set_otlp(Arc::clone(t.counters()));
+        if let Some(log) = &log {
+            log.export_to(t.clone());
+        }
+    }
     let clock = options
         .clock
         .map_or_else(|| Arc::new(SystemClock) as Arc<dyn Clock>, |c| c.0);
@@ -479,6 +499,7 @@ pub async fn bind(
     let hold = options.hold_load;
     let overrides = options.overrides;
     let loader_log = log.clone();
+    let loader_telemetry = telemetry.clone();
     let mut poll_stop = stop.subscribe();
     tokio::spawn(async move {
         if let Some(hold) = hold {
@@ -498,10 +519,15 @@ pub async fn bind(
                     None => registry,
                 }
                 .with_arbiter(|a| {
-                    a.with_agents(agents)
+                    let a = a
+                        .with_agents(agents)
                         .with_approvals(approvals)
                         .with_pins(pins)
-                        .with_canary_key(canary_key)
+                        .with_canary_key(canary_key);
+                    match loader_telemetry {
+                        Some(t) => a.with_telemetry(t),
+                        None => a,
+                    }
                 });
                 let registry = Arc::new(
                     registry
@@ -610,6 +636,7 @@ pub async fn bind(
         ready,
         reloader,
         log,
+        telemetry,
         feed: Arc::clone(store.feed()),
     })
 }
@@ -901,6 +928,7 @@ mod tests {
 
     fn transfer(amount: u64) -> Request {
         Request {
+            trace: None,
             action: Action {
                 kind: "tool".into(),
                 name: "payments.transfer".into(),

@@ -34,6 +34,7 @@ async fn concurrent_decisions_from_tokio_tasks_are_all_correct() {
                     action: case.action.clone(),
                     context: case.context.clone(),
                     history: case.history,
+                    trace: None,
                 };
                 let d = arbiter.decide_async(request).await;
                 (round, case.name.clone(), cases::compare(&case.expect, &d))

@@ -15,16 +15,19 @@ const LAYERS: &[(&str, u8)] = &[
     ("paths", 0),
     ("time", 0),
     ("tls", 0),
+    ("traceparent", 0),
     // Primitives: the wasmtime engine, keys and signatures, the bound on
     // decisions in flight, deny-overrides.
     ("admission", 1),
     ("combine", 1),
     ("engine", 1),
     ("signing", 1),
-    // Running one policy; choosing a chain; fetching policies.
+    // Running one policy; choosing a chain; fetching policies; exporting
+    // spans and records.
     ("evaluate", 2),
     ("route", 2),
     ("oci", 2),
+    ("telemetry", 2),
     // The configuration's data model and its checks.
     ("config", 3),
     // Durable state, evidence, and the load pipeline.

@@ -73,6 +73,7 @@ pub fn arbiter(policies: Vec<LoadedPolicy>) -> Arbiter {
 pub fn request(kind: &str, name: &str, params: serde_json::Value) -> Request {
     Request {
         approval_id: None,
+        trace: None,
         action: Action {
             kind: kind.into(),
             name: name.into(),

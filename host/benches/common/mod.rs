@@ -34,6 +34,7 @@ pub fn procurement_with(engine: &Engine, settings: Value) -> LoadedPolicy {
 /// The procurement agent in prod sending that e-mail.
 pub fn email_request() -> Request {
     Request {
+        trace: None,
         approval_id: None,
         action: Action {
             kind: "tool".into(),

@@ -324,7 +324,13 @@ fn query(args: &QueryArgs) -> anyhow::Result<ExitCode> {
             return false;
         }
         left -= 1;
-        let written = serde_json::to_writer(&mut out, &p.value)
+        // The record as the chain holds it, its hash included, so each line
+        // can be matched to a copy kept elsewhere (a SIEM's, over OTLP).
+        let mut record = p.value.clone();
+        if let Some(o) = record.as_object_mut() {
+            o.insert("hash".into(), p.hash.clone().into());
+        }
+        let written = serde_json::to_writer(&mut out, &record)
             .map_err(std::io::Error::from)
             .and_then(|()| out.write_all(b"\n"));
         match written {

@@ -95,6 +95,9 @@ pub struct Config {
     /// Policies from OCI registries: the store, tag polling, registries.
     #[serde(default)]
     pub oci: crate::oci::OciConfig,
+    /// OpenTelemetry: decision spans and decision records over OTLP.
+    #[serde(default)]
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 /// `[mcp]`: the MCP servers the gateway governs ([`crate::mcp`]).
@@ -1127,6 +1130,7 @@ impl Config {
             return Err("`rollout.shadow_queue`, `rollout.shadow_queue_bytes`, `rollout.shadow_workers` and `rollout.baseline_max_actions` must be at least 1".into());
         }
         self.oci.check()?;
+        self.telemetry.check()?;
         if self.reload.keep_versions == 0 {
             return Err("`reload.keep_versions` must be at least 1".into());
         }
@@ -1420,6 +1424,9 @@ impl Config {
         }
         if self.oci.store != new.oci.store {
             changed.push("oci.store");
+        }
+        if self.telemetry != new.telemetry {
+            changed.push("telemetry");
         }
         changed
     }
@@ -1764,6 +1771,24 @@ mod tests {
         let e = Config::parse(&base.replace("soft-enforce", "sometimes"), "t.toml")
             .expect_err("refused");
         assert!(e.to_string().contains("sometimes"), "{e}");
+    }
+
+    #[test]
+    fn telemetry_settings_that_cannot_work_are_refused() {
+        for (toml, want) in [
+            (
+                "[telemetry]\ntraces = true\nendpoint = \"https://otel.example:4317\"\n",
+                "TLS to the collector is not supported",
+            ),
+            ("[telemetry]\nsample_ratio = 1.5\n", "between 0.0 and 1.0"),
+            ("[telemetry]\nqueue = 0\n", "must be at least 1"),
+            ("[telemetry]\ntrace = true\n", "unknown field"),
+        ] {
+            let e = Config::parse(toml, "t.toml").expect_err(toml);
+            assert!(e.to_string().contains(want), "{toml}: {e}");
+        }
+        let c = Config::parse("[telemetry]\ntraces = true\n", "t.toml").expect("valid");
+        assert!(c.telemetry.enabled() && !Config::default().telemetry.enabled());
     }
 
     #[test]

@@ -979,6 +979,7 @@ mod tests {
 
     fn request(agent: &str) -> Request {
         Request {
+            trace: None,
             approval_id: None,
             action: Action {
                 kind: "tool".into(),

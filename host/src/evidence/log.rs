@@ -69,6 +69,7 @@ use crate::config::{LogConfig, LogFailurePolicy, RetentionConfig};
 use crate::decision::{Decision, History, Request};
 use crate::paths::{is_inside, shared_mode, write_new};
 use crate::signing::{KeyPair, PublicKey};
+use crate::telemetry::Telemetry;
 
 /// How often a log that cannot be written is tried again while no
 /// decision comes in, so it recovers (and says so) on its own.
@@ -382,6 +383,7 @@ impl DecisionLog {
             retention: config.retention.clone(),
             on_failure: config.on_failure,
             metrics,
+            export: std::sync::OnceLock::new(),
             _lock: lock,
         });
         if let Some((name, offset, torn)) = &tail.torn {
@@ -439,6 +441,12 @@ impl DecisionLog {
         let data = record::DecisionData::new(request, history, decision, &self.params).encode();
         let (seq, epoch) = self.shared.push("decision", &data)?;
         self.shared.wait_written(seq, epoch)
+    }
+
+    /// Exports every record written from now on (all kinds, the chain's
+    /// own order) through `telemetry`; set once.
+    pub fn export_to(&self, telemetry: Telemetry) {
+        let _ = self.shared.export.set(telemetry);
     }
 
     /// Records an event that is not a decision (a `shadow` divergence, an
@@ -793,6 +801,8 @@ struct Shared {
     retention: RetentionConfig,
     on_failure: LogFailurePolicy,
     metrics: Option<Arc<Metrics>>,
+    /// Where written lines are exported, when they are.
+    export: std::sync::OnceLock<Telemetry>,
     _lock: File,
 }
 
@@ -948,6 +958,11 @@ impl Shared {
             return true;
         }
         let result = out.commit(&batch.lines, self.sync_interval.is_zero());
+        // Exported only once in the chain: what a receiver gets is what
+        // `arbiter log verify` proves.
+        if let (Ok(()), Some(t)) = (&result, self.export.get()) {
+            t.records(&batch.lines);
+        }
         let full = out.len >= self.max_segment_bytes || self.aged(out);
         let Batch {
             mut lines,
@@ -1411,6 +1426,7 @@ mod tests {
 
     fn request() -> Request {
         Request {
+            trace: None,
             action: Action {
                 kind: "tool".into(),
                 name: "send_email".into(),

@@ -37,7 +37,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::decision::Decision;
 
@@ -130,6 +130,8 @@ pub struct Metrics {
     state_behind: AtomicBool,
     state_reconnects: AtomicU64,
     window_merge_failures: AtomicU64,
+    /// The OTLP exporter's counters, when it runs.
+    otlp: std::sync::OnceLock<Arc<crate::telemetry::Counters>>,
 }
 
 /// The decision log's counters.
@@ -659,7 +661,15 @@ impl Metrics {
                 n.load(Ordering::Relaxed)
             );
         }
+        if let Some(otlp) = self.otlp.get() {
+            otlp.render(&mut out);
+        }
         out
+    }
+
+    /// Shows the OTLP exporter's counters with the rest.
+    pub fn set_otlp(&self, counters: Arc<crate::telemetry::Counters>) {
+        let _ = self.otlp.set(counters);
     }
 
     /// The figures the operator console draws, read together.

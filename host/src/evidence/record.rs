@@ -564,6 +564,7 @@ mod tests {
 
     fn request() -> Request {
         Request {
+            trace: None,
             approval_id: None,
             action: Action {
                 kind: "tool".into(),

@@ -25,6 +25,7 @@ use serde_json::{Map, Value, json};
 
 use crate::config::AuthorizerConfig;
 use crate::decision::{Action, Context, History, Principal, Request};
+use crate::traceparent::{HEADER, TraceParent};
 
 /// The path prefix of the authorizer endpoint.
 pub const PREFIX: &str = "/v1/authz";
@@ -147,6 +148,7 @@ pub fn request_for(
         },
         context: context_from(config, headers),
         history: History::default(),
+        trace: header(HEADER).and_then(TraceParent::parse),
     };
     Original { request, problem }
 }

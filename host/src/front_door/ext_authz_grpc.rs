@@ -107,13 +107,22 @@ impl Authorizer {
         } else {
             http.host.as_str()
         };
-        let original = ext_authz::request_for(
+        let mut original = ext_authz::request_for(
             &service.config.authorizer,
             &http.method,
             &original,
             host,
             &headers,
         );
+        // Envoy's own span for the check, when it traces, is the closer
+        // parent than the one the original request came in with.
+        if let Some(trace) = metadata
+            .get(crate::traceparent::HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::traceparent::TraceParent::parse)
+        {
+            original.request.trace = Some(trace);
+        }
         let decision = decide_original(&self.state, original, who.as_ref())
             .await
             .map_err(status_of)?;

@@ -42,6 +42,7 @@ use crate::config::{Config, McpServerConfig};
 use crate::decision::{Context, Decision, History, Outcome, Request};
 use crate::evidence::metrics::Metrics;
 use crate::reload::Registry;
+use crate::traceparent::{self, TraceParent};
 
 /// The header carrying the decision id on every decision response.
 pub const DECISION_ID_HEADER: &str = "x-arbiter-decision-id";
@@ -367,6 +368,7 @@ async fn decide(
 ) -> Result<Response<Body>, FrontDoorError> {
     let who = service.credentials.caller(req.headers(), true).await?;
     check_json(req.headers())?;
+    let trace = traceparent(req.headers());
     let bytes = read_body(req, &service.config.server).await?;
     let mut body: DecideBody = wire::parse(&bytes).map_err(FrontDoorError::BadRequest)?;
     if body.history.is_some() && !state.options.accept_caller_history {
@@ -384,6 +386,7 @@ async fn decide(
         context: body.context,
         history: body.history.unwrap_or_default(),
         approval_id: body.approval_id,
+        trace,
     };
     if let Some((field, max)) = request.too_long() {
         return Err(FrontDoorError::TooLong(field, max));
@@ -584,4 +587,12 @@ fn set_decision_id(r: &mut Response<Body>, d: &Decision) {
     if let Ok(v) = HeaderValue::from_str(&d.decision_id) {
         r.headers_mut().insert(DECISION_ID_HEADER, v);
     }
+}
+
+/// The caller's trace, when its `traceparent` header is one.
+fn traceparent(headers: &hyper::HeaderMap) -> Option<TraceParent> {
+    headers
+        .get(traceparent::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse)
 }

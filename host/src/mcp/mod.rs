@@ -44,6 +44,7 @@ use serde_json::{Map, Value, json};
 use crate::arbiter::Arbiter;
 use crate::config::{McpServerConfig, OnApproval};
 use crate::decision::{Action, Context, Decision, Outcome, Principal, Request};
+use crate::traceparent::TraceParent;
 use decider::Decider;
 use jsonrpc::Kind;
 use methods::{Direction, Treatment};
@@ -263,6 +264,9 @@ pub enum FromServer {
 struct Asked {
     action: Action,
     approval_id: Option<String>,
+    /// The client's trace, from `_meta.traceparent` (left in place for the
+    /// server to continue too).
+    trace: Option<TraceParent>,
 }
 
 /// The shared core of both transports for one configured server.
@@ -455,6 +459,10 @@ impl Gateway {
             .and_then(Value::as_object_mut)
             .and_then(|m| m.remove(APPROVAL_META))
             .and_then(|v| v.as_str().map(str::to_owned));
+        let trace = params
+            .pointer("/_meta/traceparent")
+            .and_then(Value::as_str)
+            .and_then(TraceParent::parse);
         let server = self.server.name.clone();
         let (name, target, params) = match method {
             "tools/call" => {
@@ -509,6 +517,7 @@ impl Gateway {
                 params,
             },
             approval_id,
+            trace,
         })
     }
 
@@ -535,6 +544,7 @@ impl Gateway {
             context: self.context(session, caller),
             history: Default::default(),
             approval_id: asked.approval_id,
+            trace: asked.trace,
         };
         let mut decision = self.decider.decide(request.clone()).await;
         if decision.outcome == Outcome::RequireApproval
@@ -750,6 +760,7 @@ impl Gateway {
             context: self.context(session, caller),
             history: Default::default(),
             approval_id: None,
+            trace: asked.trace,
         };
         let decision = self.decider.decide(request).await;
         match (decision.outcome, decision.params.clone()) {
@@ -801,6 +812,7 @@ impl Gateway {
             context: call.context,
             history: Default::default(),
             approval_id: None,
+            trace: call.trace,
         };
         let decision: Decision = self.decider.decide(request).await;
         self.count(

@@ -434,6 +434,7 @@ mod tests {
 
     fn request(agent: &str, name: &str, target: &str, params: Value) -> Request {
         Request {
+            trace: None,
             approval_id: None,
             action: Action {
                 kind: "tool".into(),
