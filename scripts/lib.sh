@@ -47,14 +47,16 @@ ensure_mcp_peers() {
     touch "$stamp"
 }
 
-# Envoy's gRPC authorizer's real client: grpcio with the Python code
-# generated from Envoy's own protos (xds-protos), pinned, in a virtualenv
-# under $ARBITER_GRPC_PEERS (default target/grpc-peers).
+# The gRPC peers: Envoy's authorizer client and an OTLP collector, grpcio
+# with the Python code generated from Envoy's own protos (xds-protos) and
+# OpenTelemetry's (opentelemetry-proto), pinned, in a virtualenv under
+# $ARBITER_GRPC_PEERS (default target/grpc-peers).
 GRPCIO_VERSION=1.76.0
 XDS_PROTOS_VERSION=1.85.0
+OTEL_PROTO_VERSION=1.39.1
 ensure_grpc_peers() {
     local dir=${ARBITER_GRPC_PEERS:-$PWD/target/grpc-peers}
-    local stamp="$dir/.installed-$GRPCIO_VERSION-$XDS_PROTOS_VERSION"
+    local stamp="$dir/.installed-$GRPCIO_VERSION-$XDS_PROTOS_VERSION-$OTEL_PROTO_VERSION-2"
     if [ -f "$stamp" ]; then
         return
     fi
@@ -63,7 +65,12 @@ ensure_grpc_peers() {
     mkdir -p "$dir"
     python3 -m venv "$dir/venv"
     "$dir/venv/bin/pip" install -q --disable-pip-version-check \
-        "grpcio==$GRPCIO_VERSION" "xds-protos==$XDS_PROTOS_VERSION"
+        "grpcio==$GRPCIO_VERSION" "xds-protos==$XDS_PROTOS_VERSION" \
+        "opentelemetry-proto==$OTEL_PROTO_VERSION"
+    # xds-protos carries an old copy of OpenTelemetry's protos in the same
+    # package; OpenTelemetry's own go over it, whatever order pip chose.
+    "$dir/venv/bin/pip" install -q --disable-pip-version-check --force-reinstall --no-deps \
+        "opentelemetry-proto==$OTEL_PROTO_VERSION"
     touch "$stamp"
 }
 

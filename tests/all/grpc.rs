@@ -16,7 +16,7 @@ use arbiter::server::ServeOptions;
 use arbiter_tests::{Server, authorizer_config, log_records, refused};
 use serde_json::{Value, json};
 
-fn repo() -> PathBuf {
+pub(crate) fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("repo")
@@ -24,7 +24,7 @@ fn repo() -> PathBuf {
 }
 
 /// The client's Python, installed on first use.
-fn python() -> &'static Path {
+pub(crate) fn python() -> &'static Path {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
     PYTHON.get_or_init(|| {
         let o = Command::new(repo().join("scripts/grpc-peers"))
@@ -37,7 +37,7 @@ fn python() -> &'static Path {
 }
 
 /// Makes `calls` with the real client, one answer per call.
-fn check(addr: SocketAddr, calls: &Value) -> Vec<Value> {
+pub(crate) fn check(addr: SocketAddr, calls: &Value) -> Vec<Value> {
     let mut child = Command::new(python())
         .arg(repo().join("tests/grpc/check.py"))
         .arg(addr.to_string())
@@ -68,7 +68,7 @@ fn check(addr: SocketAddr, calls: &Value) -> Vec<Value> {
 
 /// [`authorizer_config`], with the agent from a header Envoy forwards and
 /// the gRPC authorizer on a loopback port.
-fn config() -> Config {
+pub(crate) fn config() -> Config {
     let mut config = authorizer_config();
     config.authorizer.agent_header = Some("x-agent-id".into());
     config.authorizer.grpc_listen = Some("127.0.0.1:0".parse().expect("addr"));

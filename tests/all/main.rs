@@ -19,6 +19,7 @@ mod log;
 mod mcp;
 mod nginx;
 mod oci;
+mod otel;
 mod postgres;
 mod properties;
 mod reload;
