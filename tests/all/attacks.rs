@@ -1091,7 +1091,7 @@ fn a_process_busy_in_the_policy_directory_cannot_hold_a_reload_back() {
         &std::fs::read(artifacts::VERDICT_DENY).expect("deny"),
     );
     let start = std::time::Instant::now();
-    while outcome() != "deny" && start.elapsed() < Duration::from_secs(15) {
+    while outcome() != "deny" && start.elapsed() < arbiter_tests::PATIENCE {
         std::thread::sleep(Duration::from_millis(20));
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

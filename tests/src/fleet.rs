@@ -84,7 +84,7 @@ impl Replica {
             .spawn()
             .expect("arbiter serve");
         self.child = Some(child);
-        self.wait_ready(Duration::from_secs(60));
+        self.wait_ready(crate::PATIENCE);
     }
 
     /// Waits until `/readyz` says 200.

@@ -4,7 +4,6 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
 
 /// A parsed response.
 #[derive(Debug)]
@@ -116,8 +115,8 @@ pub fn get(addr: SocketAddr, path: &str) -> Reply {
 /// An open connection, with a read timeout so a test can never hang.
 pub fn connect(addr: SocketAddr) -> TcpStream {
     let s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
+    // An admin request may compile a policy (a promotion, a reload).
+    s.set_read_timeout(Some(crate::PATIENCE)).expect("timeout");
     s
 }
 
