@@ -10,6 +10,8 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub mod traceparent;
+
 /// What an agent asks to do, as seen at an interception point.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -97,7 +99,7 @@ pub struct Request {
     /// The caller's trace, from its door's `traceparent`; a decision's
     /// spans continue it. Never read from a request's body.
     #[serde(skip)]
-    pub trace: Option<crate::traceparent::TraceParent>,
+    pub trace: Option<traceparent::TraceParent>,
 }
 
 /// The longest names a request may carry, in bytes: beyond them a name is

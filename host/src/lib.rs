@@ -38,7 +38,7 @@
 //!
 //! | layer | modules | what they are |
 //! |---|---|---|
-//! | 0 | [`decision`], [`time`], [`paths`], [`glob`], [`tls`], [`traceparent`], `hex` | shared types and helpers |
+//! | 0 | [`decision`], [`time`], [`paths`], [`glob`], [`tls`], `hex` | shared types and helpers |
 //! | 1 | [`engine`], [`signing`], [`admission`], [`combine`] | primitives |
 //! | 2 | [`evaluate`], [`route`], [`oci`], [`telemetry`] | one policy run; one chain chosen; policies from an OCI registry; spans and records over OTLP |
 //! | 3 | [`config`] | the configuration's data model and checks |
@@ -89,7 +89,7 @@ pub mod state;
 pub mod telemetry;
 pub mod time;
 pub mod tls;
-pub mod traceparent;
+pub use decision::traceparent;
 
 pub use arbiter::Arbiter;
 pub use decision::{Action, Context, Decision, History, Outcome, PolicyReport, Principal, Request};

@@ -15,7 +15,6 @@ const LAYERS: &[(&str, u8)] = &[
     ("paths", 0),
     ("time", 0),
     ("tls", 0),
-    ("traceparent", 0),
     // Primitives: the wasmtime engine, keys and signatures, the bound on
     // decisions in flight, deny-overrides.
     ("admission", 1),

@@ -24,8 +24,8 @@ use hyper::{HeaderMap, Method, Uri};
 use serde_json::{Map, Value, json};
 
 use crate::config::AuthorizerConfig;
+use crate::decision::traceparent::{HEADER, TraceParent};
 use crate::decision::{Action, Context, History, Principal, Request};
-use crate::traceparent::{HEADER, TraceParent};
 
 /// The path prefix of the authorizer endpoint.
 pub const PREFIX: &str = "/v1/authz";

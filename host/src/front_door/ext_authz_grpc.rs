@@ -117,9 +117,9 @@ impl Authorizer {
         // Envoy's own span for the check, when it traces, is the closer
         // parent than the one the original request came in with.
         if let Some(trace) = metadata
-            .get(crate::traceparent::HEADER)
+            .get(crate::decision::traceparent::HEADER)
             .and_then(|v| v.to_str().ok())
-            .and_then(crate::traceparent::TraceParent::parse)
+            .and_then(crate::decision::traceparent::TraceParent::parse)
         {
             original.request.trace = Some(trace);
         }

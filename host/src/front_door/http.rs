@@ -39,10 +39,10 @@ use super::error::FrontDoorError;
 use super::{admin, ext_authz, wire};
 use crate::arbiter::Arbiter;
 use crate::config::{Config, McpServerConfig};
+use crate::decision::traceparent::{self, TraceParent};
 use crate::decision::{Context, Decision, History, Outcome, Request};
 use crate::evidence::metrics::Metrics;
 use crate::reload::Registry;
-use crate::traceparent::{self, TraceParent};
 
 /// The header carrying the decision id on every decision response.
 pub const DECISION_ID_HEADER: &str = "x-arbiter-decision-id";

@@ -43,8 +43,8 @@ use serde_json::{Map, Value, json};
 
 use crate::arbiter::Arbiter;
 use crate::config::{McpServerConfig, OnApproval};
+use crate::decision::traceparent::TraceParent;
 use crate::decision::{Action, Context, Decision, Outcome, Principal, Request};
-use crate::traceparent::TraceParent;
 use decider::Decider;
 use jsonrpc::Kind;
 use methods::{Direction, Treatment};

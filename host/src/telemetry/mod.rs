@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::decision::traceparent::TraceParent;
 use crate::decision::{Decision, Request};
-use crate::traceparent::TraceParent;
 pub use spans::{Stage, Timeline};
 
 /// `[telemetry]`: what is exported over OTLP, where, and how much may wait.

@@ -10,8 +10,8 @@ use opentelemetry::trace::{
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SpanData, SpanEvents, SpanLinks};
 
+use crate::decision::traceparent::TraceParent;
 use crate::decision::{Decision, PolicyReport, Request};
-use crate::traceparent::TraceParent;
 
 /// The stages of a decision, in the order the flow runs them; each span
 /// runs from the end of the stage marked before it.
