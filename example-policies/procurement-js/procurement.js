@@ -119,7 +119,8 @@ function dollars(x) {
   return `${sign}${digits.slice(0, point)}.${digits.slice(point)}`;
 }
 
-const decision = (outcome, rule, reason, risk) => ({ outcome, rule, reason, risk, params: undefined });
+// `labels`: arbiter:policy@0.2.0; procurement attaches none.
+const decision = (outcome, rule, reason, risk) => ({ outcome, rule, reason, risk, params: undefined, labels: [] });
 const allow = () => decision("allow", "default.allow", "No procurement rule forbids this action.", 0);
 
 function query(s, action) {

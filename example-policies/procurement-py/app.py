@@ -141,7 +141,8 @@ def dollars(x: float) -> str:
 
 
 def decision(outcome: Outcome, rule: str, reason: str, risk: int) -> Decision:
-    return Decision(outcome=outcome, reason=reason, rule=rule, risk=risk, params=None)
+    # `labels`: arbiter:policy@0.2.0; procurement attaches none.
+    return Decision(outcome=outcome, reason=reason, rule=rule, risk=risk, params=None, labels=[])
 
 
 def allow() -> Decision:

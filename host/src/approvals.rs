@@ -910,6 +910,8 @@ mod tests {
             fuel: 0,
             micros: 0,
             failure: None,
+            labels: Vec::new(),
+            questions: Vec::new(),
         }];
         d
     }

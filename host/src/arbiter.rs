@@ -629,6 +629,7 @@ fn combined(reports: Vec<PolicyReport>, start: Instant) -> Decision {
         params: folded.params,
         micros: crate::decision::micros_since(start),
         policies: reports,
+        flow: None,
     }
 }
 

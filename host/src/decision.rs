@@ -175,6 +175,42 @@ impl fmt::Display for Outcome {
     }
 }
 
+/// The action whose result brought a label into a session
+/// (see [`crate::flow`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// The decision on the result.
+    pub decision_id: String,
+    /// The call's kind ("mcp", "tool"), without `.result`.
+    pub kind: String,
+    /// The call's name.
+    pub name: String,
+    /// The call's target.
+    pub target: String,
+    /// When, in ms since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// A label a session holds, with the result that first brought it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Label {
+    /// The label.
+    pub name: String,
+    /// Where it came from.
+    pub origin: Origin,
+}
+
+/// One label-of question a policy asked, and the answer: kept in the
+/// decision record (the value only as its hash) so a replay gets the same
+/// answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Query {
+    /// `sha256:` of the value asked about.
+    pub value_sha256: String,
+    /// The labels answered.
+    pub labels: Vec<String>,
+}
+
 /// What one policy of the chain answered, and what it cost.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PolicyReport {
@@ -213,6 +249,12 @@ pub struct PolicyReport {
     /// Why it failed, when it did; the outcome is then deny.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
+    /// The labels it attached to a result.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+    /// What it asked `labels-of`, with the answers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub questions: Vec<Query>,
 }
 
 /// Arbiter's answer to one [`Request`].
@@ -248,6 +290,20 @@ pub struct Decision {
     pub policies: Vec<PolicyReport>,
     /// Wall-clock time of the whole decision, in microseconds.
     pub micros: u64,
+    /// The session's labels this decision saw and the ones it attached,
+    /// when the host tracks flow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<FlowEvidence>,
+}
+
+/// What a decision knew of its session's labels, and what it added.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowEvidence {
+    /// The labels the session held when the decision started.
+    pub held: Vec<Label>,
+    /// The labels this decision attached to its result, once let through.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attached: Vec<String>,
 }
 /// How much a policy's answer binds.
 #[derive(
@@ -371,6 +427,7 @@ impl Decision {
             params: None,
             policies: Vec::new(),
             micros: micros_since(start),
+            flow: None,
         }
     }
 }

@@ -39,7 +39,7 @@
 //! | layer | modules | what they are |
 //! |---|---|---|
 //! | 0 | [`decision`], [`time`], [`paths`], [`glob`], [`tls`], `hex` | shared types and helpers |
-//! | 1 | [`engine`], [`signing`], [`admission`], [`combine`] | primitives |
+//! | 1 | [`engine`], [`signing`], [`admission`], [`combine`], [`flow`] | primitives; labels and fingerprints |
 //! | 2 | [`evaluate`], [`route`], [`oci`], [`telemetry`] | one policy run; one chain chosen; policies from an OCI registry; spans and records over OTLP |
 //! | 3 | [`config`] | the configuration's data model and checks |
 //! | 4 | [`state`], [`evidence`], [`load`], [`identity`] | durable state, evidence, the load pipeline, credentials |
@@ -70,6 +70,7 @@ pub mod evaluate;
 pub mod evidence;
 pub mod examples;
 pub mod fleet;
+pub mod flow;
 pub mod front_door;
 pub mod glob;
 mod hex;

@@ -10,12 +10,15 @@ import (
 	_ "example.invalid/arbiter/policy-sdk/go/wit/exports/wit_exports"
 
 	"example.invalid/arbiter/policy-sdk/go/wit/exports/export_wit_world"
+	"example.invalid/arbiter/policy-sdk/go/wit/imports/arbiter_policy_flow"
 	wit "example.invalid/arbiter/policy-sdk/go/wit/imports/arbiter_policy_types"
 	witTypes "go.bytecodealliance.org/pkg/wit/types"
 )
 
-// Connects the component's exports to the registered policy.
+// Connects the component's exports to the registered policy, and
+// LabelsOf to the host.
 func init() {
+	labelsOf = arbiter_policy_flow.LabelsOf
 	export_wit_world.OnValidateSettings = func(text string) witTypes.Result[witTypes.Unit, string] {
 		if err := ValidateSettings(text); err != nil {
 			return witTypes.Err[witTypes.Unit, string](err.Error())
@@ -53,6 +56,12 @@ func contextOf(c *wit.Context) Context {
 	for _, kv := range c.Attributes {
 		ctx.Attributes[kv.F0] = kv.F1
 	}
+	for _, l := range c.Labels {
+		o := l.Origin
+		ctx.Labels = append(ctx.Labels, Label{Name: l.Name, Origin: Origin{
+			DecisionID: o.DecisionId, Kind: o.Kind, Name: o.Name, Target: o.Target, AtMs: o.AtMs,
+		}})
+	}
 	return ctx
 }
 
@@ -63,6 +72,7 @@ func toWit(d Decision) wit.Decision {
 		Rule:    d.Rule,
 		Risk:    d.Risk,
 		Params:  witTypes.None[string](),
+		Labels:  append([]string{}, d.Labels...),
 	}
 	if d.Outcome == OutcomeModify {
 		params, err := json.Marshal(d.Params)

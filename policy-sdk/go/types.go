@@ -59,6 +59,25 @@ type History struct {
 	SpendTodayCents      uint64
 }
 
+// Origin is the action whose result brought a label into the session.
+type Origin struct {
+	// DecisionID is the decision on that result.
+	DecisionID string
+	// Kind, Name and Target are the call's: "mcp", "read_text_file", "/srv/crm.txt".
+	Kind   string
+	Name   string
+	Target string
+	// AtMs is when, in milliseconds since the Unix epoch.
+	AtMs uint64
+}
+
+// Label is a label the session holds, with the result that first brought it.
+type Label struct {
+	// Name is from the host's vocabulary: "private", "untrusted", "customer:42".
+	Name   string
+	Origin Origin
+}
+
 // Context is everything a policy may know besides the action itself.
 type Context struct {
 	// Agent is the agent that acts.
@@ -73,6 +92,18 @@ type Context struct {
 	Attributes map[string]string
 	// History is filled by the host; a caller cannot set it.
 	History History
+	// Labels are those of the results this session has seen, filled by the host.
+	Labels []Label
+}
+
+// Label returns the session's label name, or nil when it does not hold it.
+func (c *Context) Label(name string) *Label {
+	for i := range c.Labels {
+		if c.Labels[i].Name == name {
+			return &c.Labels[i]
+		}
+	}
+	return nil
 }
 
 // AnyoneHasRole reports whether the agent or the user has role.
@@ -103,6 +134,15 @@ type Decision struct {
 	Risk uint8
 	// Params are the replacement params, with OutcomeModify only.
 	Params any
+	// Labels are attached to the result the decision is about (an action
+	// of kind "*.result"); the session holds them once it is let through.
+	Labels []string
+}
+
+// WithLabels returns d attaching labels to the result it is about.
+func (d Decision) WithLabels(labels ...string) Decision {
+	d.Labels = append(append([]string(nil), d.Labels...), labels...)
+	return d
 }
 
 // Allow lets the action run, with risk 0.

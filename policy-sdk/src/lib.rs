@@ -46,14 +46,16 @@
 #![deny(missing_docs)]
 
 mod email;
+pub mod flow;
 mod params;
 mod settings;
 mod types;
 
 pub use email::{Recipients, domain_of, in_domains};
+pub use flow::{labels_in, labels_of};
 pub use params::{amount, contains_ignore_case};
 pub use settings::{SettingsError, parse_settings};
-pub use types::{Action, Context, Decision, History, Outcome, Principal};
+pub use types::{Action, Context, Decision, History, Label, Origin, Outcome, Principal};
 
 use serde::de::DeserializeOwned;
 
@@ -70,12 +72,27 @@ pub trait Policy {
 
 /// The generated bindings. Policy authors never need them: use
 /// [`export_policy!`].
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", not(feature = "contract-0-1")))]
 #[doc(hidden)]
 #[allow(missing_docs, unused_qualifications, clippy::all)]
 pub mod wit {
     wit_bindgen::generate!({
         path: "../wit",
+        world: "policy",
+        pub_export_macro: true,
+        export_macro_name: "__arbiter_export_world",
+        default_bindings_module: "arbiter_sdk::wit",
+    });
+}
+
+/// The bindings of the first contract, for a component that must load on
+/// a host that serves only `arbiter:policy@0.1.0` (feature `contract-0-1`).
+#[cfg(all(target_arch = "wasm32", feature = "contract-0-1"))]
+#[doc(hidden)]
+#[allow(missing_docs, unused_qualifications, clippy::all)]
+pub mod wit {
+    wit_bindgen::generate!({
+        path: "../wit/v0.1.0",
         world: "policy",
         pub_export_macro: true,
         export_macro_name: "__arbiter_export_world",
@@ -103,6 +120,17 @@ pub mod __private {
             // it skipped that step; refuse rather than guess.
             Err(e) => Decision::deny("settings.invalid", e.to_string(), 100),
         };
+        #[cfg(feature = "contract-0-1")]
+        if !decision.labels.is_empty() {
+            // The first contract cannot carry labels: refuse rather than
+            // drop them.
+            return Decision::deny(
+                "labels.unsupported",
+                "This policy attaches labels, which need the arbiter:policy@0.2.0 contract.",
+                100,
+            )
+            .into();
+        }
         decision.into()
     }
 
@@ -141,6 +169,23 @@ pub mod __private {
                     denials_last_hour: h.denials_last_hour,
                     spend_today_cents: h.spend_today_cents,
                 },
+                #[cfg(not(feature = "contract-0-1"))]
+                labels: c
+                    .labels
+                    .into_iter()
+                    .map(|l| Label {
+                        name: l.name,
+                        origin: Origin {
+                            decision_id: l.origin.decision_id,
+                            kind: l.origin.kind,
+                            name: l.origin.name,
+                            target: l.origin.target,
+                            at_ms: l.origin.at_ms,
+                        },
+                    })
+                    .collect(),
+                #[cfg(feature = "contract-0-1")]
+                labels: Vec::new(),
             }
         }
     }
@@ -158,6 +203,8 @@ pub mod __private {
                 rule: d.rule,
                 risk: d.risk,
                 params: d.params.map(|p| p.to_string()),
+                #[cfg(not(feature = "contract-0-1"))]
+                labels: d.labels,
             }
         }
     }

@@ -75,6 +75,30 @@ pub struct History {
     pub spend_today_cents: u64,
 }
 
+/// The action whose result brought a label into the session.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// The decision on that result.
+    pub decision_id: String,
+    /// The call's kind ("mcp", "tool"), name and target.
+    pub kind: String,
+    /// The call's name: the tool, endpoint or command.
+    pub name: String,
+    /// What the call touched.
+    pub target: String,
+    /// When, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// A label the session holds, with the result that first brought it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Label {
+    /// "private", "untrusted", "customer:42": from the host's vocabulary.
+    pub name: String,
+    /// Where the labelled data came from.
+    pub origin: Origin,
+}
+
 /// Everything a policy may know besides the action.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Context {
@@ -90,6 +114,9 @@ pub struct Context {
     pub attributes: Vec<(String, String)>,
     /// Counters filled by the host.
     pub history: History,
+    /// The labels of the results this session has seen, filled by the
+    /// host (always empty on a 0.1.0 host build).
+    pub labels: Vec<Label>,
 }
 
 impl Context {
@@ -133,6 +160,9 @@ pub struct Decision {
     pub risk: u8,
     /// With [`Outcome::Modify`]: the replacement params.
     pub params: Option<Value>,
+    /// Labels to attach to a result (an action of kind `*.result`):
+    /// the session holds them once the result is let through.
+    pub labels: Vec<String>,
 }
 
 impl Decision {
@@ -174,6 +204,14 @@ impl Decision {
             rule: rule.to_owned(),
             risk,
             params,
+            labels: Vec::new(),
         }
+    }
+
+    /// This decision, attaching `labels` to the result it is about.
+    #[must_use]
+    pub fn with_labels<S: Into<String>>(mut self, labels: impl IntoIterator<Item = S>) -> Self {
+        self.labels.extend(labels.into_iter().map(Into::into));
+        self
     }
 }

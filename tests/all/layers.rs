@@ -21,6 +21,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("combine", 1),
     ("engine", 1),
     ("signing", 1),
+    // Labels and fingerprints of a session's results.
+    ("flow", 1),
     // Running one policy; choosing a chain; fetching policies; exporting
     // spans and records.
     ("evaluate", 2),

@@ -141,6 +141,8 @@ impl PolicyFailure {
             fuel: 0,
             micros: 0,
             failure: Some(self.kind.to_string()),
+            labels: Vec::new(),
+            questions: Vec::new(),
         }
     }
 }

@@ -9,6 +9,7 @@
 
 mod deadline;
 mod failure;
+mod flow;
 mod reuse;
 mod sandbox;
 mod spare;
@@ -25,6 +26,7 @@ use wasmtime::component::{Component, ComponentExportIndex, Func, Linker, TypedFu
 
 use deadline::Meter;
 pub use failure::{FailureKind, PolicyFailure};
+pub use flow::MAX_QUESTIONS;
 pub use reuse::InstancePool;
 pub(crate) use sandbox::StoreState;
 pub use sandbox::{Limits, MemoryCapExceeded, PolicyExited, Reuse};
@@ -33,8 +35,9 @@ pub(crate) use wasi::refusal as import_refusal;
 
 use crate::decision::{Context, History, Outcome};
 use crate::engine::Engine;
+use crate::flow::{LabelQuery, Query};
 
-/// Host bindings generated from `wit/policy.wit`.
+/// Host bindings generated from `wit/policy.wit`: the contract, 0.2.0.
 pub(crate) mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
@@ -42,10 +45,25 @@ pub(crate) mod bindings {
     });
 }
 
+/// Host bindings of the first contract, `wit/v0.1.0/policy.wit`, which
+/// the host still serves: no labels, no `flow` import.
+pub(crate) mod legacy {
+    wasmtime::component::bindgen!({
+        path: "../wit/v0.1.0",
+        world: "policy",
+    });
+}
+
 use bindings::arbiter::policy::types as wit;
+use legacy::arbiter::policy::types as wit1;
 
 /// The contract's own types-only interface, which every guest imports.
 pub(crate) const TYPES_INTERFACE: &str = "arbiter:policy/types";
+/// The host's flow interface, which a 0.2.0 guest may import.
+pub(crate) const FLOW_INTERFACE: &str = "arbiter:policy/flow";
+
+/// The versions of the contract the host serves, newest first.
+pub const CONTRACTS: [&str; 2] = ["0.2.0", "0.1.0"];
 
 /// Limits on what a policy may return, so a hostile one cannot make the
 /// host copy and log megabytes per decision.
@@ -57,9 +75,16 @@ const MAX_PARAMS_BYTES: usize = 1 << 20;
 /// what is prepared once at load so each call only instantiates.
 #[derive(Clone)]
 pub struct PolicyPre {
-    inner: bindings::PolicyPre<StoreState>,
+    inner: Contract,
     /// `evaluate`, found once so an async call needs no lookup by name.
     evaluate: ComponentExportIndex,
+}
+
+/// The contract a component was built against, with its typed exports.
+#[derive(Clone)]
+enum Contract {
+    V2(bindings::PolicyPre<StoreState>),
+    V1(legacy::PolicyPre<StoreState>),
 }
 
 impl PolicyPre {
@@ -76,15 +101,42 @@ impl PolicyPre {
     ) -> wasmtime::Result<Self> {
         let mut linker = Linker::<StoreState>::new(engine.wasmtime());
         stdio::add_to_linker(&mut linker)?;
-        // The types interface has no functions; an empty instance satisfies it.
-        linker.instance(&format!("{TYPES_INTERFACE}@0.1.0"))?;
+        // The types interfaces have no functions; an empty instance
+        // satisfies each.
+        for version in CONTRACTS {
+            linker.instance(&format!("{TYPES_INTERFACE}@{version}"))?;
+        }
+        flow::add_to_linker(&mut linker)?;
         wasi::add_to_linker(&mut linker, engine.wasmtime(), grants, component)?;
         let pre = linker.instantiate_pre(component)?;
-        let inner = bindings::PolicyPre::new(pre)?;
+        // The newest contract first; a component that fits neither is
+        // refused with what the newest one found.
+        let inner = match bindings::PolicyPre::new(pre.clone()) {
+            Ok(v2) => Contract::V2(v2),
+            Err(newest) => match legacy::PolicyPre::new(pre) {
+                Ok(v1) => Contract::V1(v1),
+                Err(_) => return Err(newest),
+            },
+        };
         let evaluate = component
             .get_export_index(None, "evaluate")
             .ok_or_else(|| wasmtime::format_err!("no export `evaluate`"))?;
         Ok(PolicyPre { inner, evaluate })
+    }
+
+    /// The version of the contract the component was built against.
+    pub fn contract(&self) -> &'static str {
+        match self.inner {
+            Contract::V2(_) => CONTRACTS[0],
+            Contract::V1(_) => CONTRACTS[1],
+        }
+    }
+
+    fn instance_pre(&self) -> &wasmtime::component::InstancePre<StoreState> {
+        match &self.inner {
+            Contract::V2(p) => p.instance_pre(),
+            Contract::V1(p) => p.instance_pre(),
+        }
     }
 }
 
@@ -101,6 +153,8 @@ pub struct Verdict {
     pub risk: u8,
     /// With modify: the replacement params.
     pub params: Option<Value>,
+    /// Labels it attached to a result.
+    pub labels: Vec<String>,
 }
 
 /// The result of one call, with what it cost.
@@ -112,6 +166,8 @@ pub struct Evaluation {
     pub fuel: u64,
     /// Wall-clock microseconds, instantiation and any waiting included.
     pub micros: u64,
+    /// What it asked `labels-of`, with the answers.
+    pub questions: Vec<Query>,
 }
 
 /// The input of one decision in the contract's shapes, built once and
@@ -120,6 +176,8 @@ pub struct Evaluation {
 pub struct Input {
     action: wit::Action,
     context: wit::Context,
+    /// What `labels-of` answers from; `None` answers nothing.
+    flow: Option<Arc<dyn LabelQuery>>,
 }
 
 impl Input {
@@ -152,9 +210,65 @@ impl Input {
                     denials_last_hour: history.denials_last_hour,
                     spend_today_cents: history.spend_today_cents,
                 },
+                labels: Vec::new(),
                 settings: String::new(),
             },
+            flow: None,
         }
+    }
+
+    /// This input with the session's `labels`, answering `labels-of`
+    /// from `query`.
+    #[must_use]
+    pub fn with_flow(mut self, labels: &[crate::flow::Label], query: Arc<dyn LabelQuery>) -> Self {
+        self.context.labels = labels
+            .iter()
+            .map(|l| wit::Label {
+                name: l.name.clone(),
+                origin: wit::Origin {
+                    decision_id: l.origin.decision_id.clone(),
+                    kind: l.origin.kind.clone(),
+                    name: l.origin.name.clone(),
+                    target: l.origin.target.clone(),
+                    at_ms: l.origin.at_ms,
+                },
+            })
+            .collect();
+        self.flow = Some(query);
+        self
+    }
+
+    /// The input in the first contract's shapes, for a 0.1.0 component:
+    /// made per call, as only such a component needs it.
+    fn legacy(&self) -> (wit1::Action, wit1::Context) {
+        let (a, c) = (&self.action, &self.context);
+        let principal = |p: &wit::Principal| wit1::Principal {
+            id: p.id.clone(),
+            roles: p.roles.clone(),
+        };
+        let h = &c.history;
+        (
+            wit1::Action {
+                kind: a.kind.clone(),
+                name: a.name.clone(),
+                target: a.target.clone(),
+                params: a.params.clone(),
+            },
+            wit1::Context {
+                agent: principal(&c.agent),
+                user: c.user.as_ref().map(principal),
+                environment: c.environment.clone(),
+                session: c.session.clone(),
+                attributes: c.attributes.clone(),
+                history: wit1::History {
+                    calls_last_minute: h.calls_last_minute,
+                    same_action_last_minute: h.same_action_last_minute,
+                    denials_last_hour: h.denials_last_hour,
+                    spend_today_cents: h.spend_today_cents,
+                },
+                settings: c.settings.clone(),
+            },
+        )
     }
 
     /// About how many bytes it holds: its strings, which is what a
@@ -176,6 +290,10 @@ impl Input {
                 .map(|(k, v)| k.len() + v.len())
                 .sum::<usize>()
             + c.settings.len()
+            + c.labels
+                .iter()
+                .map(|l| l.name.len() + l.origin.name.len() + l.origin.target.len() + 48)
+                .sum::<usize>()
     }
 
     /// Sets the settings of the policy about to run, reusing the buffer.
@@ -242,10 +360,19 @@ pub fn evaluate(
         Ok(ready) => ready,
         Err((failure, fuel)) => return failed(failure, fuel, start),
     };
-    let result = typed_evaluate(func)
-        .call(&mut store, (&input.action, &input.context))
-        .map(|(d,)| d)
-        .map_err(|e| PolicyFailure::classify(&e, store.data(), &limits.describe()));
+    store.data_mut().flow.arm(input.flow.clone());
+    let result = match pre.inner {
+        Contract::V2(_) => typed_evaluate(func)
+            .call(&mut store, (&input.action, &input.context))
+            .map(|(d,)| d),
+        Contract::V1(_) => {
+            let (action, context) = input.legacy();
+            typed_evaluate_v1(func)
+                .call(&mut store, (&action, &context))
+                .map(|(d,)| upgrade(d))
+        }
+    }
+    .map_err(|e| PolicyFailure::classify(&e, store.data(), &limits.describe()));
     finish_kept(
         engine, store, func, uses, result, limits, start, pool, input,
     )
@@ -270,20 +397,17 @@ pub async fn evaluate_async(
     let (mut store, func, uses) = match made_ahead(pool, &input.context.agent.id) {
         Some((mut store, func, uses)) => {
             if let Err(e) = arm(&mut store, limits, meter.clone(), true) {
-                return store_failure(&e, start).map_result(check_output);
+                return failed(store_failure(&e), 0, start);
             }
             (store, func, uses)
         }
         None => {
             let mut store = match sandbox::new_store(engine, limits, meter.clone(), true) {
                 Ok(store) => store,
-                Err(e) => return store_failure(&e, start).map_result(check_output),
+                Err(e) => return failed(store_failure(&e), 0, start),
             };
-            let instance = deadline::sliced(
-                &meter,
-                pre.inner.instance_pre().instantiate_async(&mut store),
-            )
-            .await;
+            let instance =
+                deadline::sliced(&meter, pre.instance_pre().instantiate_async(&mut store)).await;
             match instance {
                 Ok(instance) => match instance.get_func(&mut store, pre.evaluate) {
                     Some(func) => (store, func, 0),
@@ -296,12 +420,24 @@ pub async fn evaluate_async(
             }
         }
     };
-    let result = deadline::sliced(
-        &meter,
-        typed_evaluate(func).call_async(&mut store, (&input.action, &input.context)),
-    )
-    .await
-    .map(|(d,)| d)
+    store.data_mut().flow.arm(input.flow.clone());
+    let result = match pre.inner {
+        Contract::V2(_) => deadline::sliced(
+            &meter,
+            typed_evaluate(func).call_async(&mut store, (&input.action, &input.context)),
+        )
+        .await
+        .map(|(d,)| d),
+        Contract::V1(_) => {
+            let (action, context) = input.legacy();
+            deadline::sliced(
+                &meter,
+                typed_evaluate_v1(func).call_async(&mut store, (&action, &context)),
+            )
+            .await
+            .map(|(d,)| upgrade(d))
+        }
+    }
     .map_err(|e| PolicyFailure::classify(&e, store.data(), &limits.describe()));
     finish_kept(
         engine, store, func, uses, result, limits, start, pool, input,
@@ -315,6 +451,32 @@ fn typed_evaluate<'a>(
     // SAFETY: `PolicyPre::new` type-checked `evaluate` against the
     // contract's signature, which is exactly this one.
     unsafe { TypedFunc::new_unchecked(func) }
+}
+
+/// `evaluate` of a 0.1.0 component as a typed function.
+fn typed_evaluate_v1<'a>(
+    func: Func,
+) -> TypedFunc<(&'a wit1::Action, &'a wit1::Context), (wit1::Decision,)> {
+    // SAFETY: `PolicyPre::new` type-checked `evaluate` against the first
+    // contract's signature, which is exactly this one.
+    unsafe { TypedFunc::new_unchecked(func) }
+}
+
+/// A 0.1.0 decision in the current shape: it attaches no labels.
+fn upgrade(d: wit1::Decision) -> wit::Decision {
+    wit::Decision {
+        outcome: match d.outcome {
+            wit1::Outcome::Allow => wit::Outcome::Allow,
+            wit1::Outcome::Deny => wit::Outcome::Deny,
+            wit1::Outcome::RequireApproval => wit::Outcome::RequireApproval,
+            wit1::Outcome::Modify => wit::Outcome::Modify,
+        },
+        reason: d.reason,
+        rule: d.rule,
+        risk: d.risk,
+        params: d.params,
+        labels: Vec::new(),
+    }
 }
 
 /// An instance `pool` holds for this decision: one kept for `agent` under
@@ -350,7 +512,7 @@ fn reused_or_fresh(
     }
     let mut store =
         sandbox::new_store(engine, limits, meter.clone(), false).map_err(start_failure)?;
-    let instance = match pre.inner.instance_pre().instantiate(&mut store) {
+    let instance = match pre.instance_pre().instantiate(&mut store) {
         Ok(instance) => instance,
         Err(e) => {
             let failure = instantiate_failure(&e, store.data(), limits);
@@ -390,6 +552,7 @@ fn failed(failure: PolicyFailure, fuel: u64, start: Instant) -> Evaluation {
         result: Err(failure),
         fuel,
         micros: micros_since(start),
+        questions: Vec::new(),
     }
 }
 
@@ -398,7 +561,7 @@ fn failed(failure: PolicyFailure, fuel: u64, start: Instant) -> Evaluation {
 #[allow(clippy::too_many_arguments)]
 fn finish_kept(
     engine: &Engine,
-    store: Store<StoreState>,
+    mut store: Store<StoreState>,
     func: Func,
     uses: u32,
     result: Result<wit::Decision, PolicyFailure>,
@@ -408,7 +571,10 @@ fn finish_kept(
     input: &Input,
 ) -> Evaluation {
     let fuel = fuel_used(&store, limits);
-    let result = result.and_then(check_output);
+    let result_kind = crate::flow::is_result(&input.action.kind);
+    let result = result.and_then(|d| check_output(d, result_kind));
+    let questions = std::mem::take(&mut store.data_mut().flow.questions);
+    store.data_mut().flow.arm(None);
     match pool {
         Some(pool) if result.is_ok() && pool.enabled() => {
             pool.give_back(engine, store, func, uses + 1, &input.context.agent.id);
@@ -420,6 +586,7 @@ fn finish_kept(
         result,
         fuel,
         micros: micros_since(start),
+        questions,
     }
 }
 
@@ -431,77 +598,27 @@ pub fn validate_settings(
     limits: &Limits,
     settings: &str,
 ) -> Result<Result<(), String>, PolicyFailure> {
-    run(engine, pre, limits, |policy, store| {
-        policy.call_validate_settings(store, settings)
-    })
-    .result
-}
-
-/// A call's outcome before output checks.
-struct Run<T> {
-    result: Result<T, PolicyFailure>,
-    fuel: u64,
-    micros: u64,
-}
-
-impl Run<wit::Decision> {
-    fn map_result(
-        self,
-        f: impl FnOnce(wit::Decision) -> Result<Verdict, PolicyFailure>,
-    ) -> Evaluation {
-        Evaluation {
-            result: self.result.and_then(f),
-            fuel: self.fuel,
-            micros: self.micros,
-        }
-    }
-}
-
-fn run<T>(
-    engine: &Engine,
-    pre: &PolicyPre,
-    limits: &Limits,
-    call: impl FnOnce(&bindings::Policy, &mut Store<StoreState>) -> wasmtime::Result<T>,
-) -> Run<T> {
-    let start = Instant::now();
     let meter = Meter::new(limits.deadline(), engine.tick());
     let mut store = match sandbox::new_store(engine, limits, meter, false) {
         Ok(store) => store,
-        Err(e) => return store_failure(&e, start),
+        Err(e) => return Err(store_failure(&e)),
     };
-    let result = match pre.inner.instantiate(&mut store) {
-        Ok(policy) => call(&policy, &mut store)
-            .map_err(|e| PolicyFailure::classify(&e, store.data(), &limits.describe())),
-        Err(e) => Err(instantiate_failure(&e, store.data(), limits)),
+    let called = match &pre.inner {
+        Contract::V2(p) => p
+            .instantiate(&mut store)
+            .map_err(|e| instantiate_failure(&e, store.data(), limits))
+            .map(|policy| policy.call_validate_settings(&mut store, settings)),
+        Contract::V1(p) => p
+            .instantiate(&mut store)
+            .map_err(|e| instantiate_failure(&e, store.data(), limits))
+            .map(|policy| policy.call_validate_settings(&mut store, settings)),
     };
-    finish(store, result, limits, start)
+    called
+        .and_then(|r| r.map_err(|e| PolicyFailure::classify(&e, store.data(), &limits.describe())))
 }
 
-/// Measures what the call cost and drops the store with its instance.
-fn finish<T>(
-    store: Store<StoreState>,
-    result: Result<T, PolicyFailure>,
-    limits: &Limits,
-    start: Instant,
-) -> Run<T> {
-    let fuel = fuel_used(&store, limits);
-    drop(store);
-    Run {
-        result,
-        fuel,
-        micros: micros_since(start),
-    }
-}
-
-fn store_failure<T>(e: &wasmtime::Error, start: Instant) -> Run<T> {
-    Run {
-        result: Err(PolicyFailure::new(
-            FailureKind::Instantiate,
-            format!("{e:#}"),
-        )),
-        fuel: 0,
-        micros: micros_since(start),
-    }
+fn store_failure(e: &wasmtime::Error) -> PolicyFailure {
+    PolicyFailure::new(FailureKind::Instantiate, format!("{e:#}"))
 }
 
 /// Instantiation fails for the same guest reasons a call does (a start
@@ -522,7 +639,7 @@ fn micros_since(start: Instant) -> u64 {
 
 /// Checks a decision against the contract: risk 0–100, params with modify,
 /// params that are JSON, and sizes the host is willing to carry.
-fn check_output(d: wit::Decision) -> Result<Verdict, PolicyFailure> {
+fn check_output(d: wit::Decision, result_kind: bool) -> Result<Verdict, PolicyFailure> {
     let invalid = |detail: String| Err(PolicyFailure::new(FailureKind::InvalidOutput, detail));
     if d.risk > 100 {
         return invalid(format!("risk {} is over 100", d.risk));
@@ -565,12 +682,33 @@ fn check_output(d: wit::Decision) -> Result<Verdict, PolicyFailure> {
         // Params only mean something with modify.
         (_, _) => None,
     };
+    if !d.labels.is_empty() && !result_kind {
+        return invalid(format!(
+            "labels {:?} on a decision that is not about a result (kind `*{}`)",
+            d.labels.iter().take(4).collect::<Vec<_>>(),
+            crate::flow::RESULT_SUFFIX
+        ));
+    }
+    if d.labels.len() > crate::flow::MAX_LABELS_PER_DECISION {
+        return invalid(format!(
+            "{} labels; at most {}",
+            d.labels.len(),
+            crate::flow::MAX_LABELS_PER_DECISION
+        ));
+    }
+    if let Some(problem) = d.labels.iter().find_map(|l| crate::flow::label_problem(l)) {
+        return invalid(problem);
+    }
+    let mut labels = d.labels;
+    labels.sort_unstable();
+    labels.dedup();
     Ok(Verdict {
         outcome,
         reason: d.reason,
         rule: d.rule,
         risk: d.risk,
         params,
+        labels,
     })
 }
 
@@ -619,11 +757,12 @@ mod tests {
             rule: "x.y".into(),
             risk,
             params: params.map(str::to_owned),
+            labels: Vec::new(),
         }
     }
 
     fn kind(d: wit::Decision) -> Option<FailureKind> {
-        check_output(d).err().map(|f| f.kind)
+        check_output(d, false).err().map(|f| f.kind)
     }
 
     #[test]
@@ -645,7 +784,7 @@ mod tests {
         assert_eq!(kind(decision(Modify, 10, Some(r#"{"a":1}"#))), None);
         // Params without modify are ignored, not an error.
         assert_eq!(
-            check_output(decision(Deny, 10, Some("x")))
+            check_output(decision(Deny, 10, Some("x")), false)
                 .ok()
                 .and_then(|v| v.params),
             None

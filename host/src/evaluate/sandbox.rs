@@ -122,6 +122,8 @@ pub struct PolicyExited;
 pub(crate) struct StoreState {
     limiter: Limiter,
     pub(crate) stdio: Captured,
+    /// The session's labels this call may ask about, and what it asked.
+    pub(crate) flow: super::flow::Asked,
 }
 
 struct Limiter {
@@ -173,6 +175,7 @@ pub(crate) fn new_store(
             max_table_elements: limits.max_table_elements,
         },
         stdio: Captured::default(),
+        flow: super::flow::Asked::default(),
     };
     let mut store = Store::new(engine.wasmtime(), state);
     store.limiter(|s| &mut s.limiter);

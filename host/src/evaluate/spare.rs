@@ -124,7 +124,7 @@ impl Spares {
     fn start(&self) -> Option<(Store<StoreState>, Func)> {
         let meter = Meter::new(self.limits.deadline(), self.engine.tick());
         let mut store = sandbox::new_store(&self.engine, &self.limits, meter, false).ok()?;
-        let instance = self.pre.inner.instance_pre().instantiate(&mut store).ok()?;
+        let instance = self.pre.instance_pre().instantiate(&mut store).ok()?;
         let evaluate = instance.get_func(&mut store, self.pre.evaluate)?;
         Some((store, evaluate))
     }

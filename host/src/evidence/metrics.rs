@@ -776,7 +776,10 @@ mod tests {
                 fuel: 7,
                 micros,
                 failure: failure.map(str::to_owned),
+                labels: Vec::new(),
+                questions: Vec::new(),
             }],
+            flow: None,
         }
     }
 

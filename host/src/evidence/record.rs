@@ -620,7 +620,10 @@ mod tests {
                 fuel: 10,
                 micros: 3,
                 failure: None,
+                labels: Vec::new(),
+                questions: Vec::new(),
             }],
+            flow: None,
             micros: 5,
         }
     }

@@ -140,6 +140,8 @@ impl LoadedPolicy {
                 fuel: 0,
                 micros: 0,
                 failure: None,
+                labels: v.labels,
+                questions: Vec::new(),
             },
             Err(f) => f.report(&self.name, &self.version),
         };
@@ -148,6 +150,7 @@ impl LoadedPolicy {
             report.signed_version = Some(s.version.clone());
         }
         report.fuel = eval.fuel;
+        report.questions = eval.questions;
         report.micros = eval.micros;
         report
     }

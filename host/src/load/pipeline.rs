@@ -11,7 +11,9 @@ use super::verify::{self, Signer};
 use super::{LoadError, LoadProblem, LoadStep, LoadedPolicy, PolicySpec, Source};
 use crate::config::SmokeSample;
 use crate::engine::Engine;
-use crate::evaluate::{self, Input, InstancePool, Limits, PolicyPre, TYPES_INTERFACE, WasiGrants};
+use crate::evaluate::{
+    self, FLOW_INTERFACE, Input, InstancePool, Limits, PolicyPre, TYPES_INTERFACE, WasiGrants,
+};
 
 /// Runs every load step for `spec`.
 ///
@@ -221,7 +223,7 @@ pub(super) fn check_imports(
 /// version) for a policy granted `grants`; `None` when it does.
 pub(super) fn import_refusal(name: &str, grants: &WasiGrants) -> Option<String> {
     let unversioned = name.split('@').next().unwrap_or(name);
-    if unversioned == TYPES_INTERFACE {
+    if unversioned == TYPES_INTERFACE || unversioned == FLOW_INTERFACE {
         return None;
     }
     evaluate::import_refusal(unversioned, grants)

@@ -278,6 +278,8 @@ pub fn monitor_report(policy: &LoadedPolicy) -> PolicyReport {
         fuel: 0,
         micros: 0,
         failure: None,
+        labels: Vec::new(),
+        questions: Vec::new(),
     }
 }
 
@@ -304,6 +306,8 @@ mod tests {
             fuel: 0,
             micros: 0,
             failure: None,
+            labels: Vec::new(),
+            questions: Vec::new(),
         }
     }
 

@@ -7,7 +7,7 @@
 //! outcome, so a test can give one build settings the other refuses.
 
 wit_bindgen::generate!({
-    path: "../../../wit",
+    path: "../../../wit/v0.1.0",
     world: "policy",
 });
 

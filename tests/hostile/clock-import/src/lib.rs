@@ -2,7 +2,7 @@
 //! host must refuse at load: a policy cannot wait on the host's time.
 
 wit_bindgen::generate!({
-    path: "../../../wit",
+    path: "../../../wit/v0.1.0",
     world: "policy",
 });
 

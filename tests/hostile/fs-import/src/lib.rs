@@ -2,7 +2,7 @@
 //! which the host must refuse at load.
 
 wit_bindgen::generate!({
-    path: "../../../wit",
+    path: "../../../wit/v0.1.0",
     world: "policy",
 });
 

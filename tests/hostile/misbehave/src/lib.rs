@@ -24,7 +24,7 @@
 //! when they contain `"loop"`, and refuses them when they contain `"no"`.
 
 wit_bindgen::generate!({
-    path: "../../../wit",
+    path: "../../../wit/v0.1.0",
     world: "policy",
 });
 

@@ -3,7 +3,7 @@
 //! load, naming the import.
 
 wit_bindgen::generate!({
-    path: "../../../wit",
+    path: "../../../wit/v0.1.0",
     world: "policy",
 });
 
