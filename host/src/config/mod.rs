@@ -21,9 +21,11 @@ use crate::evaluate::Limits;
 use crate::route::RouteSpec;
 
 mod console;
+mod flow;
 mod identity;
 
 pub use console::ConsoleConfig;
+pub use flow::{FlowConfig, FlowRule};
 pub use identity::{
     ASYMMETRIC, AdminConfig, AdminListen, AgentToken, ApprovalRule, IdentityConfig, JwtConfig,
     OperatorToken, Role, ServerTls,
@@ -98,6 +100,9 @@ pub struct Config {
     /// OpenTelemetry: decision spans and decision records over OTLP.
     #[serde(default)]
     pub telemetry: crate::telemetry::TelemetryConfig,
+    /// Session flow labels: the vocabulary, rules and bounds.
+    #[serde(default)]
+    pub flow: FlowConfig,
 }
 
 /// `[mcp]`: the MCP servers the gateway governs ([`crate::mcp`]).
@@ -1048,6 +1053,7 @@ impl Config {
         check_mcp(&self.mcp)?;
         self.authorizer.check()?;
         self.console.check()?;
+        self.flow.check()?;
         identity::check(&self.identity, &self.admin, &self.approvals.rules)?;
         if self.identity.enabled() && self.auth.decide_token.is_some() {
             return Err("with `[identity]`, each caller presents its own credential: remove `auth.decide_token`".into());

@@ -70,6 +70,19 @@ pub struct SessionFlow {
     overflow: u64,
 }
 
+/// A session's flow as a store keeps it: its labels in order, each print
+/// with a mask of the labels it carries (bit i: `labels[i]`), and the
+/// mask of the labels that overflowed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredFlow {
+    /// The labels, in the order they came.
+    pub labels: Vec<Label>,
+    /// `[print, mask]`, sorted.
+    pub prints: Vec<[u64; 2]>,
+    /// Labels some of whose prints did not fit.
+    pub overflow: u64,
+}
+
 /// Why a session could not take a result's labels.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Full {
@@ -79,25 +92,62 @@ pub enum Full {
 }
 
 impl SessionFlow {
-    /// A session's flow as stored: its labels, its prints with the names
-    /// of their labels, and the names of overflowed labels.
-    pub fn from_parts(
-        labels: Vec<Label>,
-        prints: &[(u64, Vec<String>)],
-        overflow: &[String],
-    ) -> Self {
-        let mut flow = SessionFlow {
-            labels,
-            ..SessionFlow::default()
-        };
-        for (print, names) in prints {
-            let mask = flow.mask_of(names);
-            if mask != 0 {
-                *flow.prints.entry(*print).or_default() |= mask;
+    /// A session's flow as a store keeps it.
+    pub fn from_stored(stored: StoredFlow) -> Self {
+        let n = stored.labels.len().min(MAX_SESSION_LABELS);
+        let all = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
+        let mut prints: HashMap<u64, u64> = HashMap::with_capacity(stored.prints.len());
+        // A print may come once per label it carries.
+        for [p, m] in stored.prints {
+            if m & all != 0 {
+                *prints.entry(p).or_default() |= m & all;
             }
         }
-        flow.overflow = flow.mask_of(overflow);
-        flow
+        SessionFlow {
+            labels: stored.labels.into_iter().take(n).collect(),
+            prints,
+            overflow: stored.overflow & all,
+        }
+    }
+
+    /// This flow as a store keeps it.
+    pub fn to_stored(&self) -> StoredFlow {
+        let mut prints: Vec<[u64; 2]> = self.prints.iter().map(|(p, m)| [*p, *m]).collect();
+        prints.sort_unstable();
+        StoredFlow {
+            labels: self.labels.clone(),
+            prints,
+            overflow: self.overflow,
+        }
+    }
+
+    /// Adds what `other` holds: its labels this one lacks (with their
+    /// origins), its prints and its overflow, without bounds: for a store
+    /// merging what replicas add.
+    pub fn merge(&mut self, other: &SessionFlow) {
+        for l in &other.labels {
+            if self.labels.len() < MAX_SESSION_LABELS
+                && !self.labels.iter().any(|h| h.name == l.name)
+            {
+                self.labels.push(l.clone());
+            }
+        }
+        // Other's bit i is this one's bit `to[i]`.
+        let to: Vec<u64> = other
+            .labels
+            .iter()
+            .map(|l| self.mask_of(std::slice::from_ref(&l.name)))
+            .collect();
+        let remap = |mask: u64| {
+            to.iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << i) != 0)
+                .fold(0, |m, (_, bit)| m | bit)
+        };
+        for (p, m) in &other.prints {
+            *self.prints.entry(*p).or_default() |= remap(*m);
+        }
+        self.overflow |= remap(other.overflow);
     }
 
     /// The labels held, in the order they came.
@@ -113,14 +163,6 @@ impl SessionFlow {
     /// The names of the labels some of whose prints did not fit.
     pub fn overflowed(&self) -> Vec<String> {
         self.names(self.overflow)
-    }
-
-    /// Each print with the names of its labels, for a store.
-    pub fn prints(&self) -> Vec<(u64, Vec<String>)> {
-        self.prints
-            .iter()
-            .map(|(p, m)| (*p, self.names(*m)))
-            .collect()
     }
 
     /// Whether it holds nothing.
@@ -171,14 +213,30 @@ impl SessionFlow {
         Ok(new.into_iter().cloned().collect())
     }
 
+    /// The labels introduced before `cutoff_ms`.
+    pub fn expired(&self, cutoff_ms: u64) -> Vec<String> {
+        self.labels
+            .iter()
+            .filter(|l| l.origin.at_ms < cutoff_ms)
+            .map(|l| l.name.clone())
+            .collect()
+    }
+
     /// Forgets the labels introduced before `cutoff_ms` and the prints
     /// left with no label; whether anything was forgotten.
     pub fn expire(&mut self, cutoff_ms: u64) -> bool {
-        if self.labels.iter().all(|l| l.origin.at_ms >= cutoff_ms) {
+        let names = self.expired(cutoff_ms);
+        self.forget(&names)
+    }
+
+    /// Forgets labels `names` and the prints left with no label; whether
+    /// anything was forgotten.
+    pub fn forget(&mut self, names: &[String]) -> bool {
+        if !self.labels.iter().any(|l| names.contains(&l.name)) {
             return false;
         }
         let kept: Vec<usize> = (0..self.labels.len())
-            .filter(|&i| self.labels[i].origin.at_ms >= cutoff_ms)
+            .filter(|&i| !names.contains(&self.labels[i].name))
             .collect();
         // Old bit i becomes new bit `position of i in kept`.
         let remap = |mask: u64| {
@@ -355,8 +413,27 @@ mod tests {
             1000,
         )
         .expect("room");
-        let back = SessionFlow::from_parts(s.labels().to_vec(), &s.prints(), &s.overflowed());
+        let back = SessionFlow::from_stored(s.to_stored());
         assert_eq!(back, s);
+        let mut other = SessionFlow::default();
+        other
+            .attach(
+                &["untrusted".into(), "pii".into()],
+                &origin(2),
+                &[42],
+                8,
+                1000,
+            )
+            .expect("room");
+        let mut merged = back.clone();
+        merged.merge(&other);
+        assert_eq!(merged.all_names(), ["private", "pii", "untrusted"]);
+        assert_eq!(merged.labels_of(&fp, TEXT), ["private", "pii"]);
+        assert_eq!(
+            merged.labels()[1].origin.at_ms,
+            1,
+            "the first origin is kept"
+        );
     }
 
     #[test]

@@ -164,6 +164,51 @@ pub fn conforms(state: &State) {
     ] {
         assert!(heard.contains(&expected), "{expected:?} not in {heard:?}");
     }
+    flows_conform(state);
+}
+
+/// A session's flow: additions merge (the first origin of a label kept),
+/// labels are forgotten with their prints, and an emptied session goes.
+fn flows_conform(state: &State) {
+    use crate::flow::{Label, Origin, StoredFlow};
+    let f = &state.flows;
+    let label = |name: &str, at_ms: u64| Label {
+        name: name.into(),
+        origin: Origin {
+            decision_id: format!("d{at_ms}"),
+            kind: "mcp".into(),
+            name: "read".into(),
+            target: "/x".into(),
+            at_ms,
+        },
+    };
+    assert_eq!(f.flow("s").expect("read"), None);
+    let first = StoredFlow {
+        labels: vec![label("private", 1)],
+        prints: vec![[7, 1], [u64::MAX, 1]],
+        overflow: 0,
+    };
+    f.add_flow("s", &first).expect("add");
+    let second = StoredFlow {
+        labels: vec![label("untrusted", 2), label("private", 3)],
+        prints: vec![[7, 1], [9, 2]],
+        overflow: 1,
+    };
+    f.add_flow("s", &second).expect("add");
+    let got = crate::flow::SessionFlow::from_stored(f.flow("s").expect("read").expect("held"));
+    assert_eq!(got.all_names(), ["private", "untrusted"]);
+    assert_eq!(got.labels()[0].origin.at_ms, 1, "first origin kept");
+    assert_eq!(got.print_count(), 3);
+    assert_eq!(got.overflowed(), ["untrusted"]);
+    assert_eq!(f.flows().expect("all").len(), 1);
+    f.forget_flow("s", &["private".into()]).expect("forget");
+    let got = crate::flow::SessionFlow::from_stored(f.flow("s").expect("read").expect("held"));
+    assert_eq!(
+        (got.all_names(), got.print_count()),
+        (vec!["untrusted".to_owned()], 1)
+    );
+    f.forget_flow("s", &["untrusted".into()]).expect("forget");
+    assert_eq!(f.flow("s").expect("read"), None);
 }
 
 /// Thirty threads race to use one granted approval: exactly one wins.

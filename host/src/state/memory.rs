@@ -1,6 +1,6 @@
 //! State kept in memory only: nothing survives the process. For embedders
 //! and tests that want the state traits without a directory, and the
-//! smallest example of a second backend: it implements the three traits
+//! smallest example of a second backend: it implements the four traits
 //! and needs no edit anywhere else.
 
 use std::collections::BTreeMap;
@@ -9,8 +9,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use tokio::sync::broadcast;
 
 use super::{
-    AgentStore, Approval, ApprovalStore, Breaker, DaySpend, Pin, PinStore, State, StateChange,
-    StoreError, Suspension,
+    AgentStore, Approval, ApprovalStore, Breaker, DaySpend, FlowStore, Pin, PinStore, State,
+    StateChange, StoreError, StoredFlow, Suspension,
 };
 use crate::decision::ApprovalStatus;
 
@@ -21,6 +21,7 @@ struct Tables {
     spend: BTreeMap<String, DaySpend>,
     approvals: BTreeMap<String, Approval>,
     pins: BTreeMap<(String, String), Pin>,
+    flows: BTreeMap<String, StoredFlow>,
 }
 
 /// The state in one mutex.
@@ -155,6 +156,39 @@ impl PinStore for MemoryState {
                 .map(|p| ((p.server.clone(), p.tool.clone()), p.clone())),
         );
         self.announce(StateChange::Pins);
+        Ok(())
+    }
+}
+
+impl FlowStore for MemoryState {
+    fn flows(&self) -> Result<Vec<(String, StoredFlow)>, StoreError> {
+        Ok(self
+            .tables()
+            .flows
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn flow(&self, key: &str) -> Result<Option<StoredFlow>, StoreError> {
+        Ok(self.tables().flows.get(key).cloned())
+    }
+
+    fn add_flow(&self, key: &str, added: &StoredFlow) -> Result<(), StoreError> {
+        let mut t = self.tables();
+        let stored = t.flows.remove(key);
+        t.flows
+            .insert(key.to_owned(), super::merged_flow(stored, added));
+        Ok(())
+    }
+
+    fn forget_flow(&self, key: &str, names: &[String]) -> Result<(), StoreError> {
+        let mut t = self.tables();
+        if let Some(stored) = t.flows.remove(key)
+            && let Some(kept) = super::forgotten_flow(stored, names)
+        {
+            t.flows.insert(key.to_owned(), kept);
+        }
         Ok(())
     }
 }

@@ -7,6 +7,7 @@
 //! | [`AgentStore`] | suspensions, open circuit breakers, the day's spend | [`crate::enrich`] |
 //! | [`ApprovalStore`] | approvals, with an atomic single use | [`crate::approvals`] |
 //! | [`PinStore`] | pinned MCP tool definitions | [`crate::enrich::pins`] |
+//! | [`FlowStore`] | sessions' flow labels and fingerprints | [`crate::enrich::flow`] |
 //!
 //! [`redb`] is the default implementation: an embedded database in the
 //! state directory, for one node. [`memory`] keeps everything in memory,
@@ -32,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::decision::ApprovalStatus;
+pub use crate::flow::StoredFlow;
 
 /// The default state directory: `$ARBITER_STATE_DIR`,
 /// `$XDG_STATE_HOME/arbiter/state` or `~/.local/state/arbiter/state`.
@@ -207,6 +209,49 @@ pub trait PinStore: Send + Sync + fmt::Debug {
     /// # Errors
     /// A [`StoreError`]; then nothing changed.
     fn save_pins(&self, pins: &[Pin]) -> Result<(), StoreError>;
+}
+
+/// Each session's flow: the labels its results brought and their
+/// fingerprints ([`crate::enrich::flow`]), by session key.
+pub trait FlowStore: Send + Sync + fmt::Debug {
+    /// Every session's flow.
+    ///
+    /// # Errors
+    /// A [`StoreError`] when the store cannot be read.
+    fn flows(&self) -> Result<Vec<(String, StoredFlow)>, StoreError>;
+    /// One session's flow, read from the store now.
+    ///
+    /// # Errors
+    /// A [`StoreError`] when the store cannot be read.
+    fn flow(&self, key: &str) -> Result<Option<StoredFlow>, StoreError>;
+    /// Adds `added` to session `key`'s flow in one atomic step: labels it
+    /// lacks (a label held keeps its first origin), prints, overflow. Two
+    /// replicas adding at once both count.
+    ///
+    /// # Errors
+    /// A [`StoreError`]; then nothing was added.
+    fn add_flow(&self, key: &str, added: &StoredFlow) -> Result<(), StoreError>;
+    /// Forgets labels `names` of session `key`, with their prints; the
+    /// session, once it holds none.
+    ///
+    /// # Errors
+    /// A [`StoreError`]; then nothing changed.
+    fn forget_flow(&self, key: &str, names: &[String]) -> Result<(), StoreError>;
+}
+
+/// `stored` with `added` merged in, for a store that keeps each session's
+/// flow as one document.
+pub fn merged_flow(stored: Option<StoredFlow>, added: &StoredFlow) -> StoredFlow {
+    let mut flow = crate::flow::SessionFlow::from_stored(stored.unwrap_or_default());
+    flow.merge(&crate::flow::SessionFlow::from_stored(added.clone()));
+    flow.to_stored()
+}
+
+/// `stored` without labels `names`; `None` once it holds no label.
+pub fn forgotten_flow(stored: StoredFlow, names: &[String]) -> Option<StoredFlow> {
+    let mut flow = crate::flow::SessionFlow::from_stored(stored);
+    flow.forget(names);
+    (!flow.is_empty()).then(|| flow.to_stored())
 }
 
 /// The day's spend in a store several replicas share: only ever added to,
@@ -433,6 +478,8 @@ pub struct State {
     pub approvals: Arc<dyn ApprovalStore>,
     /// MCP tool pins.
     pub pins: Arc<dyn PinStore>,
+    /// Sessions' flow labels.
+    pub flows: Arc<dyn FlowStore>,
     /// The day's spend added to in place, when replicas share the store.
     pub shared_spend: Option<Arc<dyn SharedSpend>>,
     /// The agents' windows merged across replicas, when they share the
@@ -457,12 +504,14 @@ impl State {
         agents: Arc<dyn AgentStore>,
         approvals: Arc<dyn ApprovalStore>,
         pins: Arc<dyn PinStore>,
+        flows: Arc<dyn FlowStore>,
         changes: tokio::sync::broadcast::Sender<StateChange>,
     ) -> Self {
         State {
             agents,
             approvals,
             pins,
+            flows,
             shared_spend: None,
             shared_windows: None,
             changes,
@@ -474,10 +523,16 @@ impl State {
     /// One `store` behind every trait, announcing on `changes`.
     pub fn of<S>(store: S, changes: tokio::sync::broadcast::Sender<StateChange>) -> Self
     where
-        S: AgentStore + ApprovalStore + PinStore + 'static,
+        S: AgentStore + ApprovalStore + PinStore + FlowStore + 'static,
     {
         let me = Arc::new(store);
-        State::new(Arc::clone(&me) as _, Arc::clone(&me) as _, me as _, changes)
+        State::new(
+            Arc::clone(&me) as _,
+            Arc::clone(&me) as _,
+            Arc::clone(&me) as _,
+            me as _,
+            changes,
+        )
     }
 
     /// Counts entries that do not decode in `counter`.

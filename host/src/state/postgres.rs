@@ -32,6 +32,7 @@
 //! tokio worker included) may use it. A lost connection is made again on
 //! the next call, no sooner than a backoff that doubles up to 5 s.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -48,16 +49,16 @@ use tokio_postgres::{AsyncMessage, Client, Connection, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
-    AgentStore, Approval, ApprovalStore, Breaker, BucketCount, DaySpend, Feed, Pin, PinStore,
-    SharedSpend, SharedWindows, SpendHold, State, StateChange, StoreError, Suspension,
-    WindowTotals, fallback,
+    AgentStore, Approval, ApprovalStore, Breaker, BucketCount, DaySpend, Feed, FlowStore, Pin,
+    PinStore, SharedSpend, SharedWindows, SpendHold, State, StateChange, StoreError, StoredFlow,
+    Suspension, WindowTotals, fallback,
 };
 use crate::decision::ApprovalStatus;
 use crate::time::Clock as _;
 
 /// The schema this binary reads and writes. Each entry of [`MIGRATIONS`]
 /// moves the database one version up.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// The channel the triggers notify.
 const CHANNEL: &str = "arbiter_state";
@@ -116,6 +117,26 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
         PRIMARY KEY (instance, agent, counter, second)
     );
     CREATE INDEX arbiter_windows_second ON arbiter_windows (second);
+",
+    r"
+    -- Each session's flow labels, with the first result that brought
+    -- each, and the fingerprints of labelled text, a row per label they
+    -- carry: rows are only added or deleted, so replicas adding to one
+    -- session at once both count.
+    CREATE TABLE arbiter_flow_labels (
+        key text NOT NULL,
+        name text NOT NULL,
+        origin jsonb NOT NULL,
+        at_ms bigint NOT NULL,
+        overflow boolean NOT NULL DEFAULT false,
+        PRIMARY KEY (key, name)
+    );
+    CREATE TABLE arbiter_flow_prints (
+        key text NOT NULL,
+        print bigint NOT NULL,
+        name text NOT NULL,
+        PRIMARY KEY (key, print, name)
+    );
 ",
 ];
 
@@ -621,6 +642,7 @@ impl PgState {
         let undecodable = Arc::clone(&self.undecodable);
         let me = Arc::new(self);
         State::new(
+            Arc::clone(&me) as _,
             Arc::clone(&me) as _,
             Arc::clone(&me) as _,
             Arc::clone(&me) as _,
@@ -1239,5 +1261,128 @@ impl PinStore for PgState {
             Some(StateChange::Pins),
         )
         .map(drop)
+    }
+}
+
+impl FlowStore for PgState {
+    fn flows(&self) -> Result<Vec<(String, StoredFlow)>, StoreError> {
+        self.read_flows(None)
+    }
+
+    fn flow(&self, key: &str) -> Result<Option<StoredFlow>, StoreError> {
+        Ok(self
+            .read_flows(Some(key.to_owned()))?
+            .into_iter()
+            .next()
+            .map(|(_, f)| f))
+    }
+
+    fn add_flow(&self, key: &str, added: &StoredFlow) -> Result<(), StoreError> {
+        for (i, l) in added.labels.iter().enumerate() {
+            let origin = serde_json::to_value(&l.origin).unwrap_or_default();
+            self.execute(
+                "add a session's label",
+                "INSERT INTO arbiter_flow_labels (key, name, origin, at_ms, overflow)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (key, name) DO UPDATE
+                 SET overflow = arbiter_flow_labels.overflow OR EXCLUDED.overflow",
+                vec![
+                    text(key),
+                    text(&l.name),
+                    json(origin),
+                    Box::new(i64::try_from(l.origin.at_ms).unwrap_or(i64::MAX)),
+                    Box::new(added.overflow & (1 << i) != 0),
+                ],
+                None,
+            )?;
+        }
+        let (mut prints, mut names) = (Vec::new(), Vec::new());
+        for [print, mask] in &added.prints {
+            for (i, l) in added.labels.iter().enumerate() {
+                if mask & (1 << i) != 0 {
+                    // The bits as they are: `bigint` is signed.
+                    prints.push(i64::from_ne_bytes(print.to_ne_bytes()));
+                    names.push(l.name.clone());
+                }
+            }
+        }
+        if !prints.is_empty() {
+            self.execute(
+                "add a session's prints",
+                "INSERT INTO arbiter_flow_prints (key, print, name)
+                 SELECT $1, p, n FROM unnest($2::bigint[], $3::text[]) AS t(p, n)
+                 ON CONFLICT DO NOTHING",
+                vec![text(key), Box::new(prints), Box::new(names)],
+                None,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn forget_flow(&self, key: &str, names: &[String]) -> Result<(), StoreError> {
+        for sql in [
+            "DELETE FROM arbiter_flow_prints WHERE key = $1 AND name = ANY($2)",
+            "DELETE FROM arbiter_flow_labels WHERE key = $1 AND name = ANY($2)",
+        ] {
+            self.execute(
+                "forget a session's labels",
+                sql,
+                vec![text(key), Box::new(names.to_vec())],
+                None,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl PgState {
+    /// Every session's flow, or session `key`'s.
+    fn read_flows(&self, key: Option<String>) -> Result<Vec<(String, StoredFlow)>, StoreError> {
+        let labels = self.run("read flow labels", {
+            let key = key.clone();
+            move |c| async move {
+                c.query(
+                    "SELECT key, name, origin, overflow FROM arbiter_flow_labels
+                     WHERE $1::text IS NULL OR key = $1 ORDER BY key, at_ms, name",
+                    &[&key],
+                )
+                .await
+            }
+        })?;
+        let prints = self.run("read flow prints", move |c| async move {
+            c.query(
+                "SELECT key, print, name FROM arbiter_flow_prints WHERE $1::text IS NULL OR key = $1",
+                &[&key],
+            )
+            .await
+        })?;
+        let mut out: BTreeMap<String, StoredFlow> = BTreeMap::new();
+        for row in &labels {
+            let (key, name, overflow): (String, String, bool) =
+                (row.get(0), row.get(1), row.get(3));
+            let Json(origin): Json<serde_json::Value> = row.get(2);
+            let origin = serde_json::from_value(origin).map_err(|e| StoreError::Remote {
+                target: "`state.url`".into(),
+                what: "decode a session's flow",
+                source: Box::new(e),
+            })?;
+            let flow = out.entry(key).or_default();
+            if overflow {
+                flow.overflow |= 1 << flow.labels.len();
+            }
+            flow.labels.push(crate::flow::Label { name, origin });
+        }
+        for row in &prints {
+            let (key, print, name): (String, i64, String) = (row.get(0), row.get(1), row.get(2));
+            let Some(flow) = out.get_mut(&key) else {
+                continue;
+            };
+            let Some(i) = flow.labels.iter().position(|l| l.name == name) else {
+                continue;
+            };
+            flow.prints
+                .push([u64::from_ne_bytes(print.to_ne_bytes()), 1 << i]);
+        }
+        Ok(out.into_iter().collect())
     }
 }

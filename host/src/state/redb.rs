@@ -15,8 +15,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
 
 use super::{
-    AgentStore, Approval, ApprovalStore, Breaker, DaySpend, Pin, PinStore, State, StateChange,
-    StoreError, Suspension, fallback,
+    AgentStore, Approval, ApprovalStore, Breaker, DaySpend, FlowStore, Pin, PinStore, State,
+    StateChange, StoreError, StoredFlow, Suspension, fallback,
 };
 use crate::decision::ApprovalStatus;
 
@@ -34,6 +34,8 @@ const APPROVALS: Table = TableDefinition::new("approvals");
 const SPEND: Table = TableDefinition::new("spend");
 /// By `server` NUL `tool`.
 const MCP_TOOLS: Table = TableDefinition::new("mcp_tools");
+/// Each session's flow, by session key.
+const FLOWS: Table = TableDefinition::new("flows");
 
 /// Changes announced at once that a slow subscriber may miss (it is then
 /// told it lagged).
@@ -78,7 +80,7 @@ impl RedbState {
         };
         // Tables exist from the first start, so reads never meet a missing one.
         store.write("create the tables", |w| {
-            for table in [SUSPENSIONS, BREAKERS, APPROVALS, SPEND, MCP_TOOLS] {
+            for table in [SUSPENSIONS, BREAKERS, APPROVALS, SPEND, MCP_TOOLS, FLOWS] {
                 w.open_table(table)?;
             }
             Ok(())
@@ -334,6 +336,76 @@ impl PinStore for RedbState {
         })?;
         self.announce(StateChange::Pins);
         Ok(())
+    }
+}
+
+impl FlowStore for RedbState {
+    fn flows(&self) -> Result<Vec<(String, StoredFlow)>, StoreError> {
+        Ok(self
+            .all(FLOWS)?
+            .into_iter()
+            // A flow that does not decode cannot be failed closed on label
+            // by label: it is dropped, counted and logged by `all`.
+            .filter_map(|(key, f)| f.ok().map(|f| (key, f)))
+            .collect())
+    }
+
+    fn flow(&self, key: &str) -> Result<Option<StoredFlow>, StoreError> {
+        let fail = |e: redb::Error| database(&self.path, "read", e);
+        let read = self.db.begin_read().map_err(|e| fail(e.into()))?;
+        let t = read.open_table(FLOWS).map_err(|e| fail(e.into()))?;
+        let Some(v) = t.get(key).map_err(|e| fail(e.into()))? else {
+            return Ok(None);
+        };
+        // A session whose labels cannot be read is not taken to hold none.
+        serde_json::from_str(v.value())
+            .map(Some)
+            .map_err(|e| StoreError::Database {
+                path: self.path.clone(),
+                what: "decode a session's flow",
+                source: Box::new(e),
+            })
+    }
+
+    fn add_flow(&self, key: &str, added: &StoredFlow) -> Result<(), StoreError> {
+        // Read, merged and written in one write transaction: redb has one
+        // writer at a time.
+        let encoded = std::cell::RefCell::new(Ok(()));
+        self.write("add a session's flow", |w| {
+            let mut t = w.open_table(FLOWS)?;
+            let stored: Option<StoredFlow> = t
+                .get(key)?
+                .and_then(|v| serde_json::from_str(v.value()).ok());
+            let merged = super::merged_flow(stored, added);
+            match self.encode("flow", &merged) {
+                Ok(json) => {
+                    t.insert(key, json.as_str())?;
+                }
+                Err(e) => *encoded.borrow_mut() = Err(e),
+            }
+            Ok(())
+        })?;
+        encoded.into_inner()
+    }
+
+    fn forget_flow(&self, key: &str, names: &[String]) -> Result<(), StoreError> {
+        self.write("forget a session's labels", |w| {
+            let mut t = w.open_table(FLOWS)?;
+            let stored: Option<StoredFlow> = t
+                .get(key)?
+                .and_then(|v| serde_json::from_str(v.value()).ok());
+            match stored.and_then(|s| super::forgotten_flow(s, names)) {
+                Some(kept) => {
+                    // Numbers and strings: encoding cannot fail.
+                    let json = serde_json::to_string(&kept).unwrap_or_default();
+                    t.insert(key, json.as_str())?;
+                }
+                None => {
+                    t.remove(key)?;
+                }
+            }
+            Ok(())
+        })
     }
 }
 
