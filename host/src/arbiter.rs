@@ -37,11 +37,12 @@ use tokio::sync::Semaphore;
 use crate::admission::{Admission, Saturated};
 use crate::approvals::Approvals;
 use crate::config::{Config, RolloutConfig};
-use crate::decision::{Decision, Outcome, PolicyReport, Request};
+use crate::decision::{Decision, FlowEvidence, Outcome, PolicyReport, Request};
 use crate::engine::{Engine, EngineError};
+use crate::enrich::flow::{Flows, Snapshot, UNAVAILABLE_RULE};
 use crate::enrich::pins::Pins;
 use crate::enrich::{self, Agents};
-use crate::evaluate::{self, Input};
+use crate::evaluate::{self, FailureKind, Input, PolicyFailure};
 use crate::evidence::{self, log::DecisionLog, metrics::Metrics};
 use crate::load::{LoadError, LoadedPolicy};
 use crate::mode::baseline::Baseline;
@@ -84,6 +85,8 @@ pub struct Arbiter {
     canary_key: Arc<[u8; 32]>,
     /// Where traced decisions' spans go, when exported.
     telemetry: Option<Telemetry>,
+    /// Each session's labels, when the host tracks flow.
+    flows: Option<Arc<Flows>>,
 }
 
 /// What modes and candidates keep beside the decisions.
@@ -137,7 +140,21 @@ impl Arbiter {
             pins: None,
             canary_key: Arc::new(random_key()),
             telemetry: None,
+            flows: None,
         }
+    }
+
+    /// This arbiter, keeping each session's labels in `flows`: policies
+    /// see them, and results let through add theirs.
+    #[must_use]
+    pub fn with_flows(mut self, flows: Arc<Flows>) -> Self {
+        self.flows = Some(flows);
+        self
+    }
+
+    /// Each session's labels, when kept.
+    pub fn flows(&self) -> Option<&Arc<Flows>> {
+        self.flows.as_ref()
     }
 
     /// This arbiter, exporting a span tree for each sampled decision.
@@ -394,7 +411,7 @@ impl Arbiter {
         // 2. gate: what the host knows of the agent, and what stops it.
         // Names past their limit are refused before the host keeps any of
         // them, whichever door they came through.
-        let refusal = refusal.or_else(|| {
+        let mut refusal = refusal.or_else(|| {
             request.too_long().map(|(field, max)| {
                 Decision::host_deny(
                     TOO_LONG_RULE,
@@ -405,6 +422,21 @@ impl Arbiter {
         });
         let mut enriched = match (&self.agents, &refusal) {
             (Some(a), None) => Some(a.enrich(request)),
+            _ => None,
+        };
+        // The session's flow, as this decision sees it throughout.
+        let snapshot = match (&self.flows, &refusal) {
+            (Some(f), None) => match f.snapshot(request) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    refusal = Some(Decision::host_deny(
+                        UNAVAILABLE_RULE,
+                        format!("The session's labels cannot be read ({e}); failing closed."),
+                        start,
+                    ));
+                    None
+                }
+            },
             _ => None,
         };
         let spending = enriched.as_mut().and_then(enrich::Enriched::take_spending);
@@ -436,7 +468,13 @@ impl Arbiter {
                     set: &set,
                     names: &route.chain,
                 };
-                self.evaluate_chain(chain, request, history, yielding, start, &mut timeline)
+                let run = Run {
+                    history,
+                    flow: snapshot.as_ref(),
+                    yielding,
+                    start,
+                };
+                self.evaluate_chain(chain, request, run, &mut timeline)
                     .await
             }
         };
@@ -455,6 +493,12 @@ impl Arbiter {
             Some(a) => a.commit_spend(request, spending, decision),
             None => decision,
         };
+        // A result let through takes its labels into the session before
+        // it is answered.
+        let decision = match (&self.flows, &snapshot) {
+            (Some(f), Some(s)) => attach_flow(f, s, request, decision),
+            _ => decision,
+        };
         timeline.mark(Stage::Approvals);
         // 8. evidence: answered only once the log holds it.
         let decision = evidence::record(
@@ -467,6 +511,9 @@ impl Arbiter {
         timeline.mark(Stage::Evidence);
         if let Some(t) = &self.telemetry {
             t.decided(timeline, request, &decision);
+        }
+        if let Some(f) = &self.flows {
+            f.remember_call(request, &decision);
         }
         if let (Some(agents), Some(e)) = (&self.agents, &enriched) {
             agents.observe(request, e, decision.outcome);
@@ -486,9 +533,12 @@ impl Arbiter {
         &self,
         Chain { set, names: chain }: Chain<'_>,
         request: &Request,
-        history: &crate::decision::History,
-        yielding: bool,
-        start: Instant,
+        Run {
+            history,
+            flow,
+            yielding,
+            start,
+        }: Run<'_>,
         timeline: &mut Timeline,
     ) -> Decided {
         let Ok(_permit) = self.permits.acquire().await else {
@@ -504,6 +554,9 @@ impl Arbiter {
         // callers by their agent alone.
         let session_key = std::cell::OnceCell::new();
         let mut input = Input::new(&request.action, c, history);
+        if let Some(s) = flow {
+            input = input.with_flow(s.flow.labels(), Arc::clone(&s.query));
+        }
         let mut reports = Vec::with_capacity(chain.len());
         let mut shadows = Vec::new();
         let mut monitored = false;
@@ -544,6 +597,15 @@ impl Arbiter {
                         evaluate::evaluate(engine, &policy.pre, limits, settings, &mut input, pool)
                     };
                     let mut report = policy.report(eval);
+                    if let Some(f) = &self.flows
+                        && let Some(l) = report.labels.iter().find(|l| !f.allows(l))
+                    {
+                        report = PolicyFailure::new(
+                            FailureKind::InvalidOutput,
+                            format!("label `{l}` is not in [flow] labels"),
+                        )
+                        .report(&policy.name, &policy.version);
+                    }
                     report.candidate = canary.map(|(_, c)| c.id.clone());
                     if let Some(r) = rollout.filter(|r| r.has_candidates()) {
                         let live = canary.map(|(i, _)| i);
@@ -631,6 +693,40 @@ fn combined(reports: Vec<PolicyReport>, start: Instant) -> Decision {
         policies: reports,
         flow: None,
     }
+}
+
+/// What a chain runs with besides the request.
+struct Run<'a> {
+    history: &'a crate::decision::History,
+    flow: Option<&'a Snapshot>,
+    yielding: bool,
+    start: Instant,
+}
+
+/// Attaches the labels of a result let through to its session, and says
+/// in `decision` what the session held and what it attached; a result
+/// whose labels cannot be kept is withheld.
+fn attach_flow(
+    flows: &Flows,
+    snapshot: &Snapshot,
+    request: &Request,
+    decision: Decision,
+) -> Decision {
+    let labels = flows.labels_for(request, &decision);
+    let mut attached = Vec::new();
+    let mut decision = decision;
+    if !labels.is_empty() {
+        let result = decision.params.as_ref().unwrap_or(&request.action.params);
+        match flows.attach(request, &decision.decision_id, &labels, result) {
+            Ok(()) => attached = labels,
+            Err((rule, reason)) => decision = decision.overruled(rule, reason),
+        }
+    }
+    let held = snapshot.flow.labels().to_vec();
+    if !held.is_empty() || !attached.is_empty() {
+        decision.flow = Some(FlowEvidence { held, attached });
+    }
+    decision
 }
 
 /// The chain a route chose, in the set it is taken from.

@@ -179,6 +179,8 @@ impl fmt::Display for Outcome {
 /// (see [`crate::flow`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Origin {
+    /// When, in ms since the Unix epoch.
+    pub at_ms: u64,
     /// The decision on the result.
     pub decision_id: String,
     /// The call's kind ("mcp", "tool"), without `.result`.
@@ -187,8 +189,6 @@ pub struct Origin {
     pub name: String,
     /// The call's target.
     pub target: String,
-    /// When, in ms since the Unix epoch.
-    pub at_ms: u64,
 }
 
 /// A label a session holds, with the result that first brought it.
@@ -296,14 +296,15 @@ pub struct Decision {
     pub flow: Option<FlowEvidence>,
 }
 
-/// What a decision knew of its session's labels, and what it added.
+/// What a decision knew of its session's labels, and what it added
+/// (fields in byte order: the decision record is canonical JSON).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowEvidence {
-    /// The labels the session held when the decision started.
-    pub held: Vec<Label>,
     /// The labels this decision attached to its result, once let through.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attached: Vec<String>,
+    /// The labels the session held when the decision started.
+    pub held: Vec<Label>,
 }
 /// How much a policy's answer binds.
 #[derive(

@@ -45,6 +45,7 @@ use crate::approvals::Approvals;
 use crate::config::{AdminListen, Config, Overrides};
 use crate::engine::Engine;
 use crate::enrich::Agents;
+use crate::enrich::flow::Flows;
 use crate::enrich::pins::Pins;
 use crate::evidence::log::{self, DecisionLog, LogError};
 use crate::evidence::metrics::Metrics;
@@ -378,6 +379,27 @@ pub async fn bind(
             what: "the canary key",
             source: Box::new(source),
         })?;
+    let flows = if config.flow.enabled {
+        let path = config
+            .flow
+            .key_file
+            .as_ref()
+            .map_or_else(|| state_dir.join(FLOW_KEY), |f| base.join(f));
+        let key = crate::paths::secret_key(&path).map_err(|source| StoreError::Database {
+            path,
+            what: "the flow key",
+            source: Box::new(source),
+        })?;
+        Some(Arc::new(Flows::open(
+            config.flow.clone(),
+            &key,
+            Some(Arc::clone(&store.flows)),
+            store.feed().is_shared(),
+            Arc::clone(&clock),
+        )?))
+    } else {
+        None
+    };
     let mut agents = Agents::durable(
         config.agents.clone(),
         Arc::clone(&clock),
@@ -524,6 +546,10 @@ pub async fn bind(
                         .with_approvals(approvals)
                         .with_pins(pins)
                         .with_canary_key(canary_key);
+                    let a = match flows {
+                        Some(f) => a.with_flows(f),
+                        None => a,
+                    };
                     match loader_telemetry {
                         Some(t) => a.with_telemetry(t),
                         None => a,
@@ -643,6 +669,10 @@ pub async fn bind(
 
 /// The admin socket's file name in the state directory.
 pub const ADMIN_SOCKET: &str = "admin.sock";
+/// The file name in the state directory of the key session flow
+/// fingerprints are made with, unless `[flow] key_file` names another.
+pub const FLOW_KEY: &str = "flow.key";
+
 /// The canary key's file name in the state directory.
 pub const CANARY_KEY: &str = "canary.key";
 

@@ -40,6 +40,11 @@ pub struct FlowConfig {
     /// How long after its call a result may be posted, in seconds.
     /// Default: 600.
     pub result_ttl_s: u64,
+    /// The file holding the 32-byte key fingerprints are made with
+    /// (created if missing), relative to the configuration file; replicas
+    /// sharing a state database must share it. Default: `flow.key` in the
+    /// state directory.
+    pub key_file: Option<std::path::PathBuf>,
     /// Labels results get by configuration, `[[flow.rules]]`.
     pub rules: Vec<FlowRule>,
 }
@@ -59,6 +64,7 @@ impl Default for FlowConfig {
             max_value_bytes: 1 << 20,
             max_pending_results: 100_000,
             result_ttl_s: 600,
+            key_file: None,
             rules: Vec::new(),
         }
     }

@@ -1054,6 +1054,12 @@ impl Config {
         self.authorizer.check()?;
         self.console.check()?;
         self.flow.check()?;
+        if self.flow.enabled
+            && self.state.backend == Backend::Postgres
+            && self.flow.key_file.is_none()
+        {
+            return Err("with `state.backend = \"postgres\"`, replicas must fingerprint with one key: set `flow.key_file`".into());
+        }
         identity::check(&self.identity, &self.admin, &self.approvals.rules)?;
         if self.identity.enabled() && self.auth.decide_token.is_some() {
             return Err("with `[identity]`, each caller presents its own credential: remove `auth.decide_token`".into());

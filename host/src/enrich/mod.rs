@@ -28,6 +28,7 @@
 //! `exact_spend`, the agent's row is held from the reading to the adding.
 //! The sliding windows are merged across the fleet ([`merge`]).
 
+pub mod flow;
 pub mod history;
 mod merge;
 pub mod pins;

@@ -325,6 +325,9 @@ pub struct DecisionData<'a> {
     /// What the policies decided.
     decided: Outcome,
     decision_id: &'a str,
+    /// The session's labels it saw and attached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    flow: Option<&'a crate::decision::FlowEvidence>,
     history: HistoryData,
     /// The decision's own latency, before the record was written.
     micros: u64,
@@ -381,6 +384,8 @@ struct PolicyData<'a> {
     candidate: Option<&'a str>,
     failure: Option<&'a str>,
     fuel: u64,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    labels: &'a [String],
     micros: u64,
     mode: Mode,
     name: &'a str,
@@ -390,6 +395,9 @@ struct PolicyData<'a> {
         serialize_with = "canonical_kept"
     )]
     params: Option<Cow<'a, Value>>,
+    /// What it asked `labels-of` (values as hashes), for a replay.
+    #[serde(skip_serializing_if = "<[crate::decision::Query]>::is_empty")]
+    questions: &'a [crate::decision::Query],
     reason: &'a str,
     risk: u8,
     rule: &'a str,
@@ -424,6 +432,7 @@ impl<'a> DecisionData<'a> {
             },
             decided: decision.decided,
             decision_id: &decision.decision_id,
+            flow: decision.flow.as_ref(),
             history: HistoryData {
                 calls_last_minute: h.calls_last_minute,
                 denials_last_hour: h.denials_last_hour,
@@ -463,11 +472,13 @@ impl<'a> PolicyData<'a> {
             candidate: p.candidate.as_deref(),
             failure: p.failure.as_deref(),
             fuel: p.fuel,
+            labels: &p.labels,
             micros: p.micros,
             mode: p.mode,
             name: &p.name,
             outcome: p.outcome,
             params: p.params.as_ref().and_then(|v| rule.keep(v)),
+            questions: &p.questions,
             reason: &p.reason,
             risk: p.risk,
             rule: &p.rule,

@@ -66,6 +66,9 @@ pub enum FrontDoorError {
     /// The request names an MCP tool that is not pinned.
     #[error("{0}")]
     UnknownTool(String),
+    /// A result names no allowed call awaiting one.
+    #[error("{0}")]
+    UnknownCall(String),
     /// The request cannot be carried out in the current state.
     #[error("{0}")]
     Conflict(String),
@@ -94,7 +97,8 @@ impl FrontDoorError {
             FrontDoorError::NotFound(_)
             | FrontDoorError::UnknownPolicy(_)
             | FrontDoorError::UnknownApproval(_)
-            | FrontDoorError::UnknownTool(_) => StatusCode::NOT_FOUND,
+            | FrontDoorError::UnknownTool(_)
+            | FrontDoorError::UnknownCall(_) => StatusCode::NOT_FOUND,
             FrontDoorError::Conflict(_) => StatusCode::CONFLICT,
             FrontDoorError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
             FrontDoorError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -124,6 +128,7 @@ impl FrontDoorError {
             FrontDoorError::UnknownPolicy(_) => "unknown_policy",
             FrontDoorError::UnknownApproval(_) => "unknown_approval",
             FrontDoorError::UnknownTool(_) => "unknown_tool",
+            FrontDoorError::UnknownCall(_) => "unknown_call",
             FrontDoorError::Conflict(_) => "conflict",
             FrontDoorError::TooMany(_) => "too_many",
             FrontDoorError::Unavailable(_) => "unavailable",

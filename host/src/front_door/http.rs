@@ -41,6 +41,7 @@ use crate::arbiter::Arbiter;
 use crate::config::{Config, McpServerConfig};
 use crate::decision::traceparent::{self, TraceParent};
 use crate::decision::{Context, Decision, History, Outcome, Request};
+use crate::enrich::flow::ResultRefused;
 use crate::evidence::metrics::Metrics;
 use crate::reload::Registry;
 
@@ -246,6 +247,11 @@ async fn route(
             "decide",
             Err(FrontDoorError::MethodNotAllowed { allow: "POST" }),
         ),
+        "/v1/results" if method == Method::POST => ("results", result(state, service, req).await),
+        "/v1/results" => (
+            "results",
+            Err(FrontDoorError::MethodNotAllowed { allow: "POST" }),
+        ),
         p if p == ext_authz::PREFIX || p.starts_with("/v1/authz/") => {
             ("authz", authz(state, service, req).await)
         }
@@ -392,6 +398,61 @@ async fn decide(
         return Err(FrontDoorError::TooLong(field, max));
     }
     let decision = run(state, request, caller_history).await?;
+    let mut r = json_response(StatusCode::OK, &decision);
+    set_decision_id(&mut r, &decision);
+    Ok(r)
+}
+
+/// The body of `POST /v1/results`: an allowed call's decision id and the
+/// result the caller's tool gave.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResultBody {
+    decision_id: String,
+    result: serde_json::Value,
+}
+
+/// `POST /v1/results`: a result of a call the caller ran itself, decided
+/// as an action of kind `<call kind>.result` in the call's context, once
+/// per call, by the agent that made it. Its labels join the session when
+/// it is let through; withheld, the caller must not show it to the agent.
+async fn result(
+    state: &AppState,
+    service: &Service,
+    req: HttpRequest<Incoming>,
+) -> Result<Response<Body>, FrontDoorError> {
+    let who = service.credentials.caller(req.headers(), true).await?;
+    check_json(req.headers())?;
+    let trace = traceparent(req.headers());
+    let bytes = read_body(req, &service.config.server).await?;
+    let body: ResultBody = wire::parse(&bytes).map_err(FrontDoorError::BadRequest)?;
+    let arbiter = state.arbiter().ok_or(FrontDoorError::NotReady)?;
+    let Some(flows) = arbiter.flows() else {
+        return Err(FrontDoorError::NotFound(
+            "/v1/results (session flow is off: set [flow] enabled = true)".into(),
+        ));
+    };
+    let id: String = body.decision_id.chars().take(64).collect();
+    let call = flows
+        .take_call(&id, who.as_ref().map(|w| w.agent.id.as_str()))
+        .map_err(|e| match e {
+            ResultRefused::Unknown(_) => FrontDoorError::UnknownCall(e.to_string()),
+            ResultRefused::Reused(_) => FrontDoorError::Conflict(e.to_string()),
+            ResultRefused::OtherAgent(_) => FrontDoorError::Denied(e.to_string()),
+        })?;
+    let request = Request {
+        action: crate::decision::Action {
+            kind: format!("{}{}", call.action.kind, crate::flow::RESULT_SUFFIX),
+            name: call.action.name,
+            target: call.action.target,
+            params: body.result,
+        },
+        context: call.context,
+        history: History::default(),
+        approval_id: None,
+        trace,
+    };
+    let decision = run(state, request, false).await?;
     let mut r = json_response(StatusCode::OK, &decision);
     set_decision_id(&mut r, &decision);
     Ok(r)

@@ -46,6 +46,19 @@ pub(crate) fn agents(
         .agents()
         .map(|a| a.report(agent.as_deref()))
         .unwrap_or_default();
+    let mut list = serde_json::to_value(list).unwrap_or_default();
+    // Each agent's sessions that hold labels, with where each came from.
+    if let (Some(flows), Some(items)) = (arbiter.flows(), list.as_array_mut()) {
+        for item in items {
+            let id = item["agent"].as_str().unwrap_or_default().to_owned();
+            let sessions: Vec<_> = flows
+                .sessions_of(&id)
+                .into_iter()
+                .map(|(session, labels)| json!({"session": session, "labels": labels}))
+                .collect();
+            item["flow"] = json!(sessions);
+        }
+    }
     Ok(json_response(StatusCode::OK, &json!({ "agents": list })))
 }
 
