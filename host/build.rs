@@ -18,6 +18,7 @@ const EXAMPLES: &[&str] = &[
     "pii-redact",
     "shell-guard",
     "rate-guard",
+    "flow-guard",
 ];
 
 fn main() {

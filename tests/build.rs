@@ -18,13 +18,20 @@ const HOSTILE: &[&str] = &[
     "verdict-allow",
     "verdict-deny",
     "other-world",
+    "procurement-v0-1",
 ];
 
 fn main() {
     let here = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("set by cargo"));
     let guests = here.join("hostile");
-    println!("cargo:rerun-if-changed={}", here.join("../wit").display());
+    for path in [
+        "../wit",
+        "../policy-sdk",
+        "../example-policies/procurement/src",
+    ] {
+        println!("cargo:rerun-if-changed={}", here.join(path).display());
+    }
     for path in ["Cargo.toml", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", guests.join(path).display());
     }

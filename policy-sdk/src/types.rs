@@ -132,6 +132,11 @@ impl Context {
     pub fn anyone_has_role(&self, role: &str) -> bool {
         self.agent.has_role(role) || self.user.as_ref().is_some_and(|u| u.has_role(role))
     }
+
+    /// The session's label `name`, if it holds it.
+    pub fn label(&self, name: &str) -> Option<&Label> {
+        self.labels.iter().find(|l| l.name == name)
+    }
 }
 
 /// What a policy decides.

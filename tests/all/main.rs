@@ -10,6 +10,7 @@ mod chain;
 mod concurrency;
 mod console;
 mod fleet;
+mod flow;
 mod grpc;
 mod hostile;
 mod languages;

@@ -40,7 +40,7 @@ fn python() -> PathBuf {
     peers().join("venv/bin/python")
 }
 
-fn npm_server(package: &str) -> String {
+pub(crate) fn npm_server(package: &str) -> String {
     peers()
         .join("node_modules/@modelcontextprotocol")
         .join(package)
@@ -62,7 +62,7 @@ fn peer_server() -> String {
 
 /// Runs the Python client on `script`; one JSON value per step, then what
 /// it saw from the server.
-fn client(script: &Value) -> Vec<Value> {
+pub(crate) fn client(script: &Value) -> Vec<Value> {
     let mut child = Command::new(python())
         .arg(repo().join("tests/mcp/client.py"))
         .stdin(Stdio::piped())
@@ -126,12 +126,12 @@ fn free_port() -> u16 {
 }
 
 /// A configuration file in a directory of its own, with its log and state.
-struct Setup {
+pub(crate) struct Setup {
     dir: tempfile::TempDir,
 }
 
 impl Setup {
-    fn new(body: &str) -> Self {
+    pub(crate) fn new(body: &str) -> Self {
         let dir = tempfile::tempdir().expect("dir");
         // With ARBITER_TEST_STATE=postgres, pins and approvals are kept in
         // PostgreSQL by every process of the setup.
@@ -148,7 +148,7 @@ impl Setup {
         Setup { dir }
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 
@@ -157,7 +157,7 @@ impl Setup {
     }
 
     /// The command line of a stdio gateway for `name` in front of `server`.
-    fn stdio(&self, name: &str, server: &[&str]) -> Vec<String> {
+    pub(crate) fn stdio(&self, name: &str, server: &[&str]) -> Vec<String> {
         let mut argv = vec![
             arbiter(),
             "mcp".into(),
@@ -182,7 +182,7 @@ impl Setup {
     }
 
     /// Every decision record in the log.
-    fn decisions(&self) -> Vec<Value> {
+    pub(crate) fn decisions(&self) -> Vec<Value> {
         records(&self.path().join("log"), "decision")
     }
 }
@@ -362,14 +362,14 @@ fn post_mcp(addr: SocketAddr, path: &str, body: &[u8]) -> (u16, Value) {
     (status, v)
 }
 
-fn text_of(step: &Value) -> String {
+pub(crate) fn text_of(step: &Value) -> String {
     step["result"]["content"][0]["text"]
         .as_str()
         .unwrap_or_else(|| panic!("no text result: {step}"))
         .to_owned()
 }
 
-fn error_of(step: &Value) -> &Value {
+pub(crate) fn error_of(step: &Value) -> &Value {
     let e = &step["error"];
     assert!(e.is_object(), "expected an error, got {step}");
     e

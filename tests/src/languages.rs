@@ -17,6 +17,10 @@ use crate::engine;
 pub enum Lang {
     /// `example-policies/procurement`, on the Rust SDK.
     Rust,
+    /// The same source on the SDK's first contract, `arbiter:policy@0.1.0`
+    /// (`tests/hostile/procurement-v0-1`): what the host served before
+    /// 0.2.0 must decide exactly as before.
+    RustV01,
     /// `example-policies/procurement-go`, on the Go SDK.
     Go,
     /// `example-policies/procurement-js`, through componentize-js.
@@ -27,12 +31,19 @@ pub enum Lang {
 
 impl Lang {
     /// Every build, Rust first.
-    pub const ALL: [Lang; 4] = [Lang::Rust, Lang::Go, Lang::JavaScript, Lang::Python];
+    pub const ALL: [Lang; 5] = [
+        Lang::Rust,
+        Lang::RustV01,
+        Lang::Go,
+        Lang::JavaScript,
+        Lang::Python,
+    ];
 
     /// A short name for messages.
     pub fn name(self) -> &'static str {
         match self {
             Lang::Rust => "rust",
+            Lang::RustV01 => "rust-0.1.0",
             Lang::Go => "go",
             Lang::JavaScript => "js",
             Lang::Python => "py",
@@ -56,6 +67,7 @@ impl Lang {
     pub fn source(self) -> Source {
         match self {
             Lang::Rust => arbiter::examples::source("procurement").expect("embedded example"),
+            Lang::RustV01 => Source::File(crate::artifacts::PROCUREMENT_V0_1.into()),
             _ => Source::File(built().join(format!("procurement-{}.wasm", self.name()))),
         }
     }

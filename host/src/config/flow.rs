@@ -12,6 +12,10 @@ use crate::flow::{MAX_SESSION_LABELS, fingerprint::WINDOW, label_problem};
 pub struct FlowConfig {
     /// Whether the host keeps labels at all. Default: false.
     pub enabled: bool,
+    /// What labels follow: each `session` of an agent on its own, or the
+    /// `agent` across its sessions (an agent using several MCP servers has
+    /// a session with each). Default: `session`.
+    pub scope: FlowScope,
     /// The vocabulary: label patterns (`*` any run of characters) a label
     /// must match, from a policy or a rule. Default: `private`, `secret`,
     /// `pii`, `untrusted`, `customer:*`.
@@ -53,6 +57,7 @@ impl Default for FlowConfig {
     fn default() -> Self {
         FlowConfig {
             enabled: false,
+            scope: FlowScope::Session,
             labels: ["private", "secret", "pii", "untrusted", "customer:*"]
                 .map(String::from)
                 .to_vec(),
@@ -68,6 +73,16 @@ impl Default for FlowConfig {
             rules: Vec::new(),
         }
     }
+}
+
+/// What a session's labels follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FlowScope {
+    /// An agent's session (an agent without one: the agent).
+    Session,
+    /// An agent, across its sessions.
+    Agent,
 }
 
 /// `[[flow.rules]]`: the results of the calls it matches carry `labels`.

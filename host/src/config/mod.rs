@@ -25,7 +25,7 @@ mod flow;
 mod identity;
 
 pub use console::ConsoleConfig;
-pub use flow::{FlowConfig, FlowRule};
+pub use flow::{FlowConfig, FlowRule, FlowScope};
 pub use identity::{
     ASYMMETRIC, AdminConfig, AdminListen, AgentToken, ApprovalRule, IdentityConfig, JwtConfig,
     OperatorToken, Role, ServerTls,

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde_json::Value;
 
-use crate::config::FlowConfig;
+use crate::config::{FlowConfig, FlowScope};
 use crate::decision::{Context, Decision, Outcome, Request};
 use crate::flow::{Fingerprinter, LabelQuery, Live, Origin, SessionFlow, StoredFlow, is_result};
 use crate::state::{FlowStore, StoreError};
@@ -93,9 +93,13 @@ pub struct Snapshot {
     pub query: Arc<dyn LabelQuery>,
 }
 
-/// A session's key: agent and session; sessionless callers by agent.
-pub fn session_key(context: &Context) -> String {
-    format!("{}\0{}", context.agent.id, context.session)
+/// A session's key: agent and session (sessionless callers, and every
+/// session under scope `agent`, by agent).
+pub fn session_key(scope: FlowScope, context: &Context) -> String {
+    match scope {
+        FlowScope::Session => format!("{}\0{}", context.agent.id, context.session),
+        FlowScope::Agent => format!("{}\0", context.agent.id),
+    }
 }
 
 impl Flows {
@@ -140,7 +144,7 @@ impl Flows {
     /// A [`StoreError`] when a shared store cannot be read, or the
     /// forgetting cannot be kept.
     pub fn snapshot(&self, request: &Request) -> Result<Snapshot, StoreError> {
-        let key = session_key(&request.context);
+        let key = session_key(self.config.scope, &request.context);
         let flow = match (&self.store, self.shared) {
             (Some(store), true) => {
                 let stored = crate::state::blocking(|| store.flow(&key))?;
@@ -221,7 +225,7 @@ impl Flows {
         labels: &[String],
         result: &Value,
     ) -> Result<(), (&'static str, String)> {
-        let key = session_key(&request.context);
+        let key = session_key(self.config.scope, &request.context);
         let a = &request.action;
         let origin = Origin {
             decision_id: decision_id.to_owned(),
