@@ -271,6 +271,12 @@ pub(super) fn replay(args: &ReplayArgs, cache: Option<&CompileCache>) -> anyhow:
     for (why, n) in &report.skipped {
         println!("  skipped {n}: {why}");
     }
+    if report.unanswered_questions > 0 {
+        println!(
+            "  {} labels-of questions had no recorded answer (answered with no label)",
+            report.unanswered_questions
+        );
+    }
     print_pairs(&serde_json::to_value(&report.pairs)?);
     Ok(ExitCode::SUCCESS)
 }

@@ -9,20 +9,31 @@
 //! the context; the history the host filled. Records whose params were not
 //! kept (`log.params = "sha256"`) cannot be replayed and are counted as
 //! skipped; redacted params are replayed as stored, and counted.
+//!
+//! A decision that depended on labels is replayed on them: the session's
+//! labels the record names are the context's, and `labels-of` answers
+//! each value the recorded policy asked about as it was answered then (the
+//! record keeps the value's hash). A value the recorded policy never asked
+//! about has no recorded answer: it is answered with none, and counted.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sha2::{Digest, Sha256};
 
 use serde::Serialize;
 use serde_json::Value;
 
 use super::divergence::{Compared, Divergences, PairOf, PairReport, Side, VersionRef};
 use super::version_ref;
-use crate::decision::{Action, Context, History, Principal};
+use crate::decision::{Action, Context, History, Label, Principal, Query};
 use crate::engine::Engine;
 use crate::evaluate::{self, Input};
 use crate::evidence::audit::{self, AuditError, Filter};
 use crate::evidence::record::{Parsed, REDACTED};
+use crate::flow::LabelQuery;
 use crate::load::LoadedPolicy;
 
 /// What a replay found.
@@ -38,6 +49,9 @@ pub struct ReplayReport {
     pub redacted: u64,
     /// Records not replayed, by why.
     pub skipped: BTreeMap<String, u64>,
+    /// `labels-of` questions the candidate asked that the record holds no
+    /// answer to (answered with no label).
+    pub unanswered_questions: u64,
     /// One pair per recorded version of the policy.
     pub pairs: Vec<PairReport>,
 }
@@ -65,6 +79,7 @@ pub fn replay(
         replayed: 0,
         redacted: 0,
         skipped: BTreeMap::new(),
+        unanswered_questions: 0,
         pairs: Vec::new(),
     };
     let filter = Filter {
@@ -73,7 +88,7 @@ pub fn replay(
     };
     audit::query(&[dir], &filter, |p| {
         out.records += 1;
-        let rebuilt = match rebuild(p, policy) {
+        let mut rebuilt = match rebuild(p, policy) {
             Ok(r) => r,
             Err(why) => {
                 *out.skipped.entry(why.to_owned()).or_default() += 1;
@@ -84,7 +99,14 @@ pub fn replay(
         if contains_redacted(&rebuilt.action.params) {
             out.redacted += 1;
         }
-        let mut input = Input::new(&rebuilt.action, &rebuilt.context, &rebuilt.history);
+        let recorded = Arc::new(Recorded {
+            answers: std::mem::take(&mut rebuilt.answers),
+            unanswered: AtomicU64::new(0),
+        });
+        let mut input = Input::new(&rebuilt.action, &rebuilt.context, &rebuilt.history).with_flow(
+            &rebuilt.labels,
+            Arc::clone(&recorded) as Arc<dyn LabelQuery>,
+        );
         let eval = evaluate::evaluate(
             engine,
             &candidate.pre,
@@ -93,6 +115,7 @@ pub fn replay(
             &mut input,
             None,
         );
+        out.unanswered_questions += recorded.unanswered.load(Ordering::Relaxed);
         let candidate_side = super::side(&candidate.report(eval));
         let pair = PairOf {
             policy,
@@ -123,6 +146,32 @@ struct Rebuilt {
     recorded: VersionRef,
     /// What it answered.
     primary: Side,
+    /// The session's labels when it was decided.
+    labels: Vec<Label>,
+    /// What `labels-of` answered the recorded policy, by value hash.
+    answers: HashMap<String, Vec<String>>,
+}
+
+/// `labels-of` as a record answered it.
+struct Recorded {
+    answers: HashMap<String, Vec<String>>,
+    unanswered: AtomicU64,
+}
+
+impl LabelQuery for Recorded {
+    fn labels_of(&self, value: &str) -> Vec<String> {
+        let hash = format!(
+            "sha256:{}",
+            crate::hex::encode(&Sha256::digest(value.as_bytes()))
+        );
+        match self.answers.get(&hash) {
+            Some(labels) => labels.clone(),
+            None => {
+                self.unanswered.fetch_add(1, Ordering::Relaxed);
+                Vec::new()
+            }
+        }
+    }
 }
 
 fn rebuild(p: &Parsed, policy: &str) -> Result<Rebuilt, &'static str> {
@@ -181,6 +230,20 @@ fn rebuild(p: &Parsed, policy: &str) -> Result<Rebuilt, &'static str> {
     };
     let history = serde_json::from_value(d["history"].clone())
         .map_err(|_| "the record's history does not parse")?;
+    let labels: Vec<Label> = match d.get("flow") {
+        Some(f) => serde_json::from_value(f["held"].clone())
+            .map_err(|_| "the record's labels do not parse")?,
+        None => Vec::new(),
+    };
+    let questions: Vec<Query> = match q.get("questions") {
+        Some(v) => serde_json::from_value(v.clone())
+            .map_err(|_| "the record's labels-of answers do not parse")?,
+        None => Vec::new(),
+    };
+    let answers = questions
+        .into_iter()
+        .map(|q| (q.value_sha256, q.labels))
+        .collect();
     let a = &d["action"];
     Ok(Rebuilt {
         action: Action {
@@ -196,6 +259,8 @@ fn rebuild(p: &Parsed, policy: &str) -> Result<Rebuilt, &'static str> {
             settings: String::new(),
         },
         primary,
+        labels,
+        answers,
     })
 }
 
