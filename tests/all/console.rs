@@ -804,3 +804,41 @@ fn an_operator_removed_from_the_configuration_loses_their_session() {
     );
     assert_eq!(r.status, 401, "{}", r.body);
 }
+
+#[test]
+fn the_agents_page_shows_a_sessions_labels_and_where_they_came_from() {
+    let mut config = server_config(&[("flow-guard", "flow-guard", json!({}))]);
+    config.flow.enabled = true;
+    config.admin.operators = vec![operator("audrey", AUDREY, &[Role::Auditor])];
+    let server = Server::start(config, Default::default());
+    let call = http::post_json(
+        server.addr,
+        "/v1/decide",
+        &json!({"action": {"kind": "tool", "name": "crm.read"},
+                "context": {"agent": {"id": "mail-agent"}, "session": "s-42"}}),
+    )
+    .json();
+    let result = http::post_json(
+        server.addr,
+        "/v1/results",
+        &json!({"decision_id": call["decision_id"], "result": {"text": "CONFIDENTIAL: the q3 numbers"}}),
+    )
+    .json();
+    assert_eq!(result["flow"]["attached"], json!(["private"]), "{result}");
+    let s = sign_in(server.admin, AUDREY);
+    let page = http::send(
+        server.admin,
+        "GET",
+        "/console/agents?q=mail-agent",
+        &[("cookie", &s.cookie)],
+        b"",
+    );
+    assert_eq!(page.status, 200, "{}", page.body);
+    for shown in ["Session labels", "s-42", ">private<", "tool crm.read"] {
+        assert!(
+            page.body.contains(shown),
+            "{shown} not shown:\n{}",
+            page.body
+        );
+    }
+}

@@ -33,7 +33,7 @@ pub struct FlowConfig {
     /// taken to carry the labels that did not fit. Default: 16384.
     pub max_prints: usize,
     /// The length (in bytes of text lowercased and without whitespace)
-    /// from which a copy is always found. At least 12. Default: 24.
+    /// from which a copy is always found. At least 12. Default: 32.
     pub min_match: usize,
     /// Values longer than this (bytes) are not fingerprinted when asked
     /// about: they are answered with every label held. Default: 1048576.
@@ -65,7 +65,7 @@ impl Default for FlowConfig {
             max_sessions: 10_000,
             max_labels: 32,
             max_prints: 16_384,
-            min_match: 24,
+            min_match: 32,
             max_value_bytes: 1 << 20,
             max_pending_results: 100_000,
             result_ttl_s: 600,
@@ -204,15 +204,15 @@ mod tests {
     #[test]
     fn checks_name_the_key_at_fault() {
         assert_eq!(parse("enabled = true"), Ok(()));
-        let e = parse("min_match = 4").unwrap_err();
+        let e = parse("min_match = 4").expect_err("refused");
         assert!(e.contains("flow.min_match"), "{e}");
-        let e = parse("max_labels = 65").unwrap_err();
+        let e = parse("max_labels = 65").expect_err("refused");
         assert!(e.contains("flow.max_labels"), "{e}");
-        let e = parse("[[rules]]\nname = \"fetch\"\nlabels = [\"tainted\"]").unwrap_err();
+        let e = parse("[[rules]]\nname = \"fetch\"\nlabels = [\"tainted\"]").expect_err("refused");
         assert!(e.contains("not in `flow.labels`"), "{e}");
-        let e = parse("[[rules]]\nlabels = [\"private\"]").unwrap_err();
+        let e = parse("[[rules]]\nlabels = [\"private\"]").expect_err("refused");
         assert!(e.contains("matches every result"), "{e}");
-        let e = parse("labels = [\"Bad Label\"]").unwrap_err();
+        let e = parse("labels = [\"Bad Label\"]").expect_err("refused");
         assert!(e.contains("flow.labels"), "{e}");
     }
 

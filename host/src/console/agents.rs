@@ -15,6 +15,15 @@ pub(crate) struct AgentView {
     link: String,
     spend: String,
     breaker_until: Option<String>,
+    /// Its sessions holding labels: each label with where it came from.
+    sessions: Vec<SessionView>,
+}
+
+/// One session's labels, as the page shows them.
+pub(crate) struct SessionView {
+    session: String,
+    /// (label, "from `tool` on `target`", when)
+    labels: Vec<(String, String, String)>,
 }
 
 #[derive(Template)]
@@ -37,6 +46,7 @@ pub(super) fn page(ctx: &Ctx<'_>, query: &str) -> Reply {
         .arbiter()
         .and_then(|a| a.agents().map(|x| x.report(None)))
         .unwrap_or_default();
+    let flows = ctx.state.arbiter().and_then(|a| a.flows().cloned());
     let needle = q.to_lowercase();
     let agents = reports
         .into_iter()
@@ -49,6 +59,35 @@ pub(super) fn page(ctx: &Ctx<'_>, query: &str) -> Reply {
                 report.spend_today_cents % 100
             ),
             breaker_until: report.breaker.as_ref().map(|b| view::when(b.until_ms)),
+            sessions: flows
+                .as_ref()
+                .map(|f| f.sessions_of(&report.agent))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(session, labels)| SessionView {
+                    session: if session.is_empty() {
+                        "(no session)".into()
+                    } else {
+                        session
+                    },
+                    labels: labels
+                        .into_iter()
+                        .map(|l| {
+                            let o = l.origin;
+                            let on = if o.target.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" on {}", o.target)
+                            };
+                            (
+                                l.name,
+                                format!("{} {}{on}", o.kind, o.name),
+                                view::when(o.at_ms),
+                            )
+                        })
+                        .collect(),
+                })
+                .collect(),
             report,
         })
         .collect();

@@ -288,12 +288,14 @@ impl Flows {
         {
             return;
         }
-        let mut action = request.action.clone();
-        if let Some(p) = &decision.params {
-            action.params = p.clone();
-        }
-        // The params are the result's business, not the call's: dropped.
-        action.params = Value::Null;
+        // The params are the result's business, not the call's: not kept.
+        let a = &request.action;
+        let action = crate::decision::Action {
+            kind: a.kind.clone(),
+            name: a.name.clone(),
+            target: a.target.clone(),
+            params: Value::Null,
+        };
         let now = self.clock.now_ms();
         let mut calls = self.lock_calls();
         let ttl = self.config.result_ttl_s.saturating_mul(1000);

@@ -793,4 +793,30 @@ mod tests {
         long.reason = "x".repeat(MAX_REASON_BYTES + 1);
         assert_eq!(kind(long), Some(FailureKind::InvalidOutput));
     }
+
+    #[test]
+    fn labels_are_checked_and_only_ride_on_a_result() {
+        let labelled = |labels: &[&str]| {
+            let mut d = decision(wit::Outcome::Allow, 0, None);
+            d.labels = labels.iter().map(|l| (*l).to_owned()).collect();
+            d
+        };
+        let on_result = |d| check_output(d, true).map(|v| v.labels).map_err(|f| f.kind);
+        assert_eq!(
+            on_result(labelled(&["private", "pii", "private"])),
+            Ok(vec!["pii".to_owned(), "private".to_owned()])
+        );
+        // On a call, on nothing that is a label, past the count: refused.
+        assert_eq!(
+            kind(labelled(&["private"])),
+            Some(FailureKind::InvalidOutput)
+        );
+        assert_eq!(
+            on_result(labelled(&["Private!"])),
+            Err(FailureKind::InvalidOutput)
+        );
+        let many: Vec<String> = (0..17).map(|i| format!("l{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(on_result(labelled(&many)), Err(FailureKind::InvalidOutput));
+    }
 }

@@ -74,9 +74,12 @@ impl Fingerprinter {
         if bytes.len() < WINDOW {
             return;
         }
-        // Of each `span` consecutive window hashes, the smallest is kept.
+        // Of each `span` consecutive window hashes, the rightmost smallest
+        // is kept: a deque of candidates, increasing, finds it in O(1)
+        // amortized per window.
         let span = self.min_match - WINDOW + 1;
-        let mut ring: Vec<(u64, u64)> = Vec::with_capacity(span);
+        let mut queue: std::collections::VecDeque<(usize, u64, u64)> =
+            std::collections::VecDeque::with_capacity(span + 1);
         let mut h = 0u64;
         for &b in &bytes[..WINDOW] {
             h = h.wrapping_mul(BASE).wrapping_add(u64::from(b) + 1);
@@ -91,27 +94,23 @@ impl Fingerprinter {
                     .wrapping_add(u64::from(new) + 1)
                     .wrapping_sub((u64::from(old) + 1).wrapping_mul(self.out));
             }
-            let slot = i % span;
-            if ring.len() < span {
-                ring.push((mix(h), h));
-            } else {
-                ring[slot] = (mix(h), h);
+            let m = mix(h);
+            while queue.back().is_some_and(|&(_, bm, _)| bm >= m) {
+                queue.pop_back();
+            }
+            queue.push_back((i, m, h));
+            while queue.front().is_some_and(|&(j, _, _)| j + span <= i) {
+                queue.pop_front();
             }
             // A text shorter than one span is one window: its smallest.
             if i + 1 < span && i + 1 < windows {
                 continue;
             }
-            // The rightmost smallest of the span ending at `i`.
-            let first = (i + 1).saturating_sub(span);
-            let mut best = first;
-            for j in first..=i {
-                if ring[j % span].0 <= ring[best % span].0 {
-                    best = j;
-                }
-            }
-            if last_kept != Some(best) {
-                last_kept = Some(best);
-                keep(self.keyed(ring[best % span].1));
+            if let Some(&(j, _, raw)) = queue.front()
+                && last_kept != Some(j)
+            {
+                last_kept = Some(j);
+                keep(self.keyed(raw));
             }
         }
     }
