@@ -238,8 +238,7 @@ impl Flows {
         let c = &self.config;
         // The addition on its own, for the store to merge: bounded by the
         // session's room, checked against what this replica holds.
-        let mut sessions = self.lock_sessions();
-        let current = sessions.get(&key).cloned();
+        let current = self.lock_sessions().get(&key).cloned();
         let room = c
             .max_prints
             .saturating_sub(current.as_ref().map_or(0, |f| f.print_count()));
@@ -247,23 +246,35 @@ impl Flows {
         added
             .attach(labels, &origin, &prints, c.max_labels, room)
             .map_err(full)?;
-        if current.is_none() && !self.shared && sessions.len() >= c.max_sessions {
-            // Expired sessions make room before a result is refused.
-            let cutoff = self.cutoff();
-            sessions.retain(|_, f| f.labels().iter().any(|l| l.origin.at_ms >= cutoff));
-            if sessions.len() >= c.max_sessions {
-                return Err((
-                    FULL_RULE,
-                    format!(
-                        "Arbiter keeps the labels of {} sessions, as many as [flow] max_sessions allows; the result is withheld rather than let through untracked.",
-                        sessions.len()
-                    ),
-                ));
+        // The bounds, checked against what this replica holds: the lock is
+        // not held across the store's write, so decisions never wait on it.
+        if let Some(cur) = &current {
+            let held = cur.labels();
+            let new = labels
+                .iter()
+                .filter(|n| !held.iter().any(|l| &l.name == *n))
+                .count();
+            if held.len() + new > c.max_labels.min(crate::flow::MAX_SESSION_LABELS) {
+                return Err(full(crate::flow::Full::Labels(held.len())));
             }
         }
-        let mut next = current.map_or_else(SessionFlow::default, |f| (*f).clone());
-        next.attach(labels, &origin, &prints, c.max_labels, c.max_prints)
-            .map_err(full)?;
+        if current.is_none() && !self.shared {
+            let mut sessions = self.lock_sessions();
+            if sessions.len() >= c.max_sessions {
+                // Expired sessions make room before a result is refused.
+                let cutoff = self.cutoff();
+                sessions.retain(|_, f| f.labels().iter().any(|l| l.origin.at_ms >= cutoff));
+                if sessions.len() >= c.max_sessions {
+                    return Err((
+                        FULL_RULE,
+                        format!(
+                            "Arbiter keeps the labels of {} sessions, as many as [flow] max_sessions allows; the result is withheld rather than let through untracked.",
+                            sessions.len()
+                        ),
+                    ));
+                }
+            }
+        }
         if let Some(store) = &self.store {
             let stored: StoredFlow = added.to_stored();
             crate::state::blocking(|| store.add_flow(&key, &stored)).map_err(|e| {
@@ -276,7 +287,11 @@ impl Flows {
             })?;
         }
         if !self.shared {
-            sessions.insert(key, Arc::new(next));
+            // Merged into what the session holds now: another result of
+            // the session may have been attached meanwhile.
+            let mut sessions = self.lock_sessions();
+            let held = sessions.entry(key).or_default();
+            Arc::make_mut(held).merge(&added);
         }
         Ok(())
     }
@@ -395,4 +410,128 @@ fn full(e: crate::flow::Full) -> (&'static str, String) {
         FULL_RULE,
         format!("{e}; the result is withheld rather than let through untracked."),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::decision::{Action, Principal};
+
+    struct Clock(AtomicU64);
+    impl crate::time::Clock for Clock {
+        fn now_ms(&self) -> u64 {
+            self.0.load(Ordering::Relaxed)
+        }
+    }
+
+    fn result(session: &str) -> Request {
+        Request {
+            action: Action {
+                kind: "tool.result".into(),
+                name: "crm.read".into(),
+                target: String::new(),
+                params: json!({"text": "the quarterly numbers nobody outside may see yet"}),
+            },
+            context: Context {
+                agent: Principal {
+                    id: "a".into(),
+                    roles: vec![],
+                },
+                session: session.into(),
+                ..Context::default()
+            },
+            history: Default::default(),
+            approval_id: None,
+            trace: None,
+        }
+    }
+
+    #[test]
+    fn full_sessions_and_labels_withhold_the_result_until_labels_expire() {
+        let clock = Arc::new(Clock(AtomicU64::new(1_000_000)));
+        let config = FlowConfig {
+            enabled: true,
+            max_sessions: 1,
+            max_labels: 1,
+            ttl_s: 10,
+            ..FlowConfig::default()
+        };
+        let store = crate::state::memory::MemoryState::new().into_state();
+        let flows = Flows::open(
+            config,
+            &[1; 32],
+            Some(Arc::clone(&store.flows)),
+            false,
+            clock.clone(),
+        )
+        .expect("open");
+        let r = result("s1");
+        let text = r.action.params.clone();
+        flows
+            .attach(&r, "d1", &["private".into()], &text)
+            .expect("room");
+        let (rule, _) = flows
+            .attach(&r, "d2", &["secret".into()], &text)
+            .expect_err("a second label is past max_labels");
+        assert_eq!(rule, FULL_RULE);
+        let (rule, _) = flows
+            .attach(&result("s2"), "d3", &["private".into()], &text)
+            .expect_err("a second session is past max_sessions");
+        assert_eq!(rule, FULL_RULE);
+        // The store holds what was attached, for the next start.
+        assert_eq!(store.flows.flows().expect("read").len(), 1);
+        let seen = flows.snapshot(&r).expect("snapshot");
+        assert_eq!(seen.flow.all_names(), ["private"]);
+        assert_eq!(
+            seen.query
+                .labels_of("FWD: The quarterly numbers nobody OUTSIDE may see"),
+            ["private"]
+        );
+        // Past the ttl the label is forgotten, here and in the store, and
+        // the room is there again.
+        clock.0.fetch_add(11_000, Ordering::Relaxed);
+        assert!(flows.snapshot(&r).expect("snapshot").flow.is_empty());
+        assert!(store.flows.flows().expect("read").is_empty());
+        flows
+            .attach(&result("s2"), "d4", &["private".into()], &text)
+            .expect("room again");
+    }
+
+    #[test]
+    fn a_posted_result_is_taken_once_and_only_by_its_agent() {
+        let clock = Arc::new(Clock(AtomicU64::new(5_000)));
+        let flows = Flows::open(FlowConfig::default(), &[1; 32], None, false, clock).expect("open");
+        let mut call = result("s");
+        call.action.kind = "tool".into();
+        let decision = Decision::host_deny("x", String::new(), std::time::Instant::now());
+        flows.remember_call(&call, &decision);
+        assert!(matches!(
+            flows.take_call(&decision.decision_id, None),
+            Err(ResultRefused::Unknown(_))
+        ));
+        let allowed = Decision {
+            outcome: Outcome::Allow,
+            ..decision
+        };
+        flows.remember_call(&call, &allowed);
+        let id = &allowed.decision_id;
+        assert!(matches!(
+            flows.take_call(id, Some("b")),
+            Err(ResultRefused::OtherAgent(_))
+        ));
+        let taken = flows.take_call(id, Some("a")).expect("taken");
+        assert_eq!(
+            taken.action.params,
+            Value::Null,
+            "the call's params are not kept"
+        );
+        assert!(matches!(
+            flows.take_call(id, Some("a")),
+            Err(ResultRefused::Reused(_))
+        ));
+    }
 }
