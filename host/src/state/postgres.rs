@@ -123,7 +123,7 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
     -- each, and the fingerprints of labelled text, a row per label they
     -- carry: rows are only added or deleted, so replicas adding to one
     -- session at once both count.
-    CREATE TABLE arbiter_flow_labels (
+    CREATE TABLE IF NOT EXISTS arbiter_flow_labels (
         key text NOT NULL,
         name text NOT NULL,
         origin jsonb NOT NULL,
@@ -131,7 +131,7 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
         overflow boolean NOT NULL DEFAULT false,
         PRIMARY KEY (key, name)
     );
-    CREATE TABLE arbiter_flow_prints (
+    CREATE TABLE IF NOT EXISTS arbiter_flow_prints (
         key text NOT NULL,
         print bigint NOT NULL,
         name text NOT NULL,
