@@ -181,7 +181,7 @@ fn inspect_shows_version_world_and_imports() {
     assert!(o.status.success(), "{err}");
     assert!(out.contains("version: sha256:"), "{out}");
     assert!(
-        out.contains("world:   arbiter:policy/policy@0.1.0 (conforms)"),
+        out.contains("world:   arbiter:policy/policy@0.2.0 (conforms)"),
         "{out}"
     );
     assert!(

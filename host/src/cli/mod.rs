@@ -887,7 +887,7 @@ fn inspect(file: &Path, grants: &WasiGrants) -> anyhow::Result<ExitCode> {
     println!("version: {}", report.version);
     println!("size:    {} bytes", report.size_bytes);
     match &report.conforms {
-        Ok(()) => println!("world:   arbiter:policy/policy@0.1.0 (conforms)"),
+        Ok(version) => println!("world:   arbiter:policy/policy@{version} (conforms)"),
         Err(why) => println!("world:   does not conform: {why}"),
     }
     println!("exports:");

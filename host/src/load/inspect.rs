@@ -20,9 +20,10 @@ pub struct Inspection {
     pub imports: Vec<Import>,
     /// The exports' names.
     pub exports: Vec<String>,
-    /// `Ok` when the component implements `arbiter:policy/policy` with only
-    /// imports the host provides; otherwise why not.
-    pub conforms: Result<(), String>,
+    /// `Ok` with the contract's version (`0.2.0`, `0.1.0`) when the
+    /// component implements `arbiter:policy/policy` with only imports the
+    /// host provides; otherwise why not.
+    pub conforms: Result<&'static str, String>,
 }
 
 /// One import of a component.
@@ -64,7 +65,7 @@ pub fn inspect(
         .map(|(name, _)| name.to_owned())
         .collect();
     let conforms = check_imports(engine, &component, grants)
-        .and_then(|()| link(engine, &component, grants).map(|_| ()))
+        .and_then(|()| link(engine, &component, grants).map(|pre| pre.contract()))
         .map_err(|p| p.to_string());
     Ok(Inspection {
         version: format!("sha256:{}", crate::hex::encode(&Sha256::digest(bytes))),
