@@ -263,14 +263,13 @@ impl SessionFlow {
         }
         let mut mask = 0u64;
         let mut scratch = Vec::new();
-        let mut long_enough = false;
         fp.prints(value, &mut scratch, |p| {
-            long_enough = true;
             if let Some(m) = self.prints.get(&p) {
                 mask |= m;
             }
         });
-        if long_enough && scratch.len() >= fp.min_match() {
+        // `scratch` holds the value normalized.
+        if scratch.len() >= fp.min_match() {
             mask |= self.overflow;
         }
         self.names(mask)

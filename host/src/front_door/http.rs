@@ -372,11 +372,7 @@ async fn decide(
     service: &Service,
     req: HttpRequest<Incoming>,
 ) -> Result<Response<Body>, FrontDoorError> {
-    let who = service.credentials.caller(req.headers(), true).await?;
-    check_json(req.headers())?;
-    let trace = traceparent(req.headers());
-    let bytes = read_body(req, &service.config.server).await?;
-    let mut body: DecideBody = wire::parse(&bytes).map_err(FrontDoorError::BadRequest)?;
+    let (who, trace, mut body) = json_request::<DecideBody>(service, req).await?;
     if body.history.is_some() && !state.options.accept_caller_history {
         return Err(FrontDoorError::Forbidden("history"));
     }
@@ -398,9 +394,7 @@ async fn decide(
         return Err(FrontDoorError::TooLong(field, max));
     }
     let decision = run(state, request, caller_history).await?;
-    let mut r = json_response(StatusCode::OK, &decision);
-    set_decision_id(&mut r, &decision);
-    Ok(r)
+    Ok(decision_answer(&decision))
 }
 
 /// The body of `POST /v1/results`: an allowed call's decision id and the
@@ -421,11 +415,7 @@ async fn result(
     service: &Service,
     req: HttpRequest<Incoming>,
 ) -> Result<Response<Body>, FrontDoorError> {
-    let who = service.credentials.caller(req.headers(), true).await?;
-    check_json(req.headers())?;
-    let trace = traceparent(req.headers());
-    let bytes = read_body(req, &service.config.server).await?;
-    let body: ResultBody = wire::parse(&bytes).map_err(FrontDoorError::BadRequest)?;
+    let (who, trace, body) = json_request::<ResultBody>(service, req).await?;
     let arbiter = state.arbiter().ok_or(FrontDoorError::NotReady)?;
     let Some(flows) = arbiter.flows() else {
         return Err(FrontDoorError::NotFound(
@@ -453,9 +443,7 @@ async fn result(
         trace,
     };
     let decision = run(state, request, false).await?;
-    let mut r = json_response(StatusCode::OK, &decision);
-    set_decision_id(&mut r, &decision);
-    Ok(r)
+    Ok(decision_answer(&decision))
 }
 
 async fn authz(
@@ -641,6 +629,34 @@ pub(crate) fn error_response(e: FrontDoorError) -> Response<Body> {
     for (k, v) in e.headers() {
         r.headers_mut().insert(k, HeaderValue::from_static(v));
     }
+    r
+}
+
+/// A caller's JSON request on the decision plane: who presents it (with
+/// `[identity]`), its trace, and its body, read within the limits.
+async fn json_request<T: serde::de::DeserializeOwned>(
+    service: &Service,
+    req: HttpRequest<Incoming>,
+) -> Result<
+    (
+        Option<crate::identity::AgentIdentity>,
+        Option<TraceParent>,
+        T,
+    ),
+    FrontDoorError,
+> {
+    let who = service.credentials.caller(req.headers(), true).await?;
+    check_json(req.headers())?;
+    let trace = traceparent(req.headers());
+    let bytes = read_body(req, &service.config.server).await?;
+    let body = wire::parse(&bytes).map_err(FrontDoorError::BadRequest)?;
+    Ok((who, trace, body))
+}
+
+/// A decision as a 200 answer, its id also in the header.
+fn decision_answer(decision: &Decision) -> Response<Body> {
+    let mut r = json_response(StatusCode::OK, decision);
+    set_decision_id(&mut r, decision);
     r
 }
 
